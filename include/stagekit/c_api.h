@@ -1,0 +1,38 @@
+/* The C ABI of the invocation entry point.
+ *
+ * Code compiled against a different C++ standard library ABI (the Ray bridge
+ * uses _GLIBCXX_USE_CXX11_ABI=0) reaches stagekit only through these
+ * functions: plain bytes in, plain bytes out, no C++ types across the line.
+ * Every returned buffer is allocated by stagekit and released with
+ * stagekit_free().
+ */
+#ifndef STAGEKIT_C_API_H_
+#define STAGEKIT_C_API_H_
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Runs one stage. `request` is the StageRequest JSON. On return *out holds
+ * RunStats JSON (result 0) or {"error":{"code":..,"message":..}} (non-zero
+ * result, equal to the stagekit::Code / exit code). Never throws. */
+int stagekit_invoke_json(const char* request, size_t request_len, char** out,
+                         size_t* out_len);
+
+/* Loads a stage library into the global registry. 0 on success; otherwise the
+ * error JSON is returned in *out as above. */
+int stagekit_load_library(const char* path, char** out, size_t* out_len);
+
+/* Releases a buffer returned by the functions above. NULL is allowed. */
+void stagekit_free(char* buffer);
+
+/* "MAJOR.MINOR.PATCH" of the stagekit library. */
+const char* stagekit_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* STAGEKIT_C_API_H_ */

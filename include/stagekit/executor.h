@@ -1,0 +1,97 @@
+// Executors: the transports that carry a StageRequest to Invoke().
+#ifndef STAGEKIT_EXECUTOR_H_
+#define STAGEKIT_EXECUTOR_H_
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "stagekit/invoke.h"
+#include "stagekit/status.h"
+
+namespace stagekit {
+
+// Placement hints. The Ray executor turns them into task resources; the local
+// executors validate and record them.
+struct Resources {
+  double cpus = 1;
+  double gpus = 0;               // fractional allowed (0.01 co-locates, < 1)
+  std::uint64_t memory_bytes = 0;
+  std::map<std::string, double> custom;  // e.g. {"vm:g4dn.2xlarge": 1}
+
+  // kInvalidPipeline when a value is negative, not finite, or a fraction
+  // above 1 (Ray accepts fractions only below 1).
+  Status Validate() const;
+  Json ToJson() const;
+};
+
+// Parses "512MiB", "4GiB", "1.5GB", "1000" (bytes). kInvalidPipeline on error.
+Result<std::uint64_t> ParseBytes(std::string_view text);
+// Parses "30s", "5m", "250ms", "1h", "2.5" (seconds). kInvalidPipeline on error.
+Result<std::chrono::milliseconds> ParseDuration(std::string_view text);
+
+struct StageOptions {
+  Resources resources;
+  // Enforced by the subprocess (and Ray) executors; the in-process executor
+  // cannot stop a running function and only reports the overrun.
+  std::optional<std::chrono::milliseconds> timeout;
+};
+
+// The interface every transport implements. Run() may be called from several
+// threads at once.
+class StageExecutor {
+ public:
+  virtual ~StageExecutor() = default;
+  virtual std::string_view name() const = 0;
+  virtual Result<RunStats> Run(const StageRequest& request, const StageOptions& options) = 0;
+};
+
+// Calls Invoke() in the calling thread.
+class InProcessExecutor final : public StageExecutor {
+ public:
+  explicit InProcessExecutor(const Registry& registry = Registry::Global())
+      : registry_(registry) {}
+  std::string_view name() const override { return "inprocess"; }
+  Result<RunStats> Run(const StageRequest& request, const StageOptions& options) override;
+
+ private:
+  const Registry& registry_;
+};
+
+// Runs `RUNNER stage NAME --stages LIB...` per stage, request JSON on stdin,
+// RunStats JSON as the last line of stdout.
+class SubprocessExecutor final : public StageExecutor {
+ public:
+  struct Options {
+    // The stagekit binary. Empty: $STAGEKIT_RUNNER, else the current
+    // executable when it is stagekit, else `stagekit` next to libstagekit.
+    std::filesystem::path runner;
+    std::vector<std::filesystem::path> libraries;  // passed as --stages
+    // Timeout policy: SIGTERM at the deadline, SIGKILL `kill_grace` later.
+    std::chrono::milliseconds kill_grace{2000};
+    std::size_t tail_bytes = 2048;  // how much of stdout/stderr a failure shows
+  };
+  explicit SubprocessExecutor(Options options);
+  std::string_view name() const override { return "subprocess"; }
+  Result<RunStats> Run(const StageRequest& request, const StageOptions& options) override;
+  const std::filesystem::path& runner() const { return options_.runner; }
+
+ private:
+  Options options_;
+};
+
+// Process-wide cancellation flag, set from a signal handler by the CLI.
+// Executors stop their children and schedulers stop launching once it is set.
+void RequestInterrupt() noexcept;
+bool Interrupted() noexcept;
+void ResetInterrupt() noexcept;
+
+}  // namespace stagekit
+
+#endif  // STAGEKIT_EXECUTOR_H_

@@ -1,0 +1,62 @@
+// The one invocation entry point. Every executor ends here: the in-process
+// executor calls Invoke() directly, `stagekit stage NAME` calls it after
+// reading the request from stdin, and the Ray worker calls it (through the C
+// ABI in c_api.h) inside its task.
+#ifndef STAGEKIT_INVOKE_H_
+#define STAGEKIT_INVOKE_H_
+
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include "stagekit/stage.h"
+#include "stagekit/status.h"
+
+namespace stagekit {
+
+// Everything that crosses an executor boundary. Plain data, JSON on the wire.
+struct StageRequest {
+  std::string stage;     // registered stage name
+  std::string instance;  // pipeline stage name; defaults to `stage`
+  std::map<std::string, std::filesystem::path> inputs;
+  std::filesystem::path output;
+  JobSpec job;
+  Json kwargs = Json::object();
+  std::string executor = "inprocess";  // recorded in RunStats
+  int attempt = 1;                     // recorded in RunStats
+
+  Json ToJson() const;
+  // kBadRequest with a message naming the offending field.
+  static Result<StageRequest> FromJson(const Json& json);
+  static Result<StageRequest> Parse(std::string_view json_text);
+};
+
+// Runs the stage named by the request:
+//  - kUnknownStage (with close names) if it is not registered;
+//  - kInputError if an input is missing or unreadable;
+//  - kOutputError if the output's directory cannot be written;
+//  - kStageFailed if the stage throws or writes no output.
+// The stage writes to a temporary file beside request.output, renamed over the
+// target only on success; on failure the temporary is removed and any earlier
+// file at request.output is left untouched.
+Result<RunStats> Invoke(const StageRequest& request,
+                        const Registry& registry = Registry::Global());
+
+// The temporary path Invoke() gives the stage for `output` in process `pid`.
+// Executors that kill a child use it to clean up after it.
+std::filesystem::path TempOutputPath(const std::filesystem::path& output, long pid,
+                                     unsigned long serial);
+// Removes every temporary file that process `pid` may have left for `output`.
+void RemoveTempOutputs(const std::filesystem::path& output, long pid);
+
+// {"error": {"code": "<CodeName>", "message": "..."}}
+Json ErrorToJson(const Status& status);
+// Decodes either form: RunStats JSON or an ErrorToJson object.
+Result<RunStats> RunStatsOrErrorFromJson(const Json& json);
+
+// This machine's host name (cached).
+const std::string& HostName();
+
+}  // namespace stagekit
+
+#endif  // STAGEKIT_INVOKE_H_

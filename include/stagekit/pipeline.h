@@ -1,0 +1,121 @@
+// Pipelines: a YAML file naming stage libraries, a job spec and stages, and a
+// scheduler that runs the resulting graph on any StageExecutor.
+//
+//   name: wordcount                  # optional; default: the file's stem
+//   libraries: [stagekit_examples]   # names (lib<name>.so on the search path) or paths
+//   job: {name: wc, seed: 7, params: {}}
+//   stages:
+//     - name: map_00
+//       stage: wordcount.map         # registered stage name
+//       inputs: {text: corpus/a.txt} # file (relative to this file) ...
+//       output: map_00.tsv           # default: <name>.out
+//       kwargs: {min_length: 2}
+//       resources: {cpus: 1, gpus: 0.01, memory: 1GiB, custom: {"vm:g4dn.2xlarge": 1}}
+//       timeout: 30s
+//     - name: reduce
+//       stage: wordcount.reduce
+//       inputs: {part0: {from: map_00}}   # ... or another stage's output
+#ifndef STAGEKIT_PIPELINE_H_
+#define STAGEKIT_PIPELINE_H_
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "stagekit/executor.h"
+#include "stagekit/invoke.h"
+#include "stagekit/status.h"
+
+namespace stagekit {
+
+struct InputRef {
+  std::string from_stage;      // set when the input is another stage's output
+  std::filesystem::path file;  // absolute, set when the input is a file
+};
+
+struct PipelineStage {
+  std::string name;   // unique within the pipeline
+  std::string stage;  // registered stage name
+  std::map<std::string, InputRef> inputs;
+  std::string output;  // relative file name under the run's output directory
+  Json kwargs = Json::object();
+  StageOptions options;
+  int line = 0;  // where it is declared
+};
+
+struct Pipeline {
+  std::filesystem::path file;  // absolute
+  std::string name;
+  std::vector<std::string> libraries;  // as written
+  JobSpec job;
+  std::vector<PipelineStage> stages;  // in a topological order
+
+  const PipelineStage* Find(std::string_view name) const;
+};
+
+// Parses and validates a pipeline file. kInvalidPipeline with
+// "FILE:LINE:COLUMN: ..." for syntax errors, unknown keys, bad values,
+// duplicate stage names, references to unknown stages and cycles (naming the
+// stages on the cycle); kInputError when the file cannot be read.
+Result<Pipeline> LoadPipeline(const std::filesystem::path& file);
+Result<Pipeline> ParsePipeline(std::string_view yaml_text, const std::filesystem::path& file);
+
+// Turns library entries into paths: an entry with a '/' or ending in ".so" is a
+// path relative to the pipeline file; a bare name N is the first lib<N>.so (or
+// N.so) found in `search_dirs`. kLibraryError naming the places looked in.
+Result<std::vector<std::filesystem::path>> ResolveLibraries(
+    const Pipeline& pipeline, const std::vector<std::filesystem::path>& search_dirs);
+
+// kUnknownStage (with suggestions) for the first stage whose registered name
+// is not in the registry.
+Status CheckStagesRegistered(const Pipeline& pipeline, const Registry& registry);
+
+// ---------------------------------------------------------------------------
+// Scheduling
+
+enum class StageState { kPending, kRunning, kSucceeded, kFailed, kNotRun };
+std::string_view StageStateName(StageState state);
+
+struct StageOutcome {
+  std::string name;
+  StageState state = StageState::kPending;
+  std::optional<RunStats> stats;
+  Status status;  // for kFailed
+  std::filesystem::path output;
+};
+
+// Hooks for progress displays and traces; called from scheduler threads, one
+// call at a time.
+class RunObserver {
+ public:
+  virtual ~RunObserver() = default;
+  virtual void OnStageStarted(const PipelineStage& /*stage*/) {}
+  virtual void OnStageFinished(const PipelineStage& /*stage*/, const StageOutcome& /*outcome*/) {}
+};
+
+struct RunOptions {
+  int jobs = 1;  // stages in flight at once
+  RunObserver* observer = nullptr;
+};
+
+struct RunResult {
+  Status status;  // the first failure, or OK
+  std::string failed_stage;
+  std::vector<StageOutcome> stages;  // pipeline order
+  double wall_s = 0;
+};
+
+// Runs every stage whose inputs are ready, up to options.jobs at once. On the
+// first failure (or interrupt) it launches nothing more, lets running stages
+// finish, and returns that failure. Outputs go to out_dir/<stage.output>;
+// out_dir is created if needed (kOutputError if it cannot be).
+RunResult RunPipeline(const Pipeline& pipeline, const std::filesystem::path& out_dir,
+                      StageExecutor& executor, const RunOptions& options);
+
+}  // namespace stagekit
+
+#endif  // STAGEKIT_PIPELINE_H_

@@ -1,0 +1,178 @@
+// The stage API: what a user writes.
+//
+//   #include <stagekit/stage.h>
+//
+//   void CountBytes(stagekit::StageContext& ctx) {
+//     std::string text = ctx.ReadInput("text");
+//     ctx.WriteOutput(std::to_string(text.size()) + "\n");
+//   }
+//   STAGEKIT_STAGE("demo.count_bytes", CountBytes);
+//
+// A stage reads its named inputs, writes exactly one output file (the path
+// ctx.output(), a temporary file that stagekit renames into place only when
+// the stage returns normally), and returns. Its output must depend only on its
+// code, its input bytes, the job spec, its keyword arguments and ctx.seed():
+// that is what makes the in-process, subprocess and Ray executors produce
+// byte-identical files. To fail, throw any std::exception; its what() reaches
+// the user. Running a stage yields RunStats (see below), filled in by stagekit;
+// a stage can add its own numbers with ctx.SetMetric().
+#ifndef STAGEKIT_STAGE_H_
+#define STAGEKIT_STAGE_H_
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "stagekit/status.h"
+
+namespace stagekit {
+
+using Json = nlohmann::json;
+
+// Serialises JSON canonically: object keys sorted, no whitespace, integers as
+// integers and floating point numbers in shortest round-trip form. The same
+// value always gives the same bytes.
+std::string CanonicalJson(const Json& value);
+
+// What a whole pipeline run is about. Part of every stage's request.
+struct JobSpec {
+  std::string name;
+  std::uint64_t seed = 0;                 // base of every stage's seed
+  Json params = Json::object();           // free-form, shared by all stages
+
+  Json ToJson() const;
+  static Result<JobSpec> FromJson(const Json& json);
+  std::string Canonical() const { return CanonicalJson(ToJson()); }
+};
+
+// What one run of one stage did. Reported beside the output, never inside it.
+struct RunStats {
+  std::string stage;            // registered stage name
+  std::string executor;         // inprocess | subprocess | ray
+  int attempt = 1;              // 1 for the first try
+  std::string host;             // where it ran
+  double wall_s = 0;            // wall time of the stage function
+  std::uint64_t bytes_in = 0;   // sum of input sizes
+  std::uint64_t bytes_out = 0;  // output size
+  std::string output_digest;    // "sha256:<64 hex>"
+  Json metrics = Json::object();  // whatever the stage reported via SetMetric
+
+  Json ToJson() const;
+  static Result<RunStats> FromJson(const Json& json);
+  std::string Canonical() const { return CanonicalJson(ToJson()); }
+};
+
+// The deterministic seed of a stage: the first 8 bytes (big-endian) of
+// SHA-256(canonical job spec, NUL, stage instance name).
+std::uint64_t DeriveSeed(const JobSpec& job, std::string_view instance_name);
+
+class StageContext {
+ public:
+  StageContext(std::string stage, std::string instance,
+               const std::map<std::string, std::filesystem::path>* inputs,
+               std::filesystem::path output, const JobSpec* job, const Json* kwargs);
+
+  // Registered stage name ("wordcount.map").
+  const std::string& stage() const { return stage_; }
+  // The pipeline's name for this use of the stage ("map_03"); equals stage()
+  // when the stage is run on its own.
+  const std::string& instance() const { return instance_; }
+  const std::map<std::string, std::filesystem::path>& inputs() const { return *inputs_; }
+  // The path of a named input; throws std::out_of_range naming the input when
+  // the request has no input of that name.
+  const std::filesystem::path& input(std::string_view name) const;
+  // Where to write the output (a temporary file beside the final target).
+  const std::filesystem::path& output() const { return output_; }
+  const JobSpec& job() const { return *job_; }
+  const Json& kwargs() const { return *kwargs_; }
+  // DeriveSeed(job(), instance()).
+  std::uint64_t seed() const { return seed_; }
+
+  // Convenience: whole input file as bytes; throws std::runtime_error on I/O errors.
+  std::string ReadInput(std::string_view name) const;
+  // Convenience: writes the whole output; throws std::runtime_error on I/O errors.
+  void WriteOutput(std::string_view bytes) const;
+  // Adds a number (or any JSON value) to RunStats.metrics.
+  void SetMetric(const std::string& key, Json value) { metrics_[key] = std::move(value); }
+  const Json& metrics() const { return metrics_; }
+
+ private:
+  std::string stage_;
+  std::string instance_;
+  const std::map<std::string, std::filesystem::path>* inputs_;
+  std::filesystem::path output_;
+  const JobSpec* job_;
+  const Json* kwargs_;
+  std::uint64_t seed_;
+  Json metrics_ = Json::object();
+};
+
+using StageFn = void (*)(StageContext&);
+
+// Maps stage names to functions. Registration never throws: a duplicate name
+// is recorded with both sites and reported by Problems() (and by library
+// loading), the first registration stays in effect.
+class Registry {
+ public:
+  struct Entry {
+    std::string name;
+    StageFn fn = nullptr;
+    std::string file;     // source file of the registration
+    int line = 0;
+    std::string library;  // shared object that holds fn ("" for the main program)
+  };
+
+  void Add(std::string_view name, StageFn fn, const char* file, int line) noexcept;
+  // nullptr when absent.
+  const Entry* Find(std::string_view name) const;
+  // Sorted by name.
+  std::vector<Entry> List() const;
+  // One message per duplicate registration seen so far.
+  std::vector<std::string> Problems() const;
+  // Registered names close to `name` (edit distance), best first.
+  std::vector<std::string> Suggest(std::string_view name, std::size_t max = 3) const;
+
+  // The process-wide registry that STAGEKIT_STAGE fills.
+  static Registry& Global();
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, Entry, std::less<>> entries_;
+  std::vector<std::string> problems_;
+};
+
+// dlopen()s a stage library so that its STAGEKIT_STAGE registrations land in
+// `registry` (only the global registry is reachable from a library's static
+// initialisers, so pass Registry::Global() unless testing). Fails with
+// kLibraryError when the file cannot be loaded or when it registers a name that
+// is already registered.
+Status LoadStageLibrary(const std::filesystem::path& path,
+                        Registry& registry = Registry::Global());
+
+namespace internal {
+struct Registrar {
+  Registrar(const char* name, StageFn fn, const char* file, int line) noexcept {
+    Registry::Global().Add(name, fn, file, line);
+  }
+};
+}  // namespace internal
+
+}  // namespace stagekit
+
+#define STAGEKIT_INTERNAL_CONCAT2(a, b) a##b
+#define STAGEKIT_INTERNAL_CONCAT(a, b) STAGEKIT_INTERNAL_CONCAT2(a, b)
+
+// Registers `fn` (void fn(stagekit::StageContext&)) under the string `name`,
+// the stable identifier used on the command line, in pipeline files and on the
+// wire. Use at namespace scope in a .cc file.
+#define STAGEKIT_STAGE(name, fn)                                                       \
+  static const ::stagekit::internal::Registrar STAGEKIT_INTERNAL_CONCAT(               \
+      stagekit_registrar_, __COUNTER__)(name, &(fn), __FILE__, __LINE__)
+
+#endif  // STAGEKIT_STAGE_H_

@@ -1,0 +1,80 @@
+// Status and Result: how stagekit reports expected failures.
+//
+// Every expected failure (unknown stage, unreadable input, child failed,
+// timeout, ...) is returned as a Status with one of the codes below and a
+// message that says what to do. The numeric value of a code is also the exit
+// code of the `stagekit` command line tool, so scripts can tell failures apart.
+#ifndef STAGEKIT_STATUS_H_
+#define STAGEKIT_STATUS_H_
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace stagekit {
+
+enum class Code : int {
+  kOk = 0,
+  kStageFailed = 1,      // the stage threw, wrote no output, or its process died
+  kUsage = 2,            // bad command line
+  kInvalidPipeline = 3,  // malformed pipeline file, cycle, duplicate names
+  kUnknownStage = 4,     // no registered stage has that name
+  kInputError = 5,       // an input file is missing or unreadable
+  kBadRequest = 6,       // a malformed request (JSON) reached the entry point
+  kOutputError = 7,      // the output location cannot be written
+  kTimeout = 8,          // the stage ran past its timeout and was stopped
+  kLibraryError = 9,     // a stage library failed to load or registers duplicates
+  kParityMismatch = 10,  // executors produced different bytes
+  kInternal = 70,        // a bug in stagekit itself
+  kInterrupted = 130,    // Ctrl-C / SIGTERM
+};
+
+// Stable lower_snake_case name of a code ("stage_failed"), used on the wire.
+std::string_view CodeName(Code code);
+// Inverse of CodeName; unknown names map to kInternal.
+Code CodeFromName(std::string_view name);
+
+class Status {
+ public:
+  Status() = default;
+  Status(Code code, std::string message) : code_(code), message_(std::move(message)) {}
+
+  bool ok() const { return code_ == Code::kOk; }
+  Code code() const { return code_; }
+  const std::string& message() const { return message_; }
+  // "stage_failed: <message>"
+  std::string ToString() const;
+
+ private:
+  Code code_ = Code::kOk;
+  std::string message_;
+};
+
+inline Status OkStatus() { return Status(); }
+
+// A value or a non-OK Status.
+template <typename T>
+class Result {
+ public:
+  Result(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor): mirrors absl::StatusOr
+  Result(Status status) : status_(std::move(status)) {}  // NOLINT(google-explicit-constructor): mirrors absl::StatusOr
+
+  bool ok() const { return status_.ok(); }
+  const Status& status() const { return status_; }
+  const T& value() const& { return *value_; }
+  T& value() & { return *value_; }
+  T&& value() && { return std::move(*value_); }
+  const T& operator*() const& { return *value_; }
+  T& operator*() & { return *value_; }
+  const T* operator->() const { return &*value_; }
+  T* operator->() { return &*value_; }
+
+ private:
+  Status status_;
+  std::optional<T> value_;
+};
+
+}  // namespace stagekit
+
+#endif  // STAGEKIT_STATUS_H_

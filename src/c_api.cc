@@ -1,0 +1,63 @@
+#include "stagekit/c_api.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "stagekit/invoke.h"
+#include "stagekit/version.h"
+
+namespace {
+
+int Emit(const std::string& text, int rc, char** out, std::size_t* out_len) {
+  if (out != nullptr) {
+    *out = static_cast<char*>(std::malloc(text.size() + 1));
+    if (*out == nullptr) return static_cast<int>(stagekit::Code::kInternal);
+    std::memcpy(*out, text.data(), text.size());
+    (*out)[text.size()] = '\0';
+  }
+  if (out_len != nullptr) *out_len = text.size();
+  return rc;
+}
+
+int EmitStatus(const stagekit::Status& s, char** out, std::size_t* out_len) {
+  return Emit(stagekit::CanonicalJson(stagekit::ErrorToJson(s)), static_cast<int>(s.code()), out,
+              out_len);
+}
+
+}  // namespace
+
+extern "C" int stagekit_invoke_json(const char* request, size_t request_len, char** out,
+                                    size_t* out_len) {
+  using stagekit::Code;
+  using stagekit::Status;
+  try {
+    if (request == nullptr) return EmitStatus(Status(Code::kBadRequest, "request is NULL"), out, out_len);
+    auto req = stagekit::StageRequest::Parse(std::string_view(request, request_len));
+    if (!req.ok()) return EmitStatus(req.status(), out, out_len);
+    auto stats = stagekit::Invoke(*req);
+    if (!stats.ok()) return EmitStatus(stats.status(), out, out_len);
+    return Emit(stats->Canonical(), 0, out, out_len);
+  } catch (const std::exception& e) {
+    return EmitStatus(Status(Code::kInternal, std::string("stagekit_invoke_json: ") + e.what()),
+                      out, out_len);
+  } catch (...) {
+    return EmitStatus(Status(Code::kInternal, "stagekit_invoke_json: unknown exception"), out,
+                      out_len);
+  }
+}
+
+extern "C" int stagekit_load_library(const char* path, char** out, size_t* out_len) {
+  try {
+    stagekit::Status s = stagekit::LoadStageLibrary(path == nullptr ? "" : path);
+    if (!s.ok()) return EmitStatus(s, out, out_len);
+    return Emit("{}", 0, out, out_len);
+  } catch (...) {
+    return EmitStatus(stagekit::Status(stagekit::Code::kInternal, "stagekit_load_library failed"),
+                      out, out_len);
+  }
+}
+
+extern "C" void stagekit_free(char* buffer) { std::free(buffer); }
+
+extern "C" const char* stagekit_version(void) { return STAGEKIT_VERSION; }

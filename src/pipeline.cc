@@ -1,0 +1,472 @@
+#include "stagekit/pipeline.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <set>
+#include <sstream>
+
+namespace stagekit {
+namespace {
+
+namespace fs = std::filesystem;
+
+YAML::Mark LineMark(int line) {
+  YAML::Mark mark = YAML::Mark::null_mark();
+  mark.pos = 0;
+  mark.line = line - 1;
+  mark.column = 0;
+  return mark;
+}
+
+class Parser {
+ public:
+  explicit Parser(fs::path file) : file_(std::move(file)) {}
+
+  Status Error(const YAML::Mark& mark, const std::string& message) const {
+    std::string where = file_.string();
+    if (!mark.is_null()) {
+      where += ":" + std::to_string(mark.line + 1) + ":" + std::to_string(mark.column + 1);
+    }
+    return Status(Code::kInvalidPipeline, where + ": " + message);
+  }
+  Status Error(const YAML::Node& node, const std::string& message) const {
+    return Error(node.Mark(), message);
+  }
+
+  // Checks a mapping's keys: no duplicates, none outside `allowed`.
+  Status CheckKeys(const YAML::Node& map, const std::string& what,
+                   std::initializer_list<std::string_view> allowed) const {
+    if (!map.IsMap()) return Error(map, what + " must be a mapping");
+    std::set<std::string> seen;
+    for (const auto& kv : map) {
+      if (!kv.first.IsScalar()) return Error(kv.first, what + ": keys must be plain names");
+      std::string key = kv.first.Scalar();
+      if (!seen.insert(key).second) return Error(kv.first, what + ": key '" + key + "' appears twice");
+      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
+        std::string expected;
+        for (std::string_view a : allowed) expected += (expected.empty() ? "" : ", ") + std::string(a);
+        return Error(kv.first, what + ": unknown key '" + key + "' (expected one of: " + expected + ")");
+      }
+    }
+    return OkStatus();
+  }
+
+  Result<std::string> String(const YAML::Node& node, const std::string& what) const {
+    if (!node.IsScalar()) return Error(node, what + " must be a string");
+    return node.Scalar();
+  }
+
+  Result<double> Number(const YAML::Node& node, const std::string& what) const {
+    double v = 0;
+    if (!node.IsScalar() || !YAML::convert<double>::decode(node, v) || !std::isfinite(v)) {
+      return Error(node, what + " must be a number");
+    }
+    return v;
+  }
+
+  // YAML to JSON for kwargs and params: plain scalars become null, booleans,
+  // integers or floats when they read as such; quoted scalars stay strings.
+  Result<Json> ToJson(const YAML::Node& node, const std::string& what) const {
+    switch (node.Type()) {
+      case YAML::NodeType::Null:
+      case YAML::NodeType::Undefined:
+        return Json(nullptr);
+      case YAML::NodeType::Scalar: {
+        const std::string& s = node.Scalar();
+        if (node.Tag() == "!") return Json(s);  // quoted
+        if (s == "~" || s == "null" || s == "Null" || s == "NULL") return Json(nullptr);
+        if (s == "true" || s == "True" || s == "TRUE") return Json(true);
+        if (s == "false" || s == "False" || s == "FALSE") return Json(false);
+        Json number = Json::parse(s, nullptr, false);
+        if (!number.is_discarded() && number.is_number()) return number;
+        return Json(s);
+      }
+      case YAML::NodeType::Sequence: {
+        Json arr = Json::array();
+        for (const auto& item : node) {
+          auto v = ToJson(item, what);
+          if (!v.ok()) return v;
+          arr.push_back(std::move(v).value());
+        }
+        return arr;
+      }
+      case YAML::NodeType::Map: {
+        Json obj = Json::object();
+        for (const auto& kv : node) {
+          if (!kv.first.IsScalar()) return Error(kv.first, what + ": keys must be strings");
+          if (obj.contains(kv.first.Scalar())) {
+            return Error(kv.first, what + ": key '" + kv.first.Scalar() + "' appears twice");
+          }
+          auto v = ToJson(kv.second, what);
+          if (!v.ok()) return v;
+          obj[kv.first.Scalar()] = std::move(v).value();
+        }
+        return obj;
+      }
+    }
+    return Json(nullptr);
+  }
+
+  Result<Pipeline> Parse(std::string_view text) {
+    YAML::Node loaded;
+    try {
+      loaded = YAML::Load(std::string(text));
+    } catch (const YAML::ParserException& e) {
+      return Error(e.mark, "YAML syntax error: " + e.msg);
+    } catch (const YAML::Exception& e) {
+      return Error(e.mark, e.msg);
+    }
+    const YAML::Node root = loaded;
+    if (!root.IsDefined() || root.IsNull()) {
+      return Error(YAML::Mark::null_mark(), "the pipeline file is empty");
+    }
+    if (Status s = CheckKeys(root, "pipeline", {"name", "description", "libraries", "job", "stages"});
+        !s.ok()) {
+      return s;
+    }
+    Pipeline p;
+    p.file = file_;
+    p.name = file_.stem().string();
+    if (root["name"]) {
+      auto n = String(root["name"], "name");
+      if (!n.ok()) return n.status();
+      p.name = *n;
+    }
+    if (const YAML::Node libs = root["libraries"]) {
+      if (!libs.IsSequence()) return Error(libs, "libraries must be a list of names or paths");
+      for (const auto& lib : libs) {
+        auto l = String(lib, "a library entry");
+        if (!l.ok()) return l.status();
+        p.libraries.push_back(*l);
+      }
+    }
+    if (const YAML::Node job = root["job"]) {
+      if (Status s = CheckKeys(job, "job", {"name", "seed", "params"}); !s.ok()) return s;
+      if (job["name"]) {
+        auto n = String(job["name"], "job.name");
+        if (!n.ok()) return n.status();
+        p.job.name = *n;
+      }
+      if (job["seed"]) {
+        std::uint64_t seed = 0;
+        if (!job["seed"].IsScalar() || job["seed"].Scalar().find_first_not_of("0123456789") != std::string::npos ||
+            !YAML::convert<std::uint64_t>::decode(job["seed"], seed)) {
+          return Error(job["seed"], "job.seed must be a whole number from 0 to 2^64-1");
+        }
+        p.job.seed = seed;
+      }
+      if (job["params"]) {
+        if (!job["params"].IsMap()) return Error(job["params"], "job.params must be a mapping");
+        auto params = ToJson(job["params"], "job.params");
+        if (!params.ok()) return params.status();
+        p.job.params = std::move(params).value();
+      }
+    }
+    if (p.job.name.empty()) p.job.name = p.name;
+
+    const YAML::Node stages = root["stages"];
+    if (!stages || !stages.IsSequence() || stages.size() == 0) {
+      return Error(stages ? stages.Mark() : root.Mark(), "'stages' must be a non-empty list");
+    }
+    std::map<std::string, YAML::Mark> names;
+    std::map<std::string, YAML::Mark> outputs;
+    std::vector<PipelineStage> parsed;
+    for (const auto& node : stages) {
+      auto st = ParseStage(node);
+      if (!st.ok()) return st.status();
+      if (auto [it, fresh] = names.emplace(st->name, node.Mark()); !fresh) {
+        return Error(node["name"], "duplicate stage name '" + st->name + "' (first declared on line " +
+                                       std::to_string(it->second.line + 1) + ")");
+      }
+      if (auto [it, fresh] = outputs.emplace(st->output, node.Mark()); !fresh) {
+        return Error(node, "stage '" + st->name + "' writes output '" + st->output +
+                               "', which the stage on line " + std::to_string(it->second.line + 1) +
+                               " already writes; give it another 'output'");
+      }
+      parsed.push_back(std::move(st).value());
+    }
+    for (const PipelineStage& st : parsed) {
+      for (const auto& [input, ref] : st.inputs) {
+        if (!ref.from_stage.empty() && names.count(ref.from_stage) == 0) {
+          return Error(LineMark(st.line),
+                       "stage '" + st.name + "': input '" + input + "' comes from unknown stage '" +
+                           ref.from_stage + "'");
+        }
+      }
+    }
+    auto ordered = TopologicalOrder(std::move(parsed));
+    if (!ordered.ok()) return ordered.status();
+    p.stages = std::move(ordered).value();
+    return p;
+  }
+
+ private:
+  Result<PipelineStage> ParseStage(const YAML::Node& node) {
+    if (Status s = CheckKeys(node, "stage",
+                             {"name", "stage", "inputs", "output", "kwargs", "resources", "timeout"});
+        !s.ok()) {
+      return s;
+    }
+    PipelineStage st;
+    st.line = node.Mark().line + 1;
+    if (!node["name"]) return Error(node, "stage: missing 'name'");
+    auto name = String(node["name"], "stage name");
+    if (!name.ok()) return name.status();
+    st.name = *name;
+    if (st.name.empty() || st.name.find_first_not_of("abcdefghijklmnopqrstuvwxyz"
+                                                     "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
+                               std::string::npos) {
+      return Error(node["name"], "stage name '" + st.name +
+                                     "' must be non-empty and use only letters, digits, '_', '.', '-'");
+    }
+    std::string where = "stage '" + st.name + "'";
+    if (!node["stage"]) return Error(node, where + ": missing 'stage' (the registered stage name)");
+    auto reg = String(node["stage"], where + ": 'stage'");
+    if (!reg.ok()) return reg.status();
+    st.stage = *reg;
+
+    if (const YAML::Node inputs = node["inputs"]) {
+      if (!inputs.IsMap()) return Error(inputs, where + ": inputs must be a mapping of name to file");
+      std::set<std::string> seen;
+      for (const auto& kv : inputs) {
+        std::string in = kv.first.Scalar();
+        if (!seen.insert(in).second) return Error(kv.first, where + ": input '" + in + "' appears twice");
+        InputRef ref;
+        const YAML::Node& v = kv.second;
+        if (v.IsScalar()) {
+          ref.file = v.Scalar();
+        } else if (v.IsMap()) {
+          if (Status s = CheckKeys(v, where + " input '" + in + "'", {"from", "file"}); !s.ok()) return s;
+          if (v["from"] && v["file"]) return Error(v, where + ": input '" + in + "' has both 'from' and 'file'");
+          if (v["from"]) {
+            auto from = String(v["from"], where + ": 'from'");
+            if (!from.ok()) return from.status();
+            ref.from_stage = *from;
+            if (ref.from_stage == st.name) {
+              return Error(v["from"], where + ": input '" + in + "' comes from the stage itself (a cycle)");
+            }
+          } else if (v["file"]) {
+            auto file = String(v["file"], where + ": 'file'");
+            if (!file.ok()) return file.status();
+            ref.file = *file;
+          } else {
+            return Error(v, where + ": input '" + in + "' needs 'from' or 'file'");
+          }
+        } else {
+          return Error(v, where + ": input '" + in + "' must be a path or {from: STAGE}");
+        }
+        if (ref.from_stage.empty()) {
+          if (ref.file.empty()) return Error(v, where + ": input '" + in + "' has an empty path");
+          ref.file = (file_.parent_path() / ref.file).lexically_normal();
+        }
+        st.inputs.emplace(in, std::move(ref));
+      }
+    }
+    st.output = st.name + ".out";
+    if (node["output"]) {
+      auto out = String(node["output"], where + ": output");
+      if (!out.ok()) return out.status();
+      fs::path op = fs::path(*out).lexically_normal();
+      if (out->empty() || op.is_absolute() || op.empty() || *op.begin() == ".." ||
+          op.filename().empty()) {
+        return Error(node["output"], where + ": output '" + *out +
+                                         "' must be a relative file name inside the output directory");
+      }
+      st.output = op.string();
+    }
+    if (node["kwargs"]) {
+      if (!node["kwargs"].IsMap()) return Error(node["kwargs"], where + ": kwargs must be a mapping");
+      auto kw = ToJson(node["kwargs"], where + ": kwargs");
+      if (!kw.ok()) return kw.status();
+      st.kwargs = std::move(kw).value();
+    }
+    if (const YAML::Node res = node["resources"]) {
+      if (Status s = CheckKeys(res, where + ": resources", {"cpus", "gpus", "memory", "custom"}); !s.ok()) {
+        return s;
+      }
+      Resources& r = st.options.resources;
+      if (res["cpus"]) {
+        auto v = Number(res["cpus"], where + ": cpus");
+        if (!v.ok()) return v.status();
+        r.cpus = *v;
+      }
+      if (res["gpus"]) {
+        auto v = Number(res["gpus"], where + ": gpus");
+        if (!v.ok()) return v.status();
+        r.gpus = *v;
+      }
+      if (res["memory"]) {
+        auto v = ParseBytes(res["memory"].IsScalar() ? res["memory"].Scalar() : "");
+        if (!v.ok()) return Error(res["memory"], where + ": memory: " + v.status().message());
+        r.memory_bytes = *v;
+      }
+      if (const YAML::Node custom = res["custom"]) {
+        if (!custom.IsMap()) return Error(custom, where + ": custom resources must be a mapping");
+        for (const auto& kv : custom) {
+          auto v = Number(kv.second, where + ": resource '" + kv.first.Scalar() + "'");
+          if (!v.ok()) return v.status();
+          if (!r.custom.emplace(kv.first.Scalar(), *v).second) {
+            return Error(kv.first, where + ": resource '" + kv.first.Scalar() + "' appears twice");
+          }
+        }
+      }
+      if (Status s = r.Validate(); !s.ok()) return Error(res, where + ": " + s.message());
+    }
+    if (node["timeout"]) {
+      auto t = ParseDuration(node["timeout"].IsScalar() ? node["timeout"].Scalar() : "");
+      if (!t.ok()) return Error(node["timeout"], where + ": timeout: " + t.status().message());
+      st.options.timeout = *t;
+    }
+    return st;
+  }
+
+  // Kahn's algorithm, keeping declaration order among ready stages; on a
+  // cycle, walks it to name every stage on it.
+  Result<std::vector<PipelineStage>> TopologicalOrder(std::vector<PipelineStage> stages) {
+    std::map<std::string, std::size_t> index;
+    for (std::size_t i = 0; i < stages.size(); ++i) index[stages[i].name] = i;
+    std::vector<std::vector<std::size_t>> users(stages.size());
+    std::vector<std::size_t> indegree(stages.size(), 0);
+    for (std::size_t i = 0; i < stages.size(); ++i) {
+      std::set<std::size_t> deps;
+      for (const auto& [in, ref] : stages[i].inputs) {
+        if (!ref.from_stage.empty()) deps.insert(index.at(ref.from_stage));
+      }
+      for (std::size_t d : deps) users[d].push_back(i);
+      indegree[i] = deps.size();
+    }
+    std::set<std::size_t> ready;
+    for (std::size_t i = 0; i < stages.size(); ++i) {
+      if (indegree[i] == 0) ready.insert(i);
+    }
+    std::vector<std::size_t> order;
+    while (!ready.empty()) {
+      std::size_t i = *ready.begin();
+      ready.erase(ready.begin());
+      order.push_back(i);
+      for (std::size_t u : users[i]) {
+        if (--indegree[u] == 0) ready.insert(u);
+      }
+    }
+    if (order.size() != stages.size()) {
+      // Every stage left has an unfinished dependency; follow them until one repeats.
+      std::size_t at = 0;
+      while (indegree[at] == 0) ++at;
+      std::vector<std::size_t> path;
+      std::map<std::size_t, std::size_t> pos;
+      while (pos.count(at) == 0) {
+        pos[at] = path.size();
+        path.push_back(at);
+        for (const auto& [in, ref] : stages[at].inputs) {
+          if (!ref.from_stage.empty() && indegree[index.at(ref.from_stage)] != 0) {
+            at = index.at(ref.from_stage);
+            break;
+          }
+        }
+      }
+      std::string cycle;
+      for (std::size_t k = path.size(); k-- > pos[at];) cycle += stages[path[k]].name + " -> ";
+      cycle += stages[path.back()].name;
+      return Error(LineMark(stages[at].line),
+                   "dependency cycle: " + cycle + "; a stage cannot depend on its own output");
+    }
+    std::vector<PipelineStage> out;
+    out.reserve(stages.size());
+    for (std::size_t i : order) out.push_back(std::move(stages[i]));
+    return out;
+  }
+
+  fs::path file_;
+};
+
+}  // namespace
+
+const PipelineStage* Pipeline::Find(std::string_view stage_name) const {
+  for (const PipelineStage& s : stages) {
+    if (s.name == stage_name) return &s;
+  }
+  return nullptr;
+}
+
+Result<Pipeline> ParsePipeline(std::string_view yaml_text, const fs::path& file) {
+  std::error_code ec;
+  fs::path abs = fs::absolute(file, ec).lexically_normal();
+  return Parser(ec ? file : abs).Parse(yaml_text);
+}
+
+Result<Pipeline> LoadPipeline(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::error_code ec;
+  if (!in || fs::is_directory(file, ec)) {
+    return Status(Code::kInputError, "cannot read pipeline file '" + file.string() +
+                                         "': " + (in ? "is a directory" : std::strerror(errno)));
+  }
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  return ParsePipeline(buf.str(), file);
+}
+
+Result<std::vector<fs::path>> ResolveLibraries(const Pipeline& pipeline,
+                                               const std::vector<fs::path>& search_dirs) {
+  std::vector<fs::path> out;
+  std::error_code ec;
+  for (const std::string& entry : pipeline.libraries) {
+    bool is_path = entry.find('/') != std::string::npos ||
+                   (entry.size() > 3 && entry.compare(entry.size() - 3, 3, ".so") == 0);
+    if (is_path) {
+      fs::path p = (pipeline.file.parent_path() / entry).lexically_normal();
+      if (!fs::exists(p, ec)) {
+        return Status(Code::kLibraryError, pipeline.file.string() + ": stage library '" + entry +
+                                               "' not found at " + p.string());
+      }
+      out.push_back(p);
+      continue;
+    }
+    std::optional<fs::path> found;
+    std::string looked;
+    for (const fs::path& dir : search_dirs) {
+      for (const std::string& name : {"lib" + entry + ".so", entry + ".so"}) {
+        fs::path candidate = dir / name;
+        if (fs::exists(candidate, ec)) {
+          found = candidate;
+          break;
+        }
+      }
+      if (found) break;
+      looked += (looked.empty() ? "" : ", ") + dir.string();
+    }
+    if (!found) {
+      return Status(Code::kLibraryError,
+                    pipeline.file.string() + ": stage library '" + entry + "' (lib" + entry +
+                        ".so) not found in: " + (looked.empty() ? "(no search directories)" : looked) +
+                        "; add its directory with --stage-path or STAGEKIT_STAGE_PATH");
+    }
+    out.push_back(*found);
+  }
+  return out;
+}
+
+Status CheckStagesRegistered(const Pipeline& pipeline, const Registry& registry) {
+  for (const PipelineStage& st : pipeline.stages) {
+    if (registry.Find(st.stage) != nullptr) continue;
+    std::string message = pipeline.file.string() + ":" + std::to_string(st.line) + ": stage '" +
+                          st.name + "' uses unknown stage '" + st.stage + "'";
+    std::vector<std::string> close = registry.Suggest(st.stage);
+    if (!close.empty()) {
+      message += "; did you mean ";
+      for (std::size_t i = 0; i < close.size(); ++i) message += (i ? ", '" : "'") + close[i] + "'";
+      message += "?";
+    } else {
+      message += "; is its library listed under 'libraries' or given with --stages?";
+    }
+    return Status(Code::kUnknownStage, message);
+  }
+  return OkStatus();
+}
+
+}  // namespace stagekit

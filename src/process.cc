@@ -1,0 +1,240 @@
+#include "process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "fd.h"
+#include "stagekit/executor.h"
+
+extern char** environ;
+
+namespace stagekit::internal {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void AppendKeepingTail(std::string& buf, const char* data, std::size_t n, std::size_t keep) {
+  buf.append(data, n);
+  if (buf.size() > 2 * keep) buf.erase(0, buf.size() - keep);
+}
+
+// Reads what is available; false on EOF or error.
+bool Drain(int fd, std::string& buf, std::size_t keep) {
+  char chunk[16384];
+  for (;;) {
+    ssize_t n = ::read(fd, chunk, sizeof(chunk));
+    if (n > 0) {
+      AppendKeepingTail(buf, chunk, static_cast<std::size_t>(n), keep);
+      if (static_cast<std::size_t>(n) < sizeof(chunk)) return true;
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+    return false;
+  }
+}
+
+int OpenPidFd(pid_t pid) {
+#ifdef SYS_pidfd_open
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  return fd;
+#else
+  (void)pid;
+  return -1;
+#endif
+}
+
+}  // namespace
+
+std::string SignalName(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return abbrev != nullptr ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
+}
+
+std::string Tail(std::string_view text, std::size_t max) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
+  if (text.empty()) return "    (empty)";
+  bool cut = text.size() > max;
+  if (cut) {
+    text = text.substr(text.size() - max);
+    std::size_t nl = text.find('\n');
+    if (nl != std::string_view::npos && nl + 1 < text.size()) text = text.substr(nl + 1);
+  }
+  std::string out = cut ? "    ...\n    " : "    ";
+  for (char c : text) {
+    out.push_back(c);
+    if (c == '\n') out += "    ";
+  }
+  return out;
+}
+
+ChildResult RunChild(const ChildSpec& spec) {
+  ChildResult result;
+  int in_pair[2], out_pipe[2], err_pipe[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in_pair) != 0) {
+    result.spawn_status = Status(Code::kInternal, std::string("socketpair: ") + std::strerror(errno));
+    return result;
+  }
+  UniqueFd in_parent(in_pair[0]), in_child(in_pair[1]);
+  if (::pipe2(out_pipe, O_CLOEXEC) != 0) {
+    result.spawn_status = Status(Code::kInternal, std::string("pipe: ") + std::strerror(errno));
+    return result;
+  }
+  UniqueFd out_parent(out_pipe[0]), out_child(out_pipe[1]);
+  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
+    result.spawn_status = Status(Code::kInternal, std::string("pipe: ") + std::strerror(errno));
+    return result;
+  }
+  UniqueFd err_parent(err_pipe[0]), err_child(err_pipe[1]);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, in_child.get(), 0);
+  posix_spawn_file_actions_adddup2(&actions, out_child.get(), 1);
+  posix_spawn_file_actions_adddup2(&actions, err_child.get(), 2);
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t empty, defaults;
+  sigemptyset(&empty);
+  sigemptyset(&defaults);
+  for (int sig : {SIGINT, SIGTERM, SIGPIPE, SIGHUP, SIGQUIT, SIGCHLD}) sigaddset(&defaults, sig);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
+                                      POSIX_SPAWN_SETSIGDEF);
+
+  std::vector<char*> argv;
+  for (const std::string& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = spec.argv.empty() ? EINVAL
+           : spec.argv[0].find('/') != std::string::npos
+               ? posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ)
+               : posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    result.spawn_status =
+        Status(Code::kInternal, "cannot start '" + (spec.argv.empty() ? "" : spec.argv[0]) +
+                                    "': " + std::strerror(rc));
+    return result;
+  }
+  result.pid = pid;
+  in_child.Reset();
+  out_child.Reset();
+  err_child.Reset();
+  for (int fd : {in_parent.get(), out_parent.get(), err_parent.get()}) {
+    ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+  }
+  UniqueFd pidfd(OpenPidFd(pid));
+
+  std::size_t written = 0;
+  if (spec.stdin_data.empty()) in_parent.Reset();
+  const Clock::time_point start = Clock::now();
+  std::optional<Clock::time_point> deadline;
+  if (spec.timeout) deadline = start + *spec.timeout;
+  std::optional<Clock::time_point> term_sent, drain_until;
+  bool kill_sent = false, reaped = false;
+  int wstatus = 0;
+
+  for (;;) {
+    if (!reaped) {
+      pid_t r = ::waitpid(pid, &wstatus, WNOHANG);
+      if (r == pid) {
+        reaped = true;
+        pidfd.Reset();
+        in_parent.Reset();
+      }
+    }
+    if (reaped && !out_parent && !err_parent) break;
+    Clock::time_point now = Clock::now();
+    if (reaped) {
+      // The child is gone; something it started may still hold the pipes.
+      if (!drain_until) drain_until = now + std::chrono::milliseconds(200);
+      if (now >= *drain_until) {
+        ::kill(-pid, SIGKILL);
+        break;
+      }
+    } else {
+      if (!term_sent && ((deadline && now >= *deadline) || Interrupted())) {
+        result.timed_out = deadline && now >= *deadline;
+        result.interrupted = !result.timed_out;
+        ::kill(-pid, SIGTERM);
+        term_sent = now;
+      }
+      if (term_sent && !kill_sent && now >= *term_sent + spec.kill_grace) {
+        ::kill(-pid, SIGKILL);
+        kill_sent = true;
+      }
+    }
+
+    pollfd fds[4];
+    int nfds = 0;
+    int in_idx = -1, out_idx = -1, err_idx = -1;
+    if (in_parent) {
+      in_idx = nfds;
+      fds[nfds++] = {in_parent.get(), POLLOUT, 0};
+    }
+    if (out_parent) {
+      out_idx = nfds;
+      fds[nfds++] = {out_parent.get(), POLLIN, 0};
+    }
+    if (err_parent) {
+      err_idx = nfds;
+      fds[nfds++] = {err_parent.get(), POLLIN, 0};
+    }
+    if (pidfd) fds[nfds++] = {pidfd.get(), POLLIN, 0};
+    // Without a pidfd, exit is only noticed by polling waitpid.
+    int wait_ms = (pidfd || reaped) ? 100 : (out_parent || err_parent ? 20 : 1);
+    if (deadline && !term_sent) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - now).count();
+      wait_ms = static_cast<int>(std::max<long long>(0, std::min<long long>(wait_ms, left + 1)));
+    }
+    int n = ::poll(fds, static_cast<nfds_t>(nfds), wait_ms);
+    if (n < 0 && errno != EINTR) break;
+    if (n <= 0) continue;
+    if (in_idx >= 0 && fds[in_idx].revents != 0) {
+      ssize_t w = ::send(in_parent.get(), spec.stdin_data.data() + written,
+                         spec.stdin_data.size() - written, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w > 0) written += static_cast<std::size_t>(w);
+      if ((w < 0 && errno != EAGAIN && errno != EINTR) || written == spec.stdin_data.size()) {
+        ::shutdown(in_parent.get(), SHUT_WR);
+        in_parent.Reset();
+      }
+    }
+    if (out_idx >= 0 && fds[out_idx].revents != 0 &&
+        !Drain(out_parent.get(), result.out, spec.stdout_keep)) {
+      out_parent.Reset();
+    }
+    if (err_idx >= 0 && fds[err_idx].revents != 0 &&
+        !Drain(err_parent.get(), result.err, spec.stderr_keep)) {
+      err_parent.Reset();
+    }
+  }
+  if (!reaped) {
+    while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+    }
+  }
+  if (WIFEXITED(wstatus)) {
+    result.exited = true;
+    result.exit_code = WEXITSTATUS(wstatus);
+  } else if (WIFSIGNALED(wstatus)) {
+    result.term_signal = WTERMSIG(wstatus);
+  }
+  if (result.out.size() > spec.stdout_keep) result.out.erase(0, result.out.size() - spec.stdout_keep);
+  if (result.err.size() > spec.stderr_keep) result.err.erase(0, result.err.size() - spec.stderr_keep);
+  return result;
+}
+
+}  // namespace stagekit::internal

@@ -1,0 +1,53 @@
+// Running a child process with captured output, a deadline and an escalating
+// stop policy (SIGTERM, then SIGKILL). Internal to stagekit.
+#ifndef STAGEKIT_SRC_PROCESS_H_
+#define STAGEKIT_SRC_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "stagekit/status.h"
+
+namespace stagekit::internal {
+
+struct ChildSpec {
+  std::vector<std::string> argv;  // argv[0] is a path, or a name looked up in PATH
+  std::string stdin_data;
+  std::optional<std::chrono::milliseconds> timeout;
+  std::chrono::milliseconds kill_grace{2000};
+  std::size_t stdout_keep = 1 << 20;  // last bytes of stdout kept
+  std::size_t stderr_keep = 1 << 14;  // last bytes of stderr kept
+};
+
+struct ChildResult {
+  Status spawn_status;  // not OK when the child could not be started
+  pid_t pid = -1;
+  bool exited = false;  // normal exit: exit_code is valid
+  int exit_code = -1;
+  int term_signal = 0;  // set when killed by a signal
+  bool timed_out = false;
+  bool interrupted = false;  // stopped because Interrupted() became true
+  std::string out;  // tail of stdout
+  std::string err;  // tail of stderr
+};
+
+// Spawns the child in its own process group (so a stop reaches its children
+// too), feeds stdin, collects stdout/stderr and waits. Never throws for
+// process errors.
+ChildResult RunChild(const ChildSpec& spec);
+
+// "SIGKILL" for 9.
+std::string SignalName(int sig);
+
+// Last `max` bytes of `text` (on a line boundary where possible), indented
+// for an error message. Empty input gives "(empty)".
+std::string Tail(std::string_view text, std::size_t max);
+
+}  // namespace stagekit::internal
+
+#endif  // STAGEKIT_SRC_PROCESS_H_

@@ -1,0 +1,148 @@
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "stagekit/pipeline.h"
+
+namespace stagekit {
+
+namespace fs = std::filesystem;
+
+std::string_view StageStateName(StageState state) {
+  switch (state) {
+    case StageState::kPending: return "pending";
+    case StageState::kRunning: return "running";
+    case StageState::kSucceeded: return "succeeded";
+    case StageState::kFailed: return "failed";
+    case StageState::kNotRun: return "not_run";
+  }
+  return "unknown";
+}
+
+RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in,
+                      StageExecutor& executor, const RunOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  RunResult result;
+  const std::size_t n = pipeline.stages.size();
+  std::error_code ec;
+  const fs::path out_dir = fs::absolute(out_dir_in, ec).lexically_normal();
+
+  std::map<std::string, std::size_t> index;
+  for (std::size_t i = 0; i < n; ++i) index[pipeline.stages[i].name] = i;
+  std::vector<StageRequest> requests(n);
+  std::vector<std::vector<std::size_t>> users(n);
+  std::vector<std::size_t> waiting_on(n, 0);
+  result.stages.resize(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const PipelineStage& st = pipeline.stages[i];
+    StageRequest& req = requests[i];
+    req.stage = st.stage;
+    req.instance = st.name;
+    req.output = out_dir / st.output;
+    req.job = pipeline.job;
+    req.kwargs = st.kwargs;
+    req.executor = std::string(executor.name());
+    std::set<std::size_t> deps;
+    for (const auto& [name, ref] : st.inputs) {
+      if (ref.from_stage.empty()) {
+        req.inputs[name] = ref.file;
+      } else {
+        std::size_t d = index.at(ref.from_stage);
+        req.inputs[name] = out_dir / pipeline.stages[d].output;
+        deps.insert(d);
+      }
+    }
+    for (std::size_t d : deps) users[d].push_back(i);
+    waiting_on[i] = deps.size();
+    result.stages[i].name = st.name;
+    result.stages[i].output = req.output;
+  }
+
+  auto finish = [&](Status status) {
+    result.status = std::move(status);
+    for (StageOutcome& o : result.stages) {
+      if (o.state == StageState::kPending) o.state = StageState::kNotRun;
+    }
+    result.wall_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return result;
+  };
+
+  for (std::size_t i = 0; i < n; ++i) {
+    fs::create_directories(requests[i].output.parent_path(), ec);
+    if (ec) {
+      return finish(Status(Code::kOutputError, "cannot create output directory '" +
+                                                   requests[i].output.parent_path().string() +
+                                                   "': " + ec.message() +
+                                                   "; choose another --out directory"));
+    }
+  }
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::size_t> ready;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (waiting_on[i] == 0) ready.push_back(i);
+  }
+  bool stop = false;
+  std::size_t running = 0;
+  Status failure;
+
+  auto worker = [&] {
+    std::unique_lock<std::mutex> lock(mu);
+    for (;;) {
+      if (!stop && Interrupted()) {
+        stop = true;
+        failure = Status(Code::kInterrupted, "interrupted; running stages were stopped");
+        cv.notify_all();
+      }
+      if (!stop && !ready.empty()) {
+        std::size_t i = ready.front();
+        ready.pop_front();
+        ++running;
+        result.stages[i].state = StageState::kRunning;
+        if (options.observer != nullptr) options.observer->OnStageStarted(pipeline.stages[i]);
+        lock.unlock();
+        Result<RunStats> stats = executor.Run(requests[i], pipeline.stages[i].options);
+        lock.lock();
+        --running;
+        StageOutcome& outcome = result.stages[i];
+        if (stats.ok()) {
+          outcome.state = StageState::kSucceeded;
+          outcome.stats = std::move(stats).value();
+          for (std::size_t u : users[i]) {
+            if (--waiting_on[u] == 0) ready.push_back(u);
+          }
+        } else {
+          outcome.state = StageState::kFailed;
+          outcome.status = stats.status();
+          if (!stop) {
+            stop = true;
+            failure = stats.status();
+            result.failed_stage = pipeline.stages[i].name;
+          }
+        }
+        if (options.observer != nullptr) options.observer->OnStageFinished(pipeline.stages[i], outcome);
+        cv.notify_all();
+        continue;
+      }
+      if (running == 0) break;  // nothing can start and nothing will finish
+      cv.wait_for(lock, std::chrono::milliseconds(100));
+    }
+    cv.notify_all();
+  };
+
+  const std::size_t threads =
+      std::max<std::size_t>(1, std::min<std::size_t>(static_cast<std::size_t>(std::max(options.jobs, 1)), n));
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
+  worker();
+  for (std::thread& t : pool) t.join();
+  return finish(failure);
+}
+
+}  // namespace stagekit

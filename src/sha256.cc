@@ -1,0 +1,61 @@
+#include "sha256.h"
+
+#include <fcntl.h>
+#include <nettle/sha2.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "fd.h"
+
+namespace stagekit::internal {
+
+Sha256Digest Sha256(std::string_view bytes) {
+  sha256_ctx ctx;
+  sha256_init(&ctx);
+  sha256_update(&ctx, bytes.size(), reinterpret_cast<const std::uint8_t*>(bytes.data()));
+  Sha256Digest out;
+  sha256_digest(&ctx, out.size(), out.data());
+  return out;
+}
+
+std::string HexDigest(const Sha256Digest& digest) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(digest.size() * 2);
+  for (std::uint8_t b : digest) {
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 15]);
+  }
+  return out;
+}
+
+Result<std::pair<Sha256Digest, std::uint64_t>> Sha256File(const std::filesystem::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) {
+    return Status(Code::kInputError,
+                  "cannot read '" + path.string() + "': " + std::strerror(errno));
+  }
+  sha256_ctx ctx;
+  sha256_init(&ctx);
+  std::uint64_t total = 0;
+  std::vector<std::uint8_t> buf(1 << 16);
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Status(Code::kInputError,
+                    "cannot read '" + path.string() + "': " + std::strerror(errno));
+    }
+    if (n == 0) break;
+    sha256_update(&ctx, static_cast<std::size_t>(n), buf.data());
+    total += static_cast<std::uint64_t>(n);
+  }
+  Sha256Digest out;
+  sha256_digest(&ctx, out.size(), out.data());
+  return std::make_pair(out, total);
+}
+
+}  // namespace stagekit::internal

@@ -1,0 +1,24 @@
+// SHA-256 through nettle, kept out of the public headers.
+#ifndef STAGEKIT_SRC_SHA256_H_
+#define STAGEKIT_SRC_SHA256_H_
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+#include "stagekit/status.h"
+
+namespace stagekit::internal {
+
+using Sha256Digest = std::array<std::uint8_t, 32>;
+
+Sha256Digest Sha256(std::string_view bytes);
+std::string HexDigest(const Sha256Digest& digest);
+// Digest of a file's bytes, and its size; kInputError naming the file on I/O errors.
+Result<std::pair<Sha256Digest, std::uint64_t>> Sha256File(const std::filesystem::path& path);
+
+}  // namespace stagekit::internal
+
+#endif  // STAGEKIT_SRC_SHA256_H_

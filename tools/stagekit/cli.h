@@ -1,0 +1,76 @@
+// Shared pieces of the stagekit command line tool. Each subcommand lives in
+// its own cmd_<name>.cc and registers itself with Set<Name>Command(); only
+// main() turns a Status into an exit code.
+#ifndef STAGEKIT_TOOLS_CLI_H_
+#define STAGEKIT_TOOLS_CLI_H_
+
+#include <CLI/CLI.hpp>
+
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "stagekit/pipeline.h"
+#include "stagekit/status.h"
+
+namespace stagekit::cli {
+
+// What main() runs after parsing: the chosen subcommand's action.
+using Action = std::function<Status()>;
+
+// --stages / --stage-path, shared by every subcommand that loads stages.
+struct LibraryOptions {
+  std::vector<std::string> stages;      // explicit library paths
+  std::vector<std::string> stage_path;  // extra search directories
+  void AddTo(CLI::App* cmd);
+  // --stage-path, $STAGEKIT_STAGE_PATH, `pipeline_dir` (if any), then the
+  // stage directory next to the stagekit binary.
+  std::vector<std::filesystem::path> SearchDirs(const std::filesystem::path& pipeline_dir) const;
+};
+
+// Loads the pipeline file, its libraries and --stages, and checks that every
+// stage it uses is registered. `libraries` receives every loaded library
+// path (for subprocess runners).
+Result<Pipeline> LoadPipelineWithLibraries(const std::string& file, const LibraryOptions& libs,
+                                           std::vector<std::filesystem::path>& libraries);
+Status LoadLibraries(const std::vector<std::filesystem::path>& paths);
+
+// Options shared by `run` and `parity`.
+struct ExecOptions {
+  int jobs = 0;  // 0: one per CPU
+  std::string out;
+  std::string timeout;  // default per-stage timeout when the pipeline gives none
+  bool json = false;
+  bool quiet = false;
+  void AddTo(CLI::App* cmd, bool with_out_default_note);
+  int Jobs() const;
+};
+
+// Builds an executor by name; kUsage for unknown names.
+Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
+                                                    const std::vector<std::filesystem::path>& libraries);
+
+// Applies --timeout to stages without their own.
+Status ApplyDefaultTimeout(Pipeline& pipeline, const std::string& timeout);
+
+// The summary of one run (what --json prints and what is written beside the outputs).
+Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_view executor,
+                int jobs, const std::filesystem::path& out_dir);
+// Writes `text` to `path` atomically (temporary file + rename).
+Status WriteFileAtomically(const std::filesystem::path& path, const std::string& text);
+
+// A progress display on a terminal, plain log lines otherwise, nothing with quiet.
+std::unique_ptr<RunObserver> MakeProgress(std::size_t total, bool quiet, std::string prefix);
+
+std::string HumanBytes(std::uint64_t bytes);
+std::string FirstLine(const std::string& text);
+
+void SetRunCommand(CLI::App& app, Action& action);
+void SetParityCommand(CLI::App& app, Action& action);
+void SetStageCommand(CLI::App& app, Action& action);
+void SetListCommand(CLI::App& app, Action& action);
+
+}  // namespace stagekit::cli
+
+#endif  // STAGEKIT_TOOLS_CLI_H_

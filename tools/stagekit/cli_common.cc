@@ -1,0 +1,278 @@
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "cli.h"
+#include "stagekit/executor.h"
+
+namespace stagekit::cli {
+
+namespace fs = std::filesystem;
+
+void LibraryOptions::AddTo(CLI::App* cmd) {
+  cmd->add_option("--stages", stages, "Stage library (.so) to load; repeatable")
+      ->type_name("LIB");
+  cmd->add_option("--stage-path", stage_path,
+                  "Directory searched for libraries a pipeline names; repeatable "
+                  "(also $STAGEKIT_STAGE_PATH)")
+      ->type_name("DIR");
+}
+
+std::vector<fs::path> LibraryOptions::SearchDirs(const fs::path& pipeline_dir) const {
+  std::vector<fs::path> dirs(stage_path.begin(), stage_path.end());
+  if (const char* env = std::getenv("STAGEKIT_STAGE_PATH"); env != nullptr) {
+    std::stringstream ss(env);
+    std::string dir;
+    while (std::getline(ss, dir, ':')) {
+      if (!dir.empty()) dirs.emplace_back(dir);
+    }
+  }
+  if (!pipeline_dir.empty()) dirs.push_back(pipeline_dir);
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) dirs.push_back((self.parent_path().parent_path() / "lib" / "stagekit" / "stages"));
+  return dirs;
+}
+
+Status LoadLibraries(const std::vector<fs::path>& paths) {
+  for (const fs::path& p : paths) {
+    if (Status s = LoadStageLibrary(p); !s.ok()) return s;
+  }
+  return OkStatus();
+}
+
+Result<Pipeline> LoadPipelineWithLibraries(const std::string& file, const LibraryOptions& libs,
+                                           std::vector<fs::path>& libraries) {
+  Result<Pipeline> pipeline = LoadPipeline(file);
+  if (!pipeline.ok()) return pipeline.status();
+  auto resolved = ResolveLibraries(*pipeline, libs.SearchDirs(pipeline->file.parent_path()));
+  if (!resolved.ok()) return resolved.status();
+  std::error_code ec;
+  for (const std::string& s : libs.stages) libraries.push_back(fs::absolute(s, ec));
+  for (const fs::path& p : *resolved) libraries.push_back(fs::absolute(p, ec));
+  if (Status s = LoadLibraries(libraries); !s.ok()) return s;
+  if (Status s = CheckStagesRegistered(*pipeline, Registry::Global()); !s.ok()) return s;
+  return pipeline;
+}
+
+void ExecOptions::AddTo(CLI::App* cmd, bool parity) {
+  cmd->add_option("-j,--jobs", jobs, "Stages run at once (default: one per CPU)")
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("-o,--out", out,
+                  parity ? "Output directory; each executor writes to OUT/<executor> "
+                           "(default: stagekit-out/<pipeline>/parity)"
+                         : "Output directory (default: stagekit-out/<pipeline>)")
+      ->type_name("DIR");
+  cmd->add_option("--timeout", timeout,
+                  "Timeout for stages that set none, e.g. 30s, 5m (subprocess executor)")
+      ->type_name("DURATION");
+  cmd->add_flag("--json", json, "Print a machine-readable summary on stdout");
+  cmd->add_flag("-q,--quiet", quiet, "No progress output");
+}
+
+int ExecOptions::Jobs() const {
+  if (jobs > 0) return jobs;
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n);
+}
+
+Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
+                                                    const std::vector<fs::path>& libraries) {
+  if (name == "inprocess") return std::unique_ptr<StageExecutor>(new InProcessExecutor());
+  if (name == "subprocess") {
+    SubprocessExecutor::Options options;
+    options.libraries = libraries;
+    return std::unique_ptr<StageExecutor>(new SubprocessExecutor(options));
+  }
+  if (name == "ray") {
+    return Status(Code::kUsage,
+                  "the ray executor is not available in this build yet; use inprocess or subprocess");
+  }
+  return Status(Code::kUsage, "unknown executor '" + name + "'; choose inprocess or subprocess");
+}
+
+Status ApplyDefaultTimeout(Pipeline& pipeline, const std::string& timeout) {
+  if (timeout.empty()) return OkStatus();
+  auto t = ParseDuration(timeout);
+  if (!t.ok()) return Status(Code::kUsage, "--timeout: " + t.status().message());
+  for (PipelineStage& st : pipeline.stages) {
+    if (!st.options.timeout) st.options.timeout = *t;
+  }
+  return OkStatus();
+}
+
+Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_view executor,
+                int jobs, const fs::path& out_dir) {
+  Json stages = Json::array();
+  for (std::size_t i = 0; i < result.stages.size(); ++i) {
+    const StageOutcome& o = result.stages[i];
+    const PipelineStage& st = pipeline.stages[i];
+    Json entry{{"name", o.name},
+               {"stage", st.stage},
+               {"state", StageStateName(o.state)},
+               {"output", o.output.string()},
+               {"resources", st.options.resources.ToJson()},
+               {"timeout_s", st.options.timeout
+                                 ? Json(static_cast<double>(st.options.timeout->count()) / 1000.0)
+                                 : Json(nullptr)},
+               {"stats", o.stats ? o.stats->ToJson() : Json(nullptr)},
+               {"error", o.state == StageState::kFailed ? ErrorToJson(o.status)["error"]
+                                                         : Json(nullptr)}};
+    stages.push_back(std::move(entry));
+  }
+  return Json{{"pipeline", pipeline.name},
+              {"file", pipeline.file.string()},
+              {"executor", executor},
+              {"jobs", jobs},
+              {"out_dir", out_dir.string()},
+              {"status", result.status.ok() ? "succeeded" : "failed"},
+              {"error", result.status.ok() ? Json(nullptr) : ErrorToJson(result.status)["error"]},
+              {"failed_stage", result.failed_stage.empty() ? Json(nullptr) : Json(result.failed_stage)},
+              {"wall_s", result.wall_s},
+              {"job", pipeline.job.ToJson()},
+              {"stages", stages}};
+}
+
+Status WriteFileAtomically(const fs::path& path, const std::string& text) {
+  fs::path temp = path;
+  temp += ".tmp-" + std::to_string(::getpid());
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return Status(Code::kOutputError, "cannot write '" + path.string() + "': " + std::strerror(errno));
+  std::size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      std::string err = std::strerror(errno);
+      ::close(fd);
+      ::unlink(temp.c_str());
+      return Status(Code::kOutputError, "cannot write '" + path.string() + "': " + err);
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  if (::rename(temp.c_str(), path.c_str()) != 0) {
+    std::string err = std::strerror(errno);
+    ::unlink(temp.c_str());
+    return Status(Code::kOutputError, "cannot write '" + path.string() + "': " + err);
+  }
+  return OkStatus();
+}
+
+std::string HumanBytes(std::uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Plain lines for logs and pipes.
+class LineProgress : public RunObserver {
+ public:
+  explicit LineProgress(std::string prefix) : prefix_(std::move(prefix)) {}
+  void OnStageFinished(const PipelineStage& st, const StageOutcome& o) override {
+    if (o.state == StageState::kSucceeded) {
+      std::fprintf(stderr, "%sok      %s (%s) %.3fs %s\n", prefix_.c_str(), st.name.c_str(),
+                   st.stage.c_str(), o.stats->wall_s, HumanBytes(o.stats->bytes_out).c_str());
+    } else {
+      std::fprintf(stderr, "%sFAILED  %s (%s): %s\n", prefix_.c_str(), st.name.c_str(),
+                   st.stage.c_str(), FirstLine(o.status.message()).c_str());
+    }
+  }
+
+ private:
+  std::string prefix_;
+};
+
+// One status line redrawn in place, with a ticking clock.
+class TerminalProgress : public RunObserver {
+ public:
+  TerminalProgress(std::size_t total, std::string prefix)
+      : total_(total), prefix_(std::move(prefix)), start_(Clock::now()) {
+    ticker_ = std::thread([this] {
+      std::unique_lock<std::mutex> lock(mu_);
+      while (!done_) {
+        Draw();
+        cv_.wait_for(lock, std::chrono::milliseconds(200));
+      }
+    });
+  }
+  ~TerminalProgress() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+      Draw();
+      std::fputs("\n", stderr);
+    }
+    cv_.notify_all();
+    ticker_.join();
+  }
+  void OnStageStarted(const PipelineStage& st) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++running_;
+    last_ = st.name;
+    Draw();
+  }
+  void OnStageFinished(const PipelineStage& st, const StageOutcome& o) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    --running_;
+    if (o.state == StageState::kSucceeded) {
+      ++done_count_;
+    } else {
+      ++failed_;
+      std::fprintf(stderr, "\r\033[K%sFAILED  %s (%s): %s\n", prefix_.c_str(), st.name.c_str(),
+                   st.stage.c_str(), FirstLine(o.status.message()).c_str());
+    }
+    Draw();
+  }
+
+ private:
+  void Draw() {
+    double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+    std::fprintf(stderr, "\r\033[K%s[%zu/%zu done] %zu running, %zu failed, %.1fs  %s",
+                 prefix_.c_str(), done_count_, total_, running_, failed_, elapsed, last_.c_str());
+    std::fflush(stderr);
+  }
+
+  std::size_t total_;
+  std::string prefix_;
+  Clock::time_point start_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::size_t running_ = 0, done_count_ = 0, failed_ = 0;
+  std::string last_;
+  std::thread ticker_;
+};
+
+}  // namespace
+
+std::unique_ptr<RunObserver> MakeProgress(std::size_t total, bool quiet, std::string prefix) {
+  if (quiet) return nullptr;
+  if (::isatty(STDERR_FILENO) != 0) return std::make_unique<TerminalProgress>(total, prefix);
+  return std::make_unique<LineProgress>(prefix);
+}
+
+}  // namespace stagekit::cli

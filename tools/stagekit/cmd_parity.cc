@@ -1,0 +1,167 @@
+// stagekit parity PIPELINE: run the pipeline under several executors and prove
+// that every output is byte-identical.
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "cli.h"
+
+namespace stagekit::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct ParityCommand {
+  std::string pipeline;
+  std::string executors = "inprocess,subprocess";
+  LibraryOptions libs;
+  ExecOptions exec;
+};
+
+// Offset of the first byte where the two files differ (the shorter size when
+// one is a prefix of the other); -1 when identical or unreadable.
+long long FirstDifference(const fs::path& a, const fs::path& b) {
+  std::ifstream fa(a, std::ios::binary), fb(b, std::ios::binary);
+  if (!fa || !fb) return -1;
+  std::vector<char> ba(1 << 16), bb(1 << 16);
+  long long offset = 0;
+  for (;;) {
+    fa.read(ba.data(), static_cast<std::streamsize>(ba.size()));
+    fb.read(bb.data(), static_cast<std::streamsize>(bb.size()));
+    std::streamsize na = fa.gcount(), nb = fb.gcount();
+    std::streamsize n = std::min(na, nb);
+    for (std::streamsize i = 0; i < n; ++i) {
+      if (ba[i] != bb[i]) return offset + i;
+    }
+    if (na != nb) return offset + n;
+    if (na == 0) return -1;
+    offset += n;
+  }
+}
+
+Status Parity(const ParityCommand& cmd) {
+  std::vector<std::string> names;
+  std::stringstream ss(cmd.executors);
+  for (std::string name; std::getline(ss, name, ',');) {
+    if (name.empty()) continue;
+    if (std::find(names.begin(), names.end(), name) != names.end()) {
+      return Status(Code::kUsage, "--executors names '" + name + "' twice");
+    }
+    names.push_back(name);
+  }
+  if (names.size() < 2) {
+    return Status(Code::kUsage, "--executors needs at least two executors, e.g. inprocess,subprocess");
+  }
+  std::vector<fs::path> libraries;
+  Result<Pipeline> pipeline = LoadPipelineWithLibraries(cmd.pipeline, cmd.libs, libraries);
+  if (!pipeline.ok()) return pipeline.status();
+  if (Status s = ApplyDefaultTimeout(*pipeline, cmd.exec.timeout); !s.ok()) return s;
+  std::vector<std::unique_ptr<StageExecutor>> executors;
+  for (const std::string& name : names) {
+    auto ex = MakeExecutor(name, libraries);
+    if (!ex.ok()) return ex.status();
+    executors.push_back(std::move(ex).value());
+  }
+
+  fs::path base = cmd.exec.out.empty() ? fs::path("stagekit-out") / pipeline->name / "parity"
+                                       : fs::path(cmd.exec.out);
+  const int jobs = cmd.exec.Jobs();
+  std::vector<RunResult> runs;
+  Json summaries = Json::object();
+  for (std::size_t e = 0; e < executors.size(); ++e) {
+    std::unique_ptr<RunObserver> progress = MakeProgress(
+        pipeline->stages.size(), cmd.exec.quiet || cmd.exec.json, "[" + names[e] + "] ");
+    RunOptions options;
+    options.jobs = jobs;
+    options.observer = progress.get();
+    runs.push_back(RunPipeline(*pipeline, base / names[e], *executors[e], options));
+    progress.reset();
+    summaries[names[e]] = RunSummary(*pipeline, runs.back(), names[e], jobs, base / names[e]);
+    if (!runs.back().status.ok()) {
+      if (cmd.exec.json) std::cout << Json{{"status", "failed"}, {"runs", summaries}}.dump(2) << std::endl;
+      return Status(runs.back().status.code(),
+                    "parity: the " + names[e] + " run failed: " + runs.back().status.message());
+    }
+  }
+
+  // Compare every stage's output against the first executor's.
+  Json rows = Json::array();
+  std::size_t mismatches = 0;
+  std::string first_mismatch;
+  std::size_t width = 5, out_width = 6;
+  for (const PipelineStage& st : pipeline->stages) {
+    width = std::max(width, st.name.size());
+    out_width = std::max(out_width, st.output.size());
+  }
+  if (!cmd.exec.json) {
+    std::printf("%-*s  %-*s", static_cast<int>(width), "STAGE", static_cast<int>(out_width), "OUTPUT");
+    for (const std::string& n : names) std::printf("  %-12s", n.c_str());
+    std::printf("  RESULT\n");
+  }
+  for (std::size_t i = 0; i < pipeline->stages.size(); ++i) {
+    const PipelineStage& st = pipeline->stages[i];
+    Json digests = Json::object();
+    std::string verdict = "identical";
+    for (std::size_t e = 0; e < names.size(); ++e) {
+      const std::string& d = runs[e].stages[i].stats->output_digest;
+      digests[names[e]] = d;
+      if (e > 0 && d != runs[0].stages[i].stats->output_digest && verdict == "identical") {
+        long long offset = FirstDifference(runs[0].stages[i].output, runs[e].stages[i].output);
+        verdict = "DIFFERS";
+        ++mismatches;
+        if (first_mismatch.empty()) {
+          first_mismatch = "stage '" + st.name + "' output '" + st.output + "' differs between " +
+                           names[0] + " and " + names[e] + " at byte " + std::to_string(offset) +
+                           " (sizes " + std::to_string(runs[0].stages[i].stats->bytes_out) +
+                           " and " + std::to_string(runs[e].stages[i].stats->bytes_out) + "; files " +
+                           runs[0].stages[i].output.string() + " and " +
+                           runs[e].stages[i].output.string() + ")";
+        }
+        digests["first_difference"] = offset;
+      }
+    }
+    rows.push_back({{"stage", st.name}, {"output", st.output}, {"digests", digests}, {"result", verdict}});
+    if (!cmd.exec.json) {
+      std::printf("%-*s  %-*s", static_cast<int>(width), st.name.c_str(), static_cast<int>(out_width),
+                  st.output.c_str());
+      for (std::size_t e = 0; e < names.size(); ++e) {
+        // "sha256:" + the first 12 hex digits.
+        std::printf("  %-12s", runs[e].stages[i].stats->output_digest.substr(7, 12).c_str());
+      }
+      std::printf("  %s\n", verdict.c_str());
+    }
+  }
+  std::string joined;
+  for (const std::string& n : names) joined += (joined.empty() ? "" : ", ") + n;
+  if (cmd.exec.json) {
+    std::cout << Json{{"status", mismatches == 0 ? "identical" : "mismatch"},
+                      {"executors", names}, {"outputs", rows}, {"runs", summaries}}
+                     .dump(2)
+              << std::endl;
+  } else {
+    std::printf("%zu outputs, %zu identical across %s\n", rows.size(), rows.size() - mismatches,
+                joined.c_str());
+  }
+  if (mismatches > 0) {
+    return Status(Code::kParityMismatch, "parity mismatch in " + std::to_string(mismatches) +
+                                             " output(s); first: " + first_mismatch);
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+void SetParityCommand(CLI::App& app, Action& action) {
+  auto cmd = std::make_shared<ParityCommand>();
+  CLI::App* sub = app.add_subcommand(
+      "parity", "Run a pipeline under several executors and check that every output is byte-identical");
+  sub->add_option("PIPELINE", cmd->pipeline, "Pipeline file (YAML)")->required();
+  sub->add_option("--executors", cmd->executors,
+                  "Comma-separated executors to compare (default: inprocess,subprocess)");
+  cmd->exec.AddTo(sub, true);
+  cmd->libs.AddTo(sub);
+  sub->callback([cmd, &action] { action = [cmd] { return Parity(*cmd); }; });
+}
+
+}  // namespace stagekit::cli

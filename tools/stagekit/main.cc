@@ -1,0 +1,65 @@
+// stagekit: write a pipeline stage once, run it in-process, in a subprocess or on Ray.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "cli.h"
+#include "stagekit/executor.h"
+#include "stagekit/version.h"
+
+namespace {
+
+void OnSignal(int /*sig*/) { stagekit::RequestInterrupt(); }
+
+void InstallSignalHandlers() {
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  // A second Ctrl-C gets the default action: stop at once.
+  sa.sa_flags = SA_RESETHAND;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+constexpr const char* kExitCodes = R"(Exit codes:
+  0 success            1 a stage failed       2 usage error
+  3 invalid pipeline   4 unknown stage        5 input missing/unreadable
+  6 malformed request  7 output not writable  8 stage timed out
+  9 stage library error  10 parity mismatch   70 internal error  130 interrupted)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"stagekit " STAGEKIT_VERSION
+               ": write a pipeline stage once; run it in-process, in a subprocess or on Ray,\n"
+               "with byte-identical outputs."};
+  app.set_version_flag("--version", STAGEKIT_VERSION);
+  app.require_subcommand(1);
+  app.footer(kExitCodes);
+  stagekit::cli::Action action;
+  stagekit::cli::SetRunCommand(app, action);
+  stagekit::cli::SetParityCommand(app, action);
+  stagekit::cli::SetListCommand(app, action);
+  stagekit::cli::SetStageCommand(app, action);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : static_cast<int>(stagekit::Code::kUsage);
+  }
+  InstallSignalHandlers();
+  stagekit::Status status;
+  try {
+    status = action();
+  } catch (const std::exception& e) {
+    status = stagekit::Status(stagekit::Code::kInternal, e.what());
+  }
+  if (!status.ok()) {
+    std::cerr << "stagekit: error: " << status.message() << "\n";
+    return static_cast<int>(status.code());
+  }
+  return 0;
+}
