@@ -1,0 +1,284 @@
+// The stagekit command line tool, run for real: examples, the parity gate,
+// and every kind of bad input with its message and exit code.
+#include <gtest/gtest.h>
+
+#include "stagekit/stage.h"
+#include "unit/test_util.h"
+
+namespace stagekit {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::CommandResult;
+using testing::ListFiles;
+using testing::ReadFile;
+using testing::RunCli;
+using testing::TempDir;
+using testing::WriteFile;
+
+const std::string kExamples = STAGEKIT_SOURCE_DIR "/examples";
+
+// Exit codes documented in `stagekit --help` and the README.
+enum Exit { kOk = 0, kStage = 1, kUsage = 2, kPipeline = 3, kUnknown = 4, kInput = 5,
+            kRequest = 6, kOutput = 7, kTimeout = 8, kLibrary = 9, kParity = 10 };
+
+std::string Show(const CommandResult& r) {
+  return "exit " + std::to_string(r.exit_code) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
+}
+
+// The last line stagekit prints on stderr (the one-line error).
+std::string ErrorLine(const CommandResult& r) {
+  std::string err = r.err;
+  while (!err.empty() && err.back() == '\n') err.pop_back();
+  std::size_t at = err.rfind("stagekit: error: ");
+  return at == std::string::npos ? "" : err.substr(at, err.find('\n', at) - at);
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  // A pipeline in the temp dir that uses the test stages.
+  fs::path Pipeline(const std::string& stages, const std::string& extra = "") {
+    WriteFile(dir_ / "in.txt", "payload\n");
+    std::string yaml = "name: t\nlibraries: [" STAGEKIT_TEST_STAGES "]\n" + extra + "stages:\n" + stages;
+    WriteFile(dir_ / "pipeline.yaml", yaml);
+    return dir_ / "pipeline.yaml";
+  }
+  CommandResult Run(const std::vector<std::string>& args) { return RunCli(args, dir_.path()); }
+  TempDir dir_;
+};
+
+TEST_F(CliTest, HelpListsCommandsAndExitCodes) {
+  CommandResult r = Run({"--help"});
+  EXPECT_EQ(r.exit_code, kOk) << Show(r);
+  for (const char* s : {"run", "parity", "list", "stage", "Exit codes", "10 parity mismatch"}) {
+    EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << Show(r);
+  }
+  EXPECT_EQ(Run({}).exit_code, kUsage);
+  EXPECT_EQ(Run({"frobnicate"}).exit_code, kUsage);
+  EXPECT_EQ(Run({"run"}).exit_code, kUsage);
+}
+
+TEST_F(CliTest, ExamplesPassTheParityGate) {
+  for (const char* example : {"trivial", "wordcount", "montecarlo"}) {
+    fs::path pipeline = kExamples + "/" + example + "/pipeline.yaml";
+    CommandResult r = Run({"parity", pipeline.string(), "--out", (dir_ / example).string()});
+    EXPECT_EQ(r.exit_code, kOk) << example << "\n" << Show(r);
+    EXPECT_NE(r.out.find("identical across inprocess, subprocess"), std::string::npos) << Show(r);
+    EXPECT_EQ(r.out.find("DIFFERS"), std::string::npos) << Show(r);
+  }
+  // The reductions did real work.
+  std::string top = ReadFile(dir_ / "wordcount" / "subprocess" / "top_words.tsv");
+  EXPECT_EQ(top.substr(top.find('\t'), 5), "\tthe\n") << top.substr(0, 100);
+  Json pi = Json::parse(ReadFile(dir_ / "montecarlo" / "inprocess" / "pi.json"));
+  EXPECT_EQ(pi["samples"], 32000000);
+  double estimate = std::stod(pi["pi_estimate"].get<std::string>());
+  EXPECT_NEAR(estimate, 3.14159, 0.002);
+}
+
+TEST_F(CliTest, RunWritesOutputsAndASummary) {
+  fs::path p = Pipeline(
+      "  - {name: a, stage: test.copy, inputs: {in: in.txt}, output: a.txt}\n"
+      "  - {name: b, stage: test.copy, inputs: {in: {from: a}}, output: sub/b.txt}\n");
+  CommandResult r = Run({"run", p.string(), "--executor", "subprocess", "--json", "--out", "o"});
+  ASSERT_EQ(r.exit_code, kOk) << Show(r);
+  EXPECT_EQ(ReadFile(dir_ / "o" / "sub" / "b.txt"), "payload\n");
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["status"], "succeeded");
+  EXPECT_EQ(summary["executor"], "subprocess");
+  ASSERT_EQ(summary["stages"].size(), 2u);
+  EXPECT_EQ(summary["stages"][1]["stats"]["bytes_out"], 8);
+  EXPECT_EQ(summary["stages"][1]["stats"]["executor"], "subprocess");
+  EXPECT_EQ(Json::parse(ReadFile(dir_ / "o" / ".stagekit-run.json"))["status"], "succeeded");
+  EXPECT_EQ(ListFiles(dir_ / "o"), (std::vector<std::string>{".stagekit-run.json", "a.txt", "sub/b.txt"}));
+}
+
+TEST_F(CliTest, ParityCatchesANondeterministicStage) {
+  fs::path p = Pipeline("  - {name: racy, stage: test.per_process, output: racy.txt}\n");
+  CommandResult r = Run({"parity", p.string()});
+  EXPECT_EQ(r.exit_code, kParity) << Show(r);
+  EXPECT_NE(r.out.find("DIFFERS"), std::string::npos) << Show(r);
+  std::string e = ErrorLine(r);
+  EXPECT_NE(e.find("stage 'racy' output 'racy.txt' differs between inprocess and subprocess at byte "),
+            std::string::npos)
+      << Show(r);
+  // "same prefix, then pid " is 22 bytes; the pids differ somewhere after it.
+  std::size_t at = e.find("at byte ") + 8;
+  EXPECT_GE(std::stoll(e.substr(at)), 22) << e;
+}
+
+TEST_F(CliTest, ListShowsRegisteredStages) {
+  CommandResult r = Run({"list", "--stages", STAGEKIT_TEST_STAGES});
+  EXPECT_EQ(r.exit_code, kOk) << Show(r);
+  EXPECT_NE(r.out.find("test.copy"), std::string::npos);
+  EXPECT_NE(r.out.find("libstagekit_test_stages.so"), std::string::npos);
+  r = Run({"list", "--stages", STAGEKIT_WHOLE_ARCHIVE_STAGES, "--json"});
+  EXPECT_NE(r.out.find("test.static_only"), std::string::npos) << Show(r);
+  r = Run({"list", (kExamples + "/wordcount/pipeline.yaml")});
+  EXPECT_NE(r.out.find("wordcount.reduce"), std::string::npos) << Show(r);
+}
+
+// ---- bad input: one test each, message and exit code -----------------------
+
+TEST_F(CliTest, UnknownStageSuggestsCloseNames) {
+  fs::path p = Pipeline("  - {name: a, stage: test.cpy, inputs: {in: in.txt}}\n");
+  CommandResult r = Run({"run", p.string()});
+  EXPECT_EQ(r.exit_code, kUnknown) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("stage 'a' uses unknown stage 'test.cpy'; did you mean 'test.copy'"),
+            std::string::npos)
+      << Show(r);
+  EXPECT_FALSE(fs::exists(dir_ / "stagekit-out"));  // nothing ran, nothing written
+}
+
+TEST_F(CliTest, MissingInputIsNamed) {
+  fs::path p = Pipeline("  - {name: a, stage: test.copy, inputs: {in: absent.txt}}\n");
+  for (const char* executor : {"inprocess", "subprocess"}) {
+    CommandResult r = Run({"run", p.string(), "-e", executor});
+    EXPECT_EQ(r.exit_code, kInput) << Show(r);
+    EXPECT_NE(ErrorLine(r).find("input 'in' of stage 'a' (test.copy) ('" + (dir_ / "absent.txt").string() +
+                                "') cannot be opened: No such file or directory"),
+              std::string::npos)
+        << Show(r);
+  }
+}
+
+TEST_F(CliTest, MalformedRequestJson) {
+  CommandResult r = RunCli({"stage", "test.copy", "--stages", STAGEKIT_TEST_STAGES}, {}, "{\"stage\": ");
+  EXPECT_EQ(r.exit_code, kRequest) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("request is not valid JSON"), std::string::npos) << Show(r);
+  Json last = Json::parse(r.out);  // the protocol line
+  EXPECT_EQ(last["error"]["code"], "bad_request");
+  r = RunCli({"stage", "test.copy", "--stages", STAGEKIT_TEST_STAGES}, {},
+             R"({"stage": "test.noop", "output": "/tmp/x"})");
+  EXPECT_EQ(r.exit_code, kRequest) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("the request names stage 'test.noop' but the command line says 'test.copy'"),
+            std::string::npos)
+      << Show(r);
+}
+
+TEST_F(CliTest, StageRunnerSpeaksTheProtocol) {
+  WriteFile(dir_ / "in.txt", "abc");
+  std::string req = CanonicalJson({{"stage", "test.copy"},
+                                   {"inputs", {{"in", (dir_ / "in.txt").string()}}},
+                                   {"output", (dir_ / "out.txt").string()}});
+  CommandResult r = RunCli({"stage", "test.copy", "--stages", STAGEKIT_TEST_STAGES}, {}, req);
+  ASSERT_EQ(r.exit_code, kOk) << Show(r);
+  Json stats = Json::parse(r.out);
+  EXPECT_EQ(stats["executor"], "subprocess");
+  EXPECT_EQ(stats["bytes_out"], 3);
+  EXPECT_EQ(ReadFile(dir_ / "out.txt"), "abc");
+}
+
+TEST_F(CliTest, MalformedPipelineFilePointsAtLineAndColumn) {
+  WriteFile(dir_ / "bad.yaml", "stages:\n  - name: a\n    stage: x\n   oops: [\n");
+  CommandResult r = Run({"run", "bad.yaml"});
+  EXPECT_EQ(r.exit_code, kPipeline) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("bad.yaml:"), std::string::npos) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("YAML syntax error"), std::string::npos) << Show(r);
+  CommandResult missing = Run({"run", "nope.yaml"});
+  EXPECT_EQ(missing.exit_code, kInput) << Show(missing);
+  EXPECT_NE(ErrorLine(missing).find("cannot read pipeline file 'nope.yaml'"), std::string::npos);
+}
+
+TEST_F(CliTest, DependencyCycle) {
+  fs::path p = Pipeline("  - {name: a, stage: test.copy, inputs: {in: {from: b}}}\n"
+                        "  - {name: b, stage: test.copy, inputs: {in: {from: a}}}\n");
+  CommandResult r = Run({"run", p.string()});
+  EXPECT_EQ(r.exit_code, kPipeline) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("dependency cycle: "), std::string::npos) << Show(r);
+}
+
+TEST_F(CliTest, DuplicateStageNames) {
+  fs::path p = Pipeline("  - {name: a, stage: test.noop}\n  - {name: a, stage: test.noop}\n");
+  CommandResult r = Run({"run", p.string()});
+  EXPECT_EQ(r.exit_code, kPipeline) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("duplicate stage name 'a' (first declared on line 4)"), std::string::npos)
+      << Show(r);
+  CommandResult lib = Run({"list", "--stages", STAGEKIT_DUP_STAGES});
+  EXPECT_EQ(lib.exit_code, kLibrary) << Show(lib);
+  EXPECT_NE(ErrorLine(lib).find("stage 'dup.same_name' is registered twice"), std::string::npos) << Show(lib);
+}
+
+TEST_F(CliTest, MissingLibrary) {
+  WriteFile(dir_ / "p.yaml", "libraries: [no_such_lib]\nstages:\n  - {name: a, stage: s}\n");
+  CommandResult r = Run({"run", "p.yaml"});
+  EXPECT_EQ(r.exit_code, kLibrary) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("stage library 'no_such_lib' (libno_such_lib.so) not found in:"),
+            std::string::npos)
+      << Show(r);
+  EXPECT_NE(ErrorLine(r).find("--stage-path"), std::string::npos);
+}
+
+TEST_F(CliTest, ThrowingStageKeepsTheEarlierGoodOutput) {
+  fs::path good = Pipeline("  - {name: a, stage: test.copy, inputs: {in: in.txt}, output: a.txt}\n");
+  ASSERT_EQ(Run({"run", good.string(), "--out", "o"}).exit_code, kOk);
+  for (const char* executor : {"inprocess", "subprocess"}) {
+    fs::path bad = Pipeline("  - {name: a, stage: test.throws, output: a.txt, kwargs: {message: no luck}}\n");
+    CommandResult r = Run({"run", bad.string(), "--out", "o", "-e", executor});
+    EXPECT_EQ(r.exit_code, kStage) << Show(r);
+    EXPECT_NE(ErrorLine(r).find("stage 'a' (test.throws) failed: no luck"), std::string::npos) << Show(r);
+    EXPECT_EQ(ReadFile(dir_ / "o" / "a.txt"), "payload\n") << executor;
+  }
+  EXPECT_EQ(ListFiles(dir_ / "o"), (std::vector<std::string>{".stagekit-run.json", "a.txt"}));
+}
+
+TEST_F(CliTest, StageThatWritesNoOutput) {
+  fs::path p = Pipeline("  - {name: a, stage: test.no_output}\n");
+  CommandResult r = Run({"run", p.string(), "-e", "subprocess"});
+  EXPECT_EQ(r.exit_code, kStage) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("stage 'a' (test.no_output) wrote no output"), std::string::npos) << Show(r);
+}
+
+TEST_F(CliTest, ChildKilledByASignal) {
+  fs::path p = Pipeline("  - {name: a, stage: test.crash, output: a.txt}\n");
+  CommandResult r = Run({"run", p.string(), "-e", "subprocess", "--out", "o"});
+  EXPECT_EQ(r.exit_code, kStage) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("was killed by SIGSEGV without reporting a result"), std::string::npos)
+      << Show(r);
+  EXPECT_NE(r.err.find("about to die"), std::string::npos) << Show(r);  // the stderr tail
+  EXPECT_EQ(ListFiles(dir_ / "o"), (std::vector<std::string>{".stagekit-run.json"}));
+}
+
+TEST_F(CliTest, UnwritableOutputDirectory) {
+  fs::path p = Pipeline("  - {name: a, stage: test.noop}\n");
+  WriteFile(dir_ / "blocker", "a file where a directory should be");
+  CommandResult r = Run({"run", p.string(), "--out", "blocker/out"});
+  EXPECT_EQ(r.exit_code, kOutput) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("cannot create output directory"), std::string::npos) << Show(r);
+  EXPECT_EQ(ReadFile(dir_ / "blocker"), "a file where a directory should be");
+}
+
+TEST_F(CliTest, TimeoutStopsTheStage) {
+  fs::path p = Pipeline("  - {name: a, stage: test.sleep, timeout: 300ms, kwargs: {seconds: 30}}\n");
+  CommandResult r = Run({"run", p.string(), "-e", "subprocess", "--out", "o"});
+  EXPECT_EQ(r.exit_code, kTimeout) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("stage 'a' (test.sleep) timed out after 300ms"), std::string::npos) << Show(r);
+  EXPECT_EQ(ListFiles(dir_ / "o"), (std::vector<std::string>{".stagekit-run.json"}));
+}
+
+TEST_F(CliTest, FirstFailureStopsLaunchingAndIsReported) {
+  std::string stages = "  - {name: bad, stage: test.throws}\n";
+  for (int i = 0; i < 5; ++i) {
+    stages += "  - {name: after" + std::to_string(i) + ", stage: test.copy, inputs: {in: {from: bad}}}\n";
+  }
+  fs::path p = Pipeline(stages);
+  CommandResult r = Run({"run", p.string(), "--json", "-j", "1"});
+  EXPECT_EQ(r.exit_code, kStage) << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["failed_stage"], "bad");
+  EXPECT_EQ(summary["error"]["code"], "stage_failed");
+  for (std::size_t i = 1; i < 6; ++i) EXPECT_EQ(summary["stages"][i]["state"], "not_run");
+}
+
+TEST_F(CliTest, BadCommandLineValues) {
+  fs::path p = Pipeline("  - {name: a, stage: test.noop}\n");
+  EXPECT_EQ(Run({"run", p.string(), "--executor", "spark"}).exit_code, kUsage);
+  EXPECT_EQ(Run({"run", p.string(), "--jobs", "0"}).exit_code, kUsage);
+  CommandResult t = Run({"run", p.string(), "--timeout", "soon"});
+  EXPECT_EQ(t.exit_code, kUsage) << Show(t);
+  EXPECT_NE(ErrorLine(t).find("--timeout: cannot read 'soon' as a duration"), std::string::npos);
+  CommandResult one = Run({"parity", p.string(), "--executors", "inprocess"});
+  EXPECT_EQ(one.exit_code, kUsage) << Show(one);
+}
+
+}  // namespace
+}  // namespace stagekit

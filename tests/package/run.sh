@@ -1,0 +1,221 @@
+#!/usr/bin/env bash
+# tests/package/run.sh BUILD_DIR PKG_DIR
+#
+# The find_package consumer test (ctest: package.find_package_consumer).
+# Installs the already-built project in BUILD_DIR into a temporary prefix,
+# builds PKG_DIR/consumer against it as a separate CMake project, and runs:
+#   - consumer_driver (the library API from an ordinary executable);
+#   - the INSTALLED stagekit: `list`, `run` with both executors, `parity`;
+# then checks that the outputs exist, are byte-identical across executors and
+# have the expected content (checked-in files under consumer/expected/ and
+# independent tools: tac, cksum, sha256sum).
+#
+# Environment: KEEP_TMP=1 keeps the temporary directory; JOBS (default 2) is
+# the build parallelism; CMAKE (default cmake).
+set -euo pipefail
+
+if [[ $# -ne 2 ]]; then
+  echo "usage: $0 BUILD_DIR PKG_DIR" >&2
+  exit 2
+fi
+BUILD_DIR=$(cd "$1" && pwd)
+PKG_DIR=$(cd "$2" && pwd)
+CONSUMER_SRC=$PKG_DIR/consumer
+CMAKE=${CMAKE:-cmake}
+JOBS=${JOBS:-2}
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/stagekit-pkg.XXXXXX")
+cleanup() {
+  local rc=$?
+  if [[ ${KEEP_TMP:-0} == 1 ]]; then
+    echo "package: kept $TMP"
+  else
+    rm -rf "$TMP"
+  fi
+  if [[ $rc -ne 0 ]]; then echo "package: FAILED (exit $rc)" >&2; fi
+  exit $rc
+}
+trap cleanup EXIT
+
+checks=0
+say() { echo "package: $*"; }
+ok() { checks=$((checks + 1)); echo "package: ok   $*"; }
+die() { echo "package: FAIL $*" >&2; exit 1; }
+# run LOG CMD...: runs CMD with its stdout in LOG and its stderr in LOG.err; on
+# failure shows both and fails.
+run() {
+  local log=$1
+  shift
+  local rc=0
+  "$@" >"$log" 2>"$log.err" || rc=$?
+  if [[ $rc -ne 0 ]]; then
+    echo "package: FAIL command exited $rc: $*" >&2
+    echo "---- stdout ($log)" >&2
+    tail -n 60 "$log" >&2
+    echo "---- stderr" >&2
+    tail -n 60 "$log.err" >&2
+    echo "----" >&2
+    exit 1
+  fi
+}
+# summary_ok FILE EXECUTOR: the `stagekit run --json` summary says all 3 stages
+# succeeded on EXECUTOR (jq when available, else a textual check).
+summary_ok() {
+  if command -v jq >/dev/null; then
+    jq -e --arg ex "$2" '.status == "succeeded" and .executor == $ex and (.stages | length) == 3
+                         and all(.stages[]; .state == "succeeded" and .stats.executor == $ex)' \
+      "$1" >/dev/null 2>&1
+  else
+    grep -q '^  "status": "succeeded",$' "$1" && grep -q "^  \"executor\": \"$2\",\$" "$1" &&
+      [[ $(grep -c '"state": "succeeded"' "$1") -eq 3 ]]
+  fi
+}
+# same FILE_A FILE_B WHAT: byte-identical or fail with a diff.
+same() {
+  if ! cmp -s "$1" "$2"; then
+    echo "package: FAIL $3: $1 and $2 differ" >&2
+    cmp "$1" "$2" >&2 || true
+    diff <(od -c "$1") <(od -c "$2") | head -n 20 >&2 || true
+    exit 1
+  fi
+  ok "$3"
+}
+
+# The test runs the installed tools, never the build tree's: nothing from the
+# environment may point stagekit elsewhere.
+unset STAGEKIT_RUNNER STAGEKIT_STAGE_PATH LD_LIBRARY_PATH || true
+
+cache_value() {  # cache_value VAR: a value from BUILD_DIR's CMakeCache.txt, or empty
+  sed -n "s/^$1:[A-Z]*=//p" "$BUILD_DIR/CMakeCache.txt" | head -n 1
+}
+[[ -f $BUILD_DIR/CMakeCache.txt ]] || die "$BUILD_DIR is not a CMake build directory"
+
+# ---- 1. install ------------------------------------------------------------
+PREFIX=$TMP/prefix
+say "installing $BUILD_DIR into $PREFIX"
+run "$TMP/install.log" "$CMAKE" --install "$BUILD_DIR" --prefix "$PREFIX"
+STAGEKIT=$PREFIX/bin/stagekit
+[[ -x $STAGEKIT ]] || die "no executable bin/stagekit in the install tree"
+config=$(find "$PREFIX" -name stagekitConfig.cmake -path '*/cmake/stagekit/*' | head -n 1)
+[[ -n $config ]] || die "no stagekitConfig.cmake in the install tree"
+libstagekit=$(find "$PREFIX" -name 'libstagekit.so.*' -type f | head -n 1)
+[[ -n $libstagekit ]] || die "no libstagekit.so.* in the install tree"
+for f in "$PREFIX"/include/stagekit/{stage,invoke,executor,pipeline,status,c_api,version}.h \
+         "$(dirname "$config")"/{stagekitConfigVersion.cmake,StagekitHelpers.cmake,stagekitTargets.cmake}; do
+  [[ -f $f ]] || die "missing from the install tree: ${f#"$PREFIX"/}"
+done
+libdir=$(dirname "$libstagekit")
+ok "install tree: bin/stagekit, ${libdir#"$PREFIX"/}/$(basename "$libstagekit"), headers, ${config#"$PREFIX"/}"
+
+# The installed binary must find the installed library through its RUNPATH
+# ($ORIGIN/../<libdir>), not the build tree's.
+if command -v readelf >/dev/null; then
+  runpath=$(readelf -d "$STAGEKIT" | sed -n 's/.*R\(UN\)\{0,1\}PATH.*\[\(.*\)\].*/\2/p')
+  say "bin/stagekit RUNPATH: ${runpath:-<none>}"
+  [[ $runpath != *"$BUILD_DIR"* ]] || die "bin/stagekit's RUNPATH still names the build tree: $runpath"
+fi
+resolved=$(ldd "$STAGEKIT" | sed -n 's/^[[:space:]]*libstagekit\.so[^ ]* => \([^ ]*\).*/\1/p')
+[[ -n $resolved && $resolved != "not" ]] || { ldd "$STAGEKIT" >&2; die "bin/stagekit cannot find libstagekit"; }
+[[ $(realpath "$resolved") == "$(realpath "$libstagekit")" ]] ||
+  die "bin/stagekit loads $resolved instead of the installed $libstagekit"
+ok "installed bin/stagekit resolves libstagekit to the prefix (${resolved#"$PREFIX"/})"
+
+version=$("$STAGEKIT" --version)
+pkg_version=$(sed -n 's/^set(PACKAGE_VERSION "\(.*\)")/\1/p' "$(dirname "$config")/stagekitConfigVersion.cmake")
+[[ $version == "$pkg_version" ]] || die "stagekit --version says '$version', the package says '$pkg_version'"
+ok "stagekit --version = $version = package version"
+
+# ---- 2. configure and build the consumer out of tree -------------------------
+CONSUMER_BUILD=$TMP/consumer-build
+cmake_args=(-S "$CONSUMER_SRC" -B "$CONSUMER_BUILD" -DCMAKE_PREFIX_PATH="$PREFIX"
+            -DCMAKE_BUILD_TYPE=Release -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF)
+# Build with the project's compiler; a sanitizer build's library needs the same
+# runtime in everything linked against it.
+cxx=$(cache_value CMAKE_CXX_COMPILER)
+[[ -n $cxx ]] && cmake_args+=(-DCMAKE_CXX_COMPILER="$cxx")
+if gen=$(cache_value CMAKE_GENERATOR) && [[ -n $gen ]]; then cmake_args+=(-G "$gen"); fi
+sanitize=$(cache_value STAGEKIT_SANITIZE)
+if [[ -n $sanitize ]]; then
+  say "the project is built with -fsanitize=$sanitize; the consumer is too"
+  cmake_args+=(-DCMAKE_CXX_FLAGS="-fsanitize=$sanitize -fno-omit-frame-pointer"
+               -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=$sanitize"
+               -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=$sanitize")
+fi
+say "configuring $CONSUMER_SRC against $PREFIX"
+run "$TMP/consumer-configure.log" "$CMAKE" "${cmake_args[@]}"
+found_dir=$(sed -n 's/^stagekit_DIR:PATH=//p' "$CONSUMER_BUILD/CMakeCache.txt")
+[[ $(realpath "$found_dir") == "$(realpath "$(dirname "$config")")" ]] ||
+  die "find_package(stagekit) found '$found_dir', not the installed package $(dirname "$config")"
+ok "find_package(stagekit 0.1 CONFIG) found ${found_dir#"$PREFIX"/}"
+run "$TMP/consumer-build.log" "$CMAKE" --build "$CONSUMER_BUILD" -j "$JOBS"
+STAGE_DIR=$CONSUMER_BUILD/lib/stagekit/stages
+LIB=$STAGE_DIR/libconsumer_stages.so
+DRIVER=$CONSUMER_BUILD/consumer_driver
+[[ -f $LIB ]] || die "stagekit_add_stage_library(consumer_stages) did not produce $LIB"
+[[ -x $DRIVER ]] || die "no $DRIVER"
+ok "built the consumer: lib/stagekit/stages/libconsumer_stages.so and consumer_driver"
+
+# ---- 3. the library API from an executable --------------------------------------
+say "running consumer_driver"
+if ! "$DRIVER" "$TMP/driver" "$LIB" >"$TMP/driver.log" 2>&1; then
+  cat "$TMP/driver.log" >&2
+  die "consumer_driver failed"
+fi
+sed 's/^/  /' "$TMP/driver.log"
+read -r _ _ digest digest_file < <(grep '^driver: digest ' "$TMP/driver.log") ||
+  die "consumer_driver printed no digest line"
+[[ $digest == "sha256:$(sha256sum "$digest_file" | cut -d' ' -f1)" ]] ||
+  die "RunStats.output_digest $digest is not the sha256 of $digest_file"
+ok "consumer_driver: all checks passed; its RunStats digest matches sha256sum"
+
+# ---- 4. the installed CLI ----------------------------------------------------
+cd "$TMP"  # nothing may land in the source tree
+PIPELINE=$CONSUMER_SRC/pipeline.yaml
+
+run "$TMP/list.log" "$STAGEKIT" list --stages "$LIB"
+for s in consumer.reverse_lines consumer.checksum; do
+  grep -Eq "^$s[[:space:]]+libconsumer_stages\.so " "$TMP/list.log" ||
+    { cat "$TMP/list.log" >&2; die "stagekit list --stages $LIB does not show $s"; }
+done
+ok "stagekit list --stages libconsumer_stages.so shows consumer.reverse_lines and consumer.checksum"
+run "$TMP/list-pipeline.log" "$STAGEKIT" list "$PIPELINE" --stage-path "$STAGE_DIR"
+grep -q '^consumer.checksum ' "$TMP/list-pipeline.log" ||
+  { cat "$TMP/list-pipeline.log" >&2; die "stagekit list PIPELINE --stage-path does not resolve consumer_stages"; }
+ok "stagekit list pipeline.yaml --stage-path resolves 'consumer_stages'"
+
+outputs=(reversed.txt reversed.cksum input.cksum)
+for ex in inprocess subprocess; do
+  run "$TMP/run-$ex.log" "$STAGEKIT" run "$PIPELINE" --executor "$ex" --stage-path "$STAGE_DIR" \
+    --out "$TMP/out/$ex" -j 2 --json
+  summary_ok "$TMP/run-$ex.log" "$ex" ||
+    { cat "$TMP/run-$ex.log" >&2; die "stagekit run --executor $ex: the summary does not say 3 stages succeeded on $ex"; }
+  for o in "${outputs[@]}"; do
+    [[ -f $TMP/out/$ex/$o ]] || die "stagekit run --executor $ex wrote no $o"
+  done
+  [[ -f $TMP/out/$ex/.stagekit-run.json ]] || die "stagekit run --executor $ex wrote no .stagekit-run.json"
+  ok "stagekit run --executor $ex: 3 stages succeeded, outputs ${outputs[*]}"
+done
+for o in "${outputs[@]}"; do
+  same "$TMP/out/inprocess/$o" "$TMP/out/subprocess/$o" "$o is byte-identical across inprocess and subprocess"
+done
+
+run "$TMP/parity.log" "$STAGEKIT" parity "$PIPELINE" --stage-path "$STAGE_DIR" --out "$TMP/out/parity" -j 2
+grep -q '^3 outputs, 3 identical across inprocess, subprocess$' "$TMP/parity.log" ||
+  { cat "$TMP/parity.log" >&2; die "stagekit parity did not report 3 identical outputs"; }
+for o in "${outputs[@]}"; do
+  same "$TMP/out/inprocess/$o" "$TMP/out/parity/subprocess/$o" "parity's subprocess $o equals the run's"
+done
+ok "stagekit parity: 3 outputs, 3 identical across inprocess, subprocess"
+
+# ---- 5. expected content -------------------------------------------------------
+for o in "${outputs[@]}"; do
+  same "$TMP/out/inprocess/$o" "$CONSUMER_SRC/expected/$o" "$o matches consumer/expected/$o"
+done
+tac "$CONSUMER_SRC/input.txt" >"$TMP/tac.txt"
+same "$TMP/out/inprocess/reversed.txt" "$TMP/tac.txt" "reversed.txt equals tac input.txt"
+cksum <"$CONSUMER_SRC/input.txt" >"$TMP/input.cksum"
+same "$TMP/out/inprocess/input.cksum" "$TMP/input.cksum" "input.cksum equals cksum < input.txt"
+cksum <"$TMP/out/inprocess/reversed.txt" >"$TMP/reversed.cksum"
+same "$TMP/out/inprocess/reversed.cksum" "$TMP/reversed.cksum" "reversed.cksum equals cksum < reversed.txt"
+
+say "PASSED: $checks checks"

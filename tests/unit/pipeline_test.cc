@@ -1,0 +1,169 @@
+#include <gtest/gtest.h>
+
+#include "stagekit/pipeline.h"
+#include "unit/test_util.h"
+
+namespace stagekit {
+namespace {
+
+using testing::TempDir;
+using testing::WriteFile;
+
+Result<Pipeline> Parse(const std::string& yaml) { return ParsePipeline(yaml, "/p/pipeline.yaml"); }
+
+std::string ErrorOf(const std::string& yaml) {
+  auto p = Parse(yaml);
+  EXPECT_FALSE(p.ok()) << yaml;
+  EXPECT_EQ(p.status().code(), Code::kInvalidPipeline) << p.status().message();
+  return p.status().message();
+}
+
+TEST(PipelineTest, ParsesAFullPipeline) {
+  auto p = Parse(R"(
+name: demo
+libraries: [stagekit_examples, ../lib/libx.so]
+job: {name: j, seed: 18446744073709551615, params: {lang: en}}
+stages:
+  - name: reduce
+    stage: wordcount.reduce
+    inputs: {a: {from: map}, b: {file: data/b.txt}}
+  - name: map
+    stage: wordcount.map
+    inputs: {text: data/a.txt}
+    output: parts/map.tsv
+    kwargs: {n: 3, f: 0.5, yes: true, code: "007", none: null, list: [1, two]}
+    resources: {cpus: 2, gpus: 0.01, memory: 1GiB, custom: {"vm:g4dn.2xlarge": 1}}
+    timeout: 90s
+)");
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ(p->name, "demo");
+  EXPECT_EQ(p->job.seed, 18446744073709551615ull);
+  EXPECT_EQ(p->job.params, Json({{"lang", "en"}}));
+  ASSERT_EQ(p->stages.size(), 2u);
+  EXPECT_EQ(p->stages[0].name, "map");  // dependencies first
+  EXPECT_EQ(p->stages[1].name, "reduce");
+  const PipelineStage& map = p->stages[0];
+  EXPECT_EQ(map.inputs.at("text").file, "/p/data/a.txt");
+  EXPECT_EQ(map.output, "parts/map.tsv");
+  EXPECT_EQ(map.kwargs, Json::parse(R"({"n":3,"f":0.5,"yes":true,"code":"007","none":null,"list":[1,"two"]})"));
+  EXPECT_EQ(map.options.resources.cpus, 2);
+  EXPECT_EQ(map.options.resources.gpus, 0.01);
+  EXPECT_EQ(map.options.resources.memory_bytes, 1073741824u);
+  EXPECT_EQ(map.options.resources.custom.at("vm:g4dn.2xlarge"), 1);
+  EXPECT_EQ(map.options.timeout->count(), 90000);
+  const PipelineStage& reduce = p->stages[1];
+  EXPECT_EQ(reduce.inputs.at("a").from_stage, "map");
+  EXPECT_EQ(reduce.inputs.at("b").file, "/p/data/b.txt");
+  EXPECT_EQ(reduce.output, "reduce.out");
+  EXPECT_EQ(reduce.line, 6);
+}
+
+TEST(PipelineTest, DefaultsNameAndJobFromTheFile) {
+  auto p = Parse("stages:\n  - {name: a, stage: s}\n");
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ(p->name, "pipeline");
+  EXPECT_EQ(p->job.name, "pipeline");
+  EXPECT_EQ(p->job.seed, 0u);
+}
+
+TEST(PipelineTest, SyntaxErrorsCarryLineAndColumn) {
+  std::string e = ErrorOf("stages:\n  - name: a\n    stage: [unclosed\n");
+  EXPECT_EQ(e.rfind("/p/pipeline.yaml:", 0), 0u) << e;
+  EXPECT_NE(e.find("YAML syntax error"), std::string::npos) << e;
+  EXPECT_NE(e.find(":4:"), std::string::npos) << e;
+}
+
+TEST(PipelineTest, UnknownKeysArePointedAt) {
+  std::string e = ErrorOf("stages:\n  - name: a\n    stage: s\n    inptus: {}\n");
+  EXPECT_EQ(e, "/p/pipeline.yaml:4:5: stage: unknown key 'inptus' (expected one of: name, stage, "
+               "inputs, output, kwargs, resources, timeout)");
+  EXPECT_NE(ErrorOf("stage: []\n").find("unknown key 'stage'"), std::string::npos);
+}
+
+TEST(PipelineTest, RejectsBadStructure) {
+  EXPECT_NE(ErrorOf("").find("the pipeline file is empty"), std::string::npos);
+  EXPECT_NE(ErrorOf("name: x\n").find("'stages' must be a non-empty list"), std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {stage: s}\n").find("missing 'name'"), std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a}\n").find("missing 'stage'"), std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: 'a b', stage: s}\n").find("must be non-empty and use only"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, inputs: {x: 3.5.5}, output: ../up}\n")
+                .find("must be a relative file name"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("job: {seed: -4}\nstages:\n  - {name: a, stage: s}\n").find("job.seed must be a whole number"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, resources: {gpus: 1.5}}\n").find("fractions"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, resources: {memory: lots}}\n").find("as a size"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, timeout: soon}\n").find("as a duration"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, kwargs: {k: 1, k: 2}}\n").find("'k' appears twice"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, inputs: {x: {from: b, file: c}}}\n").find("both"),
+            std::string::npos);
+}
+
+TEST(PipelineTest, DuplicateStageNamesAndOutputs) {
+  std::string e = ErrorOf("stages:\n  - {name: a, stage: s}\n  - {name: a, stage: t}\n");
+  EXPECT_NE(e.find("3:"), std::string::npos) << e;
+  EXPECT_NE(e.find("duplicate stage name 'a' (first declared on line 2)"), std::string::npos) << e;
+  e = ErrorOf("stages:\n  - {name: a, stage: s, output: o}\n  - {name: b, stage: t, output: o}\n");
+  EXPECT_NE(e.find("writes output 'o', which the stage on line 2 already writes"), std::string::npos) << e;
+}
+
+TEST(PipelineTest, ReferencesAndCycles) {
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, inputs: {x: {from: ghost}}}\n")
+                .find("input 'x' comes from unknown stage 'ghost'"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, inputs: {x: {from: a}}}\n").find("a cycle"),
+            std::string::npos);
+  std::string e = ErrorOf(R"(stages:
+  - {name: ok, stage: s}
+  - {name: a, stage: s, inputs: {x: {from: c}, y: {from: ok}}}
+  - {name: b, stage: s, inputs: {x: {from: a}}}
+  - {name: c, stage: s, inputs: {x: {from: b}}}
+)");
+  EXPECT_NE(e.find("dependency cycle: "), std::string::npos) << e;
+  for (const char* s : {"a -> ", "b -> ", "c -> "}) EXPECT_NE(e.find(s), std::string::npos) << e;
+  EXPECT_EQ(e.find("ok ->"), std::string::npos) << e;
+}
+
+TEST(PipelineTest, LoadReportsUnreadableFiles) {
+  auto p = LoadPipeline("/nonexistent/pipeline.yaml");
+  EXPECT_EQ(p.status().code(), Code::kInputError);
+  EXPECT_NE(p.status().message().find("cannot read pipeline file"), std::string::npos);
+}
+
+TEST(PipelineTest, ResolvesLibrariesByNameAndPath) {
+  TempDir dir;
+  WriteFile(dir / "libs" / "libfoo.so", "");
+  WriteFile(dir / "p" / "local.so", "");
+  auto p = ParsePipeline("libraries: [foo, local.so]\nstages:\n  - {name: a, stage: s}\n",
+                         dir / "p" / "pipeline.yaml");
+  ASSERT_TRUE(p.ok());
+  auto libs = ResolveLibraries(*p, {dir / "nothing-here", dir / "libs"});
+  ASSERT_TRUE(libs.ok()) << libs.status().message();
+  EXPECT_EQ((*libs)[0], dir / "libs" / "libfoo.so");
+  EXPECT_EQ((*libs)[1], dir / "p" / "local.so");
+  auto missing = ResolveLibraries(*p, {dir / "nothing-here"});
+  EXPECT_EQ(missing.status().code(), Code::kLibraryError);
+  EXPECT_NE(missing.status().message().find("not found in: " + (dir / "nothing-here").string()),
+            std::string::npos)
+      << missing.status().message();
+}
+
+TEST(PipelineTest, UnregisteredStagesAreNamedWithSuggestions) {
+  void (*fn)(StageContext&) = [](StageContext&) {};
+  Registry r;
+  r.Add("wordcount.map", fn, "x.cc", 1);
+  auto p = Parse("stages:\n  - {name: a, stage: wordcount.mop}\n");
+  ASSERT_TRUE(p.ok());
+  Status s = CheckStagesRegistered(*p, r);
+  EXPECT_EQ(s.code(), Code::kUnknownStage);
+  EXPECT_EQ(s.message(), "/p/pipeline.yaml:2: stage 'a' uses unknown stage 'wordcount.mop'; did you "
+                         "mean 'wordcount.map'?");
+}
+
+}  // namespace
+}  // namespace stagekit

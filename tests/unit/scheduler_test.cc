@@ -1,0 +1,191 @@
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <set>
+
+#include "stagekit/pipeline.h"
+#include "unit/test_util.h"
+
+namespace stagekit {
+namespace {
+
+using testing::TempDir;
+
+// Records what ran and when; blocks each stage until `gate` stages run at once
+// (or a timeout passes), which proves concurrency without timing guesses.
+class FakeExecutor : public StageExecutor {
+ public:
+  std::string_view name() const override { return "fake"; }
+  Result<RunStats> Run(const StageRequest& req, const StageOptions&) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      for (const auto& [in, path] : req.inputs) {
+        if (path.parent_path().filename() == "out" && finished_.count(path.filename().string()) == 0) {
+          violations_.push_back(req.instance + " started before its input " + path.string());
+        }
+      }
+      started_.push_back(req.instance);
+      ++running_;
+      max_running_ = std::max(max_running_, running_);
+      cv_.notify_all();
+      cv_.wait_for(lock, std::chrono::seconds(5), [&] { return running_ >= gate_ || release_; });
+      release_ = true;  // once the gate opened, let everyone through
+    }
+    Result<RunStats> result = Status(Code::kStageFailed, "stage '" + req.instance + "' failed: planned");
+    if (fail_.count(req.instance) == 0) {
+      RunStats s;
+      s.stage = req.stage;
+      s.output_digest = "sha256:fake";
+      result = s;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    --running_;
+    finished_.insert(req.output.filename().string());
+    return result;
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int running_ = 0, max_running_ = 0, gate_ = 1;
+  bool release_ = false;
+  std::vector<std::string> started_;
+  std::set<std::string> finished_;
+  std::set<std::string> fail_;
+  std::vector<std::string> violations_;
+};
+
+Pipeline FanOut(int width) {
+  std::string yaml = "stages:\n";
+  for (int i = 0; i < width; ++i) yaml += "  - {name: m" + std::to_string(i) + ", stage: s}\n";
+  yaml += "  - name: r\n    stage: s\n    inputs:\n";
+  for (int i = 0; i < width; ++i) yaml += "      i" + std::to_string(i) + ": {from: m" + std::to_string(i) + "}\n";
+  auto p = ParsePipeline(yaml, "/p/fan.yaml");
+  EXPECT_TRUE(p.ok()) << p.status().message();
+  return *p;
+}
+
+TEST(SchedulerTest, RunsUpToJobsStagesAtOnceAndRespectsDependencies) {
+  TempDir dir;
+  FakeExecutor ex;
+  ex.gate_ = 3;
+  RunOptions options;
+  options.jobs = 3;
+  RunResult r = RunPipeline(FanOut(8), dir / "out", ex, options);
+  ASSERT_TRUE(r.status.ok()) << r.status.message();
+  EXPECT_EQ(ex.max_running_, 3);
+  EXPECT_TRUE(ex.violations_.empty()) << ex.violations_[0];
+  EXPECT_EQ(ex.started_.back(), "r");
+  for (const StageOutcome& o : r.stages) EXPECT_EQ(o.state, StageState::kSucceeded);
+}
+
+TEST(SchedulerTest, OneJobRunsInPipelineOrder) {
+  TempDir dir;
+  FakeExecutor ex;
+  RunOptions options;
+  options.jobs = 1;
+  RunResult r = RunPipeline(FanOut(3), dir / "out", ex, options);
+  ASSERT_TRUE(r.status.ok());
+  EXPECT_EQ(ex.max_running_, 1);
+  EXPECT_EQ(ex.started_, (std::vector<std::string>{"m0", "m1", "m2", "r"}));
+}
+
+TEST(SchedulerTest, StopsLaunchingAfterTheFirstFailure) {
+  TempDir dir;
+  FakeExecutor ex;
+  ex.fail_ = {"m1"};
+  RunOptions options;
+  options.jobs = 1;
+  RunResult r = RunPipeline(FanOut(4), dir / "out", ex, options);
+  EXPECT_EQ(r.status.code(), Code::kStageFailed);
+  EXPECT_EQ(r.failed_stage, "m1");
+  EXPECT_EQ(ex.started_, (std::vector<std::string>{"m0", "m1"}));
+  EXPECT_EQ(r.stages[1].state, StageState::kFailed);
+  for (std::size_t i : {2u, 3u, 4u}) EXPECT_EQ(r.stages[i].state, StageState::kNotRun) << i;
+}
+
+TEST(SchedulerTest, LetsRunningStagesFinishAfterAFailure) {
+  TempDir dir;
+  FakeExecutor ex;
+  ex.gate_ = 2;  // m0 and m1 are in flight together; m0 fails
+  ex.fail_ = {"m0"};
+  RunOptions options;
+  options.jobs = 2;
+  RunResult r = RunPipeline(FanOut(5), dir / "out", ex, options);
+  EXPECT_EQ(r.failed_stage, "m0");
+  EXPECT_EQ(r.stages[1].state, StageState::kSucceeded);  // was running, finished
+  EXPECT_EQ(r.stages.back().state, StageState::kNotRun);
+  EXPECT_LT(ex.started_.size(), 6u);
+}
+
+struct CountingObserver : RunObserver {
+  std::atomic<int> started{0}, finished{0};
+  void OnStageStarted(const PipelineStage&) override { ++started; }
+  void OnStageFinished(const PipelineStage&, const StageOutcome&) override { ++finished; }
+};
+
+TEST(SchedulerTest, ObserverSeesEveryStage) {
+  TempDir dir;
+  FakeExecutor ex;
+  CountingObserver obs;
+  RunOptions options;
+  options.jobs = 2;
+  options.observer = &obs;
+  ASSERT_TRUE(RunPipeline(FanOut(6), dir / "out", ex, options).status.ok());
+  EXPECT_EQ(obs.started, 7);
+  EXPECT_EQ(obs.finished, 7);
+}
+
+TEST(SchedulerTest, InterruptStopsBeforeLaunching) {
+  TempDir dir;
+  FakeExecutor ex;
+  RequestInterrupt();
+  RunResult r = RunPipeline(FanOut(2), dir / "out", ex, RunOptions{});
+  ResetInterrupt();
+  EXPECT_EQ(r.status.code(), Code::kInterrupted);
+  EXPECT_TRUE(ex.started_.empty());
+}
+
+TEST(SchedulerTest, UncreatableOutputDirectoryFailsUpFront) {
+  TempDir dir;
+  testing::WriteFile(dir / "file", "x");
+  FakeExecutor ex;
+  RunResult r = RunPipeline(FanOut(2), dir / "file" / "out", ex, RunOptions{});
+  EXPECT_EQ(r.status.code(), Code::kOutputError);
+  EXPECT_NE(r.status.message().find("cannot create output directory"), std::string::npos);
+  EXPECT_TRUE(ex.started_.empty());
+}
+
+// A real in-process run with many concurrent stages: the TSan build runs this.
+void Count(StageContext& ctx) {
+  std::size_t total = 0;
+  for (const auto& [name, path] : ctx.inputs()) total += ctx.ReadInput(name).size();
+  ctx.WriteOutput(std::to_string(total + ctx.seed() % 7) + "\n");
+}
+
+TEST(SchedulerTest, InProcessPipelineIsDeterministicAcrossJobCounts) {
+  Registry registry;
+  registry.Add("count", &Count, __FILE__, __LINE__);
+  std::string yaml = "job: {seed: 3}\nstages:\n";
+  for (int i = 0; i < 40; ++i) yaml += "  - {name: m" + std::to_string(i) + ", stage: count}\n";
+  yaml += "  - name: r\n    stage: count\n    inputs:\n";
+  for (int i = 0; i < 40; ++i) yaml += "      i" + std::to_string(i) + ": {from: m" + std::to_string(i) + "}\n";
+  auto p = ParsePipeline(yaml, "/p/x.yaml");
+  ASSERT_TRUE(p.ok());
+  InProcessExecutor ex(registry);
+  TempDir dir;
+  std::string first;
+  for (int jobs : {1, 4, 8}) {
+    RunOptions options;
+    options.jobs = jobs;
+    RunResult r = RunPipeline(*p, dir / std::to_string(jobs), ex, options);
+    ASSERT_TRUE(r.status.ok()) << r.status.message();
+    std::string digest = r.stages.back().stats->output_digest;
+    if (first.empty()) first = digest;
+    EXPECT_EQ(digest, first) << "jobs=" << jobs;
+  }
+}
+
+}  // namespace
+}  // namespace stagekit

@@ -1,0 +1,128 @@
+#include <gtest/gtest.h>
+
+#include "stagekit/executor.h"
+#include "unit/test_util.h"
+
+namespace stagekit {
+namespace {
+
+using testing::ListFiles;
+using testing::ReadFile;
+using testing::TempDir;
+using testing::WriteFile;
+
+class SubprocessTest : public ::testing::Test {
+ protected:
+  SubprocessTest() {
+    WriteFile(dir_ / "in.txt", "payload\n");
+    SubprocessExecutor::Options o;
+    o.runner = STAGEKIT_CLI;
+    o.libraries = {STAGEKIT_TEST_STAGES};
+    o.kill_grace = std::chrono::milliseconds(300);
+    executor_ = std::make_unique<SubprocessExecutor>(o);
+  }
+  StageRequest Request(const std::string& stage, Json kwargs = Json::object()) {
+    StageRequest r;
+    r.stage = stage;
+    r.instance = "inst";
+    r.inputs = {{"in", dir_ / "in.txt"}};
+    r.output = dir_ / "out.txt";
+    r.job = JobSpec{"j", 5, Json::object()};
+    r.kwargs = std::move(kwargs);
+    return r;
+  }
+  std::vector<std::string> Files() { return ListFiles(dir_.path()); }
+
+  TempDir dir_;
+  std::unique_ptr<SubprocessExecutor> executor_;
+};
+
+TEST_F(SubprocessTest, ProducesTheSameBytesAsInProcess) {
+  ASSERT_TRUE(LoadStageLibrary(STAGEKIT_TEST_STAGES).ok());
+  auto sub = executor_->Run(Request("test.describe", {{"k", 1}}), {});
+  ASSERT_TRUE(sub.ok()) << sub.status().message();
+  std::string sub_bytes = ReadFile(dir_ / "out.txt");
+  EXPECT_EQ(sub->executor, "subprocess");
+  EXPECT_EQ(sub->metrics, Json({{"answer", 42}}));
+  InProcessExecutor inproc;
+  auto in = inproc.Run(Request("test.describe", {{"k", 1}}), {});
+  ASSERT_TRUE(in.ok());
+  EXPECT_EQ(ReadFile(dir_ / "out.txt"), sub_bytes);
+  EXPECT_EQ(in->output_digest, sub->output_digest);
+}
+
+TEST_F(SubprocessTest, StagePrintsDoNotBreakTheProtocol) {
+  auto r = executor_->Run(Request("test.chatty"), {});
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(ReadFile(dir_ / "out.txt"), "chatty ok\n");
+}
+
+TEST_F(SubprocessTest, AThrowingStageReportsItsMessageAndKeepsTheOldOutput) {
+  WriteFile(dir_ / "out.txt", "good old output");
+  auto r = executor_->Run(Request("test.throws", {{"message", "bad pixel"}}), {});
+  EXPECT_EQ(r.status().code(), Code::kStageFailed);
+  EXPECT_NE(r.status().message().find("stage 'inst' (test.throws) failed: bad pixel"), std::string::npos)
+      << r.status().message();
+  EXPECT_EQ(ReadFile(dir_ / "out.txt"), "good old output");
+  EXPECT_EQ(Files(), (std::vector<std::string>{"in.txt", "out.txt"}));
+}
+
+TEST_F(SubprocessTest, AChildKilledByASignalIsReportedWithItsOutput) {
+  WriteFile(dir_ / "out.txt", "good old output");
+  auto r = executor_->Run(Request("test.crash"), {});
+  EXPECT_EQ(r.status().code(), Code::kStageFailed);
+  const std::string& m = r.status().message();
+  EXPECT_NE(m.find("was killed by SIGSEGV"), std::string::npos) << m;
+  EXPECT_NE(m.find("stderr tail:\n    about to die"), std::string::npos) << m;
+  EXPECT_EQ(ReadFile(dir_ / "out.txt"), "good old output");
+  EXPECT_EQ(Files(), (std::vector<std::string>{"in.txt", "out.txt"}));  // no temp left behind
+}
+
+TEST_F(SubprocessTest, TimeoutStopsTheChildAndCleansUp) {
+  StageOptions options;
+  options.timeout = std::chrono::milliseconds(300);
+  auto r = executor_->Run(Request("test.sleep", {{"seconds", 30}}), options);
+  EXPECT_EQ(r.status().code(), Code::kTimeout);
+  EXPECT_NE(r.status().message().find("timed out after 300ms"), std::string::npos) << r.status().message();
+  EXPECT_EQ(Files(), (std::vector<std::string>{"in.txt"}));
+}
+
+TEST_F(SubprocessTest, TimeoutEscalatesToSigkill) {
+  StageOptions options;
+  options.timeout = std::chrono::milliseconds(300);
+  auto r = executor_->Run(Request("test.sleep", {{"seconds", 30}, {"ignore_term", true}}), options);
+  EXPECT_EQ(r.status().code(), Code::kTimeout);
+  EXPECT_EQ(Files(), (std::vector<std::string>{"in.txt"}));
+}
+
+TEST_F(SubprocessTest, ChildSideErrorsKeepTheirCodes) {
+  auto unknown = executor_->Run(Request("test.nope"), {});
+  EXPECT_EQ(unknown.status().code(), Code::kUnknownStage);
+  EXPECT_NE(unknown.status().message().find("unknown stage 'test.nope'"), std::string::npos);
+  StageRequest req = Request("test.copy");
+  req.inputs["in"] = dir_ / "absent";
+  EXPECT_EQ(executor_->Run(req, {}).status().code(), Code::kInputError);
+  auto none = executor_->Run(Request("test.no_output"), {});
+  EXPECT_EQ(none.status().code(), Code::kStageFailed);
+  EXPECT_NE(none.status().message().find("wrote no output"), std::string::npos);
+}
+
+TEST_F(SubprocessTest, MissingRunnerSaysHowToFixIt) {
+  SubprocessExecutor::Options o;
+  o.runner = "/nonexistent/stagekit";
+  SubprocessExecutor ex(o);
+  auto r = ex.Run(Request("test.copy"), {});
+  EXPECT_EQ(r.status().code(), Code::kInternal);
+  EXPECT_NE(r.status().message().find("STAGEKIT_RUNNER"), std::string::npos);
+}
+
+TEST_F(SubprocessTest, InterruptStopsTheChild) {
+  RequestInterrupt();
+  auto r = executor_->Run(Request("test.sleep", {{"seconds", 30}}), {});
+  ResetInterrupt();
+  EXPECT_EQ(r.status().code(), Code::kInterrupted);
+  EXPECT_EQ(Files(), (std::vector<std::string>{"in.txt"}));
+}
+
+}  // namespace
+}  // namespace stagekit
