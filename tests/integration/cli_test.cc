@@ -232,7 +232,7 @@ TEST_F(CliTest, ChildKilledByASignal) {
   fs::path p = Pipeline("  - {name: a, stage: test.crash, output: a.txt}\n");
   CommandResult r = Run({"run", p.string(), "-e", "subprocess", "--out", "o"});
   EXPECT_EQ(r.exit_code, kStage) << Show(r);
-  EXPECT_NE(ErrorLine(r).find("was killed by SIGSEGV without reporting a result"), std::string::npos)
+  EXPECT_NE(ErrorLine(r).find("was killed by SIGABRT without reporting a result"), std::string::npos)
       << Show(r);
   EXPECT_NE(r.err.find("about to die"), std::string::npos) << Show(r);  // the stderr tail
   EXPECT_EQ(ListFiles(dir_ / "o"), (std::vector<std::string>{".stagekit-run.json"}));

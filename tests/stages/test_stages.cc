@@ -31,7 +31,7 @@ void Crash(stagekit::StageContext& ctx) {
   ctx.WriteOutput("partial");
   std::fprintf(stderr, "about to die\n");
   std::fflush(stderr);
-  ::raise(ctx.kwargs().value("signal", SIGSEGV));
+  ::raise(ctx.kwargs().value("signal", SIGABRT));  // what a failed assert() does
 }
 
 // Sleeps `seconds`; with ignore_term it ignores SIGTERM (for the SIGKILL escalation).

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Quick start, part two: install what is missing, then build and run every
+# test: the CI build (warnings are errors) with unit, integration and package
+# tests, the unit and integration tests under ASan+UBSan, and the unit tests
+# under TSan.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+jobs=$(nproc)
+
+for preset in ci asan tsan; do
+  echo "== configure and build: $preset"
+  cmake --preset "$preset" >/dev/null
+  if [[ $preset == tsan ]]; then
+    cmake --build --preset "$preset" -j "$jobs" --target stagekit_unit_tests stagekit_cli stagekit_test_stages stagekit_dup_stages \
+      stagekit_whole_archive_stages stagekit_plain_link_stages
+  else
+    cmake --build --preset "$preset" -j "$jobs"
+  fi
+done
+for preset in asan tsan ci; do
+  echo "== ctest: $preset"
+  ctest --preset "$preset" -j "$jobs"
+done
