@@ -3,8 +3,9 @@
 // Uses the installed stagekit library API from an ordinary executable: runs a
 // stage registered in this executable through Invoke(), InProcessExecutor and
 // RunPipeline(), then loads STAGE_LIBRARY (libconsumer_stages.so) with
-// LoadStageLibrary() and runs one of its stages. Prints one line per check
-// and exits non-zero on the first failure.
+// LoadStageLibrary() and runs one of its stages in-process and through
+// SubprocessExecutor (default runner). Prints one line per check and exits
+// non-zero if any failed.
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -152,6 +153,25 @@ int main(int argc, char** argv) {
           rs.ok() ? "" : rs.status().ToString());
     Check(Slurp(rev.output) == "from the consumer driver\nhello, stagekit\n",
           "consumer.reverse_lines output content");
+  }
+
+  // 6. The same library stage through SubprocessExecutor with its default
+  // runner: the stagekit binary installed beside libstagekit (run.sh checks
+  // the path printed here).
+  if (loaded.ok()) {
+    stagekit::SubprocessExecutor::Options sub_options;
+    sub_options.libraries = {library};
+    stagekit::SubprocessExecutor subprocess(sub_options);
+    std::printf("driver: runner %s\n", subprocess.runner().c_str());
+    stagekit::StageRequest rev = req;
+    rev.stage = "consumer.reverse_lines";
+    rev.output = work / "reversed-subprocess.out";
+    auto rs = subprocess.Run(rev, stagekit::StageOptions{});
+    Check(rs.ok() && rs->executor == "subprocess",
+          "SubprocessExecutor::Run(consumer.reverse_lines) with the default runner",
+          rs.ok() ? rs->executor : rs.status().ToString());
+    Check(Slurp(rev.output) == Slurp(work / "reversed.out"),
+          "subprocess output is byte-identical to the in-process one");
   }
 
   std::printf("driver: %s (%d failure%s)\n", failures == 0 ? "all checks passed" : "FAILED",
