@@ -1,9 +1,9 @@
-#include <dlfcn.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
 
+#include "paths.h"
 #include "process.h"
 #include "stagekit/executor.h"
 
@@ -11,20 +11,6 @@ namespace stagekit {
 namespace {
 
 namespace fs = std::filesystem;
-
-fs::path DefaultRunner() {
-  if (const char* env = std::getenv("STAGEKIT_RUNNER"); env != nullptr && *env != '\0') return env;
-  std::error_code ec;
-  fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec && self.filename() == "stagekit") return self;
-  // The CLI installed beside this library: <prefix>/lib/libstagekit.so -> <prefix>/bin/stagekit.
-  Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(&DefaultRunner), &info) != 0 && info.dli_fname != nullptr) {
-    fs::path candidate = fs::path(info.dli_fname).parent_path().parent_path() / "bin" / "stagekit";
-    if (fs::exists(candidate, ec)) return candidate;
-  }
-  return "stagekit";  // from PATH
-}
 
 // The last non-empty line of the child's stdout.
 std::string_view LastLine(std::string_view out) {
@@ -51,7 +37,7 @@ std::string FormatMs(std::chrono::milliseconds ms) {
 }  // namespace
 
 SubprocessExecutor::SubprocessExecutor(Options options) : options_(std::move(options)) {
-  if (options_.runner.empty()) options_.runner = DefaultRunner();
+  if (options_.runner.empty()) options_.runner = internal::DefaultRunner();
 }
 
 Result<RunStats> SubprocessExecutor::Run(const StageRequest& request, const StageOptions& options) {

@@ -70,6 +70,10 @@ Result<Pipeline> ParsePipeline(std::string_view yaml_text, const std::filesystem
 Result<std::vector<std::filesystem::path>> ResolveLibraries(
     const Pipeline& pipeline, const std::vector<std::filesystem::path>& search_dirs);
 
+// The stage library directories of this stagekit installation
+// (<libdir>/stagekit/stages), for the build tree and the install tree.
+std::vector<std::filesystem::path> DefaultStageDirs();
+
 // kUnknownStage (with suggestions) for the first stage whose registered name
 // is not in the registry.
 Status CheckStagesRegistered(const Pipeline& pipeline, const Registry& registry);

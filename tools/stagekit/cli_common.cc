@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "stagekit/executor.h"
+#include "stagekit/ray.h"
 
 namespace stagekit::cli {
 
@@ -38,9 +39,7 @@ std::vector<fs::path> LibraryOptions::SearchDirs(const fs::path& pipeline_dir) c
     }
   }
   if (!pipeline_dir.empty()) dirs.push_back(pipeline_dir);
-  std::error_code ec;
-  fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) dirs.push_back((self.parent_path().parent_path() / "lib" / "stagekit" / "stages"));
+  for (const fs::path& dir : DefaultStageDirs()) dirs.push_back(dir);
   return dirs;
 }
 
@@ -80,14 +79,31 @@ void ExecOptions::AddTo(CLI::App* cmd, bool parity) {
   cmd->add_flag("-q,--quiet", quiet, "No progress output");
 }
 
-int ExecOptions::Jobs() const {
+int ExecOptions::Jobs(const StageExecutor& executor) const {
   if (jobs > 0) return jobs;
+  if (const auto* ray = dynamic_cast<const RayExecutor*>(&executor)) {
+    double cpus = 0;
+    for (const Json& node : ray->Nodes()) cpus += node["resources"].value("CPU", 0.0);
+    if (cpus >= 1) return static_cast<int>(cpus);
+  }
   unsigned n = std::thread::hardware_concurrency();
   return n == 0 ? 1 : static_cast<int>(n);
 }
 
+void RayCliOptions::AddTo(CLI::App* cmd) {
+  cmd->add_option("--address", address,
+                  "Ray cluster (GCS ip:port) for the ray executor; default $RAY_ADDRESS, else a private "
+                  "local head that stagekit starts and stops")
+      ->type_name("IP:PORT");
+  cmd->add_option("--ray-attempts", attempts,
+                  "Runs of a stage whose Ray worker or node dies (default 3); a stage's own errors are "
+                  "never retried")
+      ->check(CLI::Range(1, 100));
+}
+
 Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
-                                                    const std::vector<fs::path>& libraries) {
+                                                    const std::vector<fs::path>& libraries,
+                                                    const RayCliOptions& ray) {
   if (name == "inprocess") return std::unique_ptr<StageExecutor>(new InProcessExecutor());
   if (name == "subprocess") {
     SubprocessExecutor::Options options;
@@ -95,10 +111,24 @@ Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
     return std::unique_ptr<StageExecutor>(new SubprocessExecutor(options));
   }
   if (name == "ray") {
-    return Status(Code::kUsage,
-                  "the ray executor is not available in this build yet; use inprocess or subprocess");
+    RayOptions options;
+    options.address = ray.address;
+    options.libraries = libraries;
+    options.max_attempts = ray.attempts;
+    auto ex = RayExecutor::Open(options);
+    if (!ex.ok()) return ex.status();
+    return std::unique_ptr<StageExecutor>(std::move(ex).value());
   }
-  return Status(Code::kUsage, "unknown executor '" + name + "'; choose inprocess or subprocess");
+  return Status(Code::kUsage, "unknown executor '" + name + "'; choose inprocess, subprocess or ray");
+}
+
+void AddExecutorDetails(const StageExecutor& executor, Json& summary) {
+  if (const auto* ray = dynamic_cast<const RayExecutor*>(&executor)) {
+    summary["ray"] = {{"address", ray->address()},
+                      {"private_head", ray->private_head()},
+                      {"nodes", ray->Nodes()},
+                      {"stats", ray->Stats()}};
+  }
 }
 
 Status ApplyDefaultTimeout(Pipeline& pipeline, const std::string& timeout) {

@@ -1,0 +1,51 @@
+// Where an installation's pieces are, found from libstagekit.so itself so
+// that a build tree and any install prefix (lib or lib/<multiarch>) work.
+#include <dlfcn.h>
+
+#include <algorithm>
+
+#include <cstdlib>
+
+#include "paths.h"
+#include "stagekit/pipeline.h"
+#include "stagekit/version.h"
+
+namespace stagekit {
+
+namespace fs = std::filesystem;
+
+namespace internal {
+
+fs::path LibraryDir() {
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&LibraryDir), &info) != 0 && info.dli_fname != nullptr) {
+    return fs::path(info.dli_fname).parent_path();
+  }
+  return {};
+}
+
+fs::path DefaultRunner() {
+  if (const char* env = std::getenv("STAGEKIT_RUNNER"); env != nullptr && *env != '\0') return env;
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec && self.filename() == "stagekit") return self;
+  for (const char* rel : {STAGEKIT_LIBDIR_TO_BINDIR, "../bin"}) {
+    fs::path candidate = (LibraryDir() / rel / "stagekit").lexically_normal();
+    if (fs::exists(candidate, ec)) return candidate;
+  }
+  return "stagekit";  // from PATH
+}
+
+}  // namespace internal
+
+std::vector<fs::path> DefaultStageDirs() {
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  for (const char* rel : {STAGEKIT_LIBDIR_TO_STAGEDIR, "stagekit/stages"}) {
+    fs::path dir = (internal::LibraryDir() / rel).lexically_normal();
+    if (fs::is_directory(dir, ec) && std::find(dirs.begin(), dirs.end(), dir) == dirs.end()) dirs.push_back(dir);
+  }
+  return dirs;
+}
+
+}  // namespace stagekit
