@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Quick start, part one: install what is missing, build stagekit and its
 # examples, run the word-count pipeline, and prove with the parity gate that
-# every example gives byte-identical outputs in-process and in a subprocess.
+# every example gives byte-identical outputs in-process, in a subprocess and
+# on a private local Ray cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
+bash scripts/ray.sh   # the pinned Ray in .venv, for the third executor
 jobs=$(nproc)
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$jobs"

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Quick start, part two: install what is missing, then build and run every
-# test: the CI build (warnings are errors) with unit, integration and package
-# tests, the unit and integration tests under ASan+UBSan, and the unit tests
-# under TSan.
+# Quick start, part two: install what is missing (Debian packages, the pinned
+# Ray in .venv), then build and run every test: the CI build (warnings are
+# errors) with unit, integration, package and real-Ray tests (local clusters
+# the tests start and stop themselves), the unit and integration tests under
+# ASan+UBSan, and the unit tests under TSan.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
+bash scripts/ray.sh   # the pinned Ray in .venv: the ci build and its Ray tests need it
 jobs=$(nproc)
 
 for preset in ci asan tsan; do

@@ -4,6 +4,8 @@
 #include <cstring>
 #include <string>
 
+#include "sha256.h"
+#include "stagekit/executor.h"
 #include "stagekit/invoke.h"
 #include "stagekit/version.h"
 
@@ -56,6 +58,14 @@ extern "C" int stagekit_load_library(const char* path, char** out, size_t* out_l
     return EmitStatus(stagekit::Status(stagekit::Code::kInternal, "stagekit_load_library failed"),
                       out, out_len);
   }
+}
+
+extern "C" int stagekit_interrupted(void) { return stagekit::Interrupted() ? 1 : 0; }
+
+extern "C" void stagekit_sha256_hex(const char* data, size_t len, char out[65]) {
+  std::string hex = stagekit::internal::HexDigest(
+      stagekit::internal::Sha256(std::string_view(data == nullptr ? "" : data, data == nullptr ? 0 : len)));
+  std::memcpy(out, hex.c_str(), 65);
 }
 
 extern "C" void stagekit_free(char* buffer) { std::free(buffer); }

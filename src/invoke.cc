@@ -159,6 +159,7 @@ Result<RunStats> Invoke(const StageRequest& req, const Registry& registry) {
   stats.executor = req.executor;
   stats.attempt = req.attempt;
   stats.host = HostName();
+  stats.node = HostName();
   stats.wall_s = wall_s;
   stats.bytes_in = *bytes_in;
   stats.bytes_out = digest->second;

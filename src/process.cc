@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -55,6 +56,70 @@ int OpenPidFd(pid_t pid) {
 }
 
 }  // namespace
+
+Result<Spawned> Spawn(const SpawnSpec& spec) {
+  int in_pipe[2] = {-1, -1};
+  if (spec.stdin_pipe && ::pipe2(in_pipe, O_CLOEXEC) != 0) {
+    return Status(Code::kInternal, std::string("pipe: ") + std::strerror(errno));
+  }
+  UniqueFd in_read(in_pipe[0]), in_write(in_pipe[1]);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  if (spec.stdin_pipe) {
+    posix_spawn_file_actions_adddup2(&actions, in_read.get(), 0);
+  } else {
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  }
+  if (!spec.log_path.empty()) {
+    posix_spawn_file_actions_addopen(&actions, 1, spec.log_path.c_str(),
+                                     O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  }
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t empty, defaults;
+  sigemptyset(&empty);
+  sigemptyset(&defaults);
+  for (int sig : {SIGINT, SIGTERM, SIGPIPE, SIGHUP, SIGQUIT, SIGCHLD}) sigaddset(&defaults, sig);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  posix_spawnattr_setflags(&attr, (spec.new_session ? POSIX_SPAWN_SETSID : 0) |
+                                      POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  std::vector<char*> argv;
+  for (const std::string& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = spec.argv.empty() ? EINVAL : posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  posix_spawnattr_destroy(&attr);
+  if (rc != 0) {
+    return Status(Code::kInternal, "cannot start '" + (spec.argv.empty() ? "" : spec.argv[0]) +
+                                       "': " + std::strerror(rc));
+  }
+  Spawned out;
+  out.pid = pid;
+  out.stdin_fd = spec.stdin_pipe ? in_write.Release() : -1;
+  return out;
+}
+
+int WaitFor(pid_t pid, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  UniqueFd pidfd(OpenPidFd(pid));
+  for (;;) {
+    int status = 0;
+    pid_t r = ::waitpid(pid, &status, WNOHANG);
+    if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    if (r < 0 && errno != EINTR) return -1;
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) return -1;
+    if (pidfd) {
+      pollfd p{pidfd.get(), POLLIN, 0};
+      ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000)));
+    } else {
+      ::usleep(10000);
+    }
+  }
+}
 
 std::string SignalName(int sig) {
   const char* abbrev = sigabbrev_np(sig);
@@ -111,8 +176,8 @@ ChildResult RunChild(const ChildSpec& spec) {
   posix_spawnattr_setsigmask(&attr, &empty);
   posix_spawnattr_setsigdefault(&attr, &defaults);
   posix_spawnattr_setpgroup(&attr, 0);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setflags(&attr, (spec.new_session ? POSIX_SPAWN_SETSID : POSIX_SPAWN_SETPGROUP) |
+                                      POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
 
   std::vector<char*> argv;
   for (const std::string& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
@@ -148,9 +213,10 @@ ChildResult RunChild(const ChildSpec& spec) {
   bool kill_sent = false, reaped = false;
   int wstatus = 0;
 
+  struct rusage usage {};
   for (;;) {
     if (!reaped) {
-      pid_t r = ::waitpid(pid, &wstatus, WNOHANG);
+      pid_t r = ::wait4(pid, &wstatus, WNOHANG, &usage);
       if (r == pid) {
         reaped = true;
         pidfd.Reset();
@@ -223,9 +289,10 @@ ChildResult RunChild(const ChildSpec& spec) {
     }
   }
   if (!reaped) {
-    while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+    while (::wait4(pid, &wstatus, 0, &usage) < 0 && errno == EINTR) {
     }
   }
+  result.max_rss_kb = usage.ru_maxrss;
   if (WIFEXITED(wstatus)) {
     result.exited = true;
     result.exit_code = WEXITSTATUS(wstatus);

@@ -22,6 +22,7 @@ struct ChildSpec {
   std::chrono::milliseconds kill_grace{2000};
   std::size_t stdout_keep = 1 << 20;  // last bytes of stdout kept
   std::size_t stderr_keep = 1 << 14;  // last bytes of stderr kept
+  bool new_session = false;  // setsid(): no terminal signals; StopProcessSession() reaches all
 };
 
 struct ChildResult {
@@ -34,12 +35,30 @@ struct ChildResult {
   bool interrupted = false;  // stopped because Interrupted() became true
   std::string out;  // tail of stdout
   std::string err;  // tail of stderr
+  long max_rss_kb = 0;  // peak resident memory of the child
 };
 
 // Spawns the child in its own process group (so a stop reaches its children
 // too), feeds stdin, collects stdout/stderr and waits. Never throws for
 // process errors.
 ChildResult RunChild(const ChildSpec& spec);
+
+// A child that runs on while the caller goes on: for cluster daemons and
+// their reaper. stdin is a pipe whose write end is `stdin_fd` (or /dev/null),
+// stdout and stderr go to `log_path` (or are inherited when empty).
+struct SpawnSpec {
+  std::vector<std::string> argv;
+  bool new_session = false;
+  bool stdin_pipe = false;
+  std::string log_path;
+};
+struct Spawned {
+  pid_t pid = -1;
+  int stdin_fd = -1;  // owned by the caller
+};
+Result<Spawned> Spawn(const SpawnSpec& spec);
+// waitpid() with a deadline; the exit code, 128+signal, or -1 on timeout.
+int WaitFor(pid_t pid, std::chrono::milliseconds timeout);
 
 // "SIGKILL" for 9.
 std::string SignalName(int sig);

@@ -5,7 +5,7 @@
 
 namespace stagekit {
 namespace {
-constexpr std::array<std::pair<Code, std::string_view>, 13> kNames = {{
+constexpr std::array<std::pair<Code, std::string_view>, 15> kNames = {{
     {Code::kOk, "ok"},
     {Code::kStageFailed, "stage_failed"},
     {Code::kUsage, "usage"},
@@ -17,6 +17,8 @@ constexpr std::array<std::pair<Code, std::string_view>, 13> kNames = {{
     {Code::kTimeout, "timeout"},
     {Code::kLibraryError, "library_error"},
     {Code::kParityMismatch, "parity_mismatch"},
+    {Code::kInfeasible, "infeasible"},
+    {Code::kRayUnavailable, "ray_unavailable"},
     {Code::kInternal, "internal"},
     {Code::kInterrupted, "interrupted"},
 }};

@@ -106,7 +106,8 @@ Result<JobSpec> JobSpec::FromJson(const Json& json) {
 
 Json RunStats::ToJson() const {
   return Json{{"stage", stage},         {"executor", executor},   {"attempt", attempt},
-              {"host", host},           {"wall_s", wall_s},       {"bytes_in", bytes_in},
+              {"host", host},           {"node", node},           {"wall_s", wall_s},
+              {"bytes_in", bytes_in},
               {"bytes_out", bytes_out}, {"output_digest", output_digest},
               {"metrics", metrics}};
 }
@@ -118,6 +119,7 @@ Result<RunStats> RunStats::FromJson(const Json& json) {
   r.String("executor", s.executor);
   r.Int("attempt", s.attempt);
   r.String("host", s.host);
+  r.String("node", s.node);
   r.Double("wall_s", s.wall_s);
   r.UInt64("bytes_in", s.bytes_in);
   r.UInt64("bytes_out", s.bytes_out);

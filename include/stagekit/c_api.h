@@ -28,6 +28,12 @@ int stagekit_load_library(const char* path, char** out, size_t* out_len);
 /* Releases a buffer returned by the functions above. NULL is allowed. */
 void stagekit_free(char* buffer);
 
+/* Non-zero once stagekit::RequestInterrupt() was called (Ctrl-C in the CLI). */
+int stagekit_interrupted(void);
+
+/* Lower-case hex SHA-256 of `len` bytes into out[0..64] (NUL-terminated). */
+void stagekit_sha256_hex(const char* data, size_t len, char out[65]);
+
 /* "MAJOR.MINOR.PATCH" of the stagekit library. */
 const char* stagekit_version(void);
 

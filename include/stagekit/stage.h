@@ -57,6 +57,7 @@ struct RunStats {
   std::string executor;         // inprocess | subprocess | ray
   int attempt = 1;              // 1 for the first try
   std::string host;             // where it ran
+  std::string node;             // which node: the host, or "host:port" of a Ray raylet
   double wall_s = 0;            // wall time of the stage function
   std::uint64_t bytes_in = 0;   // sum of input sizes
   std::uint64_t bytes_out = 0;  // output size

@@ -26,6 +26,8 @@ enum class Code : int {
   kTimeout = 8,          // the stage ran past its timeout and was stopped
   kLibraryError = 9,     // a stage library failed to load or registers duplicates
   kParityMismatch = 10,  // executors produced different bytes
+  kInfeasible = 11,      // no node of the cluster can ever provide a stage's resources
+  kRayUnavailable = 12,  // the ray executor was asked for but Ray is not installed
   kInternal = 70,        // a bug in stagekit itself
   kInterrupted = 130,    // Ctrl-C / SIGTERM
 };

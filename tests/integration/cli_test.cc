@@ -61,7 +61,9 @@ TEST_F(CliTest, HelpListsCommandsAndExitCodes) {
 TEST_F(CliTest, ExamplesPassTheParityGate) {
   for (const char* example : {"trivial", "wordcount", "montecarlo"}) {
     fs::path pipeline = kExamples + "/" + example + "/pipeline.yaml";
-    CommandResult r = Run({"parity", pipeline.string(), "--out", (dir_ / example).string()});
+    // Ray joins this gate in tests/ray (it needs a cluster).
+    CommandResult r = Run({"parity", pipeline.string(), "--executors", "inprocess,subprocess", "--out",
+                           (dir_ / example).string()});
     EXPECT_EQ(r.exit_code, kOk) << example << "\n" << Show(r);
     EXPECT_NE(r.out.find("identical across inprocess, subprocess"), std::string::npos) << Show(r);
     EXPECT_EQ(r.out.find("DIFFERS"), std::string::npos) << Show(r);
@@ -94,7 +96,7 @@ TEST_F(CliTest, RunWritesOutputsAndASummary) {
 
 TEST_F(CliTest, ParityCatchesANondeterministicStage) {
   fs::path p = Pipeline("  - {name: racy, stage: test.per_process, output: racy.txt}\n");
-  CommandResult r = Run({"parity", p.string()});
+  CommandResult r = Run({"parity", p.string(), "--executors", "inprocess,subprocess"});
   EXPECT_EQ(r.exit_code, kParity) << Show(r);
   EXPECT_NE(r.out.find("DIFFERS"), std::string::npos) << Show(r);
   std::string e = ErrorLine(r);
@@ -269,9 +271,24 @@ TEST_F(CliTest, FirstFailureStopsLaunchingAndIsReported) {
   for (std::size_t i = 1; i < 6; ++i) EXPECT_EQ(summary["stages"][i]["state"], "not_run");
 }
 
+TEST_F(CliTest, RayExecutorWithoutRaySaysHowToInstallIt) {
+  fs::path p = Pipeline("  - {name: a, stage: test.noop}\n");
+  CommandResult r = testing::RunCommand({"/usr/bin/env", "STAGEKIT_RAY_BIN_DIR=/nonexistent", STAGEKIT_CLI, "run",
+                                         p.string(), "-e", "ray"});
+  EXPECT_EQ(r.exit_code, 12) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("the ray executor needs Ray"), std::string::npos) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("bash scripts/ray.sh"), std::string::npos) << Show(r);
+  EXPECT_FALSE(fs::exists(dir_ / "stagekit-out"));
+}
+
 TEST_F(CliTest, BadCommandLineValues) {
   fs::path p = Pipeline("  - {name: a, stage: test.noop}\n");
   EXPECT_EQ(Run({"run", p.string(), "--executor", "spark"}).exit_code, kUsage);
+  CommandResult client = Run({"run", p.string(), "-e", "ray", "--address", "ray://head:10001"});
+  if (client.exit_code != 12) {  // 12: this build has no Ray at all
+    EXPECT_EQ(client.exit_code, kUsage) << Show(client);
+    EXPECT_NE(ErrorLine(client).find("is a Ray Client address"), std::string::npos) << Show(client);
+  }
   EXPECT_EQ(Run({"run", p.string(), "--jobs", "0"}).exit_code, kUsage);
   CommandResult t = Run({"run", p.string(), "--timeout", "soon"});
   EXPECT_EQ(t.exit_code, kUsage) << Show(t);

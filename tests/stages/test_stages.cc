@@ -66,8 +66,34 @@ void Describe(stagekit::StageContext& ctx) {
                                            {"inputs", inputs}}));
 }
 
+// Records its pid in kwargs.pid_dir (so a test can kill its process), sleeps,
+// then writes an output that depends only on its kwargs.
+void PidSleep(stagekit::StageContext& ctx) {
+  std::string dir = ctx.kwargs().value("pid_dir", std::string("/tmp"));
+  std::string pid = std::to_string(::getpid());
+  {
+    std::FILE* f = std::fopen((dir + "/" + ctx.instance() + "." + pid + ".pid").c_str(), "w");
+    if (f != nullptr) {
+      std::fputs(pid.c_str(), f);
+      std::fclose(f);
+    }
+  }
+  std::this_thread::sleep_for(std::chrono::duration<double>(ctx.kwargs().value("seconds", 1.0)));
+  ctx.WriteOutput("slept for " + ctx.instance() + "\n");
+}
+
+// Size and a position-weighted checksum of input `in`.
+void Checksum(stagekit::StageContext& ctx) {
+  std::string bytes = ctx.ReadInput("in");
+  std::uint64_t sum = 0;
+  for (std::size_t i = 0; i < bytes.size(); ++i) sum = sum * 31 + static_cast<unsigned char>(bytes[i]);
+  ctx.WriteOutput(std::to_string(bytes.size()) + " " + std::to_string(sum) + "\n");
+}
+
 }  // namespace
 
+STAGEKIT_STAGE("test.pid_sleep", PidSleep);
+STAGEKIT_STAGE("test.checksum", Checksum);
 STAGEKIT_STAGE("test.copy", Copy);
 STAGEKIT_STAGE("test.noop", Noop);
 STAGEKIT_STAGE("test.throws", Throws);

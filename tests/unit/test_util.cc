@@ -69,6 +69,7 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::string
   out.term_signal = r.term_signal;
   out.out = r.out;
   out.err = r.err;
+  out.max_rss_kb = r.max_rss_kb;
   return out;
 }
 

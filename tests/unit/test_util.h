@@ -32,6 +32,7 @@ struct CommandResult {
   int term_signal = 0;
   std::string out;
   std::string err;
+  long max_rss_kb = 0;
 };
 // Runs a command (argv[0] a path) with `stdin_data`, in `cwd` if given.
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::string& stdin_data = "",

@@ -43,6 +43,7 @@ TEST(RunStatsTest, RoundTripsCanonically) {
   s.executor = "subprocess";
   s.attempt = 2;
   s.host = "h";
+  s.node = "h:1";
   s.wall_s = 0.125;
   s.bytes_in = 10;
   s.bytes_out = 20;
@@ -53,7 +54,7 @@ TEST(RunStatsTest, RoundTripsCanonically) {
   EXPECT_EQ(back->Canonical(), s.Canonical());
   EXPECT_EQ(s.Canonical(),
             R"({"attempt":2,"bytes_in":10,"bytes_out":20,"executor":"subprocess","host":"h",)"
-            R"("metrics":{"n":3},"output_digest":"sha256:00","stage":"x","wall_s":0.125})");
+            R"("metrics":{"n":3},"node":"h:1","output_digest":"sha256:00","stage":"x","wall_s":0.125})");
 }
 
 TEST(StageRequestTest, ParsesAndRoundTrips) {
@@ -104,7 +105,8 @@ TEST(ErrorJsonTest, RoundTripsCodeAndMessage) {
 TEST(CodeTest, NamesRoundTrip) {
   for (Code c : {Code::kOk, Code::kStageFailed, Code::kUsage, Code::kInvalidPipeline,
                  Code::kUnknownStage, Code::kInputError, Code::kBadRequest, Code::kOutputError,
-                 Code::kTimeout, Code::kLibraryError, Code::kParityMismatch, Code::kInternal,
+                 Code::kTimeout, Code::kLibraryError, Code::kParityMismatch, Code::kInfeasible,
+                 Code::kRayUnavailable, Code::kInternal,
                  Code::kInterrupted}) {
     EXPECT_EQ(CodeFromName(CodeName(c)), c);
   }

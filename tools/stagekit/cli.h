@@ -44,12 +44,25 @@ struct ExecOptions {
   bool json = false;
   bool quiet = false;
   void AddTo(CLI::App* cmd, bool with_out_default_note);
-  int Jobs() const;
+  // -j, else one per CPU: of this machine, or of the whole cluster for ray.
+  int Jobs(const StageExecutor& executor) const;
 };
 
-// Builds an executor by name; kUsage for unknown names.
+// Options of the ray executor, shared by `run` and `parity`.
+struct RayCliOptions {
+  std::string address;
+  int attempts = 3;
+  void AddTo(CLI::App* cmd);
+};
+
+// Adds what only some executors know (the Ray cluster, object store use).
+void AddExecutorDetails(const StageExecutor& executor, Json& summary);
+
+// Builds an executor by name; kUsage for unknown names, kRayUnavailable when
+// the ray executor is asked for without Ray.
 Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
-                                                    const std::vector<std::filesystem::path>& libraries);
+                                                    const std::vector<std::filesystem::path>& libraries,
+                                                    const RayCliOptions& ray);
 
 // Applies --timeout to stages without their own.
 Status ApplyDefaultTimeout(Pipeline& pipeline, const std::string& timeout);
@@ -70,6 +83,7 @@ void SetRunCommand(CLI::App& app, Action& action);
 void SetParityCommand(CLI::App& app, Action& action);
 void SetStageCommand(CLI::App& app, Action& action);
 void SetListCommand(CLI::App& app, Action& action);
+void SetRayReaperCommand(CLI::App& app, Action& action);
 
 }  // namespace stagekit::cli
 

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "cli.h"
+#include "stagekit/ray.h"
 
 namespace stagekit::cli {
 namespace {
@@ -14,9 +15,10 @@ namespace fs = std::filesystem;
 
 struct ParityCommand {
   std::string pipeline;
-  std::string executors = "inprocess,subprocess";
+  std::string executors;  // default: inprocess,subprocess and ray when Ray is installed
   LibraryOptions libs;
   ExecOptions exec;
+  RayCliOptions ray;
 };
 
 // Offset of the first byte where the two files differ (the shorter size when
@@ -42,7 +44,9 @@ long long FirstDifference(const fs::path& a, const fs::path& b) {
 
 Status Parity(const ParityCommand& cmd) {
   std::vector<std::string> names;
-  std::stringstream ss(cmd.executors);
+  std::string list = cmd.executors;
+  if (list.empty()) list = RayAvailable() ? "inprocess,subprocess,ray" : "inprocess,subprocess";
+  std::stringstream ss(list);
   for (std::string name; std::getline(ss, name, ',');) {
     if (name.empty()) continue;
     if (std::find(names.begin(), names.end(), name) != names.end()) {
@@ -59,14 +63,14 @@ Status Parity(const ParityCommand& cmd) {
   if (Status s = ApplyDefaultTimeout(*pipeline, cmd.exec.timeout); !s.ok()) return s;
   std::vector<std::unique_ptr<StageExecutor>> executors;
   for (const std::string& name : names) {
-    auto ex = MakeExecutor(name, libraries);
+    auto ex = MakeExecutor(name, libraries, cmd.ray);
     if (!ex.ok()) return ex.status();
     executors.push_back(std::move(ex).value());
   }
 
   fs::path base = cmd.exec.out.empty() ? fs::path("stagekit-out") / pipeline->name / "parity"
                                        : fs::path(cmd.exec.out);
-  const int jobs = cmd.exec.Jobs();
+  const int jobs = cmd.exec.Jobs(*executors.back());
   std::vector<RunResult> runs;
   Json summaries = Json::object();
   for (std::size_t e = 0; e < executors.size(); ++e) {
@@ -78,6 +82,7 @@ Status Parity(const ParityCommand& cmd) {
     runs.push_back(RunPipeline(*pipeline, base / names[e], *executors[e], options));
     progress.reset();
     summaries[names[e]] = RunSummary(*pipeline, runs.back(), names[e], jobs, base / names[e]);
+    AddExecutorDetails(*executors[e], summaries[names[e]]);
     if (!runs.back().status.ok()) {
       if (cmd.exec.json) std::cout << Json{{"status", "failed"}, {"runs", summaries}}.dump(2) << std::endl;
       return Status(runs.back().status.code(),
@@ -158,9 +163,11 @@ void SetParityCommand(CLI::App& app, Action& action) {
       "parity", "Run a pipeline under several executors and check that every output is byte-identical");
   sub->add_option("PIPELINE", cmd->pipeline, "Pipeline file (YAML)")->required();
   sub->add_option("--executors", cmd->executors,
-                  "Comma-separated executors to compare (default: inprocess,subprocess)");
+                  "Comma-separated executors to compare (default: inprocess,subprocess, and ray when "
+                  "Ray is installed)");
   cmd->exec.AddTo(sub, true);
   cmd->libs.AddTo(sub);
+  cmd->ray.AddTo(sub);
   sub->callback([cmd, &action] { action = [cmd] { return Parity(*cmd); }; });
 }
 

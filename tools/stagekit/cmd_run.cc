@@ -12,6 +12,7 @@ struct RunCommand {
   std::string executor = "inprocess";
   LibraryOptions libs;
   ExecOptions exec;
+  RayCliOptions ray;
 };
 
 Status Run(const RunCommand& cmd) {
@@ -19,13 +20,13 @@ Status Run(const RunCommand& cmd) {
   Result<Pipeline> pipeline = LoadPipelineWithLibraries(cmd.pipeline, cmd.libs, libraries);
   if (!pipeline.ok()) return pipeline.status();
   if (Status s = ApplyDefaultTimeout(*pipeline, cmd.exec.timeout); !s.ok()) return s;
-  auto executor = MakeExecutor(cmd.executor, libraries);
+  auto executor = MakeExecutor(cmd.executor, libraries, cmd.ray);
   if (!executor.ok()) return executor.status();
 
   std::filesystem::path out_dir =
       cmd.exec.out.empty() ? std::filesystem::path("stagekit-out") / pipeline->name
                             : std::filesystem::path(cmd.exec.out);
-  const int jobs = cmd.exec.Jobs();
+  const int jobs = cmd.exec.Jobs(**executor);
   std::unique_ptr<RunObserver> progress =
       MakeProgress(pipeline->stages.size(), cmd.exec.quiet || cmd.exec.json, "");
   RunOptions options;
@@ -35,6 +36,7 @@ Status Run(const RunCommand& cmd) {
   progress.reset();
 
   Json summary = RunSummary(*pipeline, result, (*executor)->name(), jobs, out_dir);
+  AddExecutorDetails(**executor, summary);
   if (result.status.code() != Code::kOutputError || !result.failed_stage.empty()) {
     // Best effort: the record of the run sits beside its outputs.
     (void)WriteFileAtomically(out_dir / ".stagekit-run.json", summary.dump(2) + "\n");
@@ -68,10 +70,11 @@ void SetRunCommand(CLI::App& app, Action& action) {
   auto cmd = std::make_shared<RunCommand>();
   CLI::App* sub = app.add_subcommand("run", "Run a pipeline on one executor");
   sub->add_option("PIPELINE", cmd->pipeline, "Pipeline file (YAML)")->required();
-  sub->add_option("-e,--executor", cmd->executor, "inprocess | subprocess (default: inprocess)")
+  sub->add_option("-e,--executor", cmd->executor, "inprocess | subprocess | ray (default: inprocess)")
       ->check(CLI::IsMember({"inprocess", "subprocess", "ray"}));
   cmd->exec.AddTo(sub, false);
   cmd->libs.AddTo(sub);
+  cmd->ray.AddTo(sub);
   sub->callback([cmd, &action] { action = [cmd] { return Run(*cmd); }; });
 }
 

@@ -28,7 +28,8 @@ constexpr const char* kExitCodes = R"(Exit codes:
   0 success            1 a stage failed       2 usage error
   3 invalid pipeline   4 unknown stage        5 input missing/unreadable
   6 malformed request  7 output not writable  8 stage timed out
-  9 stage library error  10 parity mismatch   70 internal error  130 interrupted)";
+  9 stage library error  10 parity mismatch  11 resources infeasible
+  12 Ray not installed   70 internal error      130 interrupted)";
 
 }  // namespace
 
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
   stagekit::cli::SetParityCommand(app, action);
   stagekit::cli::SetListCommand(app, action);
   stagekit::cli::SetStageCommand(app, action);
+  stagekit::cli::SetRayReaperCommand(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

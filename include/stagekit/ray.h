@@ -1,0 +1,97 @@
+// The Ray executor: runs each stage as a task on a Ray cluster through Ray's
+// C++ API. Everything that includes Ray's headers lives in a separately built
+// bridge library (libstagekit_ray.so, compiled with Ray's old libstdc++ string
+// ABI) that is loaded on demand; this header and libstagekit need no Ray.
+#ifndef STAGEKIT_RAY_H_
+#define STAGEKIT_RAY_H_
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "stagekit/executor.h"
+
+namespace stagekit {
+
+struct RayOptions {
+  // "ip:port" of a running cluster's GCS. Empty: $RAY_ADDRESS, and when that
+  // is empty too, a private local head is started (own temp dir and ports,
+  // usage stats off, token authentication on) and stopped again on close,
+  // also when this process dies: a reaper process watches it.
+  std::string address;
+  std::vector<std::filesystem::path> libraries;  // stage libraries the workers load
+  int max_attempts = 3;  // runs of a stage whose worker or node dies (system failures)
+  // Private head only:
+  int num_cpus = 0;                      // 0: every CPU of this machine
+  std::uint64_t object_store_bytes = 0;  // 0: 512 MiB
+  std::vector<std::string> head_args;    // more `ray start` arguments, e.g. "--num-gpus=1"
+  // Where things are; empty means the default.
+  std::filesystem::path bridge;   // libstagekit_ray.so next to libstagekit.so
+  std::filesystem::path bin_dir;  // `ray` and `python`: $STAGEKIT_RAY_BIN_DIR, else the build's Ray
+  std::filesystem::path runner;   // the stagekit binary (for the reaper), as for SubprocessExecutor
+};
+
+// Whether the ray executor can be used; when not, `why` says how to fix it.
+bool RayAvailable(std::string* why = nullptr);
+
+class RayExecutor final : public StageExecutor {
+ public:
+  // kRayUnavailable when Ray is not installed or the bridge is missing;
+  // kInternal when the cluster cannot be started or reached.
+  static Result<std::unique_ptr<RayExecutor>> Open(RayOptions options);
+  ~RayExecutor() override;
+  RayExecutor(const RayExecutor&) = delete;
+  RayExecutor& operator=(const RayExecutor&) = delete;
+
+  std::string_view name() const override { return "ray"; }
+  // Fails with kInfeasible, before submitting, when no node of the cluster
+  // can ever provide the stage's resources.
+  Result<RunStats> Run(const StageRequest& request, const StageOptions& options) override;
+
+  const std::string& address() const { return address_; }
+  bool private_head() const { return head_pid_ > 0; }
+  // {"objects_put", "bytes_put", "tasks_submitted", "system_retries"}
+  Json Stats() const;
+  // The alive nodes seen at open: [{"node": "ip:port", "resources": {...}}].
+  Json Nodes() const;
+
+ private:
+  struct Bridge;
+  RayExecutor() = default;
+  Status RefreshNodes();
+
+  RayOptions options_;
+  std::string address_;
+  std::filesystem::path temp_dir_;
+  pid_t head_pid_ = -1;     // session id of the private head's processes
+  pid_t reaper_pid_ = -1;
+  int reaper_fd_ = -1;
+  std::unique_ptr<Bridge> bridge_;
+  mutable std::mutex mu_;
+  Json nodes_;
+  std::chrono::steady_clock::time_point nodes_at_;
+};
+
+// Ray's resource map for a stage: {"CPU": cpus, "GPU": gpus, "memory": bytes,
+// custom...}, leaving out zeros.
+Json RayResources(const Resources& resources);
+
+// OK when some node in `nodes` ([{"node", "resources"}]) has at least every
+// resource of `request`; else kInfeasible naming what is missing and what
+// the nodes offer.
+Status CheckFeasible(const Json& request, const Json& nodes, const std::string& label);
+
+// Stops every process of session `sid` the way `ray stop` orders it (raylets,
+// then the rest, then gcs_server): SIGTERM, then SIGKILL after `grace`.
+// Returns how many processes it signalled. Never touches other sessions.
+int StopProcessSession(pid_t sid, std::chrono::milliseconds grace);
+
+}  // namespace stagekit
+
+#endif  // STAGEKIT_RAY_H_

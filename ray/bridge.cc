@@ -1,0 +1,537 @@
+// The Ray bridge: the only code that includes Ray's headers. Built with Ray's
+// flags (-D_GLIBCXX_USE_CXX11_ABI=0, C++17) into libstagekit_ray.so and
+// reached only through the C functions at the bottom (see
+// src/ray_bridge_api.h) and through stagekit's own C ABI (c_api.h). No
+// std::string or other ABI-dependent type crosses either line.
+//
+// Driver side: inputs go into the object store once per distinct file and are
+// passed by reference to every task that reads them; the task returns its
+// output bytes and RunStats in one frame, and the driver writes the output
+// atomically. Worker side: one family of trampoline functions,
+// stagekit_task_<N> for a stage with N inputs, materialises the inputs in a
+// private scratch directory under their basenames and calls the invocation
+// entry point, stagekit_invoke_json().
+#include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <ray/api.h>
+
+#include "ray_bridge_api.h"
+#include "stagekit/c_api.h"
+
+namespace {
+
+using Bytes = std::vector<char>;
+using nlohmann::json;
+
+// Exit codes, mirrored from stagekit::Code (status.h).
+constexpr int kStageFailed = 1;
+constexpr int kInputError = 5;
+constexpr int kOutputError = 7;
+constexpr int kTimeout = 8;
+constexpr int kInternal = 70;
+constexpr int kInterrupted = 130;
+constexpr char kMagic[4] = {'S', 'K', 'R', '1'};
+constexpr std::size_t kMaxInputs = 48;
+
+const char* CodeName(int code) {
+  switch (code) {
+    case kStageFailed: return "stage_failed";
+    case kInputError: return "input_error";
+    case kOutputError: return "output_error";
+    case kTimeout: return "timeout";
+    case kInterrupted: return "interrupted";
+    default: return "internal";
+  }
+}
+
+json ErrorJson(int code, const std::string& message) {
+  return json{{"error", {{"code", CodeName(code)}, {"message", message}}}};
+}
+
+int Emit(const std::string& text, int rc, char** out, std::size_t* out_len) {
+  *out = static_cast<char*>(std::malloc(text.size() + 1));
+  if (*out == nullptr) return kInternal;
+  std::memcpy(*out, text.data(), text.size());
+  (*out)[text.size()] = '\0';
+  *out_len = text.size();
+  return rc;
+}
+
+int EmitError(int code, const std::string& message, char** out, std::size_t* out_len) {
+  return Emit(ErrorJson(code, message).dump(), code, out, out_len);
+}
+
+bool WriteAll(int fd, const char* data, std::size_t n) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, data, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    data += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+bool ReadFile(const std::string& path, Bytes& out) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st {};
+  // st_size is a hint only: files under /proc report 0.
+  out.clear();
+  out.reserve(::fstat(fd, &st) == 0 && st.st_size > 0 ? static_cast<std::size_t>(st.st_size) : 4096);
+  char chunk[1 << 16];
+  bool ok = true;
+  for (;;) {
+    ssize_t r = ::read(fd, chunk, sizeof(chunk));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) ok = false;
+    if (r <= 0) break;
+    out.insert(out.end(), chunk, chunk + r);
+  }
+  ::close(fd);
+  return ok;
+}
+
+std::string Basename(const std::string& path) {
+  std::size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// ---------------------------------------------------------------------------
+// Worker side
+
+// A frame: magic, 4-byte little-endian length of the status JSON, the status
+// JSON (RunStats or an error), then the output bytes.
+Bytes Frame(const std::string& status, const Bytes* output) {
+  Bytes frame(sizeof(kMagic) + 4);
+  std::memcpy(frame.data(), kMagic, sizeof(kMagic));
+  auto n = static_cast<std::uint32_t>(status.size());
+  for (int i = 0; i < 4; ++i) frame[4 + i] = static_cast<char>((n >> (8 * i)) & 0xff);
+  frame.insert(frame.end(), status.begin(), status.end());
+  if (output != nullptr) frame.insert(frame.end(), output->begin(), output->end());
+  return frame;
+}
+
+Bytes ErrorFrame(int code, const std::string& message) {
+  return Frame(ErrorJson(code, message).dump(), nullptr);
+}
+
+// "host:<node manager port>": which raylet this worker belongs to. The C++
+// worker gets the port as a command line flag and no node id in its
+// environment.
+const std::string& NodeName() {
+  static const std::string name = [] {
+    char host[256] = {};
+    ::gethostname(host, sizeof(host) - 1);
+    std::string port;
+    Bytes cmdline;
+    if (ReadFile("/proc/self/cmdline", cmdline)) {
+      std::string args(cmdline.begin(), cmdline.end());
+      const std::string flag = "--ray_node_manager_port=";
+      std::size_t at = args.find(flag);
+      if (at != std::string::npos) port = args.substr(at + flag.size(), args.find('\0', at) - at - flag.size());
+    }
+    return std::string(host) + (port.empty() ? "" : ":" + port);
+  }();
+  return name;
+}
+
+std::string LoadLibraries(const json& libraries) {
+  static std::mutex mu;
+  static std::set<std::string> loaded;
+  std::lock_guard<std::mutex> lock(mu);
+  for (const auto& lib : libraries) {
+    std::string path = lib.get<std::string>();
+    if (loaded.count(path) != 0) continue;
+    char* out = nullptr;
+    std::size_t len = 0;
+    int rc = stagekit_load_library(path.c_str(), &out, &len);
+    std::string reply(out == nullptr ? "" : out, len);
+    stagekit_free(out);
+    if (rc != 0) return reply;
+    loaded.insert(path);
+  }
+  return "";
+}
+
+int RemoveEntry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
+
+Bytes RunImpl(const std::string& payload, const std::vector<const Bytes*>& inputs) {
+  std::string scratch;
+  try {
+    json p = json::parse(payload);
+    std::string lib_error = LoadLibraries(p.at("libraries"));
+    if (!lib_error.empty()) return Frame(lib_error, nullptr);
+
+    const char* tmp = std::getenv("TMPDIR");
+    std::string tmpl = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/stagekit-task-XXXXXX";
+    if (::mkdtemp(tmpl.data()) == nullptr) {
+      return ErrorFrame(kInternal, "cannot create a scratch directory on " + NodeName() + ": " +
+                                       std::strerror(errno));
+    }
+    scratch = tmpl;
+    json request = p.at("request");
+    const json& names = p.at("inputs");
+    json in = json::object();
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      // One directory per input keeps equal basenames apart.
+      std::string dir = scratch + "/in" + std::to_string(i);
+      std::string path = dir + "/" + names[i][1].get<std::string>();
+      int fd = -1;
+      if (::mkdir(dir.c_str(), 0700) == 0) fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      if (fd < 0 || !WriteAll(fd, inputs[i]->data(), inputs[i]->size())) {
+        std::string err = std::strerror(errno);
+        if (fd >= 0) ::close(fd);
+        throw std::runtime_error("cannot materialise input '" + names[i][0].get<std::string>() + "': " + err);
+      }
+      ::close(fd);
+      in[names[i][0].get<std::string>()] = path;
+    }
+    request["inputs"] = in;
+    std::string out_dir = scratch + "/out";
+    ::mkdir(out_dir.c_str(), 0700);
+    std::string output = out_dir + "/" + p.at("output_name").get<std::string>();
+    request["output"] = output;
+
+    std::string text = request.dump();
+    char* reply = nullptr;
+    std::size_t reply_len = 0;
+    int rc = stagekit_invoke_json(text.data(), text.size(), &reply, &reply_len);
+    std::string status(reply == nullptr ? "" : reply, reply_len);
+    stagekit_free(reply);
+    Bytes frame;
+    if (rc != 0) {
+      json err = json::parse(status);
+      err["error"]["message"] = err["error"]["message"].get<std::string>() + " (on Ray node " + NodeName() + ")";
+      frame = Frame(err.dump(), nullptr);
+    } else {
+      Bytes bytes;
+      if (!ReadFile(output, bytes)) throw std::runtime_error("cannot read back the output: " + std::string(std::strerror(errno)));
+      json stats = json::parse(status);
+      stats["node"] = NodeName();
+      frame = Frame(stats.dump(), &bytes);
+    }
+    ::nftw(scratch.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
+    return frame;
+  } catch (const std::exception& e) {
+    if (!scratch.empty()) ::nftw(scratch.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
+    return ErrorFrame(kInternal, std::string("ray task on ") + NodeName() + ": " + e.what());
+  }
+}
+
+template <std::size_t>
+using AlwaysBytes = Bytes;
+
+template <typename Seq>
+struct Task;
+template <std::size_t... I>
+struct Task<std::index_sequence<I...>> {
+  static Bytes Run(std::string payload, AlwaysBytes<I>... inputs) {
+    return RunImpl(payload, std::vector<const Bytes*>{&inputs...});
+  }
+};
+
+template <std::size_t N>
+std::string TaskName() {
+  return "stagekit_task_" + std::to_string(N);
+}
+
+template <std::size_t... N>
+bool RegisterTasks(std::index_sequence<N...>) {
+  (ray::internal::FunctionManager::Instance().RegisterRemoteFunction(
+       TaskName<N>(), &Task<std::make_index_sequence<N>>::Run),
+   ...);
+  return true;
+}
+
+// Registered in the driver and in every worker that loads this library.
+const bool kRegistered = RegisterTasks(std::make_index_sequence<kMaxInputs + 1>{});
+
+// ---------------------------------------------------------------------------
+// Driver side
+
+using Resources = std::unordered_map<std::string, double>;
+using SubmitFn = ray::ObjectRef<Bytes> (*)(const std::string&, const std::vector<ray::ObjectRef<Bytes>>&,
+                                           const Resources&, const std::string&);
+
+template <std::size_t... I>
+ray::ObjectRef<Bytes> SubmitWith(const std::string& payload, const std::vector<ray::ObjectRef<Bytes>>& refs,
+                                 const Resources& resources, const std::string& name,
+                                 std::index_sequence<I...>) {
+  auto caller = ray::Task(&Task<std::index_sequence<I...>>::Run);
+  caller.SetName(name);
+  if (!resources.empty()) caller.SetResources(resources);
+  return caller.Remote(payload, refs[I]...);
+}
+
+template <std::size_t N>
+ray::ObjectRef<Bytes> Submit(const std::string& payload, const std::vector<ray::ObjectRef<Bytes>>& refs,
+                             const Resources& resources, const std::string& name) {
+  return SubmitWith(payload, refs, resources, name, std::make_index_sequence<N>{});
+}
+
+template <std::size_t... N>
+std::array<SubmitFn, sizeof...(N)> SubmitTable(std::index_sequence<N...>) {
+  return {&Submit<N>...};
+}
+
+struct InputKey {
+  std::string path;
+  dev_t dev;
+  ino_t ino;
+  off_t size;
+  std::int64_t mtime_ns;
+  bool operator<(const InputKey& o) const {
+    return std::tie(path, dev, ino, size, mtime_ns) < std::tie(o.path, o.dev, o.ino, o.size, o.mtime_ns);
+  }
+};
+
+}  // namespace
+
+struct stagekit_ray_bridge {
+  std::mutex mu;
+  std::map<InputKey, ray::ObjectRef<Bytes>> inputs;
+  std::atomic<std::uint64_t> objects_put{0}, bytes_put{0}, tasks{0}, retries{0};
+  std::atomic<unsigned long> serial{0};
+};
+
+namespace {
+
+// The object reference of an input file, put into the object store the first
+// time this file (same path, inode, size and mtime) is seen.
+bool InputRef(stagekit_ray_bridge* h, const std::string& path, ray::ObjectRef<Bytes>& ref, std::string& error) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    error = "cannot open '" + path + "': " + std::strerror(errno);
+    return false;
+  }
+  InputKey key{path, st.st_dev, st.st_ino, st.st_size,
+               static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+  std::lock_guard<std::mutex> lock(h->mu);  // also keeps two threads from putting the same file
+  auto it = h->inputs.find(key);
+  if (it != h->inputs.end()) {
+    ref = it->second;
+    return true;
+  }
+  Bytes bytes;
+  if (!ReadFile(path, bytes)) {
+    error = "cannot read '" + path + "': " + std::strerror(errno);
+    return false;
+  }
+  ref = ray::Put(bytes);
+  h->objects_put++;
+  h->bytes_put += bytes.size();
+  h->inputs.emplace(key, ref);
+  return true;
+}
+
+int WriteOutputAtomically(stagekit_ray_bridge* h, const std::string& output, const char* data, std::size_t n,
+                          std::string& error) {
+  std::size_t slash = output.find_last_of('/');
+  std::string dir = slash == std::string::npos ? "." : output.substr(0, slash);
+  std::string temp = dir + "/." + Basename(output) + ".stagekit-" + std::to_string(::getpid()) + "-r" +
+                     std::to_string(h->serial++) + ".tmp";
+  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0 || !WriteAll(fd, data, n) || ::close(fd) != 0 || ::rename(temp.c_str(), output.c_str()) != 0) {
+    error = "cannot write output '" + output + "': " + std::strerror(errno);
+    ::unlink(temp.c_str());
+    return kOutputError;
+  }
+  return 0;
+}
+
+std::string Label(const json& request) {
+  std::string stage = request.value("stage", "");
+  std::string instance = request.value("instance", stage);
+  return instance == stage ? "stage '" + stage + "'" : "stage '" + instance + "' (" + stage + ")";
+}
+
+int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char** out, std::size_t* out_len) {
+  const std::string label = Label(request);
+  const json& inputs = request.at("inputs");
+  if (inputs.size() > kMaxInputs) {
+    return EmitError(kInputError, label + " has " + std::to_string(inputs.size()) +
+                                      " inputs; the ray executor passes at most " + std::to_string(kMaxInputs) +
+                                      " per stage: merge inputs in an intermediate stage",
+                     out, out_len);
+  }
+  std::vector<ray::ObjectRef<Bytes>> refs;
+  json names = json::array();
+  for (const auto& [name, path] : inputs.items()) {  // sorted by name
+    ray::ObjectRef<Bytes> ref;
+    std::string error;
+    if (!InputRef(h, path.get<std::string>(), ref, error)) {
+      return EmitError(kInputError, "input '" + name + "' of " + label + ": " + error, out, out_len);
+    }
+    refs.push_back(ref);
+    names.push_back(json::array({name, Basename(path.get<std::string>())}));
+  }
+  Resources resources;
+  for (const auto& [name, amount] : task.at("resources").items()) resources[name] = amount.get<double>();
+  const std::string output = request.at("output").get<std::string>();
+  json payload = {{"libraries", task.at("libraries")},
+                  {"inputs", names},
+                  {"output_name", Basename(output)},
+                  {"request", request}};
+  payload["request"].erase("inputs");
+  payload["request"].erase("output");
+  payload["request"]["executor"] = "ray";
+
+  static const auto kSubmit = SubmitTable(std::make_index_sequence<kMaxInputs + 1>{});
+  const int max_attempts = std::max(1, task.value("max_attempts", 3));
+  const long timeout_ms = task.value("timeout_ms", 0L);
+  const auto start = std::chrono::steady_clock::now();
+  std::string last_failure;
+  for (int attempt = 1; attempt <= max_attempts; ++attempt) {
+    if (attempt > 1) {
+      // Give the cluster a moment to notice a lost worker or node before
+      // trying again: 1 s, 2 s, ... (interruptible).
+      for (int i = 0; i < 10 * (attempt - 1) && stagekit_interrupted() == 0; ++i) {
+        ::usleep(100000);
+      }
+    }
+    payload["request"]["attempt"] = attempt;
+    ray::ObjectRef<Bytes> result =
+        kSubmit[refs.size()](payload.dump(), refs, resources, request.value("instance", std::string("stage")));
+    h->tasks++;
+    for (;;) {
+      std::vector<ray::ObjectRef<Bytes>> wait_on{result};
+      if (!ray::Wait(wait_on, 1, 100).ready.empty()) break;
+      if (stagekit_interrupted() != 0) {
+        return EmitError(kInterrupted, label + " was interrupted while running on Ray", out, out_len);
+      }
+      if (timeout_ms > 0 && std::chrono::steady_clock::now() - start > std::chrono::milliseconds(timeout_ms)) {
+        return EmitError(kTimeout, label + " timed out after " + std::to_string(timeout_ms) +
+                                       "ms on Ray (the C++ API cannot cancel the task; it runs until it ends "
+                                       "or its cluster stops)",
+                         out, out_len);
+      }
+    }
+    std::shared_ptr<Bytes> frame;
+    try {
+      frame = ray::Get(result);
+    } catch (const ray::internal::RayWorkerException& e) {
+      last_failure = std::string("its worker died (") + e.what() + ")";
+    } catch (const ray::internal::UnreconstructableException& e) {
+      last_failure = std::string("its result was lost with its node (") + e.what() + ")";
+    } catch (const ray::internal::RayTaskException& e) {
+      return EmitError(kInternal, label + ": the Ray task failed outside the stage: " + e.what() +
+                                      " (is libstagekit_ray.so loadable on every node?)",
+                       out, out_len);
+    } catch (const ray::internal::RayException& e) {
+      last_failure = std::string("Ray reported: ") + e.what();
+    }
+    if (!frame) {
+      h->retries++;
+      continue;
+    }
+    if (frame->size() < 8 || std::memcmp(frame->data(), kMagic, 4) != 0) {
+      // Not our frame: Ray's C++ Get decodes some system errors (a node that
+      // died, for one) as if they were the task's value. Treat it as a
+      // system failure, like a dead worker.
+      std::string head;
+      for (std::size_t i = 0; i < frame->size() && head.size() < 80; ++i) {
+        char c = (*frame)[i];
+        if (c >= 32 && c < 127) head.push_back(c);
+      }
+      last_failure = "Ray returned an error the C++ API cannot decode (\"" + head + "\")";
+      h->retries++;
+      continue;
+    }
+    std::uint32_t n = 0;
+    for (int i = 0; i < 4; ++i) n |= static_cast<std::uint32_t>(static_cast<unsigned char>((*frame)[4 + i])) << (8 * i);
+    json status = json::parse(frame->begin() + 8, frame->begin() + 8 + n);
+    if (status.contains("error")) {
+      // The stage's own failure: never retried. Its code is in the JSON.
+      return Emit(status.dump(), kStageFailed, out, out_len);
+    }
+    const char* data = frame->data() + 8 + n;
+    std::size_t size = frame->size() - 8 - n;
+    char hex[65];
+    stagekit_sha256_hex(data, size, hex);
+    if (status.value("output_digest", "") != std::string("sha256:") + hex) {
+      last_failure = "the output bytes arrived corrupted (digest mismatch)";
+      h->retries++;
+      continue;
+    }
+    std::string error;
+    if (int rc = WriteOutputAtomically(h, output, data, size, error); rc != 0) {
+      return EmitError(rc, label + ": " + error, out, out_len);
+    }
+    status["attempt"] = attempt;
+    return Emit(status.dump(), 0, out, out_len);
+  }
+  return EmitError(kStageFailed, label + " failed on Ray after " + std::to_string(max_attempts) +
+                                     " attempts: " + last_failure,
+                   out, out_len);
+}
+
+}  // namespace
+
+extern "C" {
+
+int stagekit_ray_bridge_open(const char* config, size_t config_len, stagekit_ray_bridge** handle, char** out,
+                             size_t* out_len) {
+  try {
+    (void)kRegistered;
+    json c = json::parse(std::string(config, config_len));
+    ray::RayConfig rc;
+    rc.address = c.at("address").get<std::string>();
+    for (const auto& p : c.at("code_search_path")) rc.code_search_path.push_back(p.get<std::string>());
+    ray::Init(rc);
+    *handle = new stagekit_ray_bridge();
+    return Emit("{}", 0, out, out_len);
+  } catch (const std::exception& e) {
+    return EmitError(kInternal, std::string("cannot connect to Ray: ") + e.what(), out, out_len);
+  }
+}
+
+int stagekit_ray_bridge_run(stagekit_ray_bridge* handle, const char* request, size_t request_len, const char* task,
+                            size_t task_len, char** out, size_t* out_len) {
+  try {
+    return RunStage(handle, json::parse(std::string(request, request_len)),
+                    json::parse(std::string(task, task_len)), out, out_len);
+  } catch (const std::exception& e) {
+    return EmitError(kInternal, std::string("ray executor: ") + e.what(), out, out_len);
+  }
+}
+
+int stagekit_ray_bridge_stats(stagekit_ray_bridge* h, char** out, size_t* out_len) {
+  json s = {{"objects_put", h->objects_put.load()},
+            {"bytes_put", h->bytes_put.load()},
+            {"tasks_submitted", h->tasks.load()},
+            {"system_retries", h->retries.load()}};
+  return Emit(s.dump(), 0, out, out_len);
+}
+
+void stagekit_ray_bridge_close(stagekit_ray_bridge* handle) {
+  if (handle == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(handle->mu);
+    handle->inputs.clear();  // release the object references before the driver goes
+  }
+  delete handle;
+  try {
+    ray::Shutdown();
+  } catch (...) {
+  }
+}
+
+}  // extern "C"

@@ -1,0 +1,40 @@
+/* The C ABI between libstagekit (default libstdc++ ABI) and the Ray bridge,
+ * libstagekit_ray.so, which is compiled with Ray's -D_GLIBCXX_USE_CXX11_ABI=0
+ * and is the only code that includes Ray's headers. libstagekit dlopen()s the
+ * bridge on demand, so nothing else needs Ray to build or run. Buffers
+ * returned through `out` are malloc()ed; release them with stagekit_free(). */
+#ifndef STAGEKIT_SRC_RAY_BRIDGE_API_H_
+#define STAGEKIT_SRC_RAY_BRIDGE_API_H_
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct stagekit_ray_bridge stagekit_ray_bridge;
+
+/* config: {"address": "ip:port", "code_search_path": ["/abs/libstagekit_ray.so"]}.
+ * Connects the Ray C++ driver. 0 on success, else a stagekit exit code and
+ * {"error": {...}} in *out. */
+typedef int (*stagekit_ray_bridge_open_fn)(const char* config, size_t config_len,
+                                           stagekit_ray_bridge** handle, char** out,
+                                           size_t* out_len);
+/* request: StageRequest JSON. task: {"resources": {"CPU": 1, ...}, "timeout_ms": N
+ * (0: none), "max_attempts": N, "libraries": ["/abs/lib.so", ...]}. Runs the
+ * stage as a Ray task, writes its output atomically at request.output, and
+ * returns RunStats JSON (0) or an error JSON (non-zero). Thread-safe. */
+typedef int (*stagekit_ray_bridge_run_fn)(stagekit_ray_bridge* handle, const char* request,
+                                          size_t request_len, const char* task, size_t task_len,
+                                          char** out, size_t* out_len);
+/* {"objects_put": N, "bytes_put": N, "tasks_submitted": N, "system_retries": N} */
+typedef int (*stagekit_ray_bridge_stats_fn)(stagekit_ray_bridge* handle, char** out,
+                                            size_t* out_len);
+/* Disconnects the driver (ray::Shutdown). Stops no cluster processes. */
+typedef void (*stagekit_ray_bridge_close_fn)(stagekit_ray_bridge* handle);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* STAGEKIT_SRC_RAY_BRIDGE_API_H_ */

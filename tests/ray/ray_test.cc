@@ -1,0 +1,359 @@
+// The ray executor against real local Ray clusters: the private head a new
+// user gets by default, and a two-node cluster (a head plus a second raylet
+// with a fake GPU and a vm:g4dn.2xlarge resource) started here with
+// `ray start`. Every test checks that nothing it started is left running.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "process.h"
+#include "stagekit/ray.h"
+#include "unit/test_util.h"
+
+namespace stagekit {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::CommandResult;
+using testing::ListFiles;
+using testing::ReadFile;
+using testing::RunCli;
+using testing::TempDir;
+using testing::WriteFile;
+
+const fs::path kBin = STAGEKIT_RAY_BIN_DIR_FOR_TEST;
+const std::string kExamples = STAGEKIT_SOURCE_DIR "/examples";
+
+std::string Show(const CommandResult& r) {
+  return "exit " + std::to_string(r.exit_code) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
+}
+
+// Alive (not zombie) processes whose command line contains `needle`.
+std::vector<pid_t> ProcessesWith(const std::string& needle) {
+  std::vector<pid_t> out;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::string name = e.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(e.path() / "stat");
+    std::string s((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    std::size_t close = s.rfind(')');
+    if (close == std::string::npos || s.substr(close + 2, 1) == "Z") continue;
+    std::ifstream cmd(e.path() / "cmdline");
+    std::string c((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+    if (c.find(needle) != std::string::npos) out.push_back(static_cast<pid_t>(std::stol(name)));
+  }
+  return out;
+}
+
+pid_t SessionOf(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string s((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  std::size_t close = s.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream rest(s.substr(close + 2));
+  std::string state;
+  long ppid, pgrp, session = -1;
+  rest >> state >> ppid >> pgrp >> session;
+  return static_cast<pid_t>(session);
+}
+
+int FreePort() {
+  // Ask the kernel: bind port 0 on loopback.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+std::vector<std::string> PortFlags() {
+  std::vector<std::string> flags = {"--min-worker-port=0", "--max-worker-port=0"};
+  for (const char* f : {"--node-manager-port", "--object-manager-port", "--metrics-export-port",
+                        "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port"}) {
+    flags.push_back(std::string(f) + "=" + std::to_string(FreePort()));
+  }
+  return flags;
+}
+
+struct Node {
+  pid_t sid = -1;
+  std::string node_name;  // "host:node_manager_port", as RunStats.node reports it
+};
+
+// `ray start` in a session of its own, so that StopProcessSession stops exactly it.
+Node StartNode(std::vector<std::string> args, const fs::path& log) {
+  std::vector<std::string> argv = {(kBin / "ray").string(), "start", "--disable-usage-stats"};
+  std::vector<std::string> ports = PortFlags();
+  argv.insert(argv.end(), ports.begin(), ports.end());
+  argv.insert(argv.end(), args.begin(), args.end());
+  internal::SpawnSpec spec;
+  spec.argv = argv;
+  spec.new_session = true;
+  spec.log_path = log.string();
+  auto spawned = internal::Spawn(spec);
+  EXPECT_TRUE(spawned.ok()) << spawned.status().message();
+  int rc = internal::WaitFor(spawned->pid, std::chrono::minutes(3));
+  EXPECT_EQ(rc, 0) << ReadFile(log);
+  Node node;
+  node.sid = spawned->pid;
+  char host[256] = {};
+  ::gethostname(host, sizeof(host) - 1);
+  for (const std::string& p : ports) {
+    if (p.rfind("--node-manager-port=", 0) == 0) node.node_name = std::string(host) + ":" + p.substr(20);
+  }
+  return node;
+}
+
+// ---- the default path: a private head started and stopped by the executor --
+
+TEST(RayPrivateHead, ParityAcrossAllThreeExecutorsOnEveryExample) {
+  TempDir dir;
+  for (const char* example : {"trivial", "wordcount", "montecarlo"}) {
+    CommandResult r = RunCli({"parity", kExamples + "/" + example + "/pipeline.yaml", "--out",
+                              (dir / example).string(), "-q"});
+    EXPECT_EQ(r.exit_code, 0) << example << "\n" << Show(r);
+    EXPECT_NE(r.out.find("identical across inprocess, subprocess, ray"), std::string::npos) << Show(r);
+    EXPECT_EQ(r.out.find("DIFFERS"), std::string::npos) << Show(r);
+  }
+  EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "a private Ray head was left running";
+}
+
+TEST(RayPrivateHead, RunReportsTheClusterAndStopsIt) {
+  TempDir dir;
+  CommandResult r = RunCli({"run", kExamples + "/wordcount/pipeline.yaml", "-e", "ray", "--json", "--out",
+                            (dir / "o").string()});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["ray"]["private_head"], true);
+  // 16 corpus files, then the 16 map outputs as the reduce's inputs.
+  EXPECT_EQ(summary["ray"]["stats"]["objects_put"], 32);
+  for (const Json& st : summary["stages"]) EXPECT_EQ(st["stats"]["executor"], "ray");
+  EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty());
+}
+
+TEST(RayPrivateHead, CtrlCStopsTheRunAndTheHead) {
+  TempDir dir;
+  WriteFile(dir / "p.yaml", "libraries: [" STAGEKIT_TEST_STAGES "]\nstages:\n"
+                            "  - {name: long, stage: test.pid_sleep, kwargs: {seconds: 120, pid_dir: " +
+                                dir.path().string() + "}}\n");
+  internal::SpawnSpec spec;
+  spec.argv = {STAGEKIT_CLI, "run", (dir / "p.yaml").string(), "-e", "ray", "--out", (dir / "o").string()};
+  spec.log_path = (dir / "cli.log").string();
+  auto cli = internal::Spawn(spec);
+  ASSERT_TRUE(cli.ok());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  bool started = false;
+  while (!started && std::chrono::steady_clock::now() < deadline) {
+    for (const std::string& f : ListFiles(dir.path())) started = started || f.find(".pid") != std::string::npos;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(started) << ReadFile(dir / "cli.log");
+  ::kill(cli->pid, SIGINT);
+  int rc = internal::WaitFor(cli->pid, std::chrono::minutes(1));
+  EXPECT_EQ(rc, 130) << ReadFile(dir / "cli.log");
+  EXPECT_NE(ReadFile(dir / "cli.log").find("interrupted"), std::string::npos) << ReadFile(dir / "cli.log");
+  EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "Ctrl-C left the private head running";
+}
+
+// ---- a two-node cluster started by the test --------------------------------
+
+class RayTwoNodes : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    // Token authentication, as newer Ray uses by default; the CLI inherits it.
+    WriteFile(dir_->path() / "token", "0123456789abcdef0123456789abcdef");
+    ::setenv("RAY_AUTH_MODE", "token", 1);
+    ::setenv("RAY_AUTH_TOKEN_PATH", (dir_->path() / "token").c_str(), 1);
+    std::string tmpl = "/tmp/sktest-XXXXXX";  // short: Ray puts Unix sockets below it
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    ray_tmp_ = tmpl;
+    head_ = StartNode({"--head", "--port=" + std::to_string(FreePort()), "--temp-dir=" + ray_tmp_ + "/head",
+                       "--num-cpus=2", "--include-dashboard=false", "--object-store-memory=600000000"},
+                      dir_->path() / "head.log");
+    address_ = ReadFile(ray_tmp_ + "/head/ray_current_cluster");
+    while (!address_.empty() && address_.back() == '\n') address_.pop_back();
+    // Its own IP on the loopback range: a driver attaches to a raylet on its own
+    // IP, and on a real cluster that is never the worker node that gets lost.
+    gpu_node_ = StartNode({"--address=" + address_, "--node-ip-address=127.0.0.2",
+                           "--temp-dir=" + ray_tmp_ + "/node2", "--num-cpus=1",
+                           "--num-gpus=1", "--resources={\"vm:g4dn.2xlarge\": 1}",
+                           "--object-store-memory=300000000"},
+                          dir_->path() / "node2.log");
+  }
+  static void TearDownTestSuite() {
+    StopProcessSession(gpu_node_.sid, std::chrono::seconds(2));
+    StopProcessSession(head_.sid, std::chrono::seconds(2));
+    EXPECT_TRUE(ProcessesWith(ray_tmp_).empty()) << "the test cluster was left running";
+    std::error_code ec;
+    fs::remove_all(ray_tmp_, ec);
+    delete dir_;
+    ::unsetenv("RAY_AUTH_MODE");
+    ::unsetenv("RAY_AUTH_TOKEN_PATH");
+  }
+
+  fs::path Pipeline(const std::string& name, const std::string& stages) {
+    fs::path p = dir_->path() / (name + ".yaml");
+    WriteFile(p, "name: " + name + "\nlibraries: [" STAGEKIT_TEST_STAGES "]\nstages:\n" + stages);
+    return p;
+  }
+  CommandResult Run(const fs::path& pipeline, const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {"run", pipeline.string(), "-e", "ray", "--address", address_, "--json",
+                                     "--out", (dir_->path() / "out" / pipeline.stem()).string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return RunCli(args);
+  }
+
+  static TempDir* dir_;
+  static std::string ray_tmp_;
+  static std::string address_;
+  static Node head_, gpu_node_;
+};
+
+TempDir* RayTwoNodes::dir_ = nullptr;
+std::string RayTwoNodes::ray_tmp_;
+std::string RayTwoNodes::address_;
+Node RayTwoNodes::head_;
+Node RayTwoNodes::gpu_node_;
+
+TEST_F(RayTwoNodes, PlacementFollowsGpuAndCustomResources) {
+  WriteFile(dir_->path() / "in.txt", "placement\n");
+  fs::path p = Pipeline("placement",
+                        "  - {name: sync, stage: test.copy, inputs: {in: " + (dir_->path() / "in.txt").string() +
+                            "}, resources: {gpus: 0.01}}\n"
+                            "  - {name: vm, stage: test.copy, inputs: {in: {from: sync}}, "
+                            "resources: {custom: {\"vm:g4dn.2xlarge\": 1}}}\n");
+  CommandResult r = Run(p);
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["stages"][0]["stats"]["node"], gpu_node_.node_name) << summary.dump(2);
+  EXPECT_EQ(summary["stages"][1]["stats"]["node"], gpu_node_.node_name) << summary.dump(2);
+  EXPECT_EQ(summary["ray"]["nodes"].size(), 2u);
+}
+
+TEST_F(RayTwoNodes, InfeasibleRequestFailsFastNamingTheResource) {
+  fs::path p = Pipeline("infeasible", "  - {name: big, stage: test.noop, resources: {custom: {\"vm:p5.48xlarge\": 1}}}\n");
+  auto start = std::chrono::steady_clock::now();
+  CommandResult r = Run(p);
+  EXPECT_EQ(r.exit_code, 11) << Show(r);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30)) << "did not fail fast";
+  EXPECT_NE(r.err.find("stage 'big' (test.noop) asks for {CPU: 1, vm:p5.48xlarge: 1} but no node of the Ray "
+                       "cluster can ever provide it (no node has vm:p5.48xlarge: 1)"),
+            std::string::npos)
+      << Show(r);
+  EXPECT_NE(r.err.find("vm:g4dn.2xlarge: 1"), std::string::npos) << "should list what nodes offer\n" << Show(r);
+}
+
+TEST_F(RayTwoNodes, KilledWorkerIsRetriedAndOutputIsIdentical) {
+  fs::path pid_dir = dir_->path() / "pids-kill";
+  fs::create_directories(pid_dir);
+  fs::path p = Pipeline("kill", "  - {name: victim, stage: test.pid_sleep, output: victim.txt, kwargs: {seconds: 3, "
+                                "pid_dir: " + pid_dir.string() + "}}\n");
+  CommandResult r;
+  std::thread cli([&] { r = Run(p); });
+  // Kill the first two attempts: Ray's C++ API retries a dead worker's task
+  // once by itself, so the second kill reaches stagekit's own retry.
+  std::set<std::string> seen;
+  int killed = 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
+  while (killed < 2 && std::chrono::steady_clock::now() < deadline) {
+    for (const std::string& f : ListFiles(pid_dir)) {
+      if (!seen.insert(f).second) continue;
+      pid_t pid = static_cast<pid_t>(std::stol(ReadFile(pid_dir / f)));
+      EXPECT_EQ(::kill(pid, SIGKILL), 0);
+      ++killed;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  cli.join();
+  EXPECT_EQ(killed, 2);
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["stages"][0]["stats"]["attempt"], 2) << summary.dump(2);
+  EXPECT_GE(summary["ray"]["stats"]["system_retries"], 1);
+  fs::path out = dir_->path() / "out" / "kill";
+  EXPECT_EQ(ReadFile(out / "victim.txt"), "slept for victim\n");  // what inprocess writes
+  EXPECT_EQ(ListFiles(out), (std::vector<std::string>{".stagekit-run.json", "victim.txt"}));
+}
+
+TEST_F(RayTwoNodes, BigInputGoesIntoTheObjectStoreOnce) {
+  fs::path big = dir_->path() / "big.bin";
+  {
+    std::mt19937_64 rng(7);
+    std::string bytes(64 << 20, '\0');
+    for (std::size_t i = 0; i < bytes.size(); i += 8) {
+      std::uint64_t v = rng();
+      std::memcpy(&bytes[i], &v, 8);
+    }
+    WriteFile(big, bytes);
+  }
+  std::string stages;
+  for (int i = 0; i < 16; ++i) {
+    stages += "  - {name: read" + std::to_string(i) + ", stage: test.checksum, inputs: {in: " + big.string() + "}}\n";
+  }
+  fs::path p = Pipeline("big", stages);
+  CommandResult r = Run(p, {"-j", "4"});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["ray"]["stats"]["objects_put"], 1);
+  EXPECT_EQ(summary["ray"]["stats"]["bytes_put"], 64 << 20);
+  // Sixteen copies would take the driver past 1 GiB; one stays far below.
+  EXPECT_LT(r.max_rss_kb, 600 * 1024) << "driver peak RSS " << r.max_rss_kb << " KiB";
+  std::string first = ReadFile(dir_->path() / "out" / "big" / "read0.out");
+  for (int i = 1; i < 16; ++i) {
+    EXPECT_EQ(ReadFile(dir_->path() / "out" / "big" / ("read" + std::to_string(i) + ".out")), first);
+  }
+  CommandResult local = RunCli({"run", p.string(), "--out", (dir_->path() / "local-big").string(), "-q"});
+  ASSERT_EQ(local.exit_code, 0) << Show(local);
+  EXPECT_EQ(ReadFile(dir_->path() / "local-big" / "read0.out"), first);
+}
+
+// Last: it takes the second node away.
+TEST_F(RayTwoNodes, StagesOfAStoppedNodeAreRescheduled) {
+  fs::path pid_dir = dir_->path() / "pids-node";
+  fs::create_directories(pid_dir);
+  std::string stages;
+  for (int i = 0; i < 4; ++i) {
+    stages += "  - {name: s" + std::to_string(i) + ", stage: test.pid_sleep, kwargs: {seconds: 4, pid_dir: " +
+              pid_dir.string() + "}}\n";
+  }
+  fs::path p = Pipeline("nodeloss", stages);
+  CommandResult r;
+  std::thread cli([&] { r = Run(p, {"-j", "4"}); });
+  bool stopped = false;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  while (!stopped && std::chrono::steady_clock::now() < deadline) {
+    for (const std::string& f : ListFiles(pid_dir)) {
+      pid_t pid = static_cast<pid_t>(std::stol(ReadFile(pid_dir / f)));
+      if (SessionOf(pid) == gpu_node_.sid) {
+        StopProcessSession(gpu_node_.sid, std::chrono::seconds(1));
+        stopped = true;
+        break;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  cli.join();
+  EXPECT_TRUE(stopped) << "no stage ever ran on the second node";
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  fs::path out = dir_->path() / "out" / "nodeloss";
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(ReadFile(out / ("s" + std::to_string(i) + ".out")), "slept for s" + std::to_string(i) + "\n");
+  }
+  EXPECT_TRUE(ProcessesWith(ray_tmp_ + "/node2").empty());
+}
+
+}  // namespace
+}  // namespace stagekit
