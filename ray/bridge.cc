@@ -120,12 +120,13 @@ std::string Basename(const std::string& path) {
 // A frame: magic, 4-byte little-endian length of the status JSON, the status
 // JSON (RunStats or an error), then the output bytes.
 Bytes Frame(const std::string& status, const Bytes* output) {
-  Bytes frame(sizeof(kMagic) + 4);
+  const std::size_t out_size = output == nullptr ? 0 : output->size();
+  Bytes frame(8 + status.size() + out_size);
   std::memcpy(frame.data(), kMagic, sizeof(kMagic));
   auto n = static_cast<std::uint32_t>(status.size());
   for (int i = 0; i < 4; ++i) frame[4 + i] = static_cast<char>((n >> (8 * i)) & 0xff);
-  frame.insert(frame.end(), status.begin(), status.end());
-  if (output != nullptr) frame.insert(frame.end(), output->begin(), output->end());
+  if (!status.empty()) std::memcpy(frame.data() + 8, status.data(), status.size());
+  if (out_size > 0) std::memcpy(frame.data() + 8 + status.size(), output->data(), out_size);
   return frame;
 }
 

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Ray executor benchmarks, all on one private local cluster started here:
+#  1. dispatch overhead per no-op stage: stagekit (-j 1, stages in a row) next to
+#     a plain Python @ray.remote no-op and the seed's Python run_stage pattern;
+#  2. throughput: 1,000 no-op stages through `stagekit run --executor ray`;
+#  3. speedup of a CPU-bound 32-stage fan-out against the in-process executor with one job.
+# Usage: bash bench/ray_bench.sh [BUILD_DIR]   (default build/bench; needs a Ray build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build/bench}
+stagekit=$build/bin/stagekit
+bin=.venv/bin
+work=$(mktemp -d /tmp/skbench-XXXXXX)
+head_sid=""
+cleanup() {
+  if [[ -n $head_sid ]]; then
+    # Stop exactly our head: every process of its session.
+    for sig in TERM KILL; do
+      pids=$(ps -eo pid=,sid= | awk -v s="$head_sid" '$2==s {print $1}')
+      [[ -n $pids ]] && kill -$sig $pids 2>/dev/null || true
+      sleep 2
+    done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port() { "$bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+setsid "$bin/ray" start --head --temp-dir="$work/ray" --port="$(port)" --num-cpus=2 --include-dashboard=false \
+  --disable-usage-stats --min-worker-port=0 --max-worker-port=0 --node-manager-port="$(port)" \
+  --object-manager-port="$(port)" --metrics-export-port="$(port)" --dashboard-agent-listen-port="$(port)" \
+  --dashboard-agent-grpc-port="$(port)" --runtime-env-agent-port="$(port)" --ray-client-server-port="$(port)" \
+  >"$work/head.log" 2>&1 &
+head_sid=$!
+wait $head_sid || { cat "$work/head.log"; exit 1; }
+address=$(cat "$work/ray/ray_current_cluster")
+echo "cluster: $address (2 CPUs)"
+
+noop_pipeline() {  # N FILE
+  { echo "libraries: [$PWD/$build/tests/stages/libstagekit_test_stages.so]"; echo "stages:"
+    for ((i = 0; i < $1; i++)); do echo "  - {name: n$i, stage: test.noop}"; done; } >"$2"
+}
+wall() { "$bin/python" -c 'import json,sys; print(json.load(sys.stdin)["wall_s"])'; }
+
+echo "== 1. dispatch overhead per no-op stage (sequential, median of 5)"
+noop_pipeline 200 "$work/noop200.yaml"
+for r in 1 2 3 4 5; do
+  $stagekit run "$work/noop200.yaml" -e ray --address "$address" -j 1 --json --out "$work/o$r" | wall
+done | sort -g | sed -n 3p | awk '{printf "stagekit ray executor: %.3f ms/stage\n", $1/200*1000}'
+"$bin/python" bench/ray_baselines.py "$address" 200 5 |
+  "$bin/python" -c 'import json,sys; d=json.load(sys.stdin); print("plain Python @ray.remote: %.3f ms/call\nseed run_stage pattern:   %.3f ms/call" % (d["plain_python_task_s"]*1000, d["seed_run_stage_s"]*1000))'
+
+echo "== 2. throughput: 1,000 no-op stages"
+noop_pipeline 1000 "$work/noop1000.yaml"
+for r in 1 2 3; do
+  $stagekit run "$work/noop1000.yaml" -e ray --address "$address" --json --out "$work/t$r" | wall
+done | sort -g | sed -n 2p | awk '{printf "1000 stages in %.2f s: %.0f stages/s (median of 3)\n", $1, 1000/$1}'
+
+echo "== 3. CPU-bound fan-out, 32 stages: in-process -j 1 vs ray"
+{ echo "libraries: [$PWD/$build/lib/stagekit/stages/libstagekit_examples.so]"; echo "job: {seed: 1}"; echo "stages:"
+  for ((i = 0; i < 32; i++)); do echo "  - {name: s$i, stage: montecarlo.sample, kwargs: {samples: 40000000}}"; done; } >"$work/fan.yaml"
+inproc=$(for r in 1 2 3; do $stagekit run "$work/fan.yaml" -j 1 --json --out "$work/f-in$r" | wall; done | sort -g | sed -n 2p)
+ray=$(for r in 1 2 3; do $stagekit run "$work/fan.yaml" -e ray --address "$address" --json --out "$work/f-ray$r" | wall; done | sort -g | sed -n 2p)
+cmp -s "$work/f-in1/s0.out" "$work/f-ray1/s0.out" && echo "outputs identical"
+awk -v a="$inproc" -v b="$ray" 'BEGIN {printf "in-process -j 1: %.2f s, ray: %.2f s, speedup %.2fx (medians of 3)\n", a, b, a/b}'
