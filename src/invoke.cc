@@ -9,6 +9,9 @@
 #include <cstring>
 #include <filesystem>
 
+#include <fcntl.h>
+
+#include "fd.h"
 #include "sha256.h"
 
 namespace stagekit {
@@ -50,9 +53,6 @@ Result<std::uint64_t> CheckInputs(const StageRequest& req) {
     if (!S_ISREG(st.st_mode)) {
       return Status(Code::kInputError, where + " is not a regular file");
     }
-    if (::access(path.c_str(), R_OK) != 0) {
-      return Status(Code::kInputError, where + " cannot be read: " + Errno());
-    }
     total += static_cast<std::uint64_t>(st.st_size);
   }
   return total;
@@ -76,6 +76,22 @@ Status CheckOutputLocation(const StageRequest& req) {
   }
   return OkStatus();
 }
+
+// Why a stage could not produce its output. Looked for only once it failed:
+// these checks cost system calls that a run that works does not need.
+Status Diagnose(const StageRequest& req) {
+  for (const auto& [name, path] : req.inputs) {
+    if (::access(path.c_str(), R_OK) != 0) {
+      return Status(Code::kInputError, "input '" + name + "' of " + StageLabel(req) + " ('" +
+                                           path.string() + "') cannot be read: " + Errno());
+    }
+  }
+  return CheckOutputLocation(req);
+}
+
+constexpr const char* kNoOutput =
+    " wrote no output: a stage must write one regular file at ctx.output() (or call "
+    "ctx.WriteOutput)";
 
 std::atomic<unsigned long> g_temp_serial{0};
 
@@ -112,7 +128,6 @@ Result<RunStats> Invoke(const StageRequest& req, const Registry& registry) {
 
   Result<std::uint64_t> bytes_in = CheckInputs(req);
   if (!bytes_in.ok()) return bytes_in.status();
-  if (Status s = CheckOutputLocation(req); !s.ok()) return s;
 
   const fs::path temp = TempOutputPath(req.output, ::getpid(), g_temp_serial++);
   StageContext ctx(req.stage, req.instance.empty() ? req.stage : req.instance, &req.inputs, temp,
@@ -132,16 +147,22 @@ Result<RunStats> Invoke(const StageRequest& req, const Registry& registry) {
   std::error_code ec;
   if (!failure.empty()) {
     fs::remove(temp, ec);
+    if (Status why = Diagnose(req); !why.ok()) return why;
     return Status(Code::kStageFailed, StageLabel(req) + " failed: " + failure);
   }
+  // O_NOFOLLOW: a symlink is not an output.
+  internal::UniqueFd fd(::open(temp.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   struct stat st {};
-  if (::lstat(temp.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    fd.Reset();
     fs::remove_all(temp, ec);
-    return Status(Code::kStageFailed, StageLabel(req) +
-                                          " wrote no output: a stage must write one regular "
-                                          "file at ctx.output() (or call ctx.WriteOutput)");
+    if (Status why = Diagnose(req); !why.ok()) return why;
+    return Status(Code::kStageFailed, StageLabel(req) + kNoOutput);
   }
-  auto digest = internal::Sha256File(temp);
+  auto digest = st.st_size == 0 ? Result<std::pair<internal::Sha256Digest, std::uint64_t>>(
+                                      std::make_pair(internal::Sha256(""), std::uint64_t{0}))
+                                : internal::Sha256Fd(fd.get(), temp);
+  fd.Reset();
   if (!digest.ok()) {
     fs::remove(temp, ec);
     return Status(Code::kOutputError, StageLabel(req) + ": " + digest.status().message());
@@ -149,6 +170,7 @@ Result<RunStats> Invoke(const StageRequest& req, const Registry& registry) {
   if (::rename(temp.c_str(), req.output.c_str()) != 0) {
     std::string err = Errno();
     fs::remove(temp, ec);
+    if (Status why = CheckOutputLocation(req); !why.ok()) return why;
     return Status(Code::kOutputError,
                   "cannot move the output of " + StageLabel(req) + " into place at '" +
                       req.output.string() + "': " + err);

@@ -451,6 +451,59 @@ Result<std::vector<fs::path>> ResolveLibraries(const Pipeline& pipeline,
   return out;
 }
 
+Status ApplyResourceOverride(Pipeline& pipeline, std::string_view spec) {
+  auto usage = [&](const std::string& why) {
+    return Status(Code::kUsage, "--resources '" + std::string(spec) + "': " + why +
+                                    "; write STAGE:KEY=VALUE[,KEY=VALUE...], e.g. "
+                                    "'train:gpus=1,vm:g4dn.2xlarge=1' or '*:cpus=2'");
+  };
+  std::size_t colon = spec.find(':');
+  if (colon == std::string_view::npos || colon == 0) return usage("no stage name before ':'");
+  std::string target(spec.substr(0, colon));
+  if (target != "*" && pipeline.Find(target) == nullptr) return usage("the pipeline has no stage '" + target + "'");
+  std::string list(spec.substr(colon + 1));
+  if (list.empty()) return usage("nothing to set");
+  std::vector<std::pair<std::string, std::string>> settings;
+  std::stringstream ss(list);
+  for (std::string item; std::getline(ss, item, ',');) {
+    std::size_t eq = item.rfind('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == item.size()) return usage("'" + item + "' is not KEY=VALUE");
+    settings.emplace_back(item.substr(0, eq), item.substr(eq + 1));
+  }
+  for (PipelineStage& st : pipeline.stages) {
+    if (target != "*" && st.name != target) continue;
+    Resources r = st.options.resources;
+    for (const auto& [key, value] : settings) {
+      if (key == "memory") {
+        auto bytes = ParseBytes(value);
+        if (!bytes.ok()) return usage(bytes.status().message());
+        r.memory_bytes = *bytes;
+        continue;
+      }
+      double amount = 0;
+      try {
+        std::size_t used = 0;
+        amount = std::stod(value, &used);
+        if (used != value.size()) throw std::invalid_argument(value);
+      } catch (...) {
+        return usage("'" + value + "' is not a number");
+      }
+      if (key == "cpus") {
+        r.cpus = amount;
+      } else if (key == "gpus") {
+        r.gpus = amount;
+      } else if (amount == 0) {
+        r.custom.erase(key);
+      } else {
+        r.custom[key] = amount;
+      }
+    }
+    if (Status s = r.Validate(); !s.ok()) return usage("stage '" + st.name + "': " + s.message());
+    st.options.resources = r;
+  }
+  return OkStatus();
+}
+
 Status CheckStagesRegistered(const Pipeline& pipeline, const Registry& registry) {
   for (const PipelineStage& st : pipeline.stages) {
     if (registry.Find(st.stage) != nullptr) continue;

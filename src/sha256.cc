@@ -6,7 +6,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <vector>
 
 #include "fd.h"
 
@@ -38,19 +37,23 @@ Result<std::pair<Sha256Digest, std::uint64_t>> Sha256File(const std::filesystem:
     return Status(Code::kInputError,
                   "cannot read '" + path.string() + "': " + std::strerror(errno));
   }
+  return Sha256Fd(fd.get(), path);
+}
+
+Result<std::pair<Sha256Digest, std::uint64_t>> Sha256Fd(int fd, const std::filesystem::path& path) {
   sha256_ctx ctx;
   sha256_init(&ctx);
   std::uint64_t total = 0;
-  std::vector<std::uint8_t> buf(1 << 16);
+  std::uint8_t buf[1 << 16];
   for (;;) {
-    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    ssize_t n = ::read(fd, buf, sizeof(buf));
     if (n < 0) {
       if (errno == EINTR) continue;
       return Status(Code::kInputError,
                     "cannot read '" + path.string() + "': " + std::strerror(errno));
     }
     if (n == 0) break;
-    sha256_update(&ctx, static_cast<std::size_t>(n), buf.data());
+    sha256_update(&ctx, static_cast<std::size_t>(n), buf);
     total += static_cast<std::uint64_t>(n);
   }
   Sha256Digest out;

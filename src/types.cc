@@ -225,8 +225,12 @@ StageContext::StageContext(std::string stage, std::string instance,
       inputs_(inputs),
       output_(std::move(output)),
       job_(job),
-      kwargs_(kwargs),
-      seed_(DeriveSeed(*job, instance_)) {}
+      kwargs_(kwargs) {}
+
+std::uint64_t StageContext::seed() const {
+  if (!seed_) seed_ = DeriveSeed(*job_, instance_);
+  return *seed_;
+}
 
 const std::filesystem::path& StageContext::input(std::string_view name) const {
   auto it = inputs_->find(std::string(name));

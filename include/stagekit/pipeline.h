@@ -70,6 +70,12 @@ Result<Pipeline> ParsePipeline(std::string_view yaml_text, const std::filesystem
 Result<std::vector<std::filesystem::path>> ResolveLibraries(
     const Pipeline& pipeline, const std::vector<std::filesystem::path>& search_dirs);
 
+// Applies a command-line placement override, "STAGE:KEY=VALUE[,KEY=VALUE...]":
+// STAGE is a stage name or "*" for every stage; KEY is cpus, gpus, memory
+// (e.g. 4GiB) or a custom resource name (e.g. vm:g4dn.2xlarge=1, 0 removes it).
+// kUsage naming the problem; unknown stage names included.
+Status ApplyResourceOverride(Pipeline& pipeline, std::string_view spec);
+
 // The stage library directories of this stagekit installation
 // (<libdir>/stagekit/stages), for the build tree and the install tree.
 std::vector<std::filesystem::path> DefaultStageDirs();

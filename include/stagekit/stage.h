@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -92,8 +93,8 @@ class StageContext {
   const std::filesystem::path& output() const { return output_; }
   const JobSpec& job() const { return *job_; }
   const Json& kwargs() const { return *kwargs_; }
-  // DeriveSeed(job(), instance()).
-  std::uint64_t seed() const { return seed_; }
+  // DeriveSeed(job(), instance()), computed on first use.
+  std::uint64_t seed() const;
 
   // Convenience: whole input file as bytes; throws std::runtime_error on I/O errors.
   std::string ReadInput(std::string_view name) const;
@@ -110,7 +111,7 @@ class StageContext {
   std::filesystem::path output_;
   const JobSpec* job_;
   const Json* kwargs_;
-  std::uint64_t seed_;
+  mutable std::optional<std::uint64_t> seed_;
   Json metrics_ = Json::object();
 };
 

@@ -243,6 +243,27 @@ TEST_F(RayTwoNodes, PlacementFollowsGpuAndCustomResources) {
   EXPECT_EQ(summary["ray"]["nodes"].size(), 2u);
 }
 
+TEST_F(RayTwoNodes, CommandLineOverridesPlaceStagesToo) {
+  fs::path p = Pipeline("override", "  - {name: plain, stage: test.noop}\n");
+  CommandResult r = Run(p, {"--resources", "plain:cpus=1,vm:g4dn.2xlarge=1"});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["stages"][0]["stats"]["node"], gpu_node_.node_name) << summary.dump(2);
+  EXPECT_EQ(summary["stages"][0]["resources"]["custom"]["vm:g4dn.2xlarge"], 1);
+}
+
+TEST_F(RayTwoNodes, StageErrorsAreNotRetriedAndNameTheNode) {
+  fs::path p = Pipeline("throws", "  - {name: bad, stage: test.throws, kwargs: {message: bad pixel}, "
+                                  "resources: {gpus: 0.01}}\n");
+  CommandResult r = Run(p);
+  EXPECT_EQ(r.exit_code, 1) << Show(r);
+  EXPECT_NE(r.err.find("stage 'bad' (test.throws) failed: bad pixel (on Ray node " + gpu_node_.node_name + ")"),
+            std::string::npos)
+      << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["ray"]["stats"]["tasks_submitted"], 1);  // not retried
+}
+
 TEST_F(RayTwoNodes, InfeasibleRequestFailsFastNamingTheResource) {
   fs::path p = Pipeline("infeasible", "  - {name: big, stage: test.noop, resources: {custom: {\"vm:p5.48xlarge\": 1}}}\n");
   auto start = std::chrono::steady_clock::now();

@@ -153,6 +153,26 @@ TEST(PipelineTest, ResolvesLibrariesByNameAndPath) {
       << missing.status().message();
 }
 
+TEST(PipelineTest, ResourceOverridesFromTheCommandLine) {
+  auto p = Parse("stages:\n  - {name: a, stage: s, resources: {custom: {old: 1}}}\n  - {name: b, stage: s}\n");
+  ASSERT_TRUE(p.ok());
+  ASSERT_TRUE(ApplyResourceOverride(*p, "a:gpus=0.01,vm:g4dn.2xlarge=1,memory=2GiB,old=0").ok());
+  const Resources& a = p->Find("a")->options.resources;
+  EXPECT_EQ(a.gpus, 0.01);
+  EXPECT_EQ(a.memory_bytes, 2147483648u);
+  EXPECT_EQ(a.custom, (std::map<std::string, double>{{"vm:g4dn.2xlarge", 1}}));
+  EXPECT_EQ(p->Find("b")->options.resources.gpus, 0);
+  ASSERT_TRUE(ApplyResourceOverride(*p, "*:cpus=2").ok());
+  EXPECT_EQ(p->Find("a")->options.resources.cpus, 2);
+  EXPECT_EQ(p->Find("b")->options.resources.cpus, 2);
+  for (const char* bad : {"nocolon", ":cpus=1", "ghost:cpus=1", "a:cpus", "a:cpus=lots", "a:gpus=1.5",
+                          "a:memory=huge", "a:"}) {
+    Status s = ApplyResourceOverride(*p, bad);
+    EXPECT_EQ(s.code(), Code::kUsage) << bad;
+    EXPECT_NE(s.message().find("write STAGE:KEY=VALUE"), std::string::npos) << s.message();
+  }
+}
+
 TEST(PipelineTest, UnregisteredStagesAreNamedWithSuggestions) {
   void (*fn)(StageContext&) = [](StageContext&) {};
   Registry r;

@@ -41,6 +41,7 @@ struct ExecOptions {
   int jobs = 0;  // 0: one per CPU
   std::string out;
   std::string timeout;  // default per-stage timeout when the pipeline gives none
+  std::vector<std::string> resources;  // placement overrides, STAGE:KEY=VALUE,...
   bool json = false;
   bool quiet = false;
   void AddTo(CLI::App* cmd, bool with_out_default_note);
@@ -64,8 +65,8 @@ Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
                                                     const std::vector<std::filesystem::path>& libraries,
                                                     const RayCliOptions& ray);
 
-// Applies --timeout to stages without their own.
-Status ApplyDefaultTimeout(Pipeline& pipeline, const std::string& timeout);
+// Applies --timeout to stages without their own, then --resources overrides.
+Status ApplyCommandLine(Pipeline& pipeline, const ExecOptions& exec);
 
 // The summary of one run (what --json prints and what is written beside the outputs).
 Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_view executor,

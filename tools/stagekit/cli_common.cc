@@ -75,6 +75,10 @@ void ExecOptions::AddTo(CLI::App* cmd, bool parity) {
   cmd->add_option("--timeout", timeout,
                   "Timeout for stages that set none, e.g. 30s, 5m (subprocess executor)")
       ->type_name("DURATION");
+  cmd->add_option("--resources", resources,
+                  "Placement override, STAGE:KEY=VALUE[,...] with STAGE a name or '*' and KEY cpus, gpus, "
+                  "memory or a custom resource (e.g. 'train:gpus=0.01,vm:g4dn.2xlarge=1'); repeatable")
+      ->type_name("SPEC");
   cmd->add_flag("--json", json, "Print a machine-readable summary on stdout");
   cmd->add_flag("-q,--quiet", quiet, "No progress output");
 }
@@ -131,12 +135,16 @@ void AddExecutorDetails(const StageExecutor& executor, Json& summary) {
   }
 }
 
-Status ApplyDefaultTimeout(Pipeline& pipeline, const std::string& timeout) {
-  if (timeout.empty()) return OkStatus();
-  auto t = ParseDuration(timeout);
-  if (!t.ok()) return Status(Code::kUsage, "--timeout: " + t.status().message());
-  for (PipelineStage& st : pipeline.stages) {
-    if (!st.options.timeout) st.options.timeout = *t;
+Status ApplyCommandLine(Pipeline& pipeline, const ExecOptions& exec) {
+  if (!exec.timeout.empty()) {
+    auto t = ParseDuration(exec.timeout);
+    if (!t.ok()) return Status(Code::kUsage, "--timeout: " + t.status().message());
+    for (PipelineStage& st : pipeline.stages) {
+      if (!st.options.timeout) st.options.timeout = *t;
+    }
+  }
+  for (const std::string& spec : exec.resources) {
+    if (Status s = ApplyResourceOverride(pipeline, spec); !s.ok()) return s;
   }
   return OkStatus();
 }

@@ -60,7 +60,7 @@ Status Parity(const ParityCommand& cmd) {
   std::vector<fs::path> libraries;
   Result<Pipeline> pipeline = LoadPipelineWithLibraries(cmd.pipeline, cmd.libs, libraries);
   if (!pipeline.ok()) return pipeline.status();
-  if (Status s = ApplyDefaultTimeout(*pipeline, cmd.exec.timeout); !s.ok()) return s;
+  if (Status s = ApplyCommandLine(*pipeline, cmd.exec); !s.ok()) return s;
   std::vector<std::unique_ptr<StageExecutor>> executors;
   for (const std::string& name : names) {
     auto ex = MakeExecutor(name, libraries, cmd.ray);

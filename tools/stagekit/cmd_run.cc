@@ -19,7 +19,7 @@ Status Run(const RunCommand& cmd) {
   std::vector<std::filesystem::path> libraries;
   Result<Pipeline> pipeline = LoadPipelineWithLibraries(cmd.pipeline, cmd.libs, libraries);
   if (!pipeline.ok()) return pipeline.status();
-  if (Status s = ApplyDefaultTimeout(*pipeline, cmd.exec.timeout); !s.ok()) return s;
+  if (Status s = ApplyCommandLine(*pipeline, cmd.exec); !s.ok()) return s;
   auto executor = MakeExecutor(cmd.executor, libraries, cmd.ray);
   if (!executor.ok()) return executor.status();
 
