@@ -5,6 +5,8 @@
 //   BM_InProcessDispatch     InProcessExecutor::Run of the same stage
 //                            (difference to BM_PlainCall = stagekit overhead)
 //   BM_SpawnFloor            posix_spawn + waitpid of /bin/true: the floor
+//   BM_SpawnCxxFloor         posix_spawn + waitpid of a no-op C++ program
+//                            (loads libstdc++, as any C++ runner must)
 //   BM_SpawnRunner           posix_spawn + waitpid of `stagekit --version`:
 //                            exec + dynamic linking of the runner, no stage
 //   BM_SubprocessDispatch    SubprocessExecutor::Run of bench.noop
@@ -164,6 +166,20 @@ void BM_SpawnFloor(benchmark::State& state) {
   SetPerStage(state, 1);
 }
 BENCHMARK(BM_SpawnFloor)->UseRealTime();
+
+// The floor for any runner of C++ stages: loading libstdc++ alone costs about
+// as much again as spawning /bin/true on these machines.
+void BM_SpawnCxxFloor(benchmark::State& state) {
+  const std::vector<const char*> argv = {STAGEKIT_BENCH_NOOP_CXX, nullptr};
+  for (auto _ : state) {
+    if (SpawnAndWait(argv) != 0) {
+      state.SkipWithError("posix_spawn of the no-op C++ program failed");
+      break;
+    }
+  }
+  SetPerStage(state, 1);
+}
+BENCHMARK(BM_SpawnCxxFloor)->UseRealTime();
 
 void BM_SpawnRunner(benchmark::State& state) {
   const std::vector<const char*> argv = {STAGEKIT_BENCH_CLI, "--version", nullptr};

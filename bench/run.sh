@@ -6,7 +6,8 @@
 # built), runs them with 5 repetitions (aggregates only) and prints the medians
 # that matter:
 #   in-process overhead = median(BM_InProcessDispatch) - median(BM_PlainCall)
-#   subprocess ratio    = median(BM_SubprocessDispatch) / median(BM_SpawnFloor)
+#   subprocess ratio    = median(BM_SubprocessDispatch) / median(BM_SpawnFloor), and
+#                         the same over BM_SpawnCxxFloor (a no-op C++ program)
 # and then, with hyperfine, `stagekit stage bench.noop` (request on stdin)
 # against /bin/true and `stagekit --version`.
 #
@@ -67,19 +68,21 @@ if command -v jq >/dev/null; then
   plain=$(median_us BM_PlainCall)
   inproc=$(median_us BM_InProcessDispatch)
   spawn=$(median_us BM_SpawnFloor)
+  cxx=$(median_us BM_SpawnCxxFloor)
   runner=$(median_us BM_SpawnRunner)
   sub=$(median_us BM_SubprocessDispatch)
   pipe1=$(median_us BM_PipelineThroughput/stages:1000/jobs:1 per_stage)
   pipe2=$(median_us BM_PipelineThroughput/stages:1000/jobs:2 per_stage)
   echo
   echo "== medians of $REPETITIONS repetitions (wall time)"
-  awk -v plain="$plain" -v inproc="$inproc" -v spawn="$spawn" -v runner="$runner" -v subp="$sub" \
+  awk -v plain="$plain" -v inproc="$inproc" -v spawn="$spawn" -v cxx="$cxx" -v runner="$runner" -v subp="$sub" \
       -v pipe1="$pipe1" -v pipe2="$pipe2" 'BEGIN {
     printf "  BM_PlainCall                      %10.2f us\n", plain
     printf "  BM_InProcessDispatch              %10.2f us   overhead over the plain call: %.2f us (x%.2f)\n", inproc, inproc - plain, inproc / plain
     printf "  BM_SpawnFloor (/bin/true)         %10.1f us\n", spawn
+    printf "  BM_SpawnCxxFloor (no-op C++)      %10.1f us   x%.2f the spawn floor\n", cxx, cxx / spawn
     printf "  BM_SpawnRunner (stagekit --version)%9.1f us   x%.2f the spawn floor\n", runner, runner / spawn
-    printf "  BM_SubprocessDispatch             %10.1f us   x%.2f the spawn floor, +%.1f us over it\n", subp, subp / spawn, subp - spawn
+    printf "  BM_SubprocessDispatch             %10.1f us   x%.2f the spawn floor, +%.1f us over it; x%.2f the C++ floor\n", subp, subp / spawn, subp - spawn, subp / cxx
     printf "  BM_PipelineThroughput 1000 jobs=1 %10.2f us/stage (%.0f stages/s)\n", pipe1, 1e6 / pipe1
     printf "  BM_PipelineThroughput 1000 jobs=2 %10.2f us/stage (%.0f stages/s)\n", pipe2, 1e6 / pipe2
   }'

@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config git
   nlohmann-json3-dev libyaml-cpp-dev libcli11-dev nettle-dev   # library dependencies
-  libgtest-dev libgmock-dev libbenchmark-dev hyperfine          # tests and benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev hyperfine jq       # tests and benchmarks
   fortunes                                                      # the word-count example's corpus
 )
 
