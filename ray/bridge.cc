@@ -412,32 +412,36 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
     ray::ObjectRef<Bytes> result =
         kSubmit[refs.size()](payload.dump(), refs, resources, request.value("instance", std::string("stage")));
     h->tasks++;
-    for (;;) {
-      std::vector<ray::ObjectRef<Bytes>> wait_on{result};
-      if (!ray::Wait(wait_on, 1, 100).ready.empty()) break;
-      if (stagekit_interrupted() != 0) {
-        return EmitError(kInterrupted, label + " was interrupted while running on Ray", out, out_len);
-      }
-      if (timeout_ms > 0 && std::chrono::steady_clock::now() - start > std::chrono::milliseconds(timeout_ms)) {
-        return EmitError(kTimeout, label + " timed out after " + std::to_string(timeout_ms) +
-                                       "ms on Ray (the C++ API cannot cancel the task; it runs until it ends "
-                                       "or its cluster stops)",
-                         out, out_len);
-      }
-    }
     std::shared_ptr<Bytes> frame;
-    try {
-      frame = ray::Get(result);
-    } catch (const ray::internal::RayWorkerException& e) {
-      last_failure = std::string("its worker died (") + e.what() + ")";
-    } catch (const ray::internal::UnreconstructableException& e) {
-      last_failure = std::string("its result was lost with its node (") + e.what() + ")";
-    } catch (const ray::internal::RayTaskException& e) {
-      return EmitError(kInternal, label + ": the Ray task failed outside the stage: " + e.what() +
-                                      " (is libstagekit_ray.so loadable on every node?)",
-                       out, out_len);
-    } catch (const ray::internal::RayException& e) {
-      last_failure = std::string("Ray reported: ") + e.what();
+    bool lost = false;
+    while (!frame && !lost) {
+      try {
+        // Get with a short timeout, so that Ctrl-C and the stage timeout are noticed.
+        frame = ray::Get(result, 100);
+      } catch (const ray::internal::RayTimeoutException&) {
+        if (stagekit_interrupted() != 0) {
+          return EmitError(kInterrupted, label + " was interrupted while running on Ray", out, out_len);
+        }
+        if (timeout_ms > 0 && std::chrono::steady_clock::now() - start > std::chrono::milliseconds(timeout_ms)) {
+          return EmitError(kTimeout, label + " timed out after " + std::to_string(timeout_ms) +
+                                         "ms on Ray (the C++ API cannot cancel the task; it runs until it ends "
+                                         "or its cluster stops)",
+                           out, out_len);
+        }
+      } catch (const ray::internal::RayWorkerException& e) {
+        last_failure = std::string("its worker died (") + e.what() + ")";
+        lost = true;
+      } catch (const ray::internal::UnreconstructableException& e) {
+        last_failure = std::string("its result was lost with its node (") + e.what() + ")";
+        lost = true;
+      } catch (const ray::internal::RayTaskException& e) {
+        return EmitError(kInternal, label + ": the Ray task failed outside the stage: " + e.what() +
+                                        " (is libstagekit_ray.so loadable on every node?)",
+                         out, out_len);
+      } catch (const ray::internal::RayException& e) {
+        last_failure = std::string("Ray reported: ") + e.what();
+        lost = true;
+      }
     }
     if (!frame) {
       h->retries++;
