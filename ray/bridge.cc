@@ -29,8 +29,8 @@
 #include <utility>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <ray/api.h>
+#include <nlohmann/json.hpp>
 
 #include "ray_bridge_api.h"
 #include "stagekit/c_api.h"
@@ -52,12 +52,18 @@ constexpr std::size_t kMaxInputs = 48;
 
 const char* CodeName(int code) {
   switch (code) {
-    case kStageFailed: return "stage_failed";
-    case kInputError: return "input_error";
-    case kOutputError: return "output_error";
-    case kTimeout: return "timeout";
-    case kInterrupted: return "interrupted";
-    default: return "internal";
+    case kStageFailed:
+      return "stage_failed";
+    case kInputError:
+      return "input_error";
+    case kOutputError:
+      return "output_error";
+    case kTimeout:
+      return "timeout";
+    case kInterrupted:
+      return "interrupted";
+    default:
+      return "internal";
   }
 }
 
@@ -95,7 +101,8 @@ bool ReadFile(const std::string& path, Bytes& out) {
   struct stat st {};
   // st_size is a hint only: files under /proc report 0.
   out.clear();
-  out.reserve(::fstat(fd, &st) == 0 && st.st_size > 0 ? static_cast<std::size_t>(st.st_size) : 4096);
+  out.reserve(::fstat(fd, &st) == 0 && st.st_size > 0 ? static_cast<std::size_t>(st.st_size)
+                                                      : 4096);
   char chunk[1 << 16];
   bool ok = true;
   for (;;) {
@@ -147,7 +154,8 @@ const std::string& NodeName() {
       std::string args(cmdline.begin(), cmdline.end());
       const std::string flag = "--ray_node_manager_port=";
       std::size_t at = args.find(flag);
-      if (at != std::string::npos) port = args.substr(at + flag.size(), args.find('\0', at) - at - flag.size());
+      if (at != std::string::npos)
+        port = args.substr(at + flag.size(), args.find('\0', at) - at - flag.size());
     }
     return std::string(host) + (port.empty() ? "" : ":" + port);
   }();
@@ -182,7 +190,8 @@ Bytes RunImpl(const std::string& payload, const std::vector<const Bytes*>& input
     if (!lib_error.empty()) return Frame(lib_error, nullptr);
 
     const char* tmp = std::getenv("TMPDIR");
-    std::string tmpl = std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/stagekit-task-XXXXXX";
+    std::string tmpl =
+        std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/stagekit-task-XXXXXX";
     if (::mkdtemp(tmpl.data()) == nullptr) {
       return ErrorFrame(kInternal, "cannot create a scratch directory on " + NodeName() + ": " +
                                        std::strerror(errno));
@@ -196,11 +205,13 @@ Bytes RunImpl(const std::string& payload, const std::vector<const Bytes*>& input
       std::string dir = scratch + "/in" + std::to_string(i);
       std::string path = dir + "/" + names[i][1].get<std::string>();
       int fd = -1;
-      if (::mkdir(dir.c_str(), 0700) == 0) fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      if (::mkdir(dir.c_str(), 0700) == 0)
+        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
       if (fd < 0 || !WriteAll(fd, inputs[i]->data(), inputs[i]->size())) {
         std::string err = std::strerror(errno);
         if (fd >= 0) ::close(fd);
-        throw std::runtime_error("cannot materialise input '" + names[i][0].get<std::string>() + "': " + err);
+        throw std::runtime_error("cannot materialise input '" + names[i][0].get<std::string>() +
+                                 "': " + err);
       }
       ::close(fd);
       in[names[i][0].get<std::string>()] = path;
@@ -220,11 +231,14 @@ Bytes RunImpl(const std::string& payload, const std::vector<const Bytes*>& input
     Bytes frame;
     if (rc != 0) {
       json err = json::parse(status);
-      err["error"]["message"] = err["error"]["message"].get<std::string>() + " (on Ray node " + NodeName() + ")";
+      err["error"]["message"] =
+          err["error"]["message"].get<std::string>() + " (on Ray node " + NodeName() + ")";
       frame = Frame(err.dump(), nullptr);
     } else {
       Bytes bytes;
-      if (!ReadFile(output, bytes)) throw std::runtime_error("cannot read back the output: " + std::string(std::strerror(errno)));
+      if (!ReadFile(output, bytes))
+        throw std::runtime_error("cannot read back the output: " +
+                                 std::string(std::strerror(errno)));
       json stats = json::parse(status);
       stats["node"] = NodeName();
       frame = Frame(stats.dump(), &bytes);
@@ -269,11 +283,13 @@ const bool kRegistered = RegisterTasks(std::make_index_sequence<kMaxInputs + 1>{
 // Driver side
 
 using Resources = std::unordered_map<std::string, double>;
-using SubmitFn = ray::ObjectRef<Bytes> (*)(const std::string&, const std::vector<ray::ObjectRef<Bytes>>&,
+using SubmitFn = ray::ObjectRef<Bytes> (*)(const std::string&,
+                                           const std::vector<ray::ObjectRef<Bytes>>&,
                                            const Resources&, const std::string&);
 
 template <std::size_t... I>
-ray::ObjectRef<Bytes> SubmitWith(const std::string& payload, const std::vector<ray::ObjectRef<Bytes>>& refs,
+ray::ObjectRef<Bytes> SubmitWith(const std::string& payload,
+                                 const std::vector<ray::ObjectRef<Bytes>>& refs,
                                  const Resources& resources, const std::string& name,
                                  std::index_sequence<I...>) {
   auto caller = ray::Task(&Task<std::index_sequence<I...>>::Run);
@@ -283,7 +299,8 @@ ray::ObjectRef<Bytes> SubmitWith(const std::string& payload, const std::vector<r
 }
 
 template <std::size_t N>
-ray::ObjectRef<Bytes> Submit(const std::string& payload, const std::vector<ray::ObjectRef<Bytes>>& refs,
+ray::ObjectRef<Bytes> Submit(const std::string& payload,
+                             const std::vector<ray::ObjectRef<Bytes>>& refs,
                              const Resources& resources, const std::string& name) {
   return SubmitWith(payload, refs, resources, name, std::make_index_sequence<N>{});
 }
@@ -300,7 +317,8 @@ struct InputKey {
   off_t size;
   std::int64_t mtime_ns;
   bool operator<(const InputKey& o) const {
-    return std::tie(path, dev, ino, size, mtime_ns) < std::tie(o.path, o.dev, o.ino, o.size, o.mtime_ns);
+    return std::tie(path, dev, ino, size, mtime_ns) <
+           std::tie(o.path, o.dev, o.ino, o.size, o.mtime_ns);
   }
 };
 
@@ -317,7 +335,8 @@ namespace {
 
 // The object reference of an input file, put into the object store the first
 // time this file (same path, inode, size and mtime) is seen.
-bool InputRef(stagekit_ray_bridge* h, const std::string& path, ray::ObjectRef<Bytes>& ref, std::string& error) {
+bool InputRef(stagekit_ray_bridge* h, const std::string& path, ray::ObjectRef<Bytes>& ref,
+              std::string& error) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     error = "cannot open '" + path + "': " + std::strerror(errno);
@@ -343,14 +362,15 @@ bool InputRef(stagekit_ray_bridge* h, const std::string& path, ray::ObjectRef<By
   return true;
 }
 
-int WriteOutputAtomically(stagekit_ray_bridge* h, const std::string& output, const char* data, std::size_t n,
-                          std::string& error) {
+int WriteOutputAtomically(stagekit_ray_bridge* h, const std::string& output, const char* data,
+                          std::size_t n, std::string& error) {
   std::size_t slash = output.find_last_of('/');
   std::string dir = slash == std::string::npos ? "." : output.substr(0, slash);
-  std::string temp = dir + "/." + Basename(output) + ".stagekit-" + std::to_string(::getpid()) + "-r" +
-                     std::to_string(h->serial++) + ".tmp";
+  std::string temp = dir + "/." + Basename(output) + ".stagekit-" + std::to_string(::getpid()) +
+                     "-r" + std::to_string(h->serial++) + ".tmp";
   int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0 || !WriteAll(fd, data, n) || ::close(fd) != 0 || ::rename(temp.c_str(), output.c_str()) != 0) {
+  if (fd < 0 || !WriteAll(fd, data, n) || ::close(fd) != 0 ||
+      ::rename(temp.c_str(), output.c_str()) != 0) {
     error = "cannot write output '" + output + "': " + std::strerror(errno);
     ::unlink(temp.c_str());
     return kOutputError;
@@ -364,13 +384,15 @@ std::string Label(const json& request) {
   return instance == stage ? "stage '" + stage + "'" : "stage '" + instance + "' (" + stage + ")";
 }
 
-int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char** out, std::size_t* out_len) {
+int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char** out,
+             std::size_t* out_len) {
   const std::string label = Label(request);
   const json& inputs = request.at("inputs");
   if (inputs.size() > kMaxInputs) {
-    return EmitError(kInputError, label + " has " + std::to_string(inputs.size()) +
-                                      " inputs; the ray executor passes at most " + std::to_string(kMaxInputs) +
-                                      " per stage: merge inputs in an intermediate stage",
+    return EmitError(kInputError,
+                     label + " has " + std::to_string(inputs.size()) +
+                         " inputs; the ray executor passes at most " + std::to_string(kMaxInputs) +
+                         " per stage: merge inputs in an intermediate stage",
                      out, out_len);
   }
   std::vector<ray::ObjectRef<Bytes>> refs;
@@ -379,13 +401,15 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
     ray::ObjectRef<Bytes> ref;
     std::string error;
     if (!InputRef(h, path.get<std::string>(), ref, error)) {
-      return EmitError(kInputError, "input '" + name + "' of " + label + ": " + error, out, out_len);
+      return EmitError(kInputError, "input '" + name + "' of " + label + ": " + error, out,
+                       out_len);
     }
     refs.push_back(ref);
     names.push_back(json::array({name, Basename(path.get<std::string>())}));
   }
   Resources resources;
-  for (const auto& [name, amount] : task.at("resources").items()) resources[name] = amount.get<double>();
+  for (const auto& [name, amount] : task.at("resources").items())
+    resources[name] = amount.get<double>();
   const std::string output = request.at("output").get<std::string>();
   json payload = {{"libraries", task.at("libraries")},
                   {"inputs", names},
@@ -409,8 +433,8 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
       }
     }
     payload["request"]["attempt"] = attempt;
-    ray::ObjectRef<Bytes> result =
-        kSubmit[refs.size()](payload.dump(), refs, resources, request.value("instance", std::string("stage")));
+    ray::ObjectRef<Bytes> result = kSubmit[refs.size()](
+        payload.dump(), refs, resources, request.value("instance", std::string("stage")));
     h->tasks++;
     std::shared_ptr<Bytes> frame;
     bool lost = false;
@@ -420,13 +444,17 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
         frame = ray::Get(result, 100);
       } catch (const ray::internal::RayTimeoutException&) {
         if (stagekit_interrupted() != 0) {
-          return EmitError(kInterrupted, label + " was interrupted while running on Ray", out, out_len);
+          return EmitError(kInterrupted, label + " was interrupted while running on Ray", out,
+                           out_len);
         }
-        if (timeout_ms > 0 && std::chrono::steady_clock::now() - start > std::chrono::milliseconds(timeout_ms)) {
-          return EmitError(kTimeout, label + " timed out after " + std::to_string(timeout_ms) +
-                                         "ms on Ray (the C++ API cannot cancel the task; it runs until it ends "
-                                         "or its cluster stops)",
-                           out, out_len);
+        if (timeout_ms > 0 &&
+            std::chrono::steady_clock::now() - start > std::chrono::milliseconds(timeout_ms)) {
+          return EmitError(
+              kTimeout,
+              label + " timed out after " + std::to_string(timeout_ms) +
+                  "ms on Ray (the C++ API cannot cancel the task; it runs until it ends "
+                  "or its cluster stops)",
+              out, out_len);
         }
       } catch (const ray::internal::RayWorkerException& e) {
         last_failure = std::string("its worker died (") + e.what() + ")";
@@ -435,8 +463,9 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
         last_failure = std::string("its result was lost with its node (") + e.what() + ")";
         lost = true;
       } catch (const ray::internal::RayTaskException& e) {
-        return EmitError(kInternal, label + ": the Ray task failed outside the stage: " + e.what() +
-                                        " (is libstagekit_ray.so loadable on every node?)",
+        return EmitError(kInternal,
+                         label + ": the Ray task failed outside the stage: " + e.what() +
+                             " (is libstagekit_ray.so loadable on every node?)",
                          out, out_len);
       } catch (const ray::internal::RayException& e) {
         last_failure = std::string("Ray reported: ") + e.what();
@@ -461,7 +490,8 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
       continue;
     }
     std::uint32_t n = 0;
-    for (int i = 0; i < 4; ++i) n |= static_cast<std::uint32_t>(static_cast<unsigned char>((*frame)[4 + i])) << (8 * i);
+    for (int i = 0; i < 4; ++i)
+      n |= static_cast<std::uint32_t>(static_cast<unsigned char>((*frame)[4 + i])) << (8 * i);
     json status = json::parse(frame->begin() + 8, frame->begin() + 8 + n);
     if (status.contains("error")) {
       // The stage's own failure: never retried. Its code is in the JSON.
@@ -483,23 +513,25 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
     status["attempt"] = attempt;
     return Emit(status.dump(), 0, out, out_len);
   }
-  return EmitError(kStageFailed, label + " failed on Ray after " + std::to_string(max_attempts) +
-                                     " attempts: " + last_failure,
-                   out, out_len);
+  return EmitError(
+      kStageFailed,
+      label + " failed on Ray after " + std::to_string(max_attempts) + " attempts: " + last_failure,
+      out, out_len);
 }
 
 }  // namespace
 
 extern "C" {
 
-int stagekit_ray_bridge_open(const char* config, size_t config_len, stagekit_ray_bridge** handle, char** out,
-                             size_t* out_len) {
+int stagekit_ray_bridge_open(const char* config, size_t config_len, stagekit_ray_bridge** handle,
+                             char** out, size_t* out_len) {
   try {
     (void)kRegistered;
     json c = json::parse(std::string(config, config_len));
     ray::RayConfig rc;
     rc.address = c.at("address").get<std::string>();
-    for (const auto& p : c.at("code_search_path")) rc.code_search_path.push_back(p.get<std::string>());
+    for (const auto& p : c.at("code_search_path"))
+      rc.code_search_path.push_back(p.get<std::string>());
     ray::Init(rc);
     *handle = new stagekit_ray_bridge();
     return Emit("{}", 0, out, out_len);
@@ -508,8 +540,8 @@ int stagekit_ray_bridge_open(const char* config, size_t config_len, stagekit_ray
   }
 }
 
-int stagekit_ray_bridge_run(stagekit_ray_bridge* handle, const char* request, size_t request_len, const char* task,
-                            size_t task_len, char** out, size_t* out_len) {
+int stagekit_ray_bridge_run(stagekit_ray_bridge* handle, const char* request, size_t request_len,
+                            const char* task, size_t task_len, char** out, size_t* out_len) {
   try {
     return RunStage(handle, json::parse(std::string(request, request_len)),
                     json::parse(std::string(task, task_len)), out, out_len);

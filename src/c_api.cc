@@ -34,7 +34,8 @@ extern "C" int stagekit_invoke_json(const char* request, size_t request_len, cha
   using stagekit::Code;
   using stagekit::Status;
   try {
-    if (request == nullptr) return EmitStatus(Status(Code::kBadRequest, "request is NULL"), out, out_len);
+    if (request == nullptr)
+      return EmitStatus(Status(Code::kBadRequest, "request is NULL"), out, out_len);
     auto req = stagekit::StageRequest::Parse(std::string_view(request, request_len));
     if (!req.ok()) return EmitStatus(req.status(), out, out_len);
     auto stats = stagekit::Invoke(*req);
@@ -63,8 +64,8 @@ extern "C" int stagekit_load_library(const char* path, char** out, size_t* out_l
 extern "C" int stagekit_interrupted(void) { return stagekit::Interrupted() ? 1 : 0; }
 
 extern "C" void stagekit_sha256_hex(const char* data, size_t len, char out[65]) {
-  std::string hex = stagekit::internal::HexDigest(
-      stagekit::internal::Sha256(std::string_view(data == nullptr ? "" : data, data == nullptr ? 0 : len)));
+  std::string hex = stagekit::internal::HexDigest(stagekit::internal::Sha256(
+      std::string_view(data == nullptr ? "" : data, data == nullptr ? 0 : len)));
   std::memcpy(out, hex.c_str(), 65);
 }
 

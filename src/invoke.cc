@@ -71,8 +71,8 @@ Status CheckOutputLocation(const StageRequest& req) {
     return Status(Code::kOutputError, where + " is not writable: " + Errno());
   }
   if (::stat(req.output.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
-    return Status(Code::kOutputError, "output '" + req.output.string() + "' of " +
-                                          StageLabel(req) + " is a directory");
+    return Status(Code::kOutputError,
+                  "output '" + req.output.string() + "' of " + StageLabel(req) + " is a directory");
   }
   return OkStatus();
 }
@@ -171,9 +171,8 @@ Result<RunStats> Invoke(const StageRequest& req, const Registry& registry) {
     std::string err = Errno();
     fs::remove(temp, ec);
     if (Status why = CheckOutputLocation(req); !why.ok()) return why;
-    return Status(Code::kOutputError,
-                  "cannot move the output of " + StageLabel(req) + " into place at '" +
-                      req.output.string() + "': " + err);
+    return Status(Code::kOutputError, "cannot move the output of " + StageLabel(req) +
+                                          " into place at '" + req.output.string() + "': " + err);
   }
 
   RunStats stats;

@@ -43,7 +43,8 @@ std::vector<fs::path> DefaultStageDirs() {
   std::error_code ec;
   for (const char* rel : {STAGEKIT_LIBDIR_TO_STAGEDIR, "stagekit/stages"}) {
     fs::path dir = (internal::LibraryDir() / rel).lexically_normal();
-    if (fs::is_directory(dir, ec) && std::find(dirs.begin(), dirs.end(), dir) == dirs.end()) dirs.push_back(dir);
+    if (fs::is_directory(dir, ec) && std::find(dirs.begin(), dirs.end(), dir) == dirs.end())
+      dirs.push_back(dir);
   }
   return dirs;
 }

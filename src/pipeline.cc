@@ -46,11 +46,14 @@ class Parser {
     for (const auto& kv : map) {
       if (!kv.first.IsScalar()) return Error(kv.first, what + ": keys must be plain names");
       std::string key = kv.first.Scalar();
-      if (!seen.insert(key).second) return Error(kv.first, what + ": key '" + key + "' appears twice");
+      if (!seen.insert(key).second)
+        return Error(kv.first, what + ": key '" + key + "' appears twice");
       if (std::find(allowed.begin(), allowed.end(), key) == allowed.end()) {
         std::string expected;
-        for (std::string_view a : allowed) expected += (expected.empty() ? "" : ", ") + std::string(a);
-        return Error(kv.first, what + ": unknown key '" + key + "' (expected one of: " + expected + ")");
+        for (std::string_view a : allowed)
+          expected += (expected.empty() ? "" : ", ") + std::string(a);
+        return Error(kv.first,
+                     what + ": unknown key '" + key + "' (expected one of: " + expected + ")");
       }
     }
     return OkStatus();
@@ -125,7 +128,8 @@ class Parser {
     if (!root.IsDefined() || root.IsNull()) {
       return Error(YAML::Mark::null_mark(), "the pipeline file is empty");
     }
-    if (Status s = CheckKeys(root, "pipeline", {"name", "description", "libraries", "job", "stages"});
+    if (Status s =
+            CheckKeys(root, "pipeline", {"name", "description", "libraries", "job", "stages"});
         !s.ok()) {
       return s;
     }
@@ -154,7 +158,8 @@ class Parser {
       }
       if (job["seed"]) {
         std::uint64_t seed = 0;
-        if (!job["seed"].IsScalar() || job["seed"].Scalar().find_first_not_of("0123456789") != std::string::npos ||
+        if (!job["seed"].IsScalar() ||
+            job["seed"].Scalar().find_first_not_of("0123456789") != std::string::npos ||
             !YAML::convert<std::uint64_t>::decode(job["seed"], seed)) {
           return Error(job["seed"], "job.seed must be a whole number from 0 to 2^64-1");
         }
@@ -180,7 +185,8 @@ class Parser {
       auto st = ParseStage(node);
       if (!st.ok()) return st.status();
       if (auto [it, fresh] = names.emplace(st->name, node.Mark()); !fresh) {
-        return Error(node["name"], "duplicate stage name '" + st->name + "' (first declared on line " +
+        return Error(node["name"], "duplicate stage name '" + st->name +
+                                       "' (first declared on line " +
                                        std::to_string(it->second.line + 1) + ")");
       }
       if (auto [it, fresh] = outputs.emplace(st->output, node.Mark()); !fresh) {
@@ -193,9 +199,9 @@ class Parser {
     for (const PipelineStage& st : parsed) {
       for (const auto& [input, ref] : st.inputs) {
         if (!ref.from_stage.empty() && names.count(ref.from_stage) == 0) {
-          return Error(LineMark(st.line),
-                       "stage '" + st.name + "': input '" + input + "' comes from unknown stage '" +
-                           ref.from_stage + "'");
+          return Error(LineMark(st.line), "stage '" + st.name + "': input '" + input +
+                                              "' comes from unknown stage '" + ref.from_stage +
+                                              "'");
         }
       }
     }
@@ -207,8 +213,8 @@ class Parser {
 
  private:
   Result<PipelineStage> ParseStage(const YAML::Node& node) {
-    if (Status s = CheckKeys(node, "stage",
-                             {"name", "stage", "inputs", "output", "kwargs", "resources", "timeout"});
+    if (Status s = CheckKeys(
+            node, "stage", {"name", "stage", "inputs", "output", "kwargs", "resources", "timeout"});
         !s.ok()) {
       return s;
     }
@@ -218,11 +224,12 @@ class Parser {
     auto name = String(node["name"], "stage name");
     if (!name.ok()) return name.status();
     st.name = *name;
-    if (st.name.empty() || st.name.find_first_not_of("abcdefghijklmnopqrstuvwxyz"
-                                                     "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
-                               std::string::npos) {
-      return Error(node["name"], "stage name '" + st.name +
-                                     "' must be non-empty and use only letters, digits, '_', '.', '-'");
+    if (st.name.empty() ||
+        st.name.find_first_not_of("abcdefghijklmnopqrstuvwxyz"
+                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != std::string::npos) {
+      return Error(node["name"],
+                   "stage name '" + st.name +
+                       "' must be non-empty and use only letters, digits, '_', '.', '-'");
     }
     std::string where = "stage '" + st.name + "'";
     if (!node["stage"]) return Error(node, where + ": missing 'stage' (the registered stage name)");
@@ -231,24 +238,29 @@ class Parser {
     st.stage = *reg;
 
     if (const YAML::Node inputs = node["inputs"]) {
-      if (!inputs.IsMap()) return Error(inputs, where + ": inputs must be a mapping of name to file");
+      if (!inputs.IsMap())
+        return Error(inputs, where + ": inputs must be a mapping of name to file");
       std::set<std::string> seen;
       for (const auto& kv : inputs) {
         std::string in = kv.first.Scalar();
-        if (!seen.insert(in).second) return Error(kv.first, where + ": input '" + in + "' appears twice");
+        if (!seen.insert(in).second)
+          return Error(kv.first, where + ": input '" + in + "' appears twice");
         InputRef ref;
         const YAML::Node& v = kv.second;
         if (v.IsScalar()) {
           ref.file = v.Scalar();
         } else if (v.IsMap()) {
-          if (Status s = CheckKeys(v, where + " input '" + in + "'", {"from", "file"}); !s.ok()) return s;
-          if (v["from"] && v["file"]) return Error(v, where + ": input '" + in + "' has both 'from' and 'file'");
+          if (Status s = CheckKeys(v, where + " input '" + in + "'", {"from", "file"}); !s.ok())
+            return s;
+          if (v["from"] && v["file"])
+            return Error(v, where + ": input '" + in + "' has both 'from' and 'file'");
           if (v["from"]) {
             auto from = String(v["from"], where + ": 'from'");
             if (!from.ok()) return from.status();
             ref.from_stage = *from;
             if (ref.from_stage == st.name) {
-              return Error(v["from"], where + ": input '" + in + "' comes from the stage itself (a cycle)");
+              return Error(v["from"],
+                           where + ": input '" + in + "' comes from the stage itself (a cycle)");
             }
           } else if (v["file"]) {
             auto file = String(v["file"], where + ": 'file'");
@@ -274,19 +286,22 @@ class Parser {
       fs::path op = fs::path(*out).lexically_normal();
       if (out->empty() || op.is_absolute() || op.empty() || *op.begin() == ".." ||
           op.filename().empty()) {
-        return Error(node["output"], where + ": output '" + *out +
-                                         "' must be a relative file name inside the output directory");
+        return Error(node["output"],
+                     where + ": output '" + *out +
+                         "' must be a relative file name inside the output directory");
       }
       st.output = op.string();
     }
     if (node["kwargs"]) {
-      if (!node["kwargs"].IsMap()) return Error(node["kwargs"], where + ": kwargs must be a mapping");
+      if (!node["kwargs"].IsMap())
+        return Error(node["kwargs"], where + ": kwargs must be a mapping");
       auto kw = ToJson(node["kwargs"], where + ": kwargs");
       if (!kw.ok()) return kw.status();
       st.kwargs = std::move(kw).value();
     }
     if (const YAML::Node res = node["resources"]) {
-      if (Status s = CheckKeys(res, where + ": resources", {"cpus", "gpus", "memory", "custom"}); !s.ok()) {
+      if (Status s = CheckKeys(res, where + ": resources", {"cpus", "gpus", "memory", "custom"});
+          !s.ok()) {
         return s;
       }
       Resources& r = st.options.resources;
@@ -441,10 +456,11 @@ Result<std::vector<fs::path>> ResolveLibraries(const Pipeline& pipeline,
       looked += (looked.empty() ? "" : ", ") + dir.string();
     }
     if (!found) {
-      return Status(Code::kLibraryError,
-                    pipeline.file.string() + ": stage library '" + entry + "' (lib" + entry +
-                        ".so) not found in: " + (looked.empty() ? "(no search directories)" : looked) +
-                        "; add its directory with --stage-path or STAGEKIT_STAGE_PATH");
+      return Status(
+          Code::kLibraryError,
+          pipeline.file.string() + ": stage library '" + entry + "' (lib" + entry +
+              ".so) not found in: " + (looked.empty() ? "(no search directories)" : looked) +
+              "; add its directory with --stage-path or STAGEKIT_STAGE_PATH");
     }
     out.push_back(*found);
   }
@@ -460,14 +476,16 @@ Status ApplyResourceOverride(Pipeline& pipeline, std::string_view spec) {
   std::size_t colon = spec.find(':');
   if (colon == std::string_view::npos || colon == 0) return usage("no stage name before ':'");
   std::string target(spec.substr(0, colon));
-  if (target != "*" && pipeline.Find(target) == nullptr) return usage("the pipeline has no stage '" + target + "'");
+  if (target != "*" && pipeline.Find(target) == nullptr)
+    return usage("the pipeline has no stage '" + target + "'");
   std::string list(spec.substr(colon + 1));
   if (list.empty()) return usage("nothing to set");
   std::vector<std::pair<std::string, std::string>> settings;
   std::stringstream ss(list);
   for (std::string item; std::getline(ss, item, ',');) {
     std::size_t eq = item.rfind('=');
-    if (eq == std::string::npos || eq == 0 || eq + 1 == item.size()) return usage("'" + item + "' is not KEY=VALUE");
+    if (eq == std::string::npos || eq == 0 || eq + 1 == item.size())
+      return usage("'" + item + "' is not KEY=VALUE");
     settings.emplace_back(item.substr(0, eq), item.substr(eq + 1));
   }
   for (PipelineStage& st : pipeline.stages) {

@@ -5,9 +5,9 @@
 #include <signal.h>
 #include <spawn.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
-#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -89,7 +89,8 @@ Result<Spawned> Spawn(const SpawnSpec& spec) {
   for (const std::string& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   pid_t pid = -1;
-  int rc = spec.argv.empty() ? EINVAL : posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ);
+  int rc = spec.argv.empty() ? EINVAL
+                             : posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
   if (rc != 0) {
@@ -110,7 +111,8 @@ int WaitFor(pid_t pid, std::chrono::milliseconds timeout) {
     pid_t r = ::waitpid(pid, &status, WNOHANG);
     if (r == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     if (r < 0 && errno != EINTR) return -1;
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
     if (left <= 0) return -1;
     if (pidfd) {
       pollfd p{pidfd.get(), POLLIN, 0};
@@ -147,7 +149,8 @@ ChildResult RunChild(const ChildSpec& spec) {
   ChildResult result;
   int in_pair[2], out_pipe[2], err_pipe[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, in_pair) != 0) {
-    result.spawn_status = Status(Code::kInternal, std::string("socketpair: ") + std::strerror(errno));
+    result.spawn_status =
+        Status(Code::kInternal, std::string("socketpair: ") + std::strerror(errno));
     return result;
   }
   UniqueFd in_parent(in_pair[0]), in_child(in_pair[1]);
@@ -299,8 +302,10 @@ ChildResult RunChild(const ChildSpec& spec) {
   } else if (WIFSIGNALED(wstatus)) {
     result.term_signal = WTERMSIG(wstatus);
   }
-  if (result.out.size() > spec.stdout_keep) result.out.erase(0, result.out.size() - spec.stdout_keep);
-  if (result.err.size() > spec.stderr_keep) result.err.erase(0, result.err.size() - spec.stderr_keep);
+  if (result.out.size() > spec.stdout_keep)
+    result.out.erase(0, result.out.size() - spec.stdout_keep);
+  if (result.err.size() > spec.stderr_keep)
+    result.err.erase(0, result.err.size() - spec.stderr_keep);
   return result;
 }
 

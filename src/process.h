@@ -33,9 +33,9 @@ struct ChildResult {
   int term_signal = 0;  // set when killed by a signal
   bool timed_out = false;
   bool interrupted = false;  // stopped because Interrupted() became true
-  std::string out;  // tail of stdout
-  std::string err;  // tail of stderr
-  long max_rss_kb = 0;  // peak resident memory of the child
+  std::string out;           // tail of stdout
+  std::string err;           // tail of stderr
+  long max_rss_kb = 0;       // peak resident memory of the child
 };
 
 // Spawns the child in its own process group (so a stop reaches its children

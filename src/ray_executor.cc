@@ -31,7 +31,8 @@ namespace fs = std::filesystem;
 fs::path DefaultBridge() { return internal::LibraryDir() / "libstagekit_ray.so"; }
 
 fs::path DefaultBinDir() {
-  if (const char* env = std::getenv("STAGEKIT_RAY_BIN_DIR"); env != nullptr && *env != '\0') return env;
+  if (const char* env = std::getenv("STAGEKIT_RAY_BIN_DIR"); env != nullptr && *env != '\0')
+    return env;
 #ifdef STAGEKIT_RAY_BIN_DIR
   return STAGEKIT_RAY_BIN_DIR;
 #else
@@ -130,7 +131,8 @@ bool RayAvailable(std::string* why) {
   std::string problem;
   fs::path bin = DefaultBinDir();
   if (!fs::exists(DefaultBridge(), ec)) {
-    problem = "this stagekit was built without Ray (no " + DefaultBridge().string() + "); " + kInstallHint;
+    problem = "this stagekit was built without Ray (no " + DefaultBridge().string() + "); " +
+              kInstallHint;
   } else if (bin.empty() || !fs::exists(bin / "ray", ec)) {
     problem = "Ray's `ray` command was not found in '" + bin.string() + "'; " + kInstallHint;
   }
@@ -163,20 +165,25 @@ Status CheckFeasible(const Json& request, const Json& nodes, const std::string& 
     bool anywhere = false;
     for (const Json& node : nodes) {
       const Json& have = node.at("resources");
-      anywhere = anywhere || (have.contains(name) && have[name].get<double>() + 1e-9 >= amount.get<double>());
+      anywhere = anywhere ||
+                 (have.contains(name) && have[name].get<double>() + 1e-9 >= amount.get<double>());
     }
-    if (!anywhere) missing += (missing.empty() ? "" : ", ") + name + ": " + FormatAmount(name, amount.get<double>());
+    if (!anywhere)
+      missing +=
+          (missing.empty() ? "" : ", ") + name + ": " + FormatAmount(name, amount.get<double>());
   }
   std::string message = label + " asks for " + FormatResources(request, false) +
                         " but no node of the Ray cluster can ever provide it";
   if (!missing.empty()) message += " (no node has " + missing + ")";
   message += "; nodes offer:";
   for (const Json& node : nodes) {
-    message += " " + node.value("node", std::string("?")) + " " + FormatResources(node.at("resources"), true) + ";";
+    message += " " + node.value("node", std::string("?")) + " " +
+               FormatResources(node.at("resources"), true) + ";";
   }
   if (nodes.empty()) message += " (no alive nodes);";
-  message += " lower the request, or start a node that registers the resource "
-             "(ray start --resources='{\"NAME\": N}')";
+  message +=
+      " lower the request, or start a node that registers the resource "
+      "(ray start --resources='{\"NAME\": N}')";
   return Status(Code::kInfeasible, message);
 }
 
@@ -257,12 +264,14 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
   if (options.runner.empty()) options.runner = internal::DefaultRunner();
   std::error_code ec;
   if (!fs::exists(options.bridge, ec)) {
-    return Status(Code::kRayUnavailable, "the ray executor needs Ray's C++ API, but this stagekit was built "
-                                         "without it (no " + options.bridge.string() + "); " + kInstallHint);
+    return Status(Code::kRayUnavailable,
+                  "the ray executor needs Ray's C++ API, but this stagekit was built "
+                  "without it (no " +
+                      options.bridge.string() + "); " + kInstallHint);
   }
   if (options.bin_dir.empty() || !fs::exists(options.bin_dir / "ray", ec)) {
-    return Status(Code::kRayUnavailable,
-                  "the ray executor needs Ray, but `ray` is not in '" + options.bin_dir.string() + "'; " + kInstallHint);
+    return Status(Code::kRayUnavailable, "the ray executor needs Ray, but `ray` is not in '" +
+                                             options.bin_dir.string() + "'; " + kInstallHint);
   }
   std::unique_ptr<RayExecutor> ex(new RayExecutor());
   ex->options_ = options;
@@ -272,14 +281,16 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
     if (const char* env = std::getenv("RAY_ADDRESS"); env != nullptr) ex->address_ = env;
   }
   if (ex->address_.rfind("ray://", 0) == 0) {
-    return Status(Code::kUsage, "'" + ex->address_ + "' is a Ray Client address; the C++ API connects to the "
-                                "GCS directly: give ip:port (port 6379 by default)");
+    return Status(Code::kUsage, "'" + ex->address_ +
+                                    "' is a Ray Client address; the C++ API connects to the "
+                                    "GCS directly: give ip:port (port 6379 by default)");
   }
   if (ex->address_.empty()) {
     // A private head: own temp dir, free ports, token auth, its own session.
     std::string tmpl = "/tmp/skray-XXXXXX";  // short: Ray puts Unix sockets below it
     if (::mkdtemp(tmpl.data()) == nullptr) {
-      return Status(Code::kInternal, std::string("cannot create a temp dir for Ray: ") + std::strerror(errno));
+      return Status(Code::kInternal,
+                    std::string("cannot create a temp dir for Ray: ") + std::strerror(errno));
     }
     ex->temp_dir_ = tmpl;
     fs::path token = ex->temp_dir_ / "auth_token";
@@ -293,16 +304,25 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
     ::setenv("RAY_AUTH_MODE", "token", 1);
     ::setenv("RAY_AUTH_TOKEN_PATH", token.c_str(), 1);
     ::setenv("RAY_USAGE_STATS_ENABLED", "0", 1);
-    int cpus = options.num_cpus > 0 ? options.num_cpus : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    std::uint64_t store = options.object_store_bytes > 0 ? options.object_store_bytes : (512ull << 20);
-    std::vector<std::string> argv = {(options.bin_dir / "ray").string(), "start", "--head",
-                                     "--temp-dir=" + ex->temp_dir_.string(), "--disable-usage-stats",
-                                     "--include-dashboard=false", "--num-cpus=" + std::to_string(cpus),
+    int cpus = options.num_cpus > 0
+                   ? options.num_cpus
+                   : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    std::uint64_t store =
+        options.object_store_bytes > 0 ? options.object_store_bytes : (512ull << 20);
+    std::vector<std::string> argv = {(options.bin_dir / "ray").string(),
+                                     "start",
+                                     "--head",
+                                     "--temp-dir=" + ex->temp_dir_.string(),
+                                     "--disable-usage-stats",
+                                     "--include-dashboard=false",
+                                     "--num-cpus=" + std::to_string(cpus),
                                      "--object-store-memory=" + std::to_string(store),
-                                     "--min-worker-port=0", "--max-worker-port=0"};
-    for (const char* flag : {"--port", "--node-manager-port", "--object-manager-port", "--metrics-export-port",
-                             "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                             "--runtime-env-agent-port", "--ray-client-server-port"}) {
+                                     "--min-worker-port=0",
+                                     "--max-worker-port=0"};
+    for (const char* flag :
+         {"--port", "--node-manager-port", "--object-manager-port", "--metrics-export-port",
+          "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+          "--runtime-env-agent-port", "--ray-client-server-port"}) {
       argv.push_back(std::string(flag) + "=" + std::to_string(FreePort()));
     }
     argv.insert(argv.end(), options.head_args.begin(), options.head_args.end());
@@ -316,14 +336,15 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
     // The reaper stops the head's whole session when our end of its stdin
     // closes: on close, or when this process dies however it dies.
     internal::SpawnSpec reaper;
-    reaper.argv = {options.runner.string(), "ray-reaper", "--session", std::to_string(started->pid),
-                   "--temp-dir", ex->temp_dir_.string()};
+    reaper.argv = {options.runner.string(),      "ray-reaper", "--session",
+                   std::to_string(started->pid), "--temp-dir", ex->temp_dir_.string()};
     reaper.new_session = true;
     reaper.stdin_pipe = true;
     auto reaper_started = internal::Spawn(reaper);
     if (!reaper_started.ok()) {
       StopProcessSession(started->pid, std::chrono::seconds(2));
-      return Status(Code::kInternal, reaper_started.status().message() + " (set STAGEKIT_RUNNER to the stagekit binary)");
+      return Status(Code::kInternal, reaper_started.status().message() +
+                                         " (set STAGEKIT_RUNNER to the stagekit binary)");
     }
     ex->reaper_pid_ = reaper_started->pid;
     ex->reaper_fd_ = reaper_started->stdin_fd;
@@ -331,8 +352,8 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
     std::string address = ReadSmallFile(ex->temp_dir_ / "ray_current_cluster");
     if (rc != 0 || address.empty()) {
       std::string log = ReadSmallFile(ex->temp_dir_ / "ray-start.log");
-      return Status(Code::kInternal, "`ray start --head` failed (exit " + std::to_string(rc) + "):\n" +
-                                         internal::Tail(log, 2000));
+      return Status(Code::kInternal, "`ray start --head` failed (exit " + std::to_string(rc) +
+                                         "):\n" + internal::Tail(log, 2000));
     }
     ex->address_ = address;
   }
@@ -347,20 +368,26 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
   bridge->handle = dlopen(options.bridge.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (bridge->handle == nullptr) {
     const char* err = dlerror();
-    return Status(Code::kRayUnavailable, "cannot load the Ray bridge " + options.bridge.string() + ": " +
-                                             (err != nullptr ? err : "unknown error") + "; " + kInstallHint);
+    return Status(Code::kRayUnavailable, "cannot load the Ray bridge " + options.bridge.string() +
+                                             ": " + (err != nullptr ? err : "unknown error") +
+                                             "; " + kInstallHint);
   }
-  bridge->open = reinterpret_cast<stagekit_ray_bridge_open_fn>(dlsym(bridge->handle, "stagekit_ray_bridge_open"));
-  bridge->run = reinterpret_cast<stagekit_ray_bridge_run_fn>(dlsym(bridge->handle, "stagekit_ray_bridge_run"));
-  bridge->stats = reinterpret_cast<stagekit_ray_bridge_stats_fn>(dlsym(bridge->handle, "stagekit_ray_bridge_stats"));
-  bridge->close = reinterpret_cast<stagekit_ray_bridge_close_fn>(dlsym(bridge->handle, "stagekit_ray_bridge_close"));
+  bridge->open = reinterpret_cast<stagekit_ray_bridge_open_fn>(
+      dlsym(bridge->handle, "stagekit_ray_bridge_open"));
+  bridge->run = reinterpret_cast<stagekit_ray_bridge_run_fn>(
+      dlsym(bridge->handle, "stagekit_ray_bridge_run"));
+  bridge->stats = reinterpret_cast<stagekit_ray_bridge_stats_fn>(
+      dlsym(bridge->handle, "stagekit_ray_bridge_stats"));
+  bridge->close = reinterpret_cast<stagekit_ray_bridge_close_fn>(
+      dlsym(bridge->handle, "stagekit_ray_bridge_close"));
   if (!bridge->open || !bridge->run || !bridge->stats || !bridge->close) {
-    return Status(Code::kRayUnavailable, "the Ray bridge " + options.bridge.string() + " is from another version");
+    return Status(Code::kRayUnavailable,
+                  "the Ray bridge " + options.bridge.string() + " is from another version");
   }
 
-
-  std::string config = CanonicalJson({{"address", ex->address_},
-                                      {"code_search_path", Json::array({fs::absolute(options.bridge).string()})}});
+  std::string config =
+      CanonicalJson({{"address", ex->address_},
+                     {"code_search_path", Json::array({fs::absolute(options.bridge).string()})}});
   char* out = nullptr;
   std::size_t len = 0;
   int rc = bridge->open(config.data(), config.size(), &bridge->bridge, &out, &len);
@@ -384,11 +411,14 @@ Status RayExecutor::RefreshNodes() {
     std::string err = r.err;
     std::size_t last = err.find_last_not_of("\n ");
     std::size_t line = err.rfind('\n', last == std::string::npos ? 0 : last);
-    std::string why = err.empty() ? "no answer" : err.substr(line == std::string::npos ? 0 : line + 1);
-    return Status(Code::kInternal, "cannot reach the Ray cluster at " + address_ + ": " + why +
-                                       (private_head() ? "" : "; check --address / RAY_ADDRESS and, if the cluster "
-                                                              "uses token authentication, RAY_AUTH_MODE=token with "
-                                                              "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"));
+    std::string why =
+        err.empty() ? "no answer" : err.substr(line == std::string::npos ? 0 : line + 1);
+    return Status(Code::kInternal,
+                  "cannot reach the Ray cluster at " + address_ + ": " + why +
+                      (private_head() ? ""
+                                      : "; check --address / RAY_ADDRESS and, if the cluster "
+                                        "uses token authentication, RAY_AUTH_MODE=token with "
+                                        "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH"));
   }
   std::lock_guard<std::mutex> lock(mu_);
   nodes_ = std::move(nodes);
@@ -425,9 +455,11 @@ Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOption
   StageRequest req = request;
   req.executor = "ray";
   if (req.instance.empty()) req.instance = req.stage;
-  const std::string label = req.instance == req.stage ? "stage '" + req.stage + "'"
-                                                      : "stage '" + req.instance + "' (" + req.stage + ")";
-  if (Status s = options.resources.Validate(); !s.ok()) return Status(s.code(), label + ": " + s.message());
+  const std::string label = req.instance == req.stage
+                                ? "stage '" + req.stage + "'"
+                                : "stage '" + req.instance + "' (" + req.stage + ")";
+  if (Status s = options.resources.Validate(); !s.ok())
+    return Status(s.code(), label + ": " + s.message());
   Json resources = RayResources(options.resources);
   Status feasible = CheckFeasible(resources, Nodes(), label);
   if (!feasible.ok()) {
@@ -442,18 +474,18 @@ Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOption
   }
   Json libraries = Json::array();
   for (const fs::path& lib : options_.libraries) libraries.push_back(fs::absolute(lib).string());
-  std::string task = CanonicalJson(
-      {{"resources", resources},
-       {"timeout_ms", options.timeout ? options.timeout->count() : 0},
-       {"max_attempts", options_.max_attempts},
-       {"libraries", libraries}});
+  std::string task = CanonicalJson({{"resources", resources},
+                                    {"timeout_ms", options.timeout ? options.timeout->count() : 0},
+                                    {"max_attempts", options_.max_attempts},
+                                    {"libraries", libraries}});
   std::string body = CanonicalJson(req.ToJson());
   char* out = nullptr;
   std::size_t len = 0;
   bridge_->run(bridge_->bridge, body.data(), body.size(), task.data(), task.size(), &out, &len);
   Json reply = Json::parse(std::string(out == nullptr ? "" : out, len), nullptr, false);
   stagekit_free(out);
-  if (reply.is_discarded()) return Status(Code::kInternal, label + ": unreadable reply from the Ray bridge");
+  if (reply.is_discarded())
+    return Status(Code::kInternal, label + ": unreadable reply from the Ray bridge");
   return RunStatsOrErrorFromJson(reply);
 }
 

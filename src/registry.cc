@@ -50,8 +50,8 @@ void Registry::Add(std::string_view name, StageFn fn, const char* file, int line
     }
     auto [it, inserted] = entries_.emplace(entry.name, entry);
     if (!inserted) {
-      problems_.push_back("stage '" + entry.name + "' is registered twice: at " +
-                          Site(it->second) + " and at " + Site(entry) +
+      problems_.push_back("stage '" + entry.name + "' is registered twice: at " + Site(it->second) +
+                          " and at " + Site(entry) +
                           "; rename one of them (the first one stays in effect)");
     }
   } catch (...) {
@@ -107,8 +107,8 @@ Status LoadStageLibrary(const std::filesystem::path& path, Registry& registry) {
   std::error_code ec;
   std::filesystem::path abs = std::filesystem::absolute(path, ec);
   if (ec || !std::filesystem::is_regular_file(abs, ec)) {
-    return Status(Code::kLibraryError, "stage library '" + path.string() +
-                                           "' does not exist; build it or fix the path");
+    return Status(Code::kLibraryError,
+                  "stage library '" + path.string() + "' does not exist; build it or fix the path");
   }
   std::size_t before = registry.Problems().size();
   // RTLD_NOW: report missing symbols now, not in the middle of a run.

@@ -41,8 +41,8 @@ Status Resources::Validate() const {
   for (const auto& [name, amount] : custom) {
     if (name.empty()) return Status(Code::kInvalidPipeline, "custom resource with an empty name");
     if (name == "CPU" || name == "GPU" || name == "memory") {
-      return Status(Code::kInvalidPipeline, "custom resource '" + name +
-                                                "' is built in; use cpus, gpus or memory instead");
+      return Status(Code::kInvalidPipeline,
+                    "custom resource '" + name + "' is built in; use cpus, gpus or memory instead");
     }
     if (Status s = check("resource '" + name + "'", amount); !s.ok()) return s;
     if (amount == 0) {
@@ -56,8 +56,8 @@ Status Resources::Validate() const {
 Json Resources::ToJson() const {
   Json custom_json = Json::object();
   for (const auto& [name, amount] : custom) custom_json[name] = amount;
-  return Json{{"cpus", cpus}, {"gpus", gpus}, {"memory_bytes", memory_bytes},
-              {"custom", custom_json}};
+  return Json{
+      {"cpus", cpus}, {"gpus", gpus}, {"memory_bytes", memory_bytes}, {"custom", custom_json}};
 }
 
 Result<std::uint64_t> ParseBytes(std::string_view text) {
@@ -69,11 +69,20 @@ Result<std::uint64_t> ParseBytes(std::string_view text) {
                       "' as a size; write e.g. 512MiB, 4GiB, 2GB or a number of bytes");
   };
   if (!SplitNumber(text, n, unit)) return bad();
-  static const std::pair<const char*, double> kUnits[] = {
-      {"", 1},          {"B", 1},       {"K", 1e3},   {"KB", 1e3},  {"KiB", 1024.0},
-      {"M", 1e6},       {"MB", 1e6},    {"MiB", 1048576.0},         {"G", 1e9},
-      {"GB", 1e9},      {"GiB", 1073741824.0},        {"T", 1e12},  {"TB", 1e12},
-      {"TiB", 1099511627776.0}};
+  static const std::pair<const char*, double> kUnits[] = {{"", 1},
+                                                          {"B", 1},
+                                                          {"K", 1e3},
+                                                          {"KB", 1e3},
+                                                          {"KiB", 1024.0},
+                                                          {"M", 1e6},
+                                                          {"MB", 1e6},
+                                                          {"MiB", 1048576.0},
+                                                          {"G", 1e9},
+                                                          {"GB", 1e9},
+                                                          {"GiB", 1073741824.0},
+                                                          {"T", 1e12},
+                                                          {"TB", 1e12},
+                                                          {"TiB", 1099511627776.0}};
   for (const auto& [name, factor] : kUnits) {
     if (unit == name) {
       double bytes = std::round(n * factor);

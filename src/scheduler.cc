@@ -13,17 +13,22 @@ namespace fs = std::filesystem;
 
 std::string_view StageStateName(StageState state) {
   switch (state) {
-    case StageState::kPending: return "pending";
-    case StageState::kRunning: return "running";
-    case StageState::kSucceeded: return "succeeded";
-    case StageState::kFailed: return "failed";
-    case StageState::kNotRun: return "not_run";
+    case StageState::kPending:
+      return "pending";
+    case StageState::kRunning:
+      return "running";
+    case StageState::kSucceeded:
+      return "succeeded";
+    case StageState::kFailed:
+      return "failed";
+    case StageState::kNotRun:
+      return "not_run";
   }
   return "unknown";
 }
 
-RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in,
-                      StageExecutor& executor, const RunOptions& options) {
+RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, StageExecutor& executor,
+                      const RunOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   RunResult result;
   const std::size_t n = pipeline.stages.size();
@@ -66,8 +71,7 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in,
     for (StageOutcome& o : result.stages) {
       if (o.state == StageState::kPending) o.state = StageState::kNotRun;
     }
-    result.wall_s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    result.wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return result;
   };
 
@@ -125,7 +129,8 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in,
             result.failed_stage = pipeline.stages[i].name;
           }
         }
-        if (options.observer != nullptr) options.observer->OnStageFinished(pipeline.stages[i], outcome);
+        if (options.observer != nullptr)
+          options.observer->OnStageFinished(pipeline.stages[i], outcome);
         cv.notify_all();
         continue;
       }
@@ -135,8 +140,8 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in,
     cv.notify_all();
   };
 
-  const std::size_t threads =
-      std::max<std::size_t>(1, std::min<std::size_t>(static_cast<std::size_t>(std::max(options.jobs, 1)), n));
+  const std::size_t threads = std::max<std::size_t>(
+      1, std::min<std::size_t>(static_cast<std::size_t>(std::max(options.jobs, 1)), n));
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
   for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(worker);

@@ -59,19 +59,19 @@ Result<RunStats> SubprocessExecutor::Run(const StageRequest& request, const Stag
 
   internal::ChildResult c = internal::RunChild(spec);
   if (!c.spawn_status.ok()) {
-    return Status(Code::kInternal, "cannot run " + Label(req) + " in a subprocess: " +
-                                       c.spawn_status.message() +
+    return Status(Code::kInternal, "cannot run " + Label(req) +
+                                       " in a subprocess: " + c.spawn_status.message() +
                                        " (set STAGEKIT_RUNNER to the stagekit binary)");
   }
   bool success = c.exited && c.exit_code == 0;
   if (!success) RemoveTempOutputs(req.output, c.pid);
 
   if (c.timed_out) {
-    return Status(Code::kTimeout,
-                  Label(req) + " timed out after " + FormatMs(*options.timeout) +
-                      " and was stopped (SIGTERM, then SIGKILL after " +
-                      FormatMs(options_.kill_grace) + "); raise its timeout or make it faster" +
-                      Tails(c, options_.tail_bytes));
+    return Status(Code::kTimeout, Label(req) + " timed out after " + FormatMs(*options.timeout) +
+                                      " and was stopped (SIGTERM, then SIGKILL after " +
+                                      FormatMs(options_.kill_grace) +
+                                      "); raise its timeout or make it faster" +
+                                      Tails(c, options_.tail_bytes));
   }
   if (c.interrupted) {
     return Status(Code::kInterrupted, Label(req) + " was stopped by an interrupt");
@@ -88,9 +88,8 @@ Result<RunStats> SubprocessExecutor::Run(const StageRequest& request, const Stag
       return Status(stats.status().code(), message);
     }
   }
-  std::string how = c.term_signal != 0
-                        ? "was killed by " + internal::SignalName(c.term_signal)
-                        : "exited with code " + std::to_string(c.exit_code);
+  std::string how = c.term_signal != 0 ? "was killed by " + internal::SignalName(c.term_signal)
+                                       : "exited with code " + std::to_string(c.exit_code);
   return Status(Code::kStageFailed, Label(req) + " (subprocess pid " + std::to_string(c.pid) +
                                         ") " + how + " without reporting a result" +
                                         Tails(c, options_.tail_bytes));

@@ -89,9 +89,7 @@ std::string CanonicalJson(const Json& value) {
   return value.dump(-1, ' ', false, Json::error_handler_t::strict);
 }
 
-Json JobSpec::ToJson() const {
-  return Json{{"name", name}, {"seed", seed}, {"params", params}};
-}
+Json JobSpec::ToJson() const { return Json{{"name", name}, {"seed", seed}, {"params", params}}; }
 
 Result<JobSpec> JobSpec::FromJson(const Json& json) {
   JobSpec job;
@@ -105,10 +103,9 @@ Result<JobSpec> JobSpec::FromJson(const Json& json) {
 }
 
 Json RunStats::ToJson() const {
-  return Json{{"stage", stage},         {"executor", executor},   {"attempt", attempt},
-              {"host", host},           {"node", node},           {"wall_s", wall_s},
-              {"bytes_in", bytes_in},
-              {"bytes_out", bytes_out}, {"output_digest", output_digest},
+  return Json{{"stage", stage},       {"executor", executor},   {"attempt", attempt},
+              {"host", host},         {"node", node},           {"wall_s", wall_s},
+              {"bytes_in", bytes_in}, {"bytes_out", bytes_out}, {"output_digest", output_digest},
               {"metrics", metrics}};
 }
 
@@ -132,9 +129,10 @@ Result<RunStats> RunStats::FromJson(const Json& json) {
 Json StageRequest::ToJson() const {
   Json in = Json::object();
   for (const auto& [name, path] : inputs) in[name] = path.string();
-  return Json{{"stage", stage},   {"instance", instance}, {"inputs", in},
-              {"output", output.string()}, {"job", job.ToJson()},  {"kwargs", kwargs},
-              {"executor", executor},      {"attempt", attempt}};
+  return Json{{"stage", stage},       {"instance", instance},
+              {"inputs", in},         {"output", output.string()},
+              {"job", job.ToJson()},  {"kwargs", kwargs},
+              {"executor", executor}, {"attempt", attempt}};
 }
 
 Result<StageRequest> StageRequest::FromJson(const Json& json) {
@@ -181,8 +179,7 @@ Result<StageRequest> StageRequest::Parse(std::string_view json_text) {
       Json ignored = Json::parse(json_text);
       (void)ignored;
     } catch (const Json::parse_error& e) {
-      return Status(Code::kBadRequest,
-                    std::string("request is not valid JSON: ") + e.what());
+      return Status(Code::kBadRequest, std::string("request is not valid JSON: ") + e.what());
     }
     return Status(Code::kBadRequest, "request is not valid JSON");
   }
@@ -237,8 +234,8 @@ const std::filesystem::path& StageContext::input(std::string_view name) const {
   if (it == inputs_->end()) {
     std::string have;
     for (const auto& [n, p] : *inputs_) have += (have.empty() ? "" : ", ") + n;
-    throw std::out_of_range("stage '" + stage_ + "' needs an input named '" +
-                            std::string(name) + "' but the request has " +
+    throw std::out_of_range("stage '" + stage_ + "' needs an input named '" + std::string(name) +
+                            "' but the request has " +
                             (have.empty() ? std::string("no inputs") : "only: " + have));
   }
   return it->second;
@@ -251,8 +248,8 @@ std::string StageContext::ReadInput(std::string_view name) const {
   if (!in || !(buf << in.rdbuf())) {
     // An empty file makes operator<< set failbit without an error.
     if (in && in.peek() == std::char_traits<char>::eof()) return std::string();
-    throw std::runtime_error("cannot read input '" + std::string(name) + "' (" +
-                             path.string() + "): " + std::strerror(errno));
+    throw std::runtime_error("cannot read input '" + std::string(name) + "' (" + path.string() +
+                             "): " + std::strerror(errno));
   }
   return std::move(buf).str();
 }

@@ -46,8 +46,9 @@ void Reduce(stagekit::StageContext& ctx) {
   char estimate[64];
   std::snprintf(estimate, sizeof(estimate), "%.9f",
                 4.0 * static_cast<double>(hits) / static_cast<double>(samples));
-  ctx.WriteOutput(stagekit::CanonicalJson({{"hits", hits}, {"samples", samples},
-                                           {"pi_estimate", estimate}}) + "\n");
+  ctx.WriteOutput(
+      stagekit::CanonicalJson({{"hits", hits}, {"samples", samples}, {"pi_estimate", estimate}}) +
+      "\n");
 }
 
 }  // namespace

@@ -53,7 +53,8 @@ void Map(stagekit::StageContext& ctx) {
 }
 
 void Reduce(stagekit::StageContext& ctx) {
-  if (ctx.inputs().empty()) throw std::invalid_argument("wordcount.reduce needs at least one input");
+  if (ctx.inputs().empty())
+    throw std::invalid_argument("wordcount.reduce needs at least one input");
   Counts counts;
   // inputs() is ordered by input name, so the merge order is fixed.
   for (const auto& [name, path] : ctx.inputs()) {

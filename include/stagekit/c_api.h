@@ -18,8 +18,7 @@ extern "C" {
 /* Runs one stage. `request` is the StageRequest JSON. On return *out holds
  * RunStats JSON (result 0) or {"error":{"code":..,"message":..}} (non-zero
  * result, equal to the stagekit::Code / exit code). Never throws. */
-int stagekit_invoke_json(const char* request, size_t request_len, char** out,
-                         size_t* out_len);
+int stagekit_invoke_json(const char* request, size_t request_len, char** out, size_t* out_len);
 
 /* Loads a stage library into the global registry. 0 on success; otherwise the
  * error JSON is returned in *out as above. */

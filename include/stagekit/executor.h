@@ -21,7 +21,7 @@ namespace stagekit {
 // executors validate and record them.
 struct Resources {
   double cpus = 1;
-  double gpus = 0;               // fractional allowed (0.01 co-locates, < 1)
+  double gpus = 0;  // fractional allowed (0.01 co-locates, < 1)
   std::uint64_t memory_bytes = 0;
   std::map<std::string, double> custom;  // e.g. {"vm:g4dn.2xlarge": 1}
 
@@ -55,8 +55,7 @@ class StageExecutor {
 // Calls Invoke() in the calling thread.
 class InProcessExecutor final : public StageExecutor {
  public:
-  explicit InProcessExecutor(const Registry& registry = Registry::Global())
-      : registry_(registry) {}
+  explicit InProcessExecutor(const Registry& registry = Registry::Global()) : registry_(registry) {}
   std::string_view name() const override { return "inprocess"; }
   Result<RunStats> Run(const StageRequest& request, const StageOptions& options) override;
 

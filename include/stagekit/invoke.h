@@ -39,8 +39,7 @@ struct StageRequest {
 // The stage writes to a temporary file beside request.output, renamed over the
 // target only on success; on failure the temporary is removed and any earlier
 // file at request.output is left untouched.
-Result<RunStats> Invoke(const StageRequest& request,
-                        const Registry& registry = Registry::Global());
+Result<RunStats> Invoke(const StageRequest& request, const Registry& registry = Registry::Global());
 
 // The temporary path Invoke() gives the stage for `output` in process `pid`.
 // Executors that kill a child use it to clean up after it.

@@ -69,7 +69,7 @@ class RayExecutor final : public StageExecutor {
   RayOptions options_;
   std::string address_;
   std::filesystem::path temp_dir_;
-  pid_t head_pid_ = -1;     // session id of the private head's processes
+  pid_t head_pid_ = -1;  // session id of the private head's processes
   pid_t reaper_pid_ = -1;
   int reaper_fd_ = -1;
   std::unique_ptr<Bridge> bridge_;

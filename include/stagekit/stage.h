@@ -44,8 +44,8 @@ std::string CanonicalJson(const Json& value);
 // What a whole pipeline run is about. Part of every stage's request.
 struct JobSpec {
   std::string name;
-  std::uint64_t seed = 0;                 // base of every stage's seed
-  Json params = Json::object();           // free-form, shared by all stages
+  std::uint64_t seed = 0;        // base of every stage's seed
+  Json params = Json::object();  // free-form, shared by all stages
 
   Json ToJson() const;
   static Result<JobSpec> FromJson(const Json& json);
@@ -54,15 +54,15 @@ struct JobSpec {
 
 // What one run of one stage did. Reported beside the output, never inside it.
 struct RunStats {
-  std::string stage;            // registered stage name
-  std::string executor;         // inprocess | subprocess | ray
-  int attempt = 1;              // 1 for the first try
-  std::string host;             // where it ran
-  std::string node;             // which node: the host, or "host:port" of a Ray raylet
-  double wall_s = 0;            // wall time of the stage function
-  std::uint64_t bytes_in = 0;   // sum of input sizes
-  std::uint64_t bytes_out = 0;  // output size
-  std::string output_digest;    // "sha256:<64 hex>"
+  std::string stage;              // registered stage name
+  std::string executor;           // inprocess | subprocess | ray
+  int attempt = 1;                // 1 for the first try
+  std::string host;               // where it ran
+  std::string node;               // which node: the host, or "host:port" of a Ray raylet
+  double wall_s = 0;              // wall time of the stage function
+  std::uint64_t bytes_in = 0;     // sum of input sizes
+  std::uint64_t bytes_out = 0;    // output size
+  std::string output_digest;      // "sha256:<64 hex>"
   Json metrics = Json::object();  // whatever the stage reported via SetMetric
 
   Json ToJson() const;
@@ -125,7 +125,7 @@ class Registry {
   struct Entry {
     std::string name;
     StageFn fn = nullptr;
-    std::string file;     // source file of the registration
+    std::string file;  // source file of the registration
     int line = 0;
     std::string library;  // shared object that holds fn ("" for the main program)
   };
@@ -154,8 +154,7 @@ class Registry {
 // initialisers, so pass Registry::Global() unless testing). Fails with
 // kLibraryError when the file cannot be loaded or when it registers a name that
 // is already registered.
-Status LoadStageLibrary(const std::filesystem::path& path,
-                        Registry& registry = Registry::Global());
+Status LoadStageLibrary(const std::filesystem::path& path, Registry& registry = Registry::Global());
 
 namespace internal {
 struct Registrar {
@@ -173,8 +172,8 @@ struct Registrar {
 // Registers `fn` (void fn(stagekit::StageContext&)) under the string `name`,
 // the stable identifier used on the command line, in pipeline files and on the
 // wire. Use at namespace scope in a .cc file.
-#define STAGEKIT_STAGE(name, fn)                                                       \
-  static const ::stagekit::internal::Registrar STAGEKIT_INTERNAL_CONCAT(               \
+#define STAGEKIT_STAGE(name, fn)                                         \
+  static const ::stagekit::internal::Registrar STAGEKIT_INTERNAL_CONCAT( \
       stagekit_registrar_, __COUNTER__)(name, &(fn), __FILE__, __LINE__)
 
 #endif  // STAGEKIT_STAGE_H_

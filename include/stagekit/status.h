@@ -59,8 +59,11 @@ inline Status OkStatus() { return Status(); }
 template <typename T>
 class Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor): mirrors absl::StatusOr
-  Result(Status status) : status_(std::move(status)) {}  // NOLINT(google-explicit-constructor): mirrors absl::StatusOr
+  Result(T value)
+      : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor): mirrors absl::StatusOr
+  Result(Status status)
+      : status_(std::move(status)) {
+  }  // NOLINT(google-explicit-constructor): mirrors absl::StatusOr
 
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }

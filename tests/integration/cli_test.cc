@@ -19,8 +19,19 @@ using testing::WriteFile;
 const std::string kExamples = STAGEKIT_SOURCE_DIR "/examples";
 
 // Exit codes documented in `stagekit --help` and the README.
-enum Exit { kOk = 0, kStage = 1, kUsage = 2, kPipeline = 3, kUnknown = 4, kInput = 5,
-            kRequest = 6, kOutput = 7, kTimeout = 8, kLibrary = 9, kParity = 10 };
+enum Exit {
+  kOk = 0,
+  kStage = 1,
+  kUsage = 2,
+  kPipeline = 3,
+  kUnknown = 4,
+  kInput = 5,
+  kRequest = 6,
+  kOutput = 7,
+  kTimeout = 8,
+  kLibrary = 9,
+  kParity = 10
+};
 
 std::string Show(const CommandResult& r) {
   return "exit " + std::to_string(r.exit_code) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
@@ -39,7 +50,8 @@ class CliTest : public ::testing::Test {
   // A pipeline in the temp dir that uses the test stages.
   fs::path Pipeline(const std::string& stages, const std::string& extra = "") {
     WriteFile(dir_ / "in.txt", "payload\n");
-    std::string yaml = "name: t\nlibraries: [" STAGEKIT_TEST_STAGES "]\n" + extra + "stages:\n" + stages;
+    std::string yaml =
+        "name: t\nlibraries: [" STAGEKIT_TEST_STAGES "]\n" + extra + "stages:\n" + stages;
     WriteFile(dir_ / "pipeline.yaml", yaml);
     return dir_ / "pipeline.yaml";
   }
@@ -62,8 +74,8 @@ TEST_F(CliTest, ExamplesPassTheParityGate) {
   for (const char* example : {"trivial", "wordcount", "montecarlo"}) {
     fs::path pipeline = kExamples + "/" + example + "/pipeline.yaml";
     // Ray joins this gate in tests/ray (it needs a cluster).
-    CommandResult r = Run({"parity", pipeline.string(), "--executors", "inprocess,subprocess", "--out",
-                           (dir_ / example).string()});
+    CommandResult r = Run({"parity", pipeline.string(), "--executors", "inprocess,subprocess",
+                           "--out", (dir_ / example).string()});
     EXPECT_EQ(r.exit_code, kOk) << example << "\n" << Show(r);
     EXPECT_NE(r.out.find("identical across inprocess, subprocess"), std::string::npos) << Show(r);
     EXPECT_EQ(r.out.find("DIFFERS"), std::string::npos) << Show(r);
@@ -91,7 +103,8 @@ TEST_F(CliTest, RunWritesOutputsAndASummary) {
   EXPECT_EQ(summary["stages"][1]["stats"]["bytes_out"], 8);
   EXPECT_EQ(summary["stages"][1]["stats"]["executor"], "subprocess");
   EXPECT_EQ(Json::parse(ReadFile(dir_ / "o" / ".stagekit-run.json"))["status"], "succeeded");
-  EXPECT_EQ(ListFiles(dir_ / "o"), (std::vector<std::string>{".stagekit-run.json", "a.txt", "sub/b.txt"}));
+  EXPECT_EQ(ListFiles(dir_ / "o"),
+            (std::vector<std::string>{".stagekit-run.json", "a.txt", "sub/b.txt"}));
 }
 
 TEST_F(CliTest, ParityCatchesANondeterministicStage) {
@@ -100,8 +113,9 @@ TEST_F(CliTest, ParityCatchesANondeterministicStage) {
   EXPECT_EQ(r.exit_code, kParity) << Show(r);
   EXPECT_NE(r.out.find("DIFFERS"), std::string::npos) << Show(r);
   std::string e = ErrorLine(r);
-  EXPECT_NE(e.find("stage 'racy' output 'racy.txt' differs between inprocess and subprocess at byte "),
-            std::string::npos)
+  EXPECT_NE(
+      e.find("stage 'racy' output 'racy.txt' differs between inprocess and subprocess at byte "),
+      std::string::npos)
       << Show(r);
   // "same prefix, then pid " is 22 bytes; the pids differ somewhere after it.
   std::size_t at = e.find("at byte ") + 8;
@@ -136,7 +150,8 @@ TEST_F(CliTest, MissingInputIsNamed) {
   for (const char* executor : {"inprocess", "subprocess"}) {
     CommandResult r = Run({"run", p.string(), "-e", executor});
     EXPECT_EQ(r.exit_code, kInput) << Show(r);
-    EXPECT_NE(ErrorLine(r).find("input 'in' of stage 'a' (test.copy) ('" + (dir_ / "absent.txt").string() +
+    EXPECT_NE(ErrorLine(r).find("input 'in' of stage 'a' (test.copy) ('" +
+                                (dir_ / "absent.txt").string() +
                                 "') cannot be opened: No such file or directory"),
               std::string::npos)
         << Show(r);
@@ -144,7 +159,8 @@ TEST_F(CliTest, MissingInputIsNamed) {
 }
 
 TEST_F(CliTest, MalformedRequestJson) {
-  CommandResult r = RunCli({"stage", "test.copy", "--stages", STAGEKIT_TEST_STAGES}, {}, "{\"stage\": ");
+  CommandResult r =
+      RunCli({"stage", "test.copy", "--stages", STAGEKIT_TEST_STAGES}, {}, "{\"stage\": ");
   EXPECT_EQ(r.exit_code, kRequest) << Show(r);
   EXPECT_NE(ErrorLine(r).find("request is not valid JSON"), std::string::npos) << Show(r);
   Json last = Json::parse(r.out);  // the protocol line
@@ -152,7 +168,8 @@ TEST_F(CliTest, MalformedRequestJson) {
   r = RunCli({"stage", "test.copy", "--stages", STAGEKIT_TEST_STAGES}, {},
              R"({"stage": "test.noop", "output": "/tmp/x"})");
   EXPECT_EQ(r.exit_code, kRequest) << Show(r);
-  EXPECT_NE(ErrorLine(r).find("the request names stage 'test.noop' but the command line says 'test.copy'"),
+  EXPECT_NE(ErrorLine(r).find(
+                "the request names stage 'test.noop' but the command line says 'test.copy'"),
             std::string::npos)
       << Show(r);
 }
@@ -182,8 +199,9 @@ TEST_F(CliTest, MalformedPipelineFilePointsAtLineAndColumn) {
 }
 
 TEST_F(CliTest, DependencyCycle) {
-  fs::path p = Pipeline("  - {name: a, stage: test.copy, inputs: {in: {from: b}}}\n"
-                        "  - {name: b, stage: test.copy, inputs: {in: {from: a}}}\n");
+  fs::path p = Pipeline(
+      "  - {name: a, stage: test.copy, inputs: {in: {from: b}}}\n"
+      "  - {name: b, stage: test.copy, inputs: {in: {from: a}}}\n");
   CommandResult r = Run({"run", p.string()});
   EXPECT_EQ(r.exit_code, kPipeline) << Show(r);
   EXPECT_NE(ErrorLine(r).find("dependency cycle: "), std::string::npos) << Show(r);
@@ -193,11 +211,13 @@ TEST_F(CliTest, DuplicateStageNames) {
   fs::path p = Pipeline("  - {name: a, stage: test.noop}\n  - {name: a, stage: test.noop}\n");
   CommandResult r = Run({"run", p.string()});
   EXPECT_EQ(r.exit_code, kPipeline) << Show(r);
-  EXPECT_NE(ErrorLine(r).find("duplicate stage name 'a' (first declared on line 4)"), std::string::npos)
+  EXPECT_NE(ErrorLine(r).find("duplicate stage name 'a' (first declared on line 4)"),
+            std::string::npos)
       << Show(r);
   CommandResult lib = Run({"list", "--stages", STAGEKIT_DUP_STAGES});
   EXPECT_EQ(lib.exit_code, kLibrary) << Show(lib);
-  EXPECT_NE(ErrorLine(lib).find("stage 'dup.same_name' is registered twice"), std::string::npos) << Show(lib);
+  EXPECT_NE(ErrorLine(lib).find("stage 'dup.same_name' is registered twice"), std::string::npos)
+      << Show(lib);
 }
 
 TEST_F(CliTest, MissingLibrary) {
@@ -211,13 +231,16 @@ TEST_F(CliTest, MissingLibrary) {
 }
 
 TEST_F(CliTest, ThrowingStageKeepsTheEarlierGoodOutput) {
-  fs::path good = Pipeline("  - {name: a, stage: test.copy, inputs: {in: in.txt}, output: a.txt}\n");
+  fs::path good =
+      Pipeline("  - {name: a, stage: test.copy, inputs: {in: in.txt}, output: a.txt}\n");
   ASSERT_EQ(Run({"run", good.string(), "--out", "o"}).exit_code, kOk);
   for (const char* executor : {"inprocess", "subprocess"}) {
-    fs::path bad = Pipeline("  - {name: a, stage: test.throws, output: a.txt, kwargs: {message: no luck}}\n");
+    fs::path bad =
+        Pipeline("  - {name: a, stage: test.throws, output: a.txt, kwargs: {message: no luck}}\n");
     CommandResult r = Run({"run", bad.string(), "--out", "o", "-e", executor});
     EXPECT_EQ(r.exit_code, kStage) << Show(r);
-    EXPECT_NE(ErrorLine(r).find("stage 'a' (test.throws) failed: no luck"), std::string::npos) << Show(r);
+    EXPECT_NE(ErrorLine(r).find("stage 'a' (test.throws) failed: no luck"), std::string::npos)
+        << Show(r);
     EXPECT_EQ(ReadFile(dir_ / "o" / "a.txt"), "payload\n") << executor;
   }
   EXPECT_EQ(ListFiles(dir_ / "o"), (std::vector<std::string>{".stagekit-run.json", "a.txt"}));
@@ -227,14 +250,16 @@ TEST_F(CliTest, StageThatWritesNoOutput) {
   fs::path p = Pipeline("  - {name: a, stage: test.no_output}\n");
   CommandResult r = Run({"run", p.string(), "-e", "subprocess"});
   EXPECT_EQ(r.exit_code, kStage) << Show(r);
-  EXPECT_NE(ErrorLine(r).find("stage 'a' (test.no_output) wrote no output"), std::string::npos) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("stage 'a' (test.no_output) wrote no output"), std::string::npos)
+      << Show(r);
 }
 
 TEST_F(CliTest, ChildKilledByASignal) {
   fs::path p = Pipeline("  - {name: a, stage: test.crash, output: a.txt}\n");
   CommandResult r = Run({"run", p.string(), "-e", "subprocess", "--out", "o"});
   EXPECT_EQ(r.exit_code, kStage) << Show(r);
-  EXPECT_NE(ErrorLine(r).find("was killed by SIGABRT without reporting a result"), std::string::npos)
+  EXPECT_NE(ErrorLine(r).find("was killed by SIGABRT without reporting a result"),
+            std::string::npos)
       << Show(r);
   EXPECT_NE(r.err.find("about to die"), std::string::npos) << Show(r);  // the stderr tail
   EXPECT_EQ(ListFiles(dir_ / "o"), (std::vector<std::string>{".stagekit-run.json"}));
@@ -250,17 +275,20 @@ TEST_F(CliTest, UnwritableOutputDirectory) {
 }
 
 TEST_F(CliTest, TimeoutStopsTheStage) {
-  fs::path p = Pipeline("  - {name: a, stage: test.sleep, timeout: 300ms, kwargs: {seconds: 30}}\n");
+  fs::path p =
+      Pipeline("  - {name: a, stage: test.sleep, timeout: 300ms, kwargs: {seconds: 30}}\n");
   CommandResult r = Run({"run", p.string(), "-e", "subprocess", "--out", "o"});
   EXPECT_EQ(r.exit_code, kTimeout) << Show(r);
-  EXPECT_NE(ErrorLine(r).find("stage 'a' (test.sleep) timed out after 300ms"), std::string::npos) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("stage 'a' (test.sleep) timed out after 300ms"), std::string::npos)
+      << Show(r);
   EXPECT_EQ(ListFiles(dir_ / "o"), (std::vector<std::string>{".stagekit-run.json"}));
 }
 
 TEST_F(CliTest, FirstFailureStopsLaunchingAndIsReported) {
   std::string stages = "  - {name: bad, stage: test.throws}\n";
   for (int i = 0; i < 5; ++i) {
-    stages += "  - {name: after" + std::to_string(i) + ", stage: test.copy, inputs: {in: {from: bad}}}\n";
+    stages +=
+        "  - {name: after" + std::to_string(i) + ", stage: test.copy, inputs: {in: {from: bad}}}\n";
   }
   fs::path p = Pipeline(stages);
   CommandResult r = Run({"run", p.string(), "--json", "-j", "1"});
@@ -273,8 +301,8 @@ TEST_F(CliTest, FirstFailureStopsLaunchingAndIsReported) {
 
 TEST_F(CliTest, RayExecutorWithoutRaySaysHowToInstallIt) {
   fs::path p = Pipeline("  - {name: a, stage: test.noop}\n");
-  CommandResult r = testing::RunCommand({"/usr/bin/env", "STAGEKIT_RAY_BIN_DIR=/nonexistent", STAGEKIT_CLI, "run",
-                                         p.string(), "-e", "ray"});
+  CommandResult r = testing::RunCommand({"/usr/bin/env", "STAGEKIT_RAY_BIN_DIR=/nonexistent",
+                                         STAGEKIT_CLI, "run", p.string(), "-e", "ray"});
   EXPECT_EQ(r.exit_code, 12) << Show(r);
   EXPECT_NE(ErrorLine(r).find("the ray executor needs Ray"), std::string::npos) << Show(r);
   EXPECT_NE(ErrorLine(r).find("bash scripts/ray.sh"), std::string::npos) << Show(r);

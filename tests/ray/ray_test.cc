@@ -9,9 +9,9 @@
 
 #include <cstring>
 #include <fstream>
-#include <sstream>
 #include <random>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "process.h"
@@ -81,7 +81,8 @@ int FreePort() {
 std::vector<std::string> PortFlags() {
   std::vector<std::string> flags = {"--min-worker-port=0", "--max-worker-port=0"};
   for (const char* f : {"--node-manager-port", "--object-manager-port", "--metrics-export-port",
-                        "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port"}) {
+                        "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                        "--runtime-env-agent-port"}) {
     flags.push_back(std::string(f) + "=" + std::to_string(FreePort()));
   }
   return flags;
@@ -111,7 +112,8 @@ Node StartNode(std::vector<std::string> args, const fs::path& log) {
   char host[256] = {};
   ::gethostname(host, sizeof(host) - 1);
   for (const std::string& p : ports) {
-    if (p.rfind("--node-manager-port=", 0) == 0) node.node_name = std::string(host) + ":" + p.substr(20);
+    if (p.rfind("--node-manager-port=", 0) == 0)
+      node.node_name = std::string(host) + ":" + p.substr(20);
   }
   return node;
 }
@@ -124,7 +126,8 @@ TEST(RayPrivateHead, ParityAcrossAllThreeExecutorsOnEveryExample) {
     CommandResult r = RunCli({"parity", kExamples + "/" + example + "/pipeline.yaml", "--out",
                               (dir / example).string(), "-q"});
     EXPECT_EQ(r.exit_code, 0) << example << "\n" << Show(r);
-    EXPECT_NE(r.out.find("identical across inprocess, subprocess, ray"), std::string::npos) << Show(r);
+    EXPECT_NE(r.out.find("identical across inprocess, subprocess, ray"), std::string::npos)
+        << Show(r);
     EXPECT_EQ(r.out.find("DIFFERS"), std::string::npos) << Show(r);
   }
   EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "a private Ray head was left running";
@@ -132,8 +135,8 @@ TEST(RayPrivateHead, ParityAcrossAllThreeExecutorsOnEveryExample) {
 
 TEST(RayPrivateHead, RunReportsTheClusterAndStopsIt) {
   TempDir dir;
-  CommandResult r = RunCli({"run", kExamples + "/wordcount/pipeline.yaml", "-e", "ray", "--json", "--out",
-                            (dir / "o").string()});
+  CommandResult r = RunCli({"run", kExamples + "/wordcount/pipeline.yaml", "-e", "ray", "--json",
+                            "--out", (dir / "o").string()});
   ASSERT_EQ(r.exit_code, 0) << Show(r);
   Json summary = Json::parse(r.out);
   EXPECT_EQ(summary["ray"]["private_head"], true);
@@ -145,25 +148,30 @@ TEST(RayPrivateHead, RunReportsTheClusterAndStopsIt) {
 
 TEST(RayPrivateHead, CtrlCStopsTheRunAndTheHead) {
   TempDir dir;
-  WriteFile(dir / "p.yaml", "libraries: [" STAGEKIT_TEST_STAGES "]\nstages:\n"
-                            "  - {name: long, stage: test.pid_sleep, kwargs: {seconds: 120, pid_dir: " +
-                                dir.path().string() + "}}\n");
+  WriteFile(dir / "p.yaml",
+            "libraries: [" STAGEKIT_TEST_STAGES
+            "]\nstages:\n"
+            "  - {name: long, stage: test.pid_sleep, kwargs: {seconds: 120, pid_dir: " +
+                dir.path().string() + "}}\n");
   internal::SpawnSpec spec;
-  spec.argv = {STAGEKIT_CLI, "run", (dir / "p.yaml").string(), "-e", "ray", "--out", (dir / "o").string()};
+  spec.argv = {STAGEKIT_CLI, "run",   (dir / "p.yaml").string(), "-e",
+               "ray",        "--out", (dir / "o").string()};
   spec.log_path = (dir / "cli.log").string();
   auto cli = internal::Spawn(spec);
   ASSERT_TRUE(cli.ok());
   auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
   bool started = false;
   while (!started && std::chrono::steady_clock::now() < deadline) {
-    for (const std::string& f : ListFiles(dir.path())) started = started || f.find(".pid") != std::string::npos;
+    for (const std::string& f : ListFiles(dir.path()))
+      started = started || f.find(".pid") != std::string::npos;
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ASSERT_TRUE(started) << ReadFile(dir / "cli.log");
   ::kill(cli->pid, SIGINT);
   int rc = internal::WaitFor(cli->pid, std::chrono::minutes(1));
   EXPECT_EQ(rc, 130) << ReadFile(dir / "cli.log");
-  EXPECT_NE(ReadFile(dir / "cli.log").find("interrupted"), std::string::npos) << ReadFile(dir / "cli.log");
+  EXPECT_NE(ReadFile(dir / "cli.log").find("interrupted"), std::string::npos)
+      << ReadFile(dir / "cli.log");
   EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "Ctrl-C left the private head running";
 }
 
@@ -180,18 +188,19 @@ class RayTwoNodes : public ::testing::Test {
     std::string tmpl = "/tmp/sktest-XXXXXX";  // short: Ray puts Unix sockets below it
     ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
     ray_tmp_ = tmpl;
-    head_ = StartNode({"--head", "--port=" + std::to_string(FreePort()), "--temp-dir=" + ray_tmp_ + "/head",
-                       "--num-cpus=2", "--include-dashboard=false", "--object-store-memory=600000000"},
-                      dir_->path() / "head.log");
+    head_ = StartNode(
+        {"--head", "--port=" + std::to_string(FreePort()), "--temp-dir=" + ray_tmp_ + "/head",
+         "--num-cpus=2", "--include-dashboard=false", "--object-store-memory=600000000"},
+        dir_->path() / "head.log");
     address_ = ReadFile(ray_tmp_ + "/head/ray_current_cluster");
     while (!address_.empty() && address_.back() == '\n') address_.pop_back();
     // Its own IP on the loopback range: a driver attaches to a raylet on its own
     // IP, and on a real cluster that is never the worker node that gets lost.
-    gpu_node_ = StartNode({"--address=" + address_, "--node-ip-address=127.0.0.2",
-                           "--temp-dir=" + ray_tmp_ + "/node2", "--num-cpus=1",
-                           "--num-gpus=1", "--resources={\"vm:g4dn.2xlarge\": 1}",
-                           "--object-store-memory=300000000"},
-                          dir_->path() / "node2.log");
+    gpu_node_ =
+        StartNode({"--address=" + address_, "--node-ip-address=127.0.0.2",
+                   "--temp-dir=" + ray_tmp_ + "/node2", "--num-cpus=1", "--num-gpus=1",
+                   "--resources={\"vm:g4dn.2xlarge\": 1}", "--object-store-memory=300000000"},
+                  dir_->path() / "node2.log");
   }
   static void TearDownTestSuite() {
     StopProcessSession(gpu_node_.sid, std::chrono::seconds(2));
@@ -210,8 +219,10 @@ class RayTwoNodes : public ::testing::Test {
     return p;
   }
   CommandResult Run(const fs::path& pipeline, const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args = {"run", pipeline.string(), "-e", "ray", "--address", address_, "--json",
-                                     "--out", (dir_->path() / "out" / pipeline.stem()).string()};
+    std::vector<std::string> args = {
+        "run",    pipeline.string(), "-e",
+        "ray",    "--address",       address_,
+        "--json", "--out",           (dir_->path() / "out" / pipeline.stem()).string()};
     args.insert(args.end(), extra.begin(), extra.end());
     return RunCli(args);
   }
@@ -230,11 +241,12 @@ Node RayTwoNodes::gpu_node_;
 
 TEST_F(RayTwoNodes, PlacementFollowsGpuAndCustomResources) {
   WriteFile(dir_->path() / "in.txt", "placement\n");
-  fs::path p = Pipeline("placement",
-                        "  - {name: sync, stage: test.copy, inputs: {in: " + (dir_->path() / "in.txt").string() +
-                            "}, resources: {gpus: 0.01}}\n"
-                            "  - {name: vm, stage: test.copy, inputs: {in: {from: sync}}, "
-                            "resources: {custom: {\"vm:g4dn.2xlarge\": 1}}}\n");
+  fs::path p = Pipeline(
+      "placement",
+      "  - {name: sync, stage: test.copy, inputs: {in: " + (dir_->path() / "in.txt").string() +
+          "}, resources: {gpus: 0.01}}\n"
+          "  - {name: vm, stage: test.copy, inputs: {in: {from: sync}}, "
+          "resources: {custom: {\"vm:g4dn.2xlarge\": 1}}}\n");
   CommandResult r = Run(p);
   ASSERT_EQ(r.exit_code, 0) << Show(r);
   Json summary = Json::parse(r.out);
@@ -253,11 +265,13 @@ TEST_F(RayTwoNodes, CommandLineOverridesPlaceStagesToo) {
 }
 
 TEST_F(RayTwoNodes, StageErrorsAreNotRetriedAndNameTheNode) {
-  fs::path p = Pipeline("throws", "  - {name: bad, stage: test.throws, kwargs: {message: bad pixel}, "
-                                  "resources: {gpus: 0.01}}\n");
+  fs::path p = Pipeline("throws",
+                        "  - {name: bad, stage: test.throws, kwargs: {message: bad pixel}, "
+                        "resources: {gpus: 0.01}}\n");
   CommandResult r = Run(p);
   EXPECT_EQ(r.exit_code, 1) << Show(r);
-  EXPECT_NE(r.err.find("stage 'bad' (test.throws) failed: bad pixel (on Ray node " + gpu_node_.node_name + ")"),
+  EXPECT_NE(r.err.find("stage 'bad' (test.throws) failed: bad pixel (on Ray node " +
+                       gpu_node_.node_name + ")"),
             std::string::npos)
       << Show(r);
   Json summary = Json::parse(r.out);
@@ -265,23 +279,32 @@ TEST_F(RayTwoNodes, StageErrorsAreNotRetriedAndNameTheNode) {
 }
 
 TEST_F(RayTwoNodes, InfeasibleRequestFailsFastNamingTheResource) {
-  fs::path p = Pipeline("infeasible", "  - {name: big, stage: test.noop, resources: {custom: {\"vm:p5.48xlarge\": 1}}}\n");
+  fs::path p =
+      Pipeline("infeasible",
+               "  - {name: big, stage: test.noop, resources: {custom: {\"vm:p5.48xlarge\": 1}}}\n");
   auto start = std::chrono::steady_clock::now();
   CommandResult r = Run(p);
   EXPECT_EQ(r.exit_code, 11) << Show(r);
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30)) << "did not fail fast";
-  EXPECT_NE(r.err.find("stage 'big' (test.noop) asks for {CPU: 1, vm:p5.48xlarge: 1} but no node of the Ray "
-                       "cluster can ever provide it (no node has vm:p5.48xlarge: 1)"),
-            std::string::npos)
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30))
+      << "did not fail fast";
+  EXPECT_NE(
+      r.err.find(
+          "stage 'big' (test.noop) asks for {CPU: 1, vm:p5.48xlarge: 1} but no node of the Ray "
+          "cluster can ever provide it (no node has vm:p5.48xlarge: 1)"),
+      std::string::npos)
       << Show(r);
-  EXPECT_NE(r.err.find("vm:g4dn.2xlarge: 1"), std::string::npos) << "should list what nodes offer\n" << Show(r);
+  EXPECT_NE(r.err.find("vm:g4dn.2xlarge: 1"), std::string::npos) << "should list what nodes offer\n"
+                                                                 << Show(r);
 }
 
 TEST_F(RayTwoNodes, KilledWorkerIsRetriedAndOutputIsIdentical) {
   fs::path pid_dir = dir_->path() / "pids-kill";
   fs::create_directories(pid_dir);
-  fs::path p = Pipeline("kill", "  - {name: victim, stage: test.pid_sleep, output: victim.txt, kwargs: {seconds: 3, "
-                                "pid_dir: " + pid_dir.string() + "}}\n");
+  fs::path p =
+      Pipeline("kill",
+               "  - {name: victim, stage: test.pid_sleep, output: victim.txt, kwargs: {seconds: 3, "
+               "pid_dir: " +
+                   pid_dir.string() + "}}\n");
   CommandResult r;
   std::thread cli([&] { r = Run(p); });
   // Kill the first two attempts: Ray's C++ API retries a dead worker's task
@@ -322,7 +345,8 @@ TEST_F(RayTwoNodes, BigInputGoesIntoTheObjectStoreOnce) {
   }
   std::string stages;
   for (int i = 0; i < 16; ++i) {
-    stages += "  - {name: read" + std::to_string(i) + ", stage: test.checksum, inputs: {in: " + big.string() + "}}\n";
+    stages += "  - {name: read" + std::to_string(i) +
+              ", stage: test.checksum, inputs: {in: " + big.string() + "}}\n";
   }
   fs::path p = Pipeline("big", stages);
   CommandResult r = Run(p, {"-j", "4"});
@@ -334,9 +358,11 @@ TEST_F(RayTwoNodes, BigInputGoesIntoTheObjectStoreOnce) {
   EXPECT_LT(r.max_rss_kb, 600 * 1024) << "driver peak RSS " << r.max_rss_kb << " KiB";
   std::string first = ReadFile(dir_->path() / "out" / "big" / "read0.out");
   for (int i = 1; i < 16; ++i) {
-    EXPECT_EQ(ReadFile(dir_->path() / "out" / "big" / ("read" + std::to_string(i) + ".out")), first);
+    EXPECT_EQ(ReadFile(dir_->path() / "out" / "big" / ("read" + std::to_string(i) + ".out")),
+              first);
   }
-  CommandResult local = RunCli({"run", p.string(), "--out", (dir_->path() / "local-big").string(), "-q"});
+  CommandResult local =
+      RunCli({"run", p.string(), "--out", (dir_->path() / "local-big").string(), "-q"});
   ASSERT_EQ(local.exit_code, 0) << Show(local);
   EXPECT_EQ(ReadFile(dir_->path() / "local-big" / "read0.out"), first);
 }
@@ -347,8 +373,8 @@ TEST_F(RayTwoNodes, StagesOfAStoppedNodeAreRescheduled) {
   fs::create_directories(pid_dir);
   std::string stages;
   for (int i = 0; i < 4; ++i) {
-    stages += "  - {name: s" + std::to_string(i) + ", stage: test.pid_sleep, kwargs: {seconds: 4, pid_dir: " +
-              pid_dir.string() + "}}\n";
+    stages += "  - {name: s" + std::to_string(i) +
+              ", stage: test.pid_sleep, kwargs: {seconds: 4, pid_dir: " + pid_dir.string() + "}}\n";
   }
   fs::path p = Pipeline("nodeloss", stages);
   CommandResult r;
@@ -371,7 +397,8 @@ TEST_F(RayTwoNodes, StagesOfAStoppedNodeAreRescheduled) {
   ASSERT_EQ(r.exit_code, 0) << Show(r);
   fs::path out = dir_->path() / "out" / "nodeloss";
   for (int i = 0; i < 4; ++i) {
-    EXPECT_EQ(ReadFile(out / ("s" + std::to_string(i) + ".out")), "slept for s" + std::to_string(i) + "\n");
+    EXPECT_EQ(ReadFile(out / ("s" + std::to_string(i) + ".out")),
+              "slept for s" + std::to_string(i) + "\n");
   }
   EXPECT_TRUE(ProcessesWith(ray_tmp_ + "/node2").empty());
 }

@@ -86,7 +86,8 @@ void PidSleep(stagekit::StageContext& ctx) {
 void Checksum(stagekit::StageContext& ctx) {
   std::string bytes = ctx.ReadInput("in");
   std::uint64_t sum = 0;
-  for (std::size_t i = 0; i < bytes.size(); ++i) sum = sum * 31 + static_cast<unsigned char>(bytes[i]);
+  for (std::size_t i = 0; i < bytes.size(); ++i)
+    sum = sum * 31 + static_cast<unsigned char>(bytes[i]);
   ctx.WriteOutput(std::to_string(bytes.size()) + " " + std::to_string(sum) + "\n");
 }
 

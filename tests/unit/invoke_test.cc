@@ -67,8 +67,7 @@ TEST_F(InvokeTest, RunsTheStageAndReportsStats) {
   EXPECT_EQ(stats->bytes_out, 6u);
   EXPECT_EQ(stats->host, HostName());
   EXPECT_GE(stats->wall_s, 0.0);
-  EXPECT_EQ(stats->output_digest,
-            "sha256:" + internal::HexDigest(internal::Sha256("HELLO\n")));
+  EXPECT_EQ(stats->output_digest, "sha256:" + internal::HexDigest(internal::Sha256("HELLO\n")));
   EXPECT_EQ(stats->metrics, Json({{"chars", 6}}));
   EXPECT_EQ(g_seen_seed, DeriveSeed(JobSpec{"j", 7, Json::object()}, "inst"));
   EXPECT_EQ(ListFiles(dir_.path()), (std::vector<std::string>{"in.txt", "out.txt"}));
@@ -103,7 +102,8 @@ TEST_F(InvokeTest, UnwritableOutputLocationsFail) {
   req.output = dir_ / "in.txt" / "out.txt";  // parent is a file
   auto r = Invoke(req, registry_);
   EXPECT_EQ(r.status().code(), Code::kOutputError);
-  EXPECT_NE(r.status().message().find("is not a directory"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find("is not a directory"), std::string::npos)
+      << r.status().message();
   std::filesystem::create_directory(dir_ / "taken");
   req.output = dir_ / "taken";
   EXPECT_NE(Invoke(req, registry_).status().message().find("is a directory"), std::string::npos);
@@ -120,8 +120,9 @@ TEST_F(InvokeTest, AFailingStageLeavesTheEarlierGoodOutputAlone) {
   auto odd = Invoke(Request("t.throws_int"), registry_);
   EXPECT_NE(odd.status().message().find("not a std::exception"), std::string::npos);
   auto missing = Invoke(Request("t.missing_input"), registry_);
-  EXPECT_NE(missing.status().message().find("needs an input named 'nope' but the request has only: in"),
-            std::string::npos)
+  EXPECT_NE(
+      missing.status().message().find("needs an input named 'nope' but the request has only: in"),
+      std::string::npos)
       << missing.status().message();
   EXPECT_EQ(ReadFile(dir_ / "out.txt"), "HELLO\n");
 }

@@ -45,7 +45,8 @@ stages:
   const PipelineStage& map = p->stages[0];
   EXPECT_EQ(map.inputs.at("text").file, "/p/data/a.txt");
   EXPECT_EQ(map.output, "parts/map.tsv");
-  EXPECT_EQ(map.kwargs, Json::parse(R"({"n":3,"f":0.5,"yes":true,"code":"007","none":null,"list":[1,"two"]})"));
+  EXPECT_EQ(map.kwargs,
+            Json::parse(R"({"n":3,"f":0.5,"yes":true,"code":"007","none":null,"list":[1,"two"]})"));
   EXPECT_EQ(map.options.resources.cpus, 2);
   EXPECT_EQ(map.options.resources.gpus, 0.01);
   EXPECT_EQ(map.options.resources.memory_bytes, 1073741824u);
@@ -75,8 +76,9 @@ TEST(PipelineTest, SyntaxErrorsCarryLineAndColumn) {
 
 TEST(PipelineTest, UnknownKeysArePointedAt) {
   std::string e = ErrorOf("stages:\n  - name: a\n    stage: s\n    inptus: {}\n");
-  EXPECT_EQ(e, "/p/pipeline.yaml:4:5: stage: unknown key 'inptus' (expected one of: name, stage, "
-               "inputs, output, kwargs, resources, timeout)");
+  EXPECT_EQ(e,
+            "/p/pipeline.yaml:4:5: stage: unknown key 'inptus' (expected one of: name, stage, "
+            "inputs, output, kwargs, resources, timeout)");
   EXPECT_NE(ErrorOf("stage: []\n").find("unknown key 'stage'"), std::string::npos);
 }
 
@@ -85,23 +87,28 @@ TEST(PipelineTest, RejectsBadStructure) {
   EXPECT_NE(ErrorOf("name: x\n").find("'stages' must be a non-empty list"), std::string::npos);
   EXPECT_NE(ErrorOf("stages:\n  - {stage: s}\n").find("missing 'name'"), std::string::npos);
   EXPECT_NE(ErrorOf("stages:\n  - {name: a}\n").find("missing 'stage'"), std::string::npos);
-  EXPECT_NE(ErrorOf("stages:\n  - {name: 'a b', stage: s}\n").find("must be non-empty and use only"),
-            std::string::npos);
+  EXPECT_NE(
+      ErrorOf("stages:\n  - {name: 'a b', stage: s}\n").find("must be non-empty and use only"),
+      std::string::npos);
   EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, inputs: {x: 3.5.5}, output: ../up}\n")
                 .find("must be a relative file name"),
             std::string::npos);
-  EXPECT_NE(ErrorOf("job: {seed: -4}\nstages:\n  - {name: a, stage: s}\n").find("job.seed must be a whole number"),
+  EXPECT_NE(ErrorOf("job: {seed: -4}\nstages:\n  - {name: a, stage: s}\n")
+                .find("job.seed must be a whole number"),
             std::string::npos);
   EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, resources: {gpus: 1.5}}\n").find("fractions"),
             std::string::npos);
-  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, resources: {memory: lots}}\n").find("as a size"),
-            std::string::npos);
+  EXPECT_NE(
+      ErrorOf("stages:\n  - {name: a, stage: s, resources: {memory: lots}}\n").find("as a size"),
+      std::string::npos);
   EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, timeout: soon}\n").find("as a duration"),
             std::string::npos);
-  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, kwargs: {k: 1, k: 2}}\n").find("'k' appears twice"),
-            std::string::npos);
-  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, inputs: {x: {from: b, file: c}}}\n").find("both"),
-            std::string::npos);
+  EXPECT_NE(
+      ErrorOf("stages:\n  - {name: a, stage: s, kwargs: {k: 1, k: 2}}\n").find("'k' appears twice"),
+      std::string::npos);
+  EXPECT_NE(
+      ErrorOf("stages:\n  - {name: a, stage: s, inputs: {x: {from: b, file: c}}}\n").find("both"),
+      std::string::npos);
 }
 
 TEST(PipelineTest, DuplicateStageNamesAndOutputs) {
@@ -109,7 +116,9 @@ TEST(PipelineTest, DuplicateStageNamesAndOutputs) {
   EXPECT_NE(e.find("3:"), std::string::npos) << e;
   EXPECT_NE(e.find("duplicate stage name 'a' (first declared on line 2)"), std::string::npos) << e;
   e = ErrorOf("stages:\n  - {name: a, stage: s, output: o}\n  - {name: b, stage: t, output: o}\n");
-  EXPECT_NE(e.find("writes output 'o', which the stage on line 2 already writes"), std::string::npos) << e;
+  EXPECT_NE(e.find("writes output 'o', which the stage on line 2 already writes"),
+            std::string::npos)
+      << e;
 }
 
 TEST(PipelineTest, ReferencesAndCycles) {
@@ -154,7 +163,8 @@ TEST(PipelineTest, ResolvesLibrariesByNameAndPath) {
 }
 
 TEST(PipelineTest, ResourceOverridesFromTheCommandLine) {
-  auto p = Parse("stages:\n  - {name: a, stage: s, resources: {custom: {old: 1}}}\n  - {name: b, stage: s}\n");
+  auto p = Parse(
+      "stages:\n  - {name: a, stage: s, resources: {custom: {old: 1}}}\n  - {name: b, stage: s}\n");
   ASSERT_TRUE(p.ok());
   ASSERT_TRUE(ApplyResourceOverride(*p, "a:gpus=0.01,vm:g4dn.2xlarge=1,memory=2GiB,old=0").ok());
   const Resources& a = p->Find("a")->options.resources;
@@ -165,8 +175,8 @@ TEST(PipelineTest, ResourceOverridesFromTheCommandLine) {
   ASSERT_TRUE(ApplyResourceOverride(*p, "*:cpus=2").ok());
   EXPECT_EQ(p->Find("a")->options.resources.cpus, 2);
   EXPECT_EQ(p->Find("b")->options.resources.cpus, 2);
-  for (const char* bad : {"nocolon", ":cpus=1", "ghost:cpus=1", "a:cpus", "a:cpus=lots", "a:gpus=1.5",
-                          "a:memory=huge", "a:"}) {
+  for (const char* bad : {"nocolon", ":cpus=1", "ghost:cpus=1", "a:cpus", "a:cpus=lots",
+                          "a:gpus=1.5", "a:memory=huge", "a:"}) {
     Status s = ApplyResourceOverride(*p, bad);
     EXPECT_EQ(s.code(), Code::kUsage) << bad;
     EXPECT_NE(s.message().find("write STAGE:KEY=VALUE"), std::string::npos) << s.message();
@@ -181,8 +191,9 @@ TEST(PipelineTest, UnregisteredStagesAreNamedWithSuggestions) {
   ASSERT_TRUE(p.ok());
   Status s = CheckStagesRegistered(*p, r);
   EXPECT_EQ(s.code(), Code::kUnknownStage);
-  EXPECT_EQ(s.message(), "/p/pipeline.yaml:2: stage 'a' uses unknown stage 'wordcount.mop'; did you "
-                         "mean 'wordcount.map'?");
+  EXPECT_EQ(s.message(),
+            "/p/pipeline.yaml:2: stage 'a' uses unknown stage 'wordcount.mop'; did you "
+            "mean 'wordcount.map'?");
 }
 
 }  // namespace

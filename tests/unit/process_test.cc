@@ -54,8 +54,8 @@ TEST(RunChildTest, TimeoutSendsSigtermFirst) {
 }
 
 TEST(RunChildTest, TimeoutEscalatesToSigkillWhenSigtermIsIgnored) {
-  ChildResult r = Sh("trap '' TERM; sleep 30", std::chrono::milliseconds(200),
-                     std::chrono::milliseconds(300));
+  ChildResult r =
+      Sh("trap '' TERM; sleep 30", std::chrono::milliseconds(200), std::chrono::milliseconds(300));
   EXPECT_TRUE(r.timed_out);
   EXPECT_EQ(r.term_signal, SIGKILL);
 }

@@ -68,7 +68,8 @@ TEST(LoadStageLibraryTest, MissingAndBrokenLibrariesFail) {
 TEST(LoadStageLibraryTest, DuplicateRegistrationsInALibraryAreReported) {
   Status s = LoadStageLibrary(STAGEKIT_DUP_STAGES);
   EXPECT_EQ(s.code(), Code::kLibraryError);
-  EXPECT_NE(s.message().find("'dup.same_name' is registered twice"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("'dup.same_name' is registered twice"), std::string::npos)
+      << s.message();
   EXPECT_NE(s.message().find("dup_a.cc"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("dup_b.cc"), std::string::npos) << s.message();
 }

@@ -22,7 +22,8 @@ class FakeExecutor : public StageExecutor {
     {
       std::unique_lock<std::mutex> lock(mu_);
       for (const auto& [in, path] : req.inputs) {
-        if (path.parent_path().filename() == "out" && finished_.count(path.filename().string()) == 0) {
+        if (path.parent_path().filename() == "out" &&
+            finished_.count(path.filename().string()) == 0) {
           violations_.push_back(req.instance + " started before its input " + path.string());
         }
       }
@@ -33,7 +34,8 @@ class FakeExecutor : public StageExecutor {
       cv_.wait_for(lock, std::chrono::seconds(5), [&] { return running_ >= gate_ || release_; });
       release_ = true;  // once the gate opened, let everyone through
     }
-    Result<RunStats> result = Status(Code::kStageFailed, "stage '" + req.instance + "' failed: planned");
+    Result<RunStats> result =
+        Status(Code::kStageFailed, "stage '" + req.instance + "' failed: planned");
     if (fail_.count(req.instance) == 0) {
       RunStats s;
       s.stage = req.stage;
@@ -60,7 +62,8 @@ Pipeline FanOut(int width) {
   std::string yaml = "stages:\n";
   for (int i = 0; i < width; ++i) yaml += "  - {name: m" + std::to_string(i) + ", stage: s}\n";
   yaml += "  - name: r\n    stage: s\n    inputs:\n";
-  for (int i = 0; i < width; ++i) yaml += "      i" + std::to_string(i) + ": {from: m" + std::to_string(i) + "}\n";
+  for (int i = 0; i < width; ++i)
+    yaml += "      i" + std::to_string(i) + ": {from: m" + std::to_string(i) + "}\n";
   auto p = ParsePipeline(yaml, "/p/fan.yaml");
   EXPECT_TRUE(p.ok()) << p.status().message();
   return *p;
@@ -170,7 +173,8 @@ TEST(SchedulerTest, InProcessPipelineIsDeterministicAcrossJobCounts) {
   std::string yaml = "job: {seed: 3}\nstages:\n";
   for (int i = 0; i < 40; ++i) yaml += "  - {name: m" + std::to_string(i) + ", stage: count}\n";
   yaml += "  - name: r\n    stage: count\n    inputs:\n";
-  for (int i = 0; i < 40; ++i) yaml += "      i" + std::to_string(i) + ": {from: m" + std::to_string(i) + "}\n";
+  for (int i = 0; i < 40; ++i)
+    yaml += "      i" + std::to_string(i) + ": {from: m" + std::to_string(i) + "}\n";
   auto p = ParsePipeline(yaml, "/p/x.yaml");
   ASSERT_TRUE(p.ok());
   InProcessExecutor ex(registry);

@@ -61,7 +61,8 @@ TEST_F(SubprocessTest, AThrowingStageReportsItsMessageAndKeepsTheOldOutput) {
   WriteFile(dir_ / "out.txt", "good old output");
   auto r = executor_->Run(Request("test.throws", {{"message", "bad pixel"}}), {});
   EXPECT_EQ(r.status().code(), Code::kStageFailed);
-  EXPECT_NE(r.status().message().find("stage 'inst' (test.throws) failed: bad pixel"), std::string::npos)
+  EXPECT_NE(r.status().message().find("stage 'inst' (test.throws) failed: bad pixel"),
+            std::string::npos)
       << r.status().message();
   EXPECT_EQ(ReadFile(dir_ / "out.txt"), "good old output");
   EXPECT_EQ(Files(), (std::vector<std::string>{"in.txt", "out.txt"}));
@@ -83,7 +84,8 @@ TEST_F(SubprocessTest, TimeoutStopsTheChildAndCleansUp) {
   options.timeout = std::chrono::milliseconds(300);
   auto r = executor_->Run(Request("test.sleep", {{"seconds", 30}}), options);
   EXPECT_EQ(r.status().code(), Code::kTimeout);
-  EXPECT_NE(r.status().message().find("timed out after 300ms"), std::string::npos) << r.status().message();
+  EXPECT_NE(r.status().message().find("timed out after 300ms"), std::string::npos)
+      << r.status().message();
   EXPECT_EQ(Files(), (std::vector<std::string>{"in.txt"}));
 }
 

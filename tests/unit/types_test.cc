@@ -32,7 +32,8 @@ TEST(JobSpecTest, RoundTripsAndRejectsBadFields) {
 
   auto neg = JobSpec::FromJson(Json{{"seed", -1}});
   EXPECT_EQ(neg.status().code(), Code::kBadRequest);
-  EXPECT_NE(neg.status().message().find("'seed' must be a non-negative integer"), std::string::npos);
+  EXPECT_NE(neg.status().message().find("'seed' must be a non-negative integer"),
+            std::string::npos);
   auto unknown = JobSpec::FromJson(Json{{"sead", 1}});
   EXPECT_NE(unknown.status().message().find("unknown field 'sead'"), std::string::npos);
 }
@@ -52,9 +53,10 @@ TEST(RunStatsTest, RoundTripsCanonically) {
   auto back = RunStats::FromJson(Json::parse(s.Canonical()));
   ASSERT_TRUE(back.ok());
   EXPECT_EQ(back->Canonical(), s.Canonical());
-  EXPECT_EQ(s.Canonical(),
-            R"({"attempt":2,"bytes_in":10,"bytes_out":20,"executor":"subprocess","host":"h",)"
-            R"("metrics":{"n":3},"node":"h:1","output_digest":"sha256:00","stage":"x","wall_s":0.125})");
+  EXPECT_EQ(
+      s.Canonical(),
+      R"({"attempt":2,"bytes_in":10,"bytes_out":20,"executor":"subprocess","host":"h",)"
+      R"("metrics":{"n":3},"node":"h:1","output_digest":"sha256:00","stage":"x","wall_s":0.125})");
 }
 
 TEST(StageRequestTest, ParsesAndRoundTrips) {
@@ -81,7 +83,8 @@ TEST(StageRequestTest, MalformedRequestsSayWhatIsWrong) {
       {R"({"output": "o"})", "missing required field 'stage'"},
       {R"({"stage": "s"})", "missing required field 'output'"},
       {R"({"stage": 3, "output": "o"})", "'stage' must be a string"},
-      {R"({"stage": "s", "output": "o", "inputs": {"a": 1}})", "input 'a' must be a non-empty path"},
+      {R"({"stage": "s", "output": "o", "inputs": {"a": 1}})",
+       "input 'a' must be a non-empty path"},
       {R"({"stage": "s", "output": "o", "attempt": 0})", "'attempt' must be >= 1"},
       {R"({"stage": "s", "output": "o", "job": {"seed": "x"}})", "'seed' must be a non-negative"},
       {R"({"stage": "s", "output": "o", "extra": 1})", "unknown field 'extra'"},
@@ -106,8 +109,7 @@ TEST(CodeTest, NamesRoundTrip) {
   for (Code c : {Code::kOk, Code::kStageFailed, Code::kUsage, Code::kInvalidPipeline,
                  Code::kUnknownStage, Code::kInputError, Code::kBadRequest, Code::kOutputError,
                  Code::kTimeout, Code::kLibraryError, Code::kParityMismatch, Code::kInfeasible,
-                 Code::kRayUnavailable, Code::kInternal,
-                 Code::kInterrupted}) {
+                 Code::kRayUnavailable, Code::kInternal, Code::kInterrupted}) {
     EXPECT_EQ(CodeFromName(CodeName(c)), c);
   }
   EXPECT_EQ(CodeFromName("no such code"), Code::kInternal);

@@ -40,7 +40,7 @@ Status LoadLibraries(const std::vector<std::filesystem::path>& paths);
 struct ExecOptions {
   int jobs = 0;  // 0: one per CPU
   std::string out;
-  std::string timeout;  // default per-stage timeout when the pipeline gives none
+  std::string timeout;                 // default per-stage timeout when the pipeline gives none
   std::vector<std::string> resources;  // placement overrides, STAGE:KEY=VALUE,...
   bool json = false;
   bool quiet = false;
@@ -61,9 +61,9 @@ void AddExecutorDetails(const StageExecutor& executor, Json& summary);
 
 // Builds an executor by name; kUsage for unknown names, kRayUnavailable when
 // the ray executor is asked for without Ray.
-Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
-                                                    const std::vector<std::filesystem::path>& libraries,
-                                                    const RayCliOptions& ray);
+Result<std::unique_ptr<StageExecutor>> MakeExecutor(
+    const std::string& name, const std::vector<std::filesystem::path>& libraries,
+    const RayCliOptions& ray);
 
 // Applies --timeout to stages without their own, then --resources overrides.
 Status ApplyCommandLine(Pipeline& pipeline, const ExecOptions& exec);

@@ -21,8 +21,7 @@ namespace stagekit::cli {
 namespace fs = std::filesystem;
 
 void LibraryOptions::AddTo(CLI::App* cmd) {
-  cmd->add_option("--stages", stages, "Stage library (.so) to load; repeatable")
-      ->type_name("LIB");
+  cmd->add_option("--stages", stages, "Stage library (.so) to load; repeatable")->type_name("LIB");
   cmd->add_option("--stage-path", stage_path,
                   "Directory searched for libraries a pipeline names; repeatable "
                   "(also $STAGEKIT_STAGE_PATH)")
@@ -75,9 +74,10 @@ void ExecOptions::AddTo(CLI::App* cmd, bool parity) {
   cmd->add_option("--timeout", timeout,
                   "Timeout for stages that set none, e.g. 30s, 5m (subprocess executor)")
       ->type_name("DURATION");
-  cmd->add_option("--resources", resources,
-                  "Placement override, STAGE:KEY=VALUE[,...] with STAGE a name or '*' and KEY cpus, gpus, "
-                  "memory or a custom resource (e.g. 'train:gpus=0.01,vm:g4dn.2xlarge=1'); repeatable")
+  cmd->add_option(
+         "--resources", resources,
+         "Placement override, STAGE:KEY=VALUE[,...] with STAGE a name or '*' and KEY cpus, gpus, "
+         "memory or a custom resource (e.g. 'train:gpus=0.01,vm:g4dn.2xlarge=1'); repeatable")
       ->type_name("SPEC");
   cmd->add_flag("--json", json, "Print a machine-readable summary on stdout");
   cmd->add_flag("-q,--quiet", quiet, "No progress output");
@@ -95,13 +95,15 @@ int ExecOptions::Jobs(const StageExecutor& executor) const {
 }
 
 void RayCliOptions::AddTo(CLI::App* cmd) {
-  cmd->add_option("--address", address,
-                  "Ray cluster (GCS ip:port) for the ray executor; default $RAY_ADDRESS, else a private "
-                  "local head that stagekit starts and stops")
+  cmd->add_option(
+         "--address", address,
+         "Ray cluster (GCS ip:port) for the ray executor; default $RAY_ADDRESS, else a private "
+         "local head that stagekit starts and stops")
       ->type_name("IP:PORT");
-  cmd->add_option("--ray-attempts", attempts,
-                  "Runs of a stage whose Ray worker or node dies (default 3); a stage's own errors are "
-                  "never retried")
+  cmd->add_option(
+         "--ray-attempts", attempts,
+         "Runs of a stage whose Ray worker or node dies (default 3); a stage's own errors are "
+         "never retried")
       ->check(CLI::Range(1, 100));
 }
 
@@ -123,7 +125,8 @@ Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
     if (!ex.ok()) return ex.status();
     return std::unique_ptr<StageExecutor>(std::move(ex).value());
   }
-  return Status(Code::kUsage, "unknown executor '" + name + "'; choose inprocess, subprocess or ray");
+  return Status(Code::kUsage,
+                "unknown executor '" + name + "'; choose inprocess, subprocess or ray");
 }
 
 void AddExecutorDetails(const StageExecutor& executor, Json& summary) {
@@ -155,37 +158,40 @@ Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_v
   for (std::size_t i = 0; i < result.stages.size(); ++i) {
     const StageOutcome& o = result.stages[i];
     const PipelineStage& st = pipeline.stages[i];
-    Json entry{{"name", o.name},
-               {"stage", st.stage},
-               {"state", StageStateName(o.state)},
-               {"output", o.output.string()},
-               {"resources", st.options.resources.ToJson()},
-               {"timeout_s", st.options.timeout
-                                 ? Json(static_cast<double>(st.options.timeout->count()) / 1000.0)
-                                 : Json(nullptr)},
-               {"stats", o.stats ? o.stats->ToJson() : Json(nullptr)},
-               {"error", o.state == StageState::kFailed ? ErrorToJson(o.status)["error"]
-                                                         : Json(nullptr)}};
+    Json entry{
+        {"name", o.name},
+        {"stage", st.stage},
+        {"state", StageStateName(o.state)},
+        {"output", o.output.string()},
+        {"resources", st.options.resources.ToJson()},
+        {"timeout_s", st.options.timeout
+                          ? Json(static_cast<double>(st.options.timeout->count()) / 1000.0)
+                          : Json(nullptr)},
+        {"stats", o.stats ? o.stats->ToJson() : Json(nullptr)},
+        {"error", o.state == StageState::kFailed ? ErrorToJson(o.status)["error"] : Json(nullptr)}};
     stages.push_back(std::move(entry));
   }
-  return Json{{"pipeline", pipeline.name},
-              {"file", pipeline.file.string()},
-              {"executor", executor},
-              {"jobs", jobs},
-              {"out_dir", out_dir.string()},
-              {"status", result.status.ok() ? "succeeded" : "failed"},
-              {"error", result.status.ok() ? Json(nullptr) : ErrorToJson(result.status)["error"]},
-              {"failed_stage", result.failed_stage.empty() ? Json(nullptr) : Json(result.failed_stage)},
-              {"wall_s", result.wall_s},
-              {"job", pipeline.job.ToJson()},
-              {"stages", stages}};
+  return Json{
+      {"pipeline", pipeline.name},
+      {"file", pipeline.file.string()},
+      {"executor", executor},
+      {"jobs", jobs},
+      {"out_dir", out_dir.string()},
+      {"status", result.status.ok() ? "succeeded" : "failed"},
+      {"error", result.status.ok() ? Json(nullptr) : ErrorToJson(result.status)["error"]},
+      {"failed_stage", result.failed_stage.empty() ? Json(nullptr) : Json(result.failed_stage)},
+      {"wall_s", result.wall_s},
+      {"job", pipeline.job.ToJson()},
+      {"stages", stages}};
 }
 
 Status WriteFileAtomically(const fs::path& path, const std::string& text) {
   fs::path temp = path;
   temp += ".tmp-" + std::to_string(::getpid());
   int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status(Code::kOutputError, "cannot write '" + path.string() + "': " + std::strerror(errno));
+  if (fd < 0)
+    return Status(Code::kOutputError,
+                  "cannot write '" + path.string() + "': " + std::strerror(errno));
   std::size_t done = 0;
   while (done < text.size()) {
     ssize_t n = ::write(fd, text.data() + done, text.size() - done);

@@ -55,7 +55,8 @@ Status Parity(const ParityCommand& cmd) {
     names.push_back(name);
   }
   if (names.size() < 2) {
-    return Status(Code::kUsage, "--executors needs at least two executors, e.g. inprocess,subprocess");
+    return Status(Code::kUsage,
+                  "--executors needs at least two executors, e.g. inprocess,subprocess");
   }
   std::vector<fs::path> libraries;
   Result<Pipeline> pipeline = LoadPipelineWithLibraries(cmd.pipeline, cmd.libs, libraries);
@@ -84,7 +85,8 @@ Status Parity(const ParityCommand& cmd) {
     summaries[names[e]] = RunSummary(*pipeline, runs.back(), names[e], jobs, base / names[e]);
     AddExecutorDetails(*executors[e], summaries[names[e]]);
     if (!runs.back().status.ok()) {
-      if (cmd.exec.json) std::cout << Json{{"status", "failed"}, {"runs", summaries}}.dump(2) << std::endl;
+      if (cmd.exec.json)
+        std::cout << Json{{"status", "failed"}, {"runs", summaries}}.dump(2) << std::endl;
       return Status(runs.back().status.code(),
                     "parity: the " + names[e] + " run failed: " + runs.back().status.message());
     }
@@ -100,7 +102,8 @@ Status Parity(const ParityCommand& cmd) {
     out_width = std::max(out_width, st.output.size());
   }
   if (!cmd.exec.json) {
-    std::printf("%-*s  %-*s", static_cast<int>(width), "STAGE", static_cast<int>(out_width), "OUTPUT");
+    std::printf("%-*s  %-*s", static_cast<int>(width), "STAGE", static_cast<int>(out_width),
+                "OUTPUT");
     for (const std::string& n : names) std::printf("  %-12s", n.c_str());
     std::printf("  RESULT\n");
   }
@@ -119,17 +122,18 @@ Status Parity(const ParityCommand& cmd) {
           first_mismatch = "stage '" + st.name + "' output '" + st.output + "' differs between " +
                            names[0] + " and " + names[e] + " at byte " + std::to_string(offset) +
                            " (sizes " + std::to_string(runs[0].stages[i].stats->bytes_out) +
-                           " and " + std::to_string(runs[e].stages[i].stats->bytes_out) + "; files " +
-                           runs[0].stages[i].output.string() + " and " +
+                           " and " + std::to_string(runs[e].stages[i].stats->bytes_out) +
+                           "; files " + runs[0].stages[i].output.string() + " and " +
                            runs[e].stages[i].output.string() + ")";
         }
         digests["first_difference"] = offset;
       }
     }
-    rows.push_back({{"stage", st.name}, {"output", st.output}, {"digests", digests}, {"result", verdict}});
+    rows.push_back(
+        {{"stage", st.name}, {"output", st.output}, {"digests", digests}, {"result", verdict}});
     if (!cmd.exec.json) {
-      std::printf("%-*s  %-*s", static_cast<int>(width), st.name.c_str(), static_cast<int>(out_width),
-                  st.output.c_str());
+      std::printf("%-*s  %-*s", static_cast<int>(width), st.name.c_str(),
+                  static_cast<int>(out_width), st.output.c_str());
       for (std::size_t e = 0; e < names.size(); ++e) {
         // "sha256:" + the first 12 hex digits.
         std::printf("  %-12s", runs[e].stages[i].stats->output_digest.substr(7, 12).c_str());
@@ -141,7 +145,9 @@ Status Parity(const ParityCommand& cmd) {
   for (const std::string& n : names) joined += (joined.empty() ? "" : ", ") + n;
   if (cmd.exec.json) {
     std::cout << Json{{"status", mismatches == 0 ? "identical" : "mismatch"},
-                      {"executors", names}, {"outputs", rows}, {"runs", summaries}}
+                      {"executors", names},
+                      {"outputs", rows},
+                      {"runs", summaries}}
                      .dump(2)
               << std::endl;
   } else {
@@ -160,11 +166,13 @@ Status Parity(const ParityCommand& cmd) {
 void SetParityCommand(CLI::App& app, Action& action) {
   auto cmd = std::make_shared<ParityCommand>();
   CLI::App* sub = app.add_subcommand(
-      "parity", "Run a pipeline under several executors and check that every output is byte-identical");
+      "parity",
+      "Run a pipeline under several executors and check that every output is byte-identical");
   sub->add_option("PIPELINE", cmd->pipeline, "Pipeline file (YAML)")->required();
-  sub->add_option("--executors", cmd->executors,
-                  "Comma-separated executors to compare (default: inprocess,subprocess, and ray when "
-                  "Ray is installed)");
+  sub->add_option(
+      "--executors", cmd->executors,
+      "Comma-separated executors to compare (default: inprocess,subprocess, and ray when "
+      "Ray is installed)");
   cmd->exec.AddTo(sub, true);
   cmd->libs.AddTo(sub);
   cmd->ray.AddTo(sub);

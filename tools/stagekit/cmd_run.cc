@@ -23,9 +23,9 @@ Status Run(const RunCommand& cmd) {
   auto executor = MakeExecutor(cmd.executor, libraries, cmd.ray);
   if (!executor.ok()) return executor.status();
 
-  std::filesystem::path out_dir =
-      cmd.exec.out.empty() ? std::filesystem::path("stagekit-out") / pipeline->name
-                            : std::filesystem::path(cmd.exec.out);
+  std::filesystem::path out_dir = cmd.exec.out.empty()
+                                      ? std::filesystem::path("stagekit-out") / pipeline->name
+                                      : std::filesystem::path(cmd.exec.out);
   const int jobs = cmd.exec.Jobs(**executor);
   std::unique_ptr<RunObserver> progress =
       MakeProgress(pipeline->stages.size(), cmd.exec.quiet || cmd.exec.json, "");
@@ -70,7 +70,8 @@ void SetRunCommand(CLI::App& app, Action& action) {
   auto cmd = std::make_shared<RunCommand>();
   CLI::App* sub = app.add_subcommand("run", "Run a pipeline on one executor");
   sub->add_option("PIPELINE", cmd->pipeline, "Pipeline file (YAML)")->required();
-  sub->add_option("-e,--executor", cmd->executor, "inprocess | subprocess | ray (default: inprocess)")
+  sub->add_option("-e,--executor", cmd->executor,
+                  "inprocess | subprocess | ray (default: inprocess)")
       ->check(CLI::IsMember({"inprocess", "subprocess", "ray"}));
   cmd->exec.AddTo(sub, false);
   cmd->libs.AddTo(sub);

@@ -48,7 +48,8 @@ Status RunStage(const StageCommand& cmd) {
   Json json = Json::parse(input, nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded()) {
     auto parsed = StageRequest::Parse(input);  // for the position of the syntax error
-    return fail(parsed.ok() ? Status(Code::kBadRequest, "request is not valid JSON") : parsed.status());
+    return fail(parsed.ok() ? Status(Code::kBadRequest, "request is not valid JSON")
+                            : parsed.status());
   }
   auto request = StageRequest::FromJson(json);
   if (!request.ok()) return fail(request.status());

@@ -93,7 +93,8 @@ int main(int argc, char** argv) {
   Check(stats.ok(), "Invoke(driver.upper)", stats.ok() ? "" : stats.status().ToString());
   if (stats.ok()) {
     Check(Slurp(req.output) == expected, "Invoke output content");
-    Check(stats->bytes_out == expected.size() && stats->metrics.value("bytes", std::size_t{0}) == expected.size(),
+    Check(stats->bytes_out == expected.size() &&
+              stats->metrics.value("bytes", std::size_t{0}) == expected.size(),
           "Invoke RunStats (bytes_out, metrics)", stats->Canonical());
     // The run.sh script checks this digest with sha256sum.
     std::printf("driver: digest %s %s\n", stats->output_digest.c_str(), req.output.c_str());
@@ -132,7 +133,8 @@ int main(int argc, char** argv) {
   if (pipeline.ok()) {
     stagekit::RunOptions options;
     options.jobs = 2;
-    stagekit::RunResult run = stagekit::RunPipeline(*pipeline, work / "pipeline-out", inprocess, options);
+    stagekit::RunResult run =
+        stagekit::RunPipeline(*pipeline, work / "pipeline-out", inprocess, options);
     Check(run.status.ok(), "RunPipeline (2 stages, in-process)", run.status.ToString());
     Check(Slurp(work / "pipeline-out" / "up2.txt") == expected, "RunPipeline output content");
   }
