@@ -55,6 +55,33 @@ int OpenPidFd(pid_t pid) {
 #endif
 }
 
+// posix_spawn(p) with the signals a parent may have changed put back to
+// their defaults and unblocked. `group` is POSIX_SPAWN_SETSID,
+// POSIX_SPAWN_SETPGROUP (a new process group) or 0. Returns 0 or an errno.
+int SpawnProcess(const std::vector<std::string>& args, const posix_spawn_file_actions_t* actions,
+                 short group, pid_t* pid) {
+  if (args.empty()) return EINVAL;
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t empty, defaults;
+  sigemptyset(&empty);
+  sigemptyset(&defaults);
+  for (int sig : {SIGINT, SIGTERM, SIGPIPE, SIGHUP, SIGQUIT, SIGCHLD}) sigaddset(&defaults, sig);
+  posix_spawnattr_setsigmask(&attr, &empty);
+  posix_spawnattr_setsigdefault(&attr, &defaults);
+  if (group == POSIX_SPAWN_SETPGROUP) posix_spawnattr_setpgroup(&attr, 0);
+  posix_spawnattr_setflags(
+      &attr, static_cast<short>(group | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF));
+  std::vector<char*> argv;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  int rc = args[0].find('/') != std::string::npos
+               ? posix_spawn(pid, argv[0], actions, &attr, argv.data(), environ)
+               : posix_spawnp(pid, argv[0], actions, &attr, argv.data(), environ);
+  posix_spawnattr_destroy(&attr);
+  return rc;
+}
+
 }  // namespace
 
 Result<Spawned> Spawn(const SpawnSpec& spec) {
@@ -75,24 +102,9 @@ Result<Spawned> Spawn(const SpawnSpec& spec) {
                                      O_WRONLY | O_CREAT | O_APPEND, 0644);
     posix_spawn_file_actions_adddup2(&actions, 1, 2);
   }
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t empty, defaults;
-  sigemptyset(&empty);
-  sigemptyset(&defaults);
-  for (int sig : {SIGINT, SIGTERM, SIGPIPE, SIGHUP, SIGQUIT, SIGCHLD}) sigaddset(&defaults, sig);
-  posix_spawnattr_setsigmask(&attr, &empty);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setflags(&attr, (spec.new_session ? POSIX_SPAWN_SETSID : 0) |
-                                      POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-  std::vector<char*> argv;
-  for (const std::string& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
   pid_t pid = -1;
-  int rc = spec.argv.empty() ? EINVAL
-                             : posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ);
+  int rc = SpawnProcess(spec.argv, &actions, spec.new_session ? POSIX_SPAWN_SETSID : 0, &pid);
   posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
   if (rc != 0) {
     return Status(Code::kInternal, "cannot start '" + (spec.argv.empty() ? "" : spec.argv[0]) +
                                        "': " + std::strerror(rc));
@@ -170,28 +182,10 @@ ChildResult RunChild(const ChildSpec& spec) {
   posix_spawn_file_actions_adddup2(&actions, in_child.get(), 0);
   posix_spawn_file_actions_adddup2(&actions, out_child.get(), 1);
   posix_spawn_file_actions_adddup2(&actions, err_child.get(), 2);
-  posix_spawnattr_t attr;
-  posix_spawnattr_init(&attr);
-  sigset_t empty, defaults;
-  sigemptyset(&empty);
-  sigemptyset(&defaults);
-  for (int sig : {SIGINT, SIGTERM, SIGPIPE, SIGHUP, SIGQUIT, SIGCHLD}) sigaddset(&defaults, sig);
-  posix_spawnattr_setsigmask(&attr, &empty);
-  posix_spawnattr_setsigdefault(&attr, &defaults);
-  posix_spawnattr_setpgroup(&attr, 0);
-  posix_spawnattr_setflags(&attr, (spec.new_session ? POSIX_SPAWN_SETSID : POSIX_SPAWN_SETPGROUP) |
-                                      POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-
-  std::vector<char*> argv;
-  for (const std::string& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
   pid_t pid = -1;
-  int rc = spec.argv.empty() ? EINVAL
-           : spec.argv[0].find('/') != std::string::npos
-               ? posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ)
-               : posix_spawnp(&pid, argv[0], &actions, &attr, argv.data(), environ);
+  int rc = SpawnProcess(spec.argv, &actions,
+                        spec.new_session ? POSIX_SPAWN_SETSID : POSIX_SPAWN_SETPGROUP, &pid);
   posix_spawn_file_actions_destroy(&actions);
-  posix_spawnattr_destroy(&attr);
   if (rc != 0) {
     result.spawn_status =
         Status(Code::kInternal, "cannot start '" + (spec.argv.empty() ? "" : spec.argv[0]) +
