@@ -65,6 +65,7 @@ TEST_F(CliTest, HelpListsCommandsAndExitCodes) {
   for (const char* s : {"run", "parity", "list", "stage", "Exit codes", "10 parity mismatch"}) {
     EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << Show(r);
   }
+  EXPECT_EQ(r.out.find("ray-reaper"), std::string::npos) << "internal subcommand shown in --help";
   EXPECT_EQ(Run({}).exit_code, kUsage);
   EXPECT_EQ(Run({"frobnicate"}).exit_code, kUsage);
   EXPECT_EQ(Run({"run"}).exit_code, kUsage);

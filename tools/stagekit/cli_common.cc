@@ -72,7 +72,7 @@ void ExecOptions::AddTo(CLI::App* cmd, bool parity) {
                          : "Output directory (default: stagekit-out/<pipeline>)")
       ->type_name("DIR");
   cmd->add_option("--timeout", timeout,
-                  "Timeout for stages that set none, e.g. 30s, 5m (subprocess executor)")
+                  "Timeout for stages that set none, e.g. 30s, 5m (subprocess and ray executors)")
       ->type_name("DURATION");
   cmd->add_option(
          "--resources", resources,

@@ -42,7 +42,8 @@ Status Reap(const ReaperCommand& cmd) {
 
 void SetRayReaperCommand(CLI::App& app, Action& action) {
   auto cmd = std::make_shared<ReaperCommand>();
-  CLI::App* sub = app.add_subcommand("ray-reaper", "");  // empty description: hidden from --help
+  CLI::App* sub = app.add_subcommand("ray-reaper", "Internal: stops a private Ray head");
+  sub->group("");  // hidden from --help
   sub->add_option("--session", cmd->session, "Session id of the private Ray head")->required();
   sub->add_option("--temp-dir", cmd->temp_dir, "Its temp dir, removed afterwards");
   sub->callback([cmd, &action] { action = [cmd] { return Reap(*cmd); }; });

@@ -25,11 +25,11 @@ void InstallSignalHandlers() {
 }
 
 constexpr const char* kExitCodes = R"(Exit codes:
-  0 success            1 a stage failed       2 usage error
-  3 invalid pipeline   4 unknown stage        5 input missing/unreadable
-  6 malformed request  7 output not writable  8 stage timed out
-  9 stage library error  10 parity mismatch  11 resources infeasible
-  12 Ray not installed   70 internal error      130 interrupted)";
+  0 success              1 a stage failed           2 usage error
+  3 invalid pipeline     4 unknown stage            5 input missing or unreadable
+  6 malformed request    7 output not writable      8 stage timed out
+  9 stage library error  10 parity mismatch         11 resources infeasible on Ray
+  12 Ray not installed   70 internal error          130 interrupted)";
 
 }  // namespace
 
