@@ -134,11 +134,9 @@ void BM_PlainCall(benchmark::State& state) {
 }
 BENCHMARK(BM_PlainCall)->UseRealTime();
 
-void BM_InProcessDispatch(benchmark::State& state) {
-  TempDir dir;
-  stagekit::InProcessExecutor executor(BenchRegistry());
-  stagekit::StageRequest req = NoopRequest(dir.path());
-  req.executor = "inprocess";
+// Runs `req` on `executor` once per iteration; the benchmark fails on the first error.
+void DispatchLoop(benchmark::State& state, stagekit::StageExecutor& executor,
+                  const stagekit::StageRequest& req) {
   const stagekit::StageOptions options;
   for (auto _ : state) {
     stagekit::Result<stagekit::RunStats> stats = executor.Run(req, options);
@@ -149,6 +147,14 @@ void BM_InProcessDispatch(benchmark::State& state) {
     benchmark::DoNotOptimize(stats);
   }
   SetPerStage(state, 1);
+}
+
+void BM_InProcessDispatch(benchmark::State& state) {
+  TempDir dir;
+  stagekit::InProcessExecutor executor(BenchRegistry());
+  stagekit::StageRequest req = NoopRequest(dir.path());
+  req.executor = "inprocess";
+  DispatchLoop(state, executor, req);
 }
 BENCHMARK(BM_InProcessDispatch)->UseRealTime();
 
@@ -209,16 +215,7 @@ void BM_SubprocessDispatch(benchmark::State& state) {
   sub.libraries = {STAGEKIT_BENCH_STAGES};
   stagekit::SubprocessExecutor executor(sub);
   const stagekit::StageRequest req = NoopRequest(dir.path());
-  const stagekit::StageOptions options;
-  for (auto _ : state) {
-    stagekit::Result<stagekit::RunStats> stats = executor.Run(req, options);
-    if (!stats.ok()) {
-      state.SkipWithError(stats.status().ToString().c_str());
-      break;
-    }
-    benchmark::DoNotOptimize(stats);
-  }
-  SetPerStage(state, 1);
+  DispatchLoop(state, executor, req);
 }
 BENCHMARK(BM_SubprocessDispatch)->UseRealTime();
 
