@@ -183,8 +183,7 @@ ChildResult RunChild(const ChildSpec& spec) {
   posix_spawn_file_actions_adddup2(&actions, out_child.get(), 1);
   posix_spawn_file_actions_adddup2(&actions, err_child.get(), 2);
   pid_t pid = -1;
-  int rc = SpawnProcess(spec.argv, &actions,
-                        spec.new_session ? POSIX_SPAWN_SETSID : POSIX_SPAWN_SETPGROUP, &pid);
+  int rc = SpawnProcess(spec.argv, &actions, POSIX_SPAWN_SETPGROUP, &pid);
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) {
     result.spawn_status =

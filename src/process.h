@@ -22,7 +22,6 @@ struct ChildSpec {
   std::chrono::milliseconds kill_grace{2000};
   std::size_t stdout_keep = 1 << 20;  // last bytes of stdout kept
   std::size_t stderr_keep = 1 << 14;  // last bytes of stderr kept
-  bool new_session = false;  // setsid(): no terminal signals; StopProcessSession() reaches all
 };
 
 struct ChildResult {
@@ -48,7 +47,7 @@ ChildResult RunChild(const ChildSpec& spec);
 // stdout and stderr go to `log_path` (or are inherited when empty).
 struct SpawnSpec {
   std::vector<std::string> argv;
-  bool new_session = false;
+  bool new_session = false;  // setsid(): no terminal signals; StopProcessSession() reaches all
   bool stdin_pipe = false;
   std::string log_path;
 };
