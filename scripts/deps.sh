@@ -5,7 +5,7 @@
 set -euo pipefail
 
 packages=(
-  build-essential cmake pkg-config git
+  build-essential cmake pkg-config git clang-format
   nlohmann-json3-dev libyaml-cpp-dev libcli11-dev nettle-dev   # library dependencies
   libgtest-dev libgmock-dev libbenchmark-dev hyperfine jq       # tests and benchmarks
   fortunes                                                      # the word-count example's corpus

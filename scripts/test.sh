@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 bash scripts/ray.sh   # the pinned Ray in .venv: the ci build and its Ray tests need it
 jobs=$(nproc)
+bash scripts/lint.sh
 
 for preset in ci asan tsan; do
   echo "== configure and build: $preset"

@@ -356,7 +356,8 @@ TEST_F(RayTwoNodes, BigInputGoesIntoTheObjectStoreOnce) {
   EXPECT_EQ(summary["ray"]["stats"]["objects_put"], 1);
   EXPECT_EQ(summary["ray"]["stats"]["bytes_put"], 64 << 20);
   // Sixteen copies would take the driver past 1 GiB; one stays far below.
-  std::cout << "driver peak RSS with a 64 MiB input read by 16 stages: " << r.max_rss_kb / 1024 << " MiB\n";
+  std::cout << "driver peak RSS with a 64 MiB input read by 16 stages: " << r.max_rss_kb / 1024
+            << " MiB\n";
   EXPECT_LT(r.max_rss_kb, 600 * 1024) << "driver peak RSS " << r.max_rss_kb << " KiB";
   std::string first = ReadFile(dir_->path() / "out" / "big" / "read0.out");
   for (int i = 1; i < 16; ++i) {
