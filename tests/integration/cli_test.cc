@@ -13,6 +13,7 @@ using testing::CommandResult;
 using testing::ListFiles;
 using testing::ReadFile;
 using testing::RunCli;
+using testing::Show;
 using testing::TempDir;
 using testing::WriteFile;
 
@@ -32,10 +33,6 @@ enum Exit {
   kLibrary = 9,
   kParity = 10
 };
-
-std::string Show(const CommandResult& r) {
-  return "exit " + std::to_string(r.exit_code) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
-}
 
 // The last line stagekit prints on stderr (the one-line error).
 std::string ErrorLine(const CommandResult& r) {

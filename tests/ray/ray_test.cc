@@ -27,15 +27,12 @@ using testing::CommandResult;
 using testing::ListFiles;
 using testing::ReadFile;
 using testing::RunCli;
+using testing::Show;
 using testing::TempDir;
 using testing::WriteFile;
 
 const fs::path kBin = STAGEKIT_RAY_BIN_DIR_FOR_TEST;
 const std::string kExamples = STAGEKIT_SOURCE_DIR "/examples";
-
-std::string Show(const CommandResult& r) {
-  return "exit " + std::to_string(r.exit_code) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
-}
 
 // Alive (not zombie) processes whose command line contains `needle`.
 std::vector<pid_t> ProcessesWith(const std::string& needle) {

@@ -73,6 +73,10 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::string
   return out;
 }
 
+std::string Show(const CommandResult& r) {
+  return "exit " + std::to_string(r.exit_code) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
+}
+
 CommandResult RunCli(const std::vector<std::string>& args, const fs::path& cwd,
                      const std::string& stdin_data) {
   std::vector<std::string> argv = {STAGEKIT_CLI};

@@ -37,6 +37,8 @@ struct CommandResult {
 // Runs a command (argv[0] a path) with `stdin_data`, in `cwd` if given.
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::string& stdin_data = "",
                          const std::filesystem::path& cwd = {});
+// "exit N", then stdout and stderr: for assertion messages.
+std::string Show(const CommandResult& r);
 // Runs the stagekit CLI under test.
 CommandResult RunCli(const std::vector<std::string>& args, const std::filesystem::path& cwd = {},
                      const std::string& stdin_data = "");
