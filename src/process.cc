@@ -1,6 +1,7 @@
 #include "process.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -133,6 +134,25 @@ int WaitFor(pid_t pid, std::chrono::milliseconds timeout) {
       ::usleep(10000);
     }
   }
+}
+
+std::vector<int> FreePorts(std::size_t n) {
+  std::vector<UniqueFd> held;
+  std::vector<int> ports;
+  while (ports.size() < n) {
+    UniqueFd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (!fd || ::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+        ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      break;
+    }
+    ports.push_back(ntohs(addr.sin_port));
+    held.push_back(std::move(fd));
+  }
+  return ports;
 }
 
 std::string SignalName(int sig) {

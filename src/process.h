@@ -59,6 +59,10 @@ Result<Spawned> Spawn(const SpawnSpec& spec);
 // waitpid() with a deadline; the exit code, 128+signal, or -1 on timeout.
 int WaitFor(pid_t pid, std::chrono::milliseconds timeout);
 
+// `n` distinct free TCP ports on loopback, chosen while all are held open so
+// that the kernel cannot hand the same one out twice.
+std::vector<int> FreePorts(std::size_t n);
+
 // "SIGKILL" for 9.
 std::string SignalName(int sig);
 

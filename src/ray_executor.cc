@@ -44,22 +44,6 @@ constexpr const char* kInstallHint =
     "install it with `bash scripts/ray.sh` and rebuild (cmake finds .venv), or set "
     "STAGEKIT_RAY_BIN_DIR to the bin directory of an environment with ray[default] and ray-cpp";
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  int port = -1;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0) {
-    port = ntohs(addr.sin_port);
-  }
-  ::close(fd);
-  return port;
-}
-
 std::string RandomHex(std::size_t bytes) {
   std::ifstream urandom("/dev/urandom", std::ios::binary);
   std::string raw(bytes, '\0');
@@ -114,6 +98,47 @@ std::string FormatResources(const Json& resources, bool skip_internal) {
   }
   return out + "}";
 }
+
+// While alive, drops the INFO lines Ray's C++ core prints to stderr while it
+// connects, before it applies RAY_BACKEND_LOG_LEVEL; warnings and errors pass.
+// The filter is a separate process (grep), so that the message of a failed
+// check inside ray::Init, which aborts this process, still gets through.
+class QuietRayInfo {
+ public:
+  QuietRayInfo() {
+    internal::SpawnSpec filter;
+    filter.argv = {"/bin/sh", "-c",
+                   "exec grep -v --line-buffered -E "
+                   "'^\\[[0-9-]+ [0-9:,]+ I [0-9]+ [0-9]+\\] ' >&2"};
+    filter.stdin_pipe = true;
+    auto spawned = internal::Spawn(filter);
+    if (!spawned.ok()) return;  // no filter: Ray's lines go through unfiltered
+    saved_stderr_ = ::dup(STDERR_FILENO);
+    pid_ = spawned->pid;
+    if (saved_stderr_ < 0 || ::dup2(spawned->stdin_fd, STDERR_FILENO) < 0) {
+      ::close(spawned->stdin_fd);
+      Restore();
+      return;
+    }
+    ::close(spawned->stdin_fd);
+  }
+  ~QuietRayInfo() { Restore(); }
+  QuietRayInfo(const QuietRayInfo&) = delete;
+  QuietRayInfo& operator=(const QuietRayInfo&) = delete;
+
+ private:
+  void Restore() {
+    if (saved_stderr_ >= 0) {
+      ::dup2(saved_stderr_, STDERR_FILENO);  // closes our end of the filter's stdin
+      ::close(saved_stderr_);
+      saved_stderr_ = -1;
+    }
+    if (pid_ > 0) internal::WaitFor(pid_, std::chrono::seconds(5));
+    pid_ = -1;
+  }
+  int saved_stderr_ = -1;
+  pid_t pid_ = -1;
+};
 
 }  // namespace
 
@@ -319,11 +344,20 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
                                      "--object-store-memory=" + std::to_string(store),
                                      "--min-worker-port=0",
                                      "--max-worker-port=0"};
-    for (const char* flag :
-         {"--port", "--node-manager-port", "--object-manager-port", "--metrics-export-port",
-          "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-          "--runtime-env-agent-port", "--ray-client-server-port"}) {
-      argv.push_back(std::string(flag) + "=" + std::to_string(FreePort()));
+    const char* flags[] = {"--port",
+                           "--node-manager-port",
+                           "--object-manager-port",
+                           "--metrics-export-port",
+                           "--dashboard-agent-listen-port",
+                           "--dashboard-agent-grpc-port",
+                           "--runtime-env-agent-port",
+                           "--ray-client-server-port"};
+    std::vector<int> ports = internal::FreePorts(std::size(flags));
+    if (ports.size() != std::size(flags)) {
+      return Status(Code::kInternal, "cannot find free ports for a private Ray head");
+    }
+    for (std::size_t i = 0; i < ports.size(); ++i) {
+      argv.push_back(std::string(flags[i]) + "=" + std::to_string(ports[i]));
     }
     argv.insert(argv.end(), options.head_args.begin(), options.head_args.end());
     internal::SpawnSpec head;
@@ -390,7 +424,11 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
                      {"code_search_path", Json::array({fs::absolute(options.bridge).string()})}});
   char* out = nullptr;
   std::size_t len = 0;
-  int rc = bridge->open(config.data(), config.size(), &bridge->bridge, &out, &len);
+  int rc;
+  {
+    QuietRayInfo quiet;
+    rc = bridge->open(config.data(), config.size(), &bridge->bridge, &out, &len);
+  }
   std::string reply(out == nullptr ? "" : out, len);
   stagekit_free(out);
   if (rc != 0) {

@@ -3,10 +3,9 @@
 // with a fake GPU and a vm:g4dn.2xlarge resource) started here with
 // `ray start`. Every test checks that nothing it started is left running.
 #include <gtest/gtest.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -63,26 +62,17 @@ pid_t SessionOf(pid_t pid) {
   return static_cast<pid_t>(session);
 }
 
-int FreePort() {
-  // Ask the kernel: bind port 0 on loopback.
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(addr);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
-std::vector<std::string> PortFlags() {
+// Port flags for one `ray start`, all ports distinct and free; `head` adds --port.
+std::vector<std::string> PortFlags(bool head) {
+  std::vector<std::string> names = {"--node-manager-port",         "--object-manager-port",
+                                    "--metrics-export-port",       "--dashboard-agent-listen-port",
+                                    "--dashboard-agent-grpc-port", "--runtime-env-agent-port"};
+  if (head) names.push_back("--port");
+  std::vector<int> ports = internal::FreePorts(names.size());
+  EXPECT_EQ(ports.size(), names.size());
   std::vector<std::string> flags = {"--min-worker-port=0", "--max-worker-port=0"};
-  for (const char* f : {"--node-manager-port", "--object-manager-port", "--metrics-export-port",
-                        "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                        "--runtime-env-agent-port"}) {
-    flags.push_back(std::string(f) + "=" + std::to_string(FreePort()));
-  }
+  for (std::size_t i = 0; i < ports.size(); ++i)
+    flags.push_back(names[i] + "=" + std::to_string(ports[i]));
   return flags;
 }
 
@@ -94,7 +84,8 @@ struct Node {
 // `ray start` in a session of its own, so that StopProcessSession stops exactly it.
 Node StartNode(std::vector<std::string> args, const fs::path& log) {
   std::vector<std::string> argv = {(kBin / "ray").string(), "start", "--disable-usage-stats"};
-  std::vector<std::string> ports = PortFlags();
+  std::vector<std::string> ports =
+      PortFlags(std::find(args.begin(), args.end(), "--head") != args.end());
   argv.insert(argv.end(), ports.begin(), ports.end());
   argv.insert(argv.end(), args.begin(), args.end());
   internal::SpawnSpec spec;
@@ -141,6 +132,8 @@ TEST(RayPrivateHead, RunReportsTheClusterAndStopsIt) {
   // 16 corpus files, then the 16 map outputs as the reduce's inputs.
   EXPECT_EQ(summary["ray"]["stats"]["objects_put"], 32);
   for (const Json& st : summary["stages"]) EXPECT_EQ(st["stats"]["executor"], "ray");
+  // Ray's INFO lines from connecting are filtered out of stagekit's stderr.
+  EXPECT_EQ(r.err.find(" I "), std::string::npos) << r.err;
   EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty());
 }
 
@@ -186,10 +179,9 @@ class RayTwoNodes : public ::testing::Test {
     std::string tmpl = "/tmp/sktest-XXXXXX";  // short: Ray puts Unix sockets below it
     ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
     ray_tmp_ = tmpl;
-    head_ = StartNode(
-        {"--head", "--port=" + std::to_string(FreePort()), "--temp-dir=" + ray_tmp_ + "/head",
-         "--num-cpus=2", "--include-dashboard=false", "--object-store-memory=600000000"},
-        dir_->path() / "head.log");
+    head_ = StartNode({"--head", "--temp-dir=" + ray_tmp_ + "/head", "--num-cpus=2",
+                       "--include-dashboard=false", "--object-store-memory=600000000"},
+                      dir_->path() / "head.log");
     address_ = ReadFile(ray_tmp_ + "/head/ray_current_cluster");
     while (!address_.empty() && address_.back() == '\n') address_.pop_back();
     // Its own IP on the loopback range: a driver attaches to a raylet on its own

@@ -51,9 +51,10 @@ Status Run(const RunCommand& cmd) {
   }
   if (result.status.ok()) {
     if (!cmd.exec.quiet && !cmd.exec.json) {
-      std::fprintf(stderr, "stagekit: %zu stages succeeded in %.2fs (%s, %d jobs); outputs in %s\n",
-                   ok, result.wall_s, std::string((*executor)->name()).c_str(), jobs,
-                   out_dir.string().c_str());
+      std::fprintf(stderr,
+                   "stagekit: %zu stage%s succeeded in %.2fs (%s, %d jobs); outputs in %s\n", ok,
+                   ok == 1 ? "" : "s", result.wall_s, std::string((*executor)->name()).c_str(),
+                   jobs, out_dir.string().c_str());
     }
     return OkStatus();
   }
