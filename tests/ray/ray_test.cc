@@ -137,6 +137,20 @@ TEST(RayPrivateHead, RunReportsTheClusterAndStopsIt) {
   EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty());
 }
 
+TEST(RayPrivateHead, AFailedRunStopsTheHeadToo) {
+  TempDir dir;
+  WriteFile(dir / "p.yaml", "libraries: [" STAGEKIT_TEST_STAGES
+                            "]\nstages:\n"
+                            "  - {name: bad, stage: test.throws, kwargs: {message: no luck}}\n");
+  CommandResult r =
+      RunCli({"run", (dir / "p.yaml").string(), "-e", "ray", "--out", (dir / "o").string()});
+  EXPECT_EQ(r.exit_code, 1) << Show(r);
+  EXPECT_NE(r.err.find("stage 'bad' (test.throws) failed: no luck (on Ray node "),
+            std::string::npos)
+      << Show(r);
+  EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "a failed run left the private head running";
+}
+
 TEST(RayPrivateHead, CtrlCStopsTheRunAndTheHead) {
   TempDir dir;
   WriteFile(dir / "p.yaml",
@@ -243,6 +257,18 @@ TEST_F(RayTwoNodes, PlacementFollowsGpuAndCustomResources) {
   EXPECT_EQ(summary["stages"][0]["stats"]["node"], gpu_node_.node_name) << summary.dump(2);
   EXPECT_EQ(summary["stages"][1]["stats"]["node"], gpu_node_.node_name) << summary.dump(2);
   EXPECT_EQ(summary["ray"]["nodes"].size(), 2u);
+}
+
+TEST_F(RayTwoNodes, RayAddressFromTheEnvironmentIsUsed) {
+  fs::path p = Pipeline("env", "  - {name: one, stage: test.noop}\n");
+  CommandResult r = testing::RunCommand({"/usr/bin/env", "RAY_ADDRESS=" + address_, STAGEKIT_CLI,
+                                         "run", p.string(), "-e", "ray", "--json", "--out",
+                                         (dir_->path() / "out" / "env").string()});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["ray"]["private_head"], false);
+  EXPECT_EQ(summary["ray"]["address"], address_);
+  EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "started a private head despite RAY_ADDRESS";
 }
 
 TEST_F(RayTwoNodes, CommandLineOverridesPlaceStagesToo) {
