@@ -2,8 +2,6 @@
 // that a build tree and any install prefix (lib or lib/<multiarch>) work.
 #include <dlfcn.h>
 
-#include <algorithm>
-
 #include <cstdlib>
 
 #include "paths.h"
@@ -39,14 +37,12 @@ fs::path DefaultRunner() {
 }  // namespace internal
 
 std::vector<fs::path> DefaultStageDirs() {
-  std::vector<fs::path> dirs;
+  // Stage libraries install to <libdir>/stagekit/stages in the build tree and
+  // in every install layout.
   std::error_code ec;
-  for (const char* rel : {STAGEKIT_LIBDIR_TO_STAGEDIR, "stagekit/stages"}) {
-    fs::path dir = (internal::LibraryDir() / rel).lexically_normal();
-    if (fs::is_directory(dir, ec) && std::find(dirs.begin(), dirs.end(), dir) == dirs.end())
-      dirs.push_back(dir);
-  }
-  return dirs;
+  fs::path dir = internal::LibraryDir() / "stagekit" / "stages";
+  if (fs::is_directory(dir, ec)) return {dir};
+  return {};
 }
 
 }  // namespace stagekit

@@ -1,13 +1,10 @@
 #include "sha256.h"
 
-#include <fcntl.h>
 #include <nettle/sha2.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-
-#include "fd.h"
 
 namespace stagekit::internal {
 
@@ -29,15 +26,6 @@ std::string HexDigest(const Sha256Digest& digest) {
     out.push_back(kHex[b & 15]);
   }
   return out;
-}
-
-Result<std::pair<Sha256Digest, std::uint64_t>> Sha256File(const std::filesystem::path& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) {
-    return Status(Code::kInputError,
-                  "cannot read '" + path.string() + "': " + std::strerror(errno));
-  }
-  return Sha256Fd(fd.get(), path);
 }
 
 Result<std::pair<Sha256Digest, std::uint64_t>> Sha256Fd(int fd, const std::filesystem::path& path) {

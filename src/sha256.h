@@ -16,10 +16,8 @@ using Sha256Digest = std::array<std::uint8_t, 32>;
 
 Sha256Digest Sha256(std::string_view bytes);
 std::string HexDigest(const Sha256Digest& digest);
-// Digest of a file's bytes, and its size; kInputError naming the file on I/O errors.
-Result<std::pair<Sha256Digest, std::uint64_t>> Sha256File(const std::filesystem::path& path);
-// The same for an open descriptor, read from its current offset to the end;
-// `path` names it in messages.
+// Digest and size of what an open descriptor holds from its current offset to
+// the end; kInputError naming `path` on I/O errors.
 Result<std::pair<Sha256Digest, std::uint64_t>> Sha256Fd(int fd, const std::filesystem::path& path);
 
 }  // namespace stagekit::internal
