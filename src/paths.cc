@@ -14,13 +14,15 @@ namespace fs = std::filesystem;
 
 namespace internal {
 
-fs::path LibraryDir() {
+fs::path LibraryPath() {
   Dl_info info{};
-  if (dladdr(reinterpret_cast<void*>(&LibraryDir), &info) != 0 && info.dli_fname != nullptr) {
-    return fs::path(info.dli_fname).parent_path();
+  if (dladdr(reinterpret_cast<void*>(&LibraryPath), &info) != 0 && info.dli_fname != nullptr) {
+    return info.dli_fname;
   }
   return {};
 }
+
+fs::path LibraryDir() { return LibraryPath().parent_path(); }
 
 fs::path DefaultRunner() {
   if (const char* env = std::getenv("STAGEKIT_RUNNER"); env != nullptr && *env != '\0') return env;

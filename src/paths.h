@@ -6,8 +6,10 @@
 
 namespace stagekit::internal {
 
-// The directory holding libstagekit.so.
+// The directory holding libstagekit.so, and the file it was loaded from (by
+// its soname, libstagekit.so.N, when the loader found it through a binary).
 std::filesystem::path LibraryDir();
+std::filesystem::path LibraryPath();
 // The stagekit binary for child processes: $STAGEKIT_RUNNER, the current
 // executable when it is stagekit, the one installed beside this library, else
 // `stagekit` from PATH.

@@ -5,7 +5,7 @@
 
 namespace stagekit {
 namespace {
-constexpr std::array<std::pair<Code, std::string_view>, 15> kNames = {{
+constexpr std::array<std::pair<Code, std::string_view>, 18> kNames = {{
     {Code::kOk, "ok"},
     {Code::kStageFailed, "stage_failed"},
     {Code::kUsage, "usage"},
@@ -19,6 +19,9 @@ constexpr std::array<std::pair<Code, std::string_view>, 15> kNames = {{
     {Code::kParityMismatch, "parity_mismatch"},
     {Code::kInfeasible, "infeasible"},
     {Code::kRayUnavailable, "ray_unavailable"},
+    {Code::kTooLarge, "too_large"},
+    {Code::kSecretRefused, "secret_refused"},
+    {Code::kJobFailed, "job_failed"},
     {Code::kInternal, "internal"},
     {Code::kInterrupted, "interrupted"},
 }};

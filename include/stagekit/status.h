@@ -27,7 +27,10 @@ enum class Code : int {
   kLibraryError = 9,     // a stage library failed to load or registers duplicates
   kParityMismatch = 10,  // executors produced different bytes
   kInfeasible = 11,      // no node of the cluster can ever provide a stage's resources
-  kRayUnavailable = 12,  // the ray executor was asked for but Ray is not installed
+  kRayUnavailable = 12,  // Ray is not installed, or the cluster or its dashboard cannot be reached
+  kTooLarge = 13,        // a package is over its size cap
+  kSecretRefused = 14,   // a credential-looking value was about to be sent as an env var
+  kJobFailed = 15,       // a submitted job failed or was stopped
   kInternal = 70,        // a bug in stagekit itself
   kInterrupted = 130,    // Ctrl-C / SIGTERM
 };

@@ -13,6 +13,8 @@
 
 #include "stagekit/pipeline.h"
 #include "stagekit/status.h"
+#include "tools/package.h"
+#include "tools/ship.h"
 
 namespace stagekit::cli {
 
@@ -77,10 +79,27 @@ Status WriteFileAtomically(const std::filesystem::path& path, const std::string&
 // A progress display on a terminal, plain log lines otherwise, nothing with quiet.
 std::unique_ptr<RunObserver> MakeProgress(std::size_t total, bool quiet, std::string prefix);
 
-std::string HumanBytes(std::uint64_t bytes);
+using tools::HumanBytes;
 std::string FirstLine(const std::string& text);
 
+// Packaging options shared by `ship` and `submit`.
+struct ShipCli {
+  std::string root;
+  std::vector<std::string> includes;
+  std::vector<std::string> excludes;
+  bool no_default_excludes = false;
+  bool no_gitignore = false;
+  std::string max_size = "100MiB";
+  int level = 1;
+  void AddTo(CLI::App* cmd);
+  std::vector<std::string> Patterns() const;  // the exclude patterns in force
+};
+// A pipeline file (or a folder, shipped as it is) -> the package plan.
+Result<tools::ShipPlan> PlanFromCommandLine(const std::string& pipeline, const LibraryOptions& libs,
+                                            const ShipCli& cli);
+
 void SetRunCommand(CLI::App& app, Action& action);
+void SetShipCommand(CLI::App& app, Action& action);
 void SetParityCommand(CLI::App& app, Action& action);
 void SetStageCommand(CLI::App& app, Action& action);
 void SetListCommand(CLI::App& app, Action& action);

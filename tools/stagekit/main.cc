@@ -29,7 +29,9 @@ constexpr const char* kExitCodes = R"(Exit codes:
   3 invalid pipeline     4 unknown stage            5 input missing or unreadable
   6 malformed request    7 output not writable      8 stage timed out
   9 stage library error  10 parity mismatch         11 resources infeasible on Ray
-  12 Ray not installed   70 internal error          130 interrupted)";
+  12 Ray or cluster unreachable                     13 package over its size cap
+  14 credential refused  15 submitted job failed    70 internal error
+  130 interrupted)";
 
 }  // namespace
 
@@ -44,6 +46,7 @@ int main(int argc, char** argv) {
   stagekit::cli::SetRunCommand(app, action);
   stagekit::cli::SetParityCommand(app, action);
   stagekit::cli::SetListCommand(app, action);
+  stagekit::cli::SetShipCommand(app, action);
   stagekit::cli::SetStageCommand(app, action);
   stagekit::cli::SetRayReaperCommand(app, action);
   try {

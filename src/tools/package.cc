@@ -1,0 +1,584 @@
+#include "tools/package.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <nettle/sha1.h>
+#include <nettle/sha2.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zip.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "fd.h"
+#include "sha256.h"
+
+namespace fs = std::filesystem;
+
+namespace stagekit::tools {
+namespace {
+
+std::string Join(const std::string& dir, const std::string& name) {
+  return dir.empty() ? name : dir + "/" + name;
+}
+
+bool IsInside(const fs::path& path, const fs::path& root) {
+  auto r = root.begin(), p = path.begin();
+  for (; r != root.end(); ++r, ++p) {
+    if (r->empty()) continue;  // trailing separator
+    if (p == path.end() || *p != *r) return false;
+  }
+  return true;
+}
+
+std::string Hex(const std::uint8_t* bytes, size_t n) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 * n);
+  for (size_t i = 0; i < n; ++i) {
+    out += kDigits[bytes[i] >> 4];
+    out += kDigits[bytes[i] & 0xf];
+  }
+  return out;
+}
+
+std::string ModeString(const TreeEntry& e) { return e.directory || e.executable ? "0755" : "0644"; }
+
+// A set of patterns anchored at a directory of the walk ("" is its root).
+struct Anchored {
+  std::shared_ptr<const PatternSet> set;
+  std::string anchor;
+};
+
+class Walker {
+ public:
+  Walker(const WalkOptions& options, std::string dest, std::string rule, fs::path link_root,
+         std::vector<Excluded>& excluded,
+         std::function<Status(const std::string&, const fs::path&, const struct stat&)> add)
+      : options_(options),
+        dest_(std::move(dest)),
+        rule_(std::move(rule)),
+        link_root_(std::move(link_root)),
+        excluded_(excluded),
+        add_(std::move(add)) {
+    for (const auto& set : options.excludes) sets_.push_back({set, ""});
+  }
+
+  Status Walk(const fs::path& path, const std::string& rel) {
+    struct stat lst {};
+    if (::lstat(path.c_str(), &lst) != 0) {
+      return Status(Code::kInputError,
+                    "cannot read " + path.string() + ": " + std::strerror(errno));
+    }
+    struct stat st = lst;
+    bool dangling = false;
+    if (S_ISLNK(lst.st_mode) && ::stat(path.c_str(), &st) != 0) dangling = true;
+    const bool is_dir = !dangling && S_ISDIR(st.st_mode);
+
+    size_t pushed = 0;
+    if (is_dir) {
+      for (const char* name : {".gitignore", ".rayignore"}) {
+        if (std::string_view(name) == ".gitignore" && !options_.gitignore) continue;
+        fs::path file = path / name;
+        struct stat fst {};
+        if (::stat(file.c_str(), &fst) != 0 || !S_ISREG(fst.st_mode)) continue;
+        auto set = PatternSet::FromFile(file, Join(rel, name));
+        if (!set.ok()) return set.status();
+        sets_.push_back({*set, rel});
+        ++pushed;
+      }
+    }
+    Status status = Visit(path, rel, lst, st, dangling, is_dir);
+    sets_.resize(sets_.size() - pushed);
+    return status;
+  }
+
+ private:
+  Status Visit(const fs::path& path, const std::string& rel, const struct stat& lst,
+               const struct stat& st, bool dangling, bool is_dir) {
+    for (const Anchored& a : sets_) {
+      std::string_view relative;
+      if (rel == a.anchor) {
+        relative = ".";
+      } else {
+        relative = a.anchor.empty() ? std::string_view(rel)
+                                    : std::string_view(rel).substr(a.anchor.size() + 1);
+      }
+      if (const std::string* pattern = a.set->Match(relative)) {
+        excluded_.push_back({Join(dest_, rel), *pattern, a.set->origin()});
+        return OkStatus();
+      }
+    }
+    const std::string shown = rel.empty() ? path.string() : rel;
+    if (S_ISLNK(lst.st_mode)) {
+      std::error_code ec;
+      fs::path target = fs::weakly_canonical(path, ec);
+      if (dangling || ec) {
+        return Status(Code::kInputError,
+                      "symlink " + shown +
+                          " points to nothing; remove it or exclude it (--exclude '" + shown +
+                          "')");
+      }
+      if (!IsInside(target, link_root_)) {
+        return Status(Code::kInputError, "symlink " + shown +
+                                             " points outside the shipped tree (to " +
+                                             target.string() +
+                                             "); copy the file in, ship it with --include, or "
+                                             "exclude the link (--exclude '" +
+                                             shown + "')");
+      }
+      if (is_dir && std::find(stack_.begin(), stack_.end(), target) != stack_.end()) {
+        return Status(Code::kInputError, "symlink " + shown + " loops back to " + target.string() +
+                                             "; exclude it (--exclude '" + shown + "')");
+      }
+    }
+    if (!is_dir && !S_ISREG(st.st_mode)) {
+      return Status(Code::kInputError, shown +
+                                           " is not a regular file (a FIFO, socket or device); "
+                                           "exclude it (--exclude '" +
+                                           shown + "')");
+    }
+    if (Status s = add_(rel, path, st); !s.ok()) return s;
+    if (!is_dir) return OkStatus();
+
+    std::error_code ec;
+    stack_.push_back(fs::weakly_canonical(path, ec));
+    std::vector<std::string> names;
+    {
+      DIR* dir = ::opendir(path.c_str());
+      if (dir == nullptr) {
+        stack_.pop_back();
+        return Status(Code::kInputError,
+                      "cannot list " + path.string() + ": " + std::strerror(errno));
+      }
+      while (const dirent* d = ::readdir(dir)) {
+        if (std::strcmp(d->d_name, ".") != 0 && std::strcmp(d->d_name, "..") != 0) {
+          names.emplace_back(d->d_name);
+        }
+      }
+      ::closedir(dir);
+    }
+    std::sort(names.begin(), names.end());
+    for (const std::string& name : names) {
+      if (Status s = Walk(path / name, Join(rel, name)); !s.ok()) {
+        stack_.pop_back();
+        return s;
+      }
+    }
+    stack_.pop_back();
+    return OkStatus();
+  }
+
+  const WalkOptions& options_;
+  std::string dest_;
+  std::string rule_;
+  fs::path link_root_;
+  std::vector<Excluded>& excluded_;
+  std::function<Status(const std::string&, const fs::path&, const struct stat&)> add_;
+  std::vector<Anchored> sets_;
+  std::vector<fs::path> stack_;
+};
+
+}  // namespace
+
+std::string HumanBytes(std::uint64_t bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int unit = 0;
+  while (v >= 1024 && unit < 4) {
+    v /= 1024;
+    ++unit;
+  }
+  char buf[32];
+  if (unit == 0) {
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f %s", v, kUnits[unit]);
+  }
+  return buf;
+}
+
+Status Tree::AddDirectoryEntry(const std::string& dest, const fs::path& source,
+                               const std::string& rule) {
+  // Every ancestor first, so the tree never has a file without its folder.
+  for (size_t pos = dest.find('/'); pos != std::string::npos; pos = dest.find('/', pos + 1)) {
+    std::string parent = dest.substr(0, pos);
+    auto [it, inserted] = entries_.try_emplace(parent);
+    if (inserted) {
+      it->second.directory = true;
+      it->second.rule = rule;
+    } else if (!it->second.directory) {
+      return Status(Code::kUsage, "'" + parent + "' is both a file (" + it->second.source.string() +
+                                      ") and a folder in the package; rename one");
+    }
+  }
+  if (dest.empty()) return OkStatus();
+  auto [it, inserted] = entries_.try_emplace(dest);
+  if (inserted) {
+    it->second.directory = true;
+    it->second.source = source;
+    it->second.rule = rule;
+  } else if (!it->second.directory) {
+    return Status(Code::kUsage, "'" + dest + "' is both a file (" + it->second.source.string() +
+                                    ") and a folder in the package; rename one");
+  }
+  return OkStatus();
+}
+
+Status Tree::CheckPlace(const std::string& dest, const std::string& what, const std::string& rule) {
+  if (dest.empty() || dest.front() == '/' || dest == "." || dest.find("//") != std::string::npos ||
+      dest.back() == '/' || ("/" + dest + "/").find("/../") != std::string::npos ||
+      ("/" + dest + "/").find("/./") != std::string::npos) {
+    return Status(Code::kUsage, "bad place in the package for " + what + ": '" + dest + "'");
+  }
+  size_t slash = dest.rfind('/');
+  if (slash != std::string::npos) return AddDirectoryEntry(dest.substr(0, slash), {}, rule);
+  return OkStatus();
+}
+
+Status Tree::AddFile(const fs::path& source, const std::string& dest, std::string rule) {
+  struct stat st {};
+  if (::stat(source.c_str(), &st) != 0) {
+    return Status(Code::kInputError,
+                  "cannot ship " + source.string() + ": " + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return Status(Code::kInputError, "cannot ship " + source.string() + ": not a regular file");
+  }
+  if (Status s = CheckPlace(dest, source.string(), rule); !s.ok()) return s;
+  auto [it, inserted] = entries_.try_emplace(dest);
+  TreeEntry& e = it->second;
+  if (!inserted) {
+    std::error_code ec;
+    if (!e.directory && !e.source.empty() && fs::equivalent(e.source, source, ec))
+      return OkStatus();
+    return Status(Code::kUsage, "two things want the same place '" + dest + "' in the package: " +
+                                    (e.directory        ? std::string("a folder")
+                                     : e.source.empty() ? "a generated file"
+                                                        : e.source.string()) +
+                                    " and " + source.string() + "; rename one");
+  }
+  e.source = source;
+  e.size = static_cast<std::uint64_t>(st.st_size);
+  e.executable = (st.st_mode & 0111) != 0;
+  e.rule = std::move(rule);
+  return OkStatus();
+}
+
+Status Tree::AddContent(const std::string& dest, std::string content, bool executable,
+                        std::string rule, bool replace) {
+  if (Status s = CheckPlace(dest, "a generated file", rule); !s.ok()) return s;
+  auto [it, inserted] = entries_.try_emplace(dest);
+  if (!inserted && replace && !it->second.directory) {
+    it->second = TreeEntry();
+  } else if (!inserted) {
+    return Status(Code::kUsage, "'" + dest + "' in the package is generated by stagekit, but " +
+                                    (it->second.directory ? std::string("a folder")
+                                                          : it->second.source.string()) +
+                                    " wants that place too; rename it");
+  }
+  TreeEntry& e = it->second;
+  e.size = content.size();
+  e.content = std::make_shared<const std::string>(std::move(content));
+  e.executable = executable;
+  e.rule = std::move(rule);
+  return OkStatus();
+}
+
+Status Tree::AddDirectory(const fs::path& source, const std::string& dest,
+                          const WalkOptions& options, const std::string& rule) {
+  std::error_code ec;
+  fs::path root = fs::weakly_canonical(source, ec);
+  if (ec || !fs::is_directory(root, ec)) {
+    return Status(Code::kInputError, "cannot ship " + source.string() + ": not a directory");
+  }
+  fs::path link_root =
+      options.link_root.empty() ? root : fs::weakly_canonical(options.link_root, ec);
+  Walker walker(options, dest, rule, link_root, excluded_,
+                [&](const std::string& rel, const fs::path& path, const struct stat& st) -> Status {
+                  std::string place = Join(dest, rel);
+                  if (S_ISDIR(st.st_mode)) return AddDirectoryEntry(place, path, rule);
+                  return AddFile(path, place, rule);
+                });
+  return walker.Walk(root, "");
+}
+
+std::uint64_t Tree::file_bytes() const {
+  std::uint64_t total = 0;
+  for (const auto& [path, e] : entries_) total += e.directory ? 0 : e.size;
+  return total;
+}
+
+size_t Tree::file_count() const {
+  return static_cast<size_t>(std::count_if(entries_.begin(), entries_.end(),
+                                           [](const auto& kv) { return !kv.second.directory; }));
+}
+
+Status CheckSizeCap(const Tree& tree, std::uint64_t cap_bytes) {
+  const std::uint64_t total = tree.file_bytes();
+  if (total <= cap_bytes) return OkStatus();
+  std::vector<std::pair<std::uint64_t, std::string>> files, folders;
+  std::map<std::string, std::uint64_t> folder_bytes;
+  for (const auto& [path, e] : tree.entries()) {
+    if (e.directory) continue;
+    files.emplace_back(e.size, path);
+    for (size_t pos = path.find('/'); pos != std::string::npos; pos = path.find('/', pos + 1)) {
+      folder_bytes[path.substr(0, pos)] += e.size;
+    }
+  }
+  for (const auto& [path, bytes] : folder_bytes) folders.emplace_back(bytes, path + "/");
+  auto top = [](std::vector<std::pair<std::uint64_t, std::string>>& v) {
+    std::sort(v.begin(), v.end(), [](const auto& a, const auto& b) {
+      return a.first != b.first ? a.first > b.first : a.second < b.second;
+    });
+    std::string out;
+    for (size_t i = 0; i < v.size() && i < 8; ++i) {
+      out += "\n    " + HumanBytes(v[i].first) + "  " + v[i].second;
+    }
+    return out;
+  };
+  std::string message = "the package would be " + HumanBytes(total) + " in " +
+                        std::to_string(tree.file_count()) + " files, over the " +
+                        HumanBytes(cap_bytes) +
+                        " cap; exclude what the workers do not need (--exclude PATTERN, or a "
+                        ".gitignore/.rayignore) or raise the cap (--max-size)\n  largest files:" +
+                        top(files);
+  if (!folders.empty()) message += "\n  largest folders:" + top(folders);
+  return Status(Code::kTooLarge, message);
+}
+
+Result<std::string> HashTree(Tree& tree, int threads) {
+  std::vector<std::pair<const std::string*, TreeEntry*>> files;
+  std::uint8_t acc[8];
+  std::memset(acc, '0', sizeof acc);
+  auto fold = [&acc](const std::uint8_t* digest) {
+    for (int i = 0; i < 8; ++i) acc[i] ^= digest[i];
+  };
+  auto hash_name = [](std::string_view name, std::uint8_t* out) {
+    sha1_ctx ctx;
+    sha1_init(&ctx);
+    sha1_update(&ctx, name.size(), reinterpret_cast<const std::uint8_t*>(name.data()));
+    sha1_digest(&ctx, SHA1_DIGEST_SIZE, out);
+  };
+  std::uint8_t digest[SHA1_DIGEST_SIZE];
+  hash_name(".", digest);  // Ray visits the root itself as "."
+  fold(digest);
+  for (auto& [path, e] : const_cast<std::map<std::string, TreeEntry>&>(tree.entries())) {
+    if (e.directory) {
+      hash_name(path, digest);
+      fold(digest);
+    } else {
+      files.emplace_back(&path, &e);
+    }
+  }
+  // Largest first, so one big file does not end up last on a single thread.
+  std::sort(files.begin(), files.end(),
+            [](const auto& a, const auto& b) { return a.second->size > b.second->size; });
+  std::vector<std::array<std::uint8_t, SHA1_DIGEST_SIZE>> sha1s(files.size());
+  std::atomic<size_t> next{0};
+  std::mutex mu;
+  Status first_error;
+  auto worker = [&] {
+    std::vector<std::uint8_t> buf(1 << 20);
+    for (size_t i = next++; i < files.size(); i = next++) {
+      const auto& [path, e] = files[i];
+      if (e->content) {
+        std::array<std::uint8_t, SHA1_DIGEST_SIZE> d;
+        sha1_ctx s1;
+        sha1_init(&s1);
+        sha1_update(&s1, path->size(), reinterpret_cast<const std::uint8_t*>(path->data()));
+        sha1_update(&s1, e->content->size(),
+                    reinterpret_cast<const std::uint8_t*>(e->content->data()));
+        sha1_digest(&s1, SHA1_DIGEST_SIZE, d.data());
+        sha1s[i] = d;
+        e->sha256 = internal::HexDigest(internal::Sha256(*e->content));
+        continue;
+      }
+      internal::UniqueFd fd(::open(e->source.c_str(), O_RDONLY | O_CLOEXEC));
+      Status error;
+      if (!fd) {
+        error = Status(Code::kInputError,
+                       "cannot read " + e->source.string() + ": " + std::strerror(errno));
+      }
+      sha1_ctx s1;
+      sha256_ctx s256;
+      sha1_init(&s1);
+      sha256_init(&s256);
+      sha1_update(&s1, path->size(), reinterpret_cast<const std::uint8_t*>(path->data()));
+      std::uint64_t seen = 0;
+      while (error.ok()) {
+        ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+          error = Status(Code::kInputError,
+                         "cannot read " + e->source.string() + ": " + std::strerror(errno));
+        }
+        if (n <= 0) break;
+        sha1_update(&s1, static_cast<size_t>(n), buf.data());
+        sha256_update(&s256, static_cast<size_t>(n), buf.data());
+        seen += static_cast<std::uint64_t>(n);
+      }
+      if (error.ok() && seen != e->size) {
+        error = Status(Code::kInputError, e->source.string() +
+                                              " changed size while being packaged; run again once "
+                                              "it is no longer being written");
+      }
+      if (!error.ok()) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (first_error.ok()) first_error = error;
+        continue;
+      }
+      sha1_digest(&s1, SHA1_DIGEST_SIZE, sha1s[i].data());
+      std::uint8_t d256[SHA256_DIGEST_SIZE];
+      sha256_digest(&s256, SHA256_DIGEST_SIZE, d256);
+      e->sha256 = Hex(d256, SHA256_DIGEST_SIZE);
+    }
+  };
+  const int n = std::max(1, std::min<int>(threads, static_cast<int>(files.size())));
+  std::vector<std::thread> pool;
+  for (int i = 1; i < n; ++i) pool.emplace_back(worker);
+  worker();
+  for (auto& t : pool) t.join();
+  if (!first_error.ok()) return first_error;
+  for (const auto& d : sha1s) fold(d.data());
+  return "_ray_pkg_" + Hex(acc, sizeof acc) + ".zip";
+}
+
+namespace {
+
+fs::path SiblingTemp(const fs::path& target) {
+  std::random_device rd;
+  char suffix[32];
+  std::snprintf(suffix, sizeof suffix, ".tmp-%d-%08x", static_cast<int>(::getpid()), rd());
+  return target.parent_path() / ("." + target.filename().string() + suffix);
+}
+
+Status ZipError(zip_t* za, const std::string& what, const fs::path& zip) {
+  return Status(Code::kOutputError,
+                "cannot write " + zip.string() + " (" + what + "): " + zip_strerror(za));
+}
+
+}  // namespace
+
+Status WriteZip(const Tree& tree, const fs::path& zip, int level) {
+  std::error_code ec;
+  if (!zip.parent_path().empty()) fs::create_directories(zip.parent_path(), ec);
+  const fs::path tmp = SiblingTemp(zip);
+  int err = 0;
+  zip_t* za = zip_open(tmp.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &err);
+  if (za == nullptr) {
+    zip_error_t error;
+    zip_error_init_with_code(&error, err);
+    Status s(Code::kOutputError,
+             "cannot write " + zip.string() + ": " + zip_error_strerror(&error));
+    zip_error_fini(&error);
+    return s;
+  }
+  auto fail = [&](const std::string& what) {
+    Status s = ZipError(za, what, zip);
+    zip_discard(za);
+    fs::remove(tmp, ec);
+    return s;
+  };
+  for (const auto& [path, e] : tree.entries()) {
+    zip_int64_t idx;
+    if (e.directory) {
+      idx = zip_dir_add(za, path.c_str(), ZIP_FL_ENC_UTF_8);
+    } else {
+      zip_source_t* src =
+          e.content ? zip_source_buffer(za, e.content->data(), e.content->size(), 0)
+                    : zip_source_file(za, e.source.c_str(), 0, static_cast<zip_int64_t>(e.size));
+      if (src == nullptr) return fail(path);
+      idx = zip_file_add(za, path.c_str(), src, ZIP_FL_ENC_UTF_8);
+      if (idx < 0) {
+        zip_source_free(src);
+        return fail(path);
+      }
+      if (zip_set_file_compression(za, static_cast<zip_uint64_t>(idx),
+                                   level == 0 ? ZIP_CM_STORE : ZIP_CM_DEFLATE,
+                                   static_cast<zip_uint32_t>(level)) != 0) {
+        return fail(path);
+      }
+    }
+    if (idx < 0) return fail(path);
+    const auto i = static_cast<zip_uint64_t>(idx);
+    const zip_uint32_t mode =
+        e.directory ? (S_IFDIR | 0755) : (S_IFREG | (e.executable ? 0755 : 0644));
+    // 1980-01-01 00:00:00 in DOS date/time fields: no clock, no time zone.
+    if (zip_file_set_dostime(za, i, 0, (0 << 9) | (1 << 5) | 1, 0) != 0 ||
+        zip_file_set_external_attributes(za, i, 0, ZIP_OPSYS_UNIX, mode << 16) != 0) {
+      return fail(path);
+    }
+  }
+  if (zip_close(za) != 0) return fail("closing");
+  fs::rename(tmp, zip, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    return Status(Code::kOutputError, "cannot write " + zip.string() + ": " + ec.message());
+  }
+  return OkStatus();
+}
+
+Status Materialize(const Tree& tree, const fs::path& dir) {
+  std::error_code ec;
+  if (fs::exists(dir, ec)) {
+    return Status(Code::kOutputError,
+                  dir.string() + " already exists; remove it or choose another directory");
+  }
+  if (!dir.parent_path().empty()) fs::create_directories(dir.parent_path(), ec);
+  const fs::path tmp = SiblingTemp(dir);
+  auto fail = [&](const std::string& what) {
+    fs::remove_all(tmp, ec);
+    return Status(Code::kOutputError, "cannot write " + dir.string() + ": " + what);
+  };
+  if (!fs::create_directory(tmp, ec)) return fail(ec.message());
+  for (const auto& [path, e] : tree.entries()) {
+    const fs::path to = tmp / path;
+    if (e.directory) {
+      if (!fs::create_directory(to, ec) && ec) return fail(path + ": " + ec.message());
+      continue;
+    }
+    if (e.content) {
+      std::ofstream out(to, std::ios::binary);
+      out << *e.content;
+      if (!out.flush()) return fail(path + ": cannot write");
+    } else if (!fs::copy_file(e.source, to, ec)) {
+      return fail(path + ": " + ec.message());
+    }
+    fs::permissions(to, e.executable ? fs::perms(0755) : fs::perms(0644), ec);
+  }
+  fs::rename(tmp, dir, ec);
+  if (ec) return fail(ec.message());
+  return OkStatus();
+}
+
+Json ManifestJson(const Tree& tree, const std::string& package_name) {
+  Json entries = Json::array();
+  for (const auto& [path, e] : tree.entries()) {
+    Json j = {{"path", path}, {"type", e.directory ? "dir" : "file"}, {"rule", e.rule}};
+    if (!e.directory) {
+      j["size"] = e.size;
+      j["sha256"] = e.sha256;
+      j["mode"] = ModeString(e);
+    }
+    entries.push_back(std::move(j));
+  }
+  Json excluded = Json::array();
+  for (const Excluded& x : tree.excluded()) {
+    excluded.push_back({{"path", x.path}, {"pattern", x.pattern}, {"from", x.origin}});
+  }
+  return {{"format", "stagekit-manifest/1"}, {"package", package_name},
+          {"files", tree.file_count()},      {"bytes", tree.file_bytes()},
+          {"entries", std::move(entries)},   {"excluded", std::move(excluded)}};
+}
+
+}  // namespace stagekit::tools
