@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs the pinned Ray (ray[default] + ray-cpp of the same version, from
-# ray-requirements.txt) into the project-local virtual environment .venv.
+# ray-requirements.txt) into the project-local virtual environment .venv, with
+# the test-only packages of test-requirements.txt (moto's local S3 server).
 # Does nothing when the pinned versions are already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${STAGEKIT_VENV:-.venv}
 python=${PYTHON:-python3}
 want=$(sed -n 's/^ray-cpp==//p' ray-requirements.txt)
+moto=$(sed -n 's/^moto\[server\]==//p' test-requirements.txt)
 if [[ -x $venv/bin/python ]] &&
-   [[ $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("ray"), m.version("ray-cpp"))' 2>/dev/null) == "$want $want" ]]; then
+   [[ $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("ray"), m.version("ray-cpp"), m.version("moto"))' 2>/dev/null) == "$want $want $moto" ]]; then
   exit 0
 fi
 if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepip' 2>/dev/null; then
@@ -16,7 +18,7 @@ if ! "$python" -m venv --help >/dev/null 2>&1 || ! "$python" -c 'import ensurepi
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv python3-pip >/dev/null
 fi
-echo "stagekit: installing Ray $want into $venv" >&2
-"$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r ray-requirements.txt
+echo "stagekit: installing Ray $want (and moto $moto for the tests) into $venv" >&2
+[[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r ray-requirements.txt -r test-requirements.txt
 "$venv/bin/python" -c 'import ray, os; assert os.path.exists(os.path.join(os.path.dirname(ray.__file__), "cpp", "default_worker")), "ray-cpp is missing"'

@@ -129,7 +129,8 @@ class Parser {
       return Error(YAML::Mark::null_mark(), "the pipeline file is empty");
     }
     if (Status s =
-            CheckKeys(root, "pipeline", {"name", "description", "libraries", "job", "stages"});
+            CheckKeys(root, "pipeline",
+                      {"name", "description", "libraries", "job", "artifacts", "stages"});
         !s.ok()) {
       return s;
     }
@@ -148,6 +149,15 @@ class Parser {
         if (!l.ok()) return l.status();
         p.libraries.push_back(*l);
       }
+    }
+    if (root["artifacts"]) {
+      auto a = String(root["artifacts"], "artifacts");
+      if (!a.ok()) return a.status();
+      if (a->rfind("s3://", 0) != 0 || a->size() <= 5 || (*a)[5] == '/') {
+        return Error(root["artifacts"],
+                     "artifacts must be an S3 location such as s3://bucket/prefix");
+      }
+      p.artifacts = *a;
     }
     if (const YAML::Node job = root["job"]) {
       if (Status s = CheckKeys(job, "job", {"name", "seed", "params"}); !s.ok()) return s;

@@ -4,6 +4,7 @@
 //   name: wordcount                  # optional; default: the file's stem
 //   libraries: [stagekit_examples]   # names (lib<name>.so on the search path) or paths
 //   job: {name: wc, seed: 7, params: {}}
+//   artifacts: s3://bucket/prefix    # optional; `run` syncs the outputs there after success
 //   stages:
 //     - name: map_00
 //       stage: wordcount.map         # registered stage name
@@ -52,6 +53,7 @@ struct Pipeline {
   std::string name;
   std::vector<std::string> libraries;  // as written
   JobSpec job;
+  std::string artifacts;              // s3://bucket/prefix, or empty
   std::vector<PipelineStage> stages;  // in a topological order
 
   const PipelineStage* Find(std::string_view name) const;

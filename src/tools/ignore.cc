@@ -9,13 +9,38 @@
 namespace stagekit::tools {
 namespace {
 
-// Python's str.strip() for the ASCII whitespace it knows.
+// Python's str.strip(): the whitespace it knows, ASCII and (UTF-8) Unicode.
 std::string_view Strip(std::string_view s) {
-  auto space = [](char c) {
+  static constexpr std::string_view kUnicodeSpaces[] = {
+      "\u0085", "\u00a0", "\u1680", "\u2000", "\u2001", "\u2002", "\u2003",
+      "\u2004", "\u2005", "\u2006", "\u2007", "\u2008", "\u2009", "\u200a",
+      "\u2028", "\u2029", "\u202f", "\u205f", "\u3000"};
+  auto ascii = [](char c) {
     return c == ' ' || (c >= '\t' && c <= '\r') || (c >= '\x1c' && c <= '\x1f');
   };
-  while (!s.empty() && space(s.front())) s.remove_prefix(1);
-  while (!s.empty() && space(s.back())) s.remove_suffix(1);
+  for (bool changed = true; changed && !s.empty();) {
+    changed = false;
+    if (ascii(s.front())) {
+      s.remove_prefix(1);
+      changed = true;
+      continue;
+    }
+    if (ascii(s.back())) {
+      s.remove_suffix(1);
+      changed = true;
+      continue;
+    }
+    for (std::string_view u : kUnicodeSpaces) {
+      if (s.size() >= u.size() && s.substr(0, u.size()) == u) {
+        s.remove_prefix(u.size());
+        changed = true;
+      } else if (s.size() >= u.size() && s.substr(s.size() - u.size()) == u) {
+        s.remove_suffix(u.size());
+        changed = true;
+      }
+      if (changed) break;
+    }
+  }
   return s;
 }
 

@@ -28,7 +28,8 @@ namespace stagekit::tools {
 namespace {
 
 std::string Join(const std::string& dir, const std::string& name) {
-  return dir.empty() ? name : dir + "/" + name;
+  if (dir.empty()) return name;
+  return name.empty() ? dir : dir + "/" + name;
 }
 
 bool IsInside(const fs::path& path, const fs::path& root) {
@@ -309,7 +310,13 @@ Status Tree::AddDirectory(const fs::path& source, const std::string& dest,
                   if (S_ISDIR(st.st_mode)) return AddDirectoryEntry(place, path, rule);
                   return AddFile(path, place, rule);
                 });
-  return walker.Walk(root, "");
+  const size_t before = excluded_.size();
+  Status s = walker.Walk(root, "");
+  if (s.ok() && dest.empty() && excluded_.size() > before && excluded_[before].path.empty()) {
+    root_excluded_ = true;
+    excluded_[before].path = ".";
+  }
+  return s;
 }
 
 std::uint64_t Tree::file_bytes() const {
@@ -370,8 +377,10 @@ Result<std::string> HashTree(Tree& tree, int threads) {
     sha1_digest(&ctx, SHA1_DIGEST_SIZE, out);
   };
   std::uint8_t digest[SHA1_DIGEST_SIZE];
-  hash_name(".", digest);  // Ray visits the root itself as "."
-  fold(digest);
+  if (!tree.root_excluded()) {
+    hash_name(".", digest);  // Ray visits the root itself as "."
+    fold(digest);
+  }
   for (auto& [path, e] : const_cast<std::map<std::string, TreeEntry>&>(tree.entries())) {
     if (e.directory) {
       hash_name(path, digest);
@@ -473,6 +482,20 @@ Status WriteZip(const Tree& tree, const fs::path& zip, int level) {
   std::error_code ec;
   if (!zip.parent_path().empty()) fs::create_directories(zip.parent_path(), ec);
   const fs::path tmp = SiblingTemp(zip);
+  if (tree.entries().empty()) {
+    // libzip writes no file for an archive without entries; an empty zip is
+    // its end-of-central-directory record alone.
+    static constexpr char kEmptyZip[22] = {'P', 'K', 5, 6};
+    std::ofstream out(tmp, std::ios::binary);
+    out.write(kEmptyZip, sizeof kEmptyZip);
+    out.close();
+    if (out) fs::rename(tmp, zip, ec);
+    if (!out || ec) {
+      fs::remove(tmp, ec);
+      return Status(Code::kOutputError, "cannot write " + zip.string());
+    }
+    return OkStatus();
+  }
   int err = 0;
   zip_t* za = zip_open(tmp.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &err);
   if (za == nullptr) {
@@ -522,8 +545,9 @@ Status WriteZip(const Tree& tree, const fs::path& zip, int level) {
   if (zip_close(za) != 0) return fail("closing");
   fs::rename(tmp, zip, ec);
   if (ec) {
+    const std::string why = ec.message();
     fs::remove(tmp, ec);
-    return Status(Code::kOutputError, "cannot write " + zip.string() + ": " + ec.message());
+    return Status(Code::kOutputError, "cannot write " + zip.string() + ": " + why);
   }
   return OkStatus();
 }

@@ -59,6 +59,9 @@ class Tree {
   // Sorted by path; every directory above a file is present.
   const std::map<std::string, TreeEntry>& entries() const { return entries_; }
   const std::vector<Excluded>& excluded() const { return excluded_; }
+  // Ray's walk skipped the root itself (a pattern matched "."): its hash
+  // then covers nothing at all.
+  bool root_excluded() const { return root_excluded_; }
   std::uint64_t file_bytes() const;
   size_t file_count() const;
 
@@ -68,6 +71,7 @@ class Tree {
                            const std::string& rule);
   std::map<std::string, TreeEntry> entries_;
   std::vector<Excluded> excluded_;
+  bool root_excluded_ = false;
 };
 
 // kTooLarge when the files add up to more than `cap_bytes`, listing the

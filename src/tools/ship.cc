@@ -148,6 +148,7 @@ Result<ShipPlan> PlanShip(const ShipOptions& options) {
                                       " is not inside --root " + root.string());
     }
     plan.pipeline = Generic(pipeline_file.lexically_relative(root));
+    plan.name = pipeline->name;
 
     // --include: walked folders and single files, at their place below the
     // root or where '=' puts them.

@@ -42,6 +42,7 @@ struct ShipPlan {
   Tree tree;
   std::string package;   // _ray_pkg_<hash>.zip
   std::string pipeline;  // pipeline mode: the rewritten pipeline's place in the package
+  std::string name;      // pipeline mode: the pipeline's name
   std::vector<std::string> executables;  // places of files with an executable bit
   std::vector<std::string> warnings;
 };

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "process.h"
+#include "ray/cluster_util.h"
 #include "stagekit/ray.h"
 #include "unit/test_util.h"
 
@@ -23,89 +24,19 @@ namespace {
 
 namespace fs = std::filesystem;
 using testing::CommandResult;
+using testing::kRayBin;
 using testing::ListFiles;
+using testing::Node;
+using testing::ProcessesWith;
 using testing::ReadFile;
 using testing::RunCli;
+using testing::SessionOf;
 using testing::Show;
+using testing::StartNode;
 using testing::TempDir;
 using testing::WriteFile;
 
-const fs::path kBin = STAGEKIT_RAY_BIN_DIR_FOR_TEST;
 const std::string kExamples = STAGEKIT_SOURCE_DIR "/examples";
-
-// Alive (not zombie) processes whose command line contains `needle`.
-std::vector<pid_t> ProcessesWith(const std::string& needle) {
-  std::vector<pid_t> out;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    std::string name = e.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream stat(e.path() / "stat");
-    std::string s((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-    std::size_t close = s.rfind(')');
-    if (close == std::string::npos || s.substr(close + 2, 1) == "Z") continue;
-    std::ifstream cmd(e.path() / "cmdline");
-    std::string c((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
-    if (c.find(needle) != std::string::npos) out.push_back(static_cast<pid_t>(std::stol(name)));
-  }
-  return out;
-}
-
-pid_t SessionOf(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string s((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
-  std::size_t close = s.rfind(')');
-  if (close == std::string::npos) return -1;
-  std::istringstream rest(s.substr(close + 2));
-  std::string state;
-  long ppid, pgrp, session = -1;
-  rest >> state >> ppid >> pgrp >> session;
-  return static_cast<pid_t>(session);
-}
-
-// Port flags for one `ray start`, all ports distinct and free; `head` adds --port.
-std::vector<std::string> PortFlags(bool head) {
-  std::vector<std::string> names = {"--node-manager-port",         "--object-manager-port",
-                                    "--metrics-export-port",       "--dashboard-agent-listen-port",
-                                    "--dashboard-agent-grpc-port", "--runtime-env-agent-port"};
-  if (head) names.push_back("--port");
-  std::vector<int> ports = internal::FreePorts(names.size());
-  EXPECT_EQ(ports.size(), names.size());
-  std::vector<std::string> flags = {"--min-worker-port=0", "--max-worker-port=0"};
-  for (std::size_t i = 0; i < ports.size(); ++i)
-    flags.push_back(names[i] + "=" + std::to_string(ports[i]));
-  return flags;
-}
-
-struct Node {
-  pid_t sid = -1;
-  std::string node_name;  // "host:node_manager_port", as RunStats.node reports it
-};
-
-// `ray start` in a session of its own, so that StopProcessSession stops exactly it.
-Node StartNode(std::vector<std::string> args, const fs::path& log) {
-  std::vector<std::string> argv = {(kBin / "ray").string(), "start", "--disable-usage-stats"};
-  std::vector<std::string> ports =
-      PortFlags(std::find(args.begin(), args.end(), "--head") != args.end());
-  argv.insert(argv.end(), ports.begin(), ports.end());
-  argv.insert(argv.end(), args.begin(), args.end());
-  internal::SpawnSpec spec;
-  spec.argv = argv;
-  spec.new_session = true;
-  spec.log_path = log.string();
-  auto spawned = internal::Spawn(spec);
-  EXPECT_TRUE(spawned.ok()) << spawned.status().message();
-  int rc = internal::WaitFor(spawned->pid, std::chrono::minutes(3));
-  EXPECT_EQ(rc, 0) << ReadFile(log);
-  Node node;
-  node.sid = spawned->pid;
-  char host[256] = {};
-  ::gethostname(host, sizeof(host) - 1);
-  for (const std::string& p : ports) {
-    if (p.rfind("--node-manager-port=", 0) == 0)
-      node.node_name = std::string(host) + ":" + p.substr(20);
-  }
-  return node;
-}
 
 // ---- the default path: a private head started and stopped by the executor --
 

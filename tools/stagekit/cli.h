@@ -100,6 +100,9 @@ Result<tools::ShipPlan> PlanFromCommandLine(const std::string& pipeline, const L
 
 void SetRunCommand(CLI::App& app, Action& action);
 void SetShipCommand(CLI::App& app, Action& action);
+void SetFetchCommand(CLI::App& app, Action& action);
+void SetSubmitCommand(CLI::App& app, Action& action);
+void SetJobsCommand(CLI::App& app, Action& action);
 void SetParityCommand(CLI::App& app, Action& action);
 void SetStageCommand(CLI::App& app, Action& action);
 void SetListCommand(CLI::App& app, Action& action);

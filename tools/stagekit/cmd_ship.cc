@@ -81,11 +81,13 @@ void ShipCli::AddTo(CLI::App* cmd) {
   cmd->add_option("--include", includes,
                   "Also ship SRC (a file or folder, walked with the ignore rules) at PLACE in the "
                   "package; inputs below SRC are rewritten to PLACE")
-      ->type_name("SRC[=PLACE]");
+      ->type_name("SRC[=PLACE]")
+      ->allow_extra_args(false);  // one value per flag, taken as written ("[ab]" stays)
   cmd->add_option("--exclude", excludes,
                   "Leave out paths matching PATTERN (.gitignore syntax); .gitignore and "
                   ".rayignore files are honoured too")
-      ->type_name("PATTERN");
+      ->type_name("PATTERN")
+      ->allow_extra_args(false);
   cmd->add_flag("--no-default-excludes", no_default_excludes,
                 "Do not leave out .git, .venv, venv, __pycache__, build, dist, node_modules and "
                 "tool caches");

@@ -47,6 +47,9 @@ int main(int argc, char** argv) {
   stagekit::cli::SetParityCommand(app, action);
   stagekit::cli::SetListCommand(app, action);
   stagekit::cli::SetShipCommand(app, action);
+  stagekit::cli::SetSubmitCommand(app, action);
+  stagekit::cli::SetJobsCommand(app, action);
+  stagekit::cli::SetFetchCommand(app, action);
   stagekit::cli::SetStageCommand(app, action);
   stagekit::cli::SetRayReaperCommand(app, action);
   try {

@@ -1,0 +1,132 @@
+#include "tools/s3.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <random>
+
+#include "process.h"
+
+namespace fs = std::filesystem;
+
+namespace stagekit::tools {
+namespace {
+
+std::vector<std::string> AwsArgs(const S3Options& options, std::vector<std::string> args) {
+  std::vector<std::string> argv = {options.aws};
+  argv.insert(argv.end(), args.begin(), args.end());
+  if (!options.endpoint_url.empty()) {
+    argv.push_back("--endpoint-url");
+    argv.push_back(options.endpoint_url);
+  }
+  return argv;
+}
+
+// Runs the CLI; on failure, its last lines and what to do.
+Status RunAws(const std::vector<std::string>& argv, Code code, const std::string& what) {
+  internal::ChildSpec spec;
+  spec.argv = argv;
+  internal::ChildResult r = internal::RunChild(spec);
+  if (!r.spawn_status.ok()) {
+    return Status(code, what + ": cannot run `" + argv[0] +
+                            "` (install the AWS CLI: apt-get install awscli, or set STAGEKIT_AWS)");
+  }
+  if (r.interrupted) return Status(Code::kInterrupted, what + ": interrupted");
+  if (!r.exited || r.exit_code != 0) {
+    std::string err = r.err.empty() ? r.out : r.err;
+    while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
+    return Status(code, what + " failed (aws exit " + std::to_string(r.exit_code) +
+                            "): " + internal::Tail(err, 1500));
+  }
+  return OkStatus();
+}
+
+fs::path Sibling(const fs::path& dir, const char* tag) {
+  std::random_device rd;
+  char suffix[48];
+  std::snprintf(suffix, sizeof suffix, ".%s-%d-%08x", tag, static_cast<int>(::getpid()), rd());
+  fs::path base = dir;
+  if (base.filename().empty()) base = base.parent_path();
+  return base.parent_path() / ("." + base.filename().string() + suffix);
+}
+
+}  // namespace
+
+S3Options S3OptionsFromEnvironment(const std::string& endpoint_flag) {
+  S3Options options;
+  options.endpoint_url = endpoint_flag;
+  for (const char* name : {"AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"}) {
+    if (!options.endpoint_url.empty()) break;
+    if (const char* env = std::getenv(name); env != nullptr) options.endpoint_url = env;
+  }
+  if (const char* aws = std::getenv("STAGEKIT_AWS"); aws != nullptr && *aws) options.aws = aws;
+  return options;
+}
+
+Status CheckS3Uri(const std::string& uri) {
+  if (uri.rfind("s3://", 0) != 0 || uri.size() <= 5 || uri[5] == '/') {
+    return Status(Code::kUsage, "'" + uri + "' is not an S3 location; write s3://BUCKET/PREFIX");
+  }
+  return OkStatus();
+}
+
+Status S3Upload(const fs::path& dir, const std::string& uri, const S3Options& options) {
+  if (Status s = CheckS3Uri(uri); !s.ok()) return s;
+  return RunAws(
+      AwsArgs(options, {"s3", "sync", "--no-progress", "--only-show-errors", dir.string(), uri}),
+      Code::kOutputError, "syncing " + dir.string() + " to " + uri);
+}
+
+Status S3Fetch(const std::string& uri, const fs::path& dir, const S3Options& options,
+               bool overwrite, std::size_t* files) {
+  if (Status s = CheckS3Uri(uri); !s.ok()) return s;
+  std::error_code ec;
+  const bool exists = fs::exists(dir, ec);
+  if (exists && !overwrite && !(fs::is_directory(dir, ec) && fs::is_empty(dir, ec))) {
+    return Status(Code::kOutputError, dir.string() +
+                                          " already exists and is not empty; choose a new "
+                                          "directory or pass --overwrite");
+  }
+  if (!dir.parent_path().empty()) fs::create_directories(dir.parent_path(), ec);
+  const fs::path tmp = Sibling(dir, "fetch");
+  if (!fs::create_directory(tmp, ec)) {
+    return Status(Code::kOutputError, "cannot write beside " + dir.string() + ": " + ec.message());
+  }
+  auto cleanup = [&] { fs::remove_all(tmp, ec); };
+  if (Status s = RunAws(AwsArgs(options, {"s3", "sync", "--no-progress", "--only-show-errors", uri,
+                                          tmp.string()}),
+                        Code::kInputError, "fetching " + uri);
+      !s.ok()) {
+    cleanup();
+    return s;
+  }
+  std::size_t count = 0;
+  for (fs::recursive_directory_iterator it(tmp, ec), end; !ec && it != end; it.increment(ec)) {
+    count += it->is_regular_file(ec) ? 1 : 0;
+  }
+  if (count == 0) {
+    cleanup();
+    return Status(Code::kInputError, "nothing is stored under " + uri +
+                                         "; check the location (aws s3 ls " + uri + ")");
+  }
+  fs::path old;
+  if (exists) {
+    old = Sibling(dir, "old");
+    fs::rename(dir, old, ec);
+    if (ec) {
+      cleanup();
+      return Status(Code::kOutputError, "cannot replace " + dir.string() + ": " + ec.message());
+    }
+  }
+  fs::rename(tmp, dir, ec);
+  if (ec) {
+    if (!old.empty()) fs::rename(old, dir, ec);
+    cleanup();
+    return Status(Code::kOutputError, "cannot write " + dir.string() + ": " + ec.message());
+  }
+  if (!old.empty()) fs::remove_all(old, ec);
+  if (files != nullptr) *files = count;
+  return OkStatus();
+}
+
+}  // namespace stagekit::tools

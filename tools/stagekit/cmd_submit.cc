@@ -1,0 +1,498 @@
+// stagekit submit PIPELINE: ship the pipeline, upload the package through the
+// dashboard (once per content), submit a Ray job that runs it from the
+// unpacked directory, and follow it; `stagekit jobs` works on submitted jobs.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "cli.h"
+#include "stagekit/executor.h"
+#include "stagekit/version.h"
+#include "tools/jobs.h"
+#include "tools/s3.h"
+#include "tools/secrets.h"
+
+namespace stagekit::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+struct ClusterCli {
+  std::string address;
+  std::string token_file;
+  void AddTo(CLI::App* cmd) {
+    cmd->add_option("--address", address,
+                    "The head's dashboard, http://HOST:8265 (default: $RAY_API_SERVER_ADDRESS, "
+                    "an http:// $RAY_ADDRESS, else http://127.0.0.1:8265)");
+    cmd->add_option("--token-file", token_file,
+                    "File with the cluster's token (default: $RAY_AUTH_TOKEN, "
+                    "$RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)");
+  }
+  Result<std::unique_ptr<tools::JobsClient>> Connect() const {
+    auto url = tools::DashboardAddress(address);
+    if (!url.ok()) return url.status();
+    auto token = tools::AuthToken(token_file);
+    if (!token.ok()) return token.status();
+    return std::make_unique<tools::JobsClient>(*url, *token);
+  }
+};
+
+struct SubmitCommand {
+  std::string pipeline;
+  std::vector<std::string> run_args;
+  LibraryOptions libs;
+  ShipCli ship;
+  ClusterCli cluster;
+  std::string executor = "ray";
+  std::vector<std::string> env;
+  std::vector<std::string> allow_secret;
+  double entrypoint_cpus = -1;
+  double entrypoint_gpus = -1;
+  std::string entrypoint_memory;
+  std::vector<std::string> entrypoint_resources;
+  std::string artifacts;
+  std::string submission_id;
+  std::string package_dir;
+  std::string on_interrupt = "ask";
+  bool no_wait = false;
+  bool allow_ray_mismatch = false;
+  bool json = false;
+};
+
+// Sleeps up to `d`, waking early on Ctrl-C.
+void SleepUnlessInterrupted(std::chrono::milliseconds d) {
+  const auto until = Clock::now() + d;
+  while (Clock::now() < until && !Interrupted()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+std::string NewSubmissionId(const std::string& pipeline) {
+  std::time_t now = std::time(nullptr);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::gmtime(&now));
+  std::random_device rd;
+  char suffix[16];
+  std::snprintf(suffix, sizeof suffix, "%04x", rd() & 0xffff);
+  std::string name;
+  for (char c : pipeline) name += std::isalnum(static_cast<unsigned char>(c)) ? c : '-';
+  return "stagekit-" + name.substr(0, 40) + "-" + stamp + "-" + suffix;
+}
+
+fs::path DefaultPackageDir() {
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg) {
+    return fs::path(xdg) / "stagekit" / "packages";
+  }
+  if (const char* home = std::getenv("HOME"); home != nullptr && *home) {
+    return fs::path(home) / ".cache" / "stagekit" / "packages";
+  }
+  return fs::temp_directory_path() / "stagekit-packages";
+}
+
+Result<std::string> ReadAll(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Status(Code::kInputError, "cannot read " + path.string());
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string LastLines(const std::string& text, int lines) {
+  size_t pos = text.size();
+  while (pos > 0 && (text[pos - 1] == '\n')) --pos;
+  for (int n = 0; pos > 0; --pos) {
+    if (text[pos - 1] == '\n' && ++n == lines) break;
+  }
+  return text.substr(pos);
+}
+
+// The outcome of a job that ended, as a Status; the log tail when asked.
+Status JobOutcome(const std::string& id, const Json& job, const std::string* log_tail) {
+  const std::string status = job.value("status", "");
+  if (status == "SUCCEEDED") return OkStatus();
+  std::string message = job.contains("message") && job["message"].is_string()
+                            ? FirstLine(job["message"].get<std::string>())
+                            : "";
+  std::string text = "job " + id + " " + (status == "STOPPED" ? "was stopped" : "failed");
+  if (!message.empty()) text += ": " + message;
+  if (log_tail != nullptr && !log_tail->empty()) {
+    text += "\n--- last lines of its log ---\n" + *log_tail;
+  }
+  text += "\n(full log: stagekit jobs logs " + id + ")";
+  return Status(Code::kJobFailed, text);
+}
+
+// Follows a job to its end, printing its log as it grows. On Ctrl-C, asks
+// (or does as --on-interrupt says) whether to stop the job or leave it running.
+Status Follow(tools::JobsClient& client, const std::string& id, const std::string& on_interrupt,
+              bool print_logs) {
+  std::size_t printed = 0;
+  std::string last_status;
+  for (;;) {
+    if (Interrupted()) {
+      std::string choice = on_interrupt;
+      if (choice == "ask") {
+        if (::isatty(STDIN_FILENO)) {
+          std::cerr << "\nstagekit: stop job " << id << " on the cluster? [y/N] " << std::flush;
+          std::string answer;
+          std::getline(std::cin, answer);
+          choice = (!answer.empty() && (answer[0] == 'y' || answer[0] == 'Y')) ? "stop" : "detach";
+        } else {
+          choice = "detach";
+        }
+      }
+      if (choice == "stop") {
+        auto stopped = client.Stop(id);
+        if (!stopped.ok()) return stopped.status();
+        for (int i = 0; i < 300; ++i) {  // Ray stops a job within seconds
+          auto job = client.Job(id);
+          if (job.ok() && tools::IsTerminal(job->value("status", ""))) break;
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        return Status(Code::kInterrupted, "stopped job " + id + " on the cluster");
+      }
+      return Status(Code::kInterrupted, "job " + id +
+                                            " keeps running on the cluster; follow it with "
+                                            "`stagekit jobs logs --follow " +
+                                            id + "`, stop it with `stagekit jobs stop " + id + "`");
+    }
+    auto job = client.Job(id);
+    if (!job.ok()) return job.status();
+    const std::string status = job->value("status", "");
+    if (status != last_status) {
+      std::cerr << "stagekit: job " << id << " is " << status << "\n";
+      last_status = status;
+    }
+    if (print_logs) {
+      auto logs = client.Logs(id);
+      if (logs.ok() && logs->size() > printed) {
+        std::cout << logs->substr(printed) << std::flush;
+        printed = logs->size();
+      }
+    }
+    if (tools::IsTerminal(status)) {
+      std::string tail;
+      if (!print_logs) {
+        auto logs = client.Logs(id);
+        if (logs.ok()) tail = LastLines(*logs, 20);
+      }
+      return JobOutcome(id, *job, print_logs ? nullptr : &tail);
+    }
+    SleepUnlessInterrupted(std::chrono::milliseconds(500));
+  }
+}
+
+Status Submit(const SubmitCommand& cmd) {
+  const auto start = Clock::now();
+  // Everything that can be refused locally is refused before any upload.
+  std::map<std::string, std::string> env;
+  for (const std::string& kv : cmd.env) {
+    size_t eq = kv.find('=');
+    std::string name = kv.substr(0, eq);
+    if (eq == std::string::npos || name.empty() ||
+        name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") !=
+            std::string::npos ||
+        std::isdigit(static_cast<unsigned char>(name[0]))) {
+      return Status(Code::kUsage, "--env " + kv + ": write NAME=VALUE with NAME a variable name");
+    }
+    env[name] = kv.substr(eq + 1);
+  }
+  if (Status s = tools::CheckEnvVars(env, {cmd.allow_secret.begin(), cmd.allow_secret.end()});
+      !s.ok()) {
+    return s;
+  }
+  Json resources = Json::object();
+  for (const std::string& kv : cmd.entrypoint_resources) {
+    size_t eq = kv.find('=');
+    char* end = nullptr;
+    double amount = eq == std::string::npos ? -1 : std::strtod(kv.c_str() + eq + 1, &end);
+    if (eq == std::string::npos || eq == 0 || amount < 0 || end == nullptr || *end != '\0') {
+      return Status(Code::kUsage,
+                    "--entrypoint-resource " + kv + ": write NAME=AMOUNT, e.g. vm:m5.large=1");
+    }
+    resources[kv.substr(0, eq)] = amount;
+  }
+  if (!cmd.artifacts.empty()) {
+    if (Status s = tools::CheckS3Uri(cmd.artifacts); !s.ok()) return s;
+  }
+  auto plan = PlanFromCommandLine(cmd.pipeline, cmd.libs, cmd.ship);
+  if (!plan.ok()) return plan.status();
+  if (plan->pipeline.empty()) {
+    return Status(Code::kUsage, cmd.pipeline + " is a folder; submit a pipeline file");
+  }
+  for (const std::string& w : plan->warnings) std::cerr << "stagekit: warning: " << w << "\n";
+  auto client = cmd.cluster.Connect();
+  if (!client.ok()) return client.status();
+  auto version = (*client)->Version();
+  if (!version.ok()) return version.status();
+#ifdef STAGEKIT_RAY_VERSION
+  const std::string cluster_ray = version->value("ray_version", "");
+  if (cmd.executor == "ray" && cluster_ray != STAGEKIT_RAY_VERSION && !cmd.allow_ray_mismatch) {
+    return Status(Code::kRayUnavailable, "the cluster runs Ray " + cluster_ray +
+                                             ", but this stagekit's Ray bridge is built "
+                                             "for Ray " STAGEKIT_RAY_VERSION
+                                             " (C++ workers need the same release); use a "
+                                             "cluster image with Ray " STAGEKIT_RAY_VERSION
+                                             ", or --allow-ray-mismatch");
+  }
+#endif
+
+  // Package: content-addressed, so an unchanged tree is zipped and uploaded once.
+  const fs::path dir = cmd.package_dir.empty() ? DefaultPackageDir() : fs::path(cmd.package_dir);
+  if (Status s = tools::WritePackage(*plan, dir, cmd.ship.level); !s.ok()) return s;
+  auto exists = (*client)->PackageExists(plan->package);
+  if (!exists.ok()) return exists.status();
+  std::uint64_t uploaded = 0;
+  if (!*exists) {
+    auto bytes = ReadAll(dir / plan->package);
+    if (!bytes.ok()) return bytes.status();
+    if (Status s = (*client)->UploadPackage(plan->package, *bytes); !s.ok()) return s;
+    uploaded = bytes->size();
+  }
+  if (!cmd.json) {
+    std::cerr << "stagekit: package " << plan->package << " (" << plan->tree.file_count()
+              << " files, " << HumanBytes(plan->tree.file_bytes())
+              << "): " << (*exists ? "already on the cluster" : "uploaded " + HumanBytes(uploaded))
+              << "\n";
+  }
+
+  const std::string id =
+      cmd.submission_id.empty() ? NewSubmissionId(plan->name) : cmd.submission_id;
+  // Jobs of one package share its unpacked folder: each run writes its own.
+  std::string entrypoint;
+  std::string chmod;
+  for (const std::string& exe : plan->executables) {
+    // Shared libraries load without the bit; programs and scripts need it.
+    if (fs::path(exe).filename().string().find(".so") == std::string::npos) {
+      chmod += " " + tools::ShellQuote(exe);
+    }
+  }
+  if (!chmod.empty()) entrypoint = "chmod +x" + chmod + " && ";
+  entrypoint += std::string(tools::kShipBinary) + " run " + tools::ShellQuote(plan->pipeline) +
+                " -e " + cmd.executor + " --out " + tools::ShellQuote("runs/" + id);
+  if (!cmd.artifacts.empty()) entrypoint += " --artifacts " + tools::ShellQuote(cmd.artifacts);
+  for (const std::string& a : cmd.run_args) entrypoint += " " + tools::ShellQuote(a);
+
+  Json runtime_env = {{"working_dir", "gcs://" + plan->package}};
+  if (!env.empty()) runtime_env["env_vars"] = env;
+  Json request = {{"entrypoint", entrypoint},
+                  {"submission_id", id},
+                  {"runtime_env", runtime_env},
+                  {"metadata",
+                   {{"stagekit_pipeline", plan->pipeline},
+                    {"stagekit_package", plan->package},
+                    {"stagekit_version", STAGEKIT_VERSION}}}};
+  if (cmd.entrypoint_cpus >= 0) request["entrypoint_num_cpus"] = cmd.entrypoint_cpus;
+  if (cmd.entrypoint_gpus >= 0) request["entrypoint_num_gpus"] = cmd.entrypoint_gpus;
+  if (!cmd.entrypoint_memory.empty()) {
+    auto bytes = ParseBytes(cmd.entrypoint_memory);
+    if (!bytes.ok())
+      return Status(Code::kUsage, "--entrypoint-memory: " + bytes.status().message());
+    request["entrypoint_memory"] = *bytes;
+  }
+  if (!resources.empty()) request["entrypoint_resources"] = resources;
+  auto submitted = (*client)->Submit(request);
+  if (!submitted.ok()) return submitted.status();
+
+  Json summary = {{"submission_id", *submitted},
+                  {"address", (*client)->address()},
+                  {"package", plan->package},
+                  {"uploaded_bytes", uploaded},
+                  {"entrypoint", entrypoint}};
+  if (cmd.no_wait) {
+    if (cmd.json) {
+      std::cout << summary.dump(2) << std::endl;
+    } else {
+      std::cout << *submitted << std::endl;
+      std::cerr << "stagekit: submitted; `stagekit jobs status " << *submitted
+                << "` tells how it goes\n";
+    }
+    return OkStatus();
+  }
+  if (!cmd.json) std::cerr << "stagekit: submitted job " << *submitted << "\n";
+  Status outcome = Follow(**client, *submitted, cmd.on_interrupt, !cmd.json);
+  if (cmd.json) {
+    auto job = (*client)->Job(*submitted);
+    summary["status"] = job.ok() ? job->value("status", "") : "";
+    summary["wall_s"] = std::chrono::duration<double>(Clock::now() - start).count();
+    if (!outcome.ok()) summary["error"] = outcome.message();
+    std::cout << summary.dump(2) << std::endl;
+  } else if (outcome.ok()) {
+    std::cerr << "stagekit: job " << *submitted << " succeeded in "
+              << static_cast<int>(std::chrono::duration<double>(Clock::now() - start).count())
+              << " s" << (cmd.artifacts.empty() ? "" : "; artifacts in " + cmd.artifacts) << "\n";
+  }
+  return outcome;
+}
+
+struct JobsCommand {
+  ClusterCli cluster;
+  std::string id;
+  bool follow = false;
+  bool no_wait = false;
+  bool json = false;
+};
+
+Status JobsStatus(const JobsCommand& cmd) {
+  auto client = cmd.cluster.Connect();
+  if (!client.ok()) return client.status();
+  auto job = (*client)->Job(cmd.id);
+  if (!job.ok()) return job.status();
+  const std::string status = job->value("status", "");
+  if (cmd.json) {
+    std::cout << job->dump(2) << std::endl;
+  } else {
+    std::cout << status << "\n";
+    if (job->contains("entrypoint"))
+      std::cerr << "entrypoint: " << (*job)["entrypoint"].get<std::string>() << "\n";
+  }
+  if (!tools::IsTerminal(status)) return OkStatus();
+  std::string tail;
+  if (status != "SUCCEEDED") {
+    auto logs = (*client)->Logs(cmd.id);
+    if (logs.ok()) tail = LastLines(*logs, 20);
+  }
+  return JobOutcome(cmd.id, *job, &tail);
+}
+
+Status JobsLogs(const JobsCommand& cmd) {
+  auto client = cmd.cluster.Connect();
+  if (!client.ok()) return client.status();
+  if (cmd.follow) return Follow(**client, cmd.id, "detach", true);
+  auto logs = (*client)->Logs(cmd.id);
+  if (!logs.ok()) return logs.status();
+  std::cout << *logs << std::flush;
+  return OkStatus();
+}
+
+Status JobsStop(const JobsCommand& cmd) {
+  auto client = cmd.cluster.Connect();
+  if (!client.ok()) return client.status();
+  auto stopped = (*client)->Stop(cmd.id);
+  if (!stopped.ok()) return stopped.status();
+  if (!*stopped) {
+    auto job = (*client)->Job(cmd.id);
+    std::cerr << "stagekit: job " << cmd.id << " had already ended ("
+              << (job.ok() ? job->value("status", "") : "?") << ")\n";
+    return OkStatus();
+  }
+  if (cmd.no_wait) return OkStatus();
+  for (int i = 0; i < 600 && !Interrupted(); ++i) {
+    auto job = (*client)->Job(cmd.id);
+    if (!job.ok()) return job.status();
+    if (tools::IsTerminal(job->value("status", ""))) {
+      std::cerr << "stagekit: job " << cmd.id << " is " << job->value("status", "") << "\n";
+      return OkStatus();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return Status(Code::kJobFailed, "asked Ray to stop job " + cmd.id +
+                                      ", but it has not stopped within a minute; check the "
+                                      "dashboard");
+}
+
+Status JobsList(const JobsCommand& cmd) {
+  auto client = cmd.cluster.Connect();
+  if (!client.ok()) return client.status();
+  auto jobs = (*client)->List();
+  if (!jobs.ok()) return jobs.status();
+  if (cmd.json) {
+    std::cout << jobs->dump(2) << std::endl;
+    return OkStatus();
+  }
+  for (const Json& j : *jobs) {
+    if (!j.contains("submission_id") || !j["submission_id"].is_string()) continue;
+    std::printf("%-10s %s\n", j.value("status", "").c_str(),
+                j["submission_id"].get<std::string>().c_str());
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+void SetSubmitCommand(CLI::App& app, Action& action) {
+  auto cmd = std::make_shared<SubmitCommand>();
+  CLI::App* sub = app.add_subcommand(
+      "submit",
+      "Ship a pipeline to a Ray cluster and run it there as a job: package (uploaded only when "
+      "the cluster lacks it), POST /api/jobs/, then follow its status and log");
+  sub->add_option("PIPELINE", cmd->pipeline, "Pipeline file (YAML)")->required();
+  sub->add_option("RUN_ARGS", cmd->run_args,
+                  "After --: more arguments for `stagekit run` on the cluster (e.g. -- -j 8)");
+  cmd->cluster.AddTo(sub);
+  cmd->libs.AddTo(sub);
+  cmd->ship.AddTo(sub);
+  sub->add_option("-e,--executor", cmd->executor, "Executor of the run on the cluster")
+      ->default_val("ray")
+      ->check(CLI::IsMember({"inprocess", "subprocess", "ray"}));
+  sub->add_option("--env", cmd->env,
+                  "Set NAME=VALUE for the job (runtime_env env_vars; not for secrets)")
+      ->type_name("NAME=VALUE")
+      ->allow_extra_args(false);
+  sub->add_option("--allow-secret", cmd->allow_secret,
+                  "Send this --env variable even though it looks like a credential")
+      ->type_name("NAME")
+      ->allow_extra_args(false);
+  sub->add_option("--entrypoint-cpus", cmd->entrypoint_cpus, "CPUs reserved for the driver");
+  sub->add_option("--entrypoint-gpus", cmd->entrypoint_gpus, "GPUs reserved for the driver");
+  sub->add_option("--entrypoint-memory", cmd->entrypoint_memory,
+                  "Memory reserved for the driver (e.g. 2GiB)");
+  sub->add_option("--entrypoint-resource", cmd->entrypoint_resources,
+                  "Custom resource for the driver, e.g. vm:m5.large=1; repeatable")
+      ->type_name("NAME=AMOUNT")
+      ->allow_extra_args(false);
+  sub->add_option("--artifacts", cmd->artifacts,
+                  "Sync the run's outputs to this S3 location when it succeeds")
+      ->type_name("s3://BUCKET/PREFIX");
+  sub->add_option("--submission-id", cmd->submission_id,
+                  "Job id to use (default: stagekit-<pipeline>-<time>-<random>)");
+  sub->add_option("--package-dir", cmd->package_dir,
+                  "Where packages are kept (default: ~/.cache/stagekit/packages)");
+  sub->add_option("--on-interrupt", cmd->on_interrupt,
+                  "On Ctrl-C: ask (stop the job or leave it; leave it without a terminal), stop, "
+                  "or detach")
+      ->default_val("ask")
+      ->check(CLI::IsMember({"ask", "stop", "detach"}));
+  sub->add_flag("--no-wait", cmd->no_wait, "Print the submission id and return");
+  sub->add_flag("--allow-ray-mismatch", cmd->allow_ray_mismatch,
+                "Submit even if the cluster's Ray release differs from the bridge's");
+  sub->add_flag("--json", cmd->json, "Print a JSON summary instead of the job's log");
+  sub->callback([cmd, &action] { action = [cmd] { return Submit(*cmd); }; });
+}
+
+void SetJobsCommand(CLI::App& app, Action& action) {
+  CLI::App* jobs = app.add_subcommand("jobs", "Work on submitted jobs: status, logs, stop, list");
+  jobs->require_subcommand(1);
+  auto add = [&](const char* name, const char* help, bool with_id,
+                 Status (*fn)(const JobsCommand&)) {
+    auto cmd = std::make_shared<JobsCommand>();
+    CLI::App* sub = jobs->add_subcommand(name, help);
+    if (with_id) sub->add_option("ID", cmd->id, "Submission id")->required();
+    cmd->cluster.AddTo(sub);
+    sub->callback([cmd, fn, &action] { action = [cmd, fn] { return fn(*cmd); }; });
+    return std::make_pair(sub, cmd);
+  };
+  auto [status, status_cmd] = add("status",
+                                  "Print a job's status (exit 15 if it failed or was "
+                                  "stopped, with its log tail)",
+                                  true, &JobsStatus);
+  status->add_flag("--json", status_cmd->json, "Print Ray's JobDetails");
+  auto [logs, logs_cmd] = add("logs", "Print a job's log", true, &JobsLogs);
+  logs->add_flag("-f,--follow", logs_cmd->follow, "Keep printing until the job ends");
+  auto [stop, stop_cmd] =
+      add("stop", "Stop a job and wait until Ray says it stopped", true, &JobsStop);
+  stop->add_flag("--no-wait", stop_cmd->no_wait, "Return once Ray has the request");
+  auto [list, list_cmd] = add("list", "List the cluster's submitted jobs", false, &JobsList);
+  list->add_flag("--json", list_cmd->json, "Print Ray's job list");
+}
+
+}  // namespace stagekit::cli
