@@ -128,9 +128,8 @@ class Parser {
     if (!root.IsDefined() || root.IsNull()) {
       return Error(YAML::Mark::null_mark(), "the pipeline file is empty");
     }
-    if (Status s =
-            CheckKeys(root, "pipeline",
-                      {"name", "description", "libraries", "job", "artifacts", "stages"});
+    if (Status s = CheckKeys(root, "pipeline",
+                             {"name", "description", "libraries", "job", "artifacts", "stages"});
         !s.ok()) {
       return s;
     }
