@@ -20,7 +20,6 @@
 #include <thread>
 
 #include "fd.h"
-#include "sha256.h"
 
 namespace fs = std::filesystem;
 
@@ -137,7 +136,8 @@ class Walker {
                                              "exclude the link (--exclude '" +
                                              shown + "')");
       }
-      if (is_dir && std::find(stack_.begin(), stack_.end(), target) != stack_.end()) {
+      if (is_dir && std::find(stack_.begin(), stack_.end(), std::make_pair(st.st_dev, st.st_ino)) !=
+                        stack_.end()) {
         return Status(Code::kInputError, "symlink " + shown + " loops back to " + target.string() +
                                              "; exclude it (--exclude '" + shown + "')");
       }
@@ -151,8 +151,7 @@ class Walker {
     if (Status s = add_(rel, path, st); !s.ok()) return s;
     if (!is_dir) return OkStatus();
 
-    std::error_code ec;
-    stack_.push_back(fs::weakly_canonical(path, ec));
+    stack_.emplace_back(st.st_dev, st.st_ino);
     std::vector<std::string> names;
     {
       DIR* dir = ::opendir(path.c_str());
@@ -186,7 +185,7 @@ class Walker {
   std::vector<Excluded>& excluded_;
   std::function<Status(const std::string&, const fs::path&, const struct stat&)> add_;
   std::vector<Anchored> sets_;
-  std::vector<fs::path> stack_;
+  std::vector<std::pair<dev_t, ino_t>> stack_;  // the folders being walked, for loops
 };
 
 }  // namespace
@@ -252,6 +251,11 @@ Status Tree::AddFile(const fs::path& source, const std::string& dest, std::strin
     return Status(Code::kInputError,
                   "cannot ship " + source.string() + ": " + std::strerror(errno));
   }
+  return AddFileStat(source, dest, std::move(rule), st);
+}
+
+Status Tree::AddFileStat(const fs::path& source, const std::string& dest, std::string rule,
+                         const struct stat& st) {
   if (!S_ISREG(st.st_mode)) {
     return Status(Code::kInputError, "cannot ship " + source.string() + ": not a regular file");
   }
@@ -308,7 +312,7 @@ Status Tree::AddDirectory(const fs::path& source, const std::string& dest,
                 [&](const std::string& rel, const fs::path& path, const struct stat& st) -> Status {
                   std::string place = Join(dest, rel);
                   if (S_ISDIR(st.st_mode)) return AddDirectoryEntry(place, path, rule);
-                  return AddFile(path, place, rule);
+                  return AddFileStat(path, place, rule, st);
                 });
   const size_t before = excluded_.size();
   Status s = walker.Walk(root, "");
@@ -363,7 +367,37 @@ Status CheckSizeCap(const Tree& tree, std::uint64_t cap_bytes) {
   return Status(Code::kTooLarge, message);
 }
 
-Result<std::string> HashTree(Tree& tree, int threads) {
+namespace {
+
+// The whole file, checking that it still has the size the walk saw.
+Status ReadWhole(const TreeEntry& e, std::string& data) {
+  internal::UniqueFd fd(::open(e.source.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd)
+    return Status(Code::kInputError,
+                  "cannot read " + e.source.string() + ": " + std::strerror(errno));
+  data.resize(e.size + 1);  // one byte more tells a file that grew
+  size_t got = 0;
+  while (got < data.size()) {
+    ssize_t n = ::read(fd.get(), data.data() + got, data.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0)
+      return Status(Code::kInputError,
+                    "cannot read " + e.source.string() + ": " + std::strerror(errno));
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (got != e.size) {
+    return Status(Code::kInputError, e.source.string() +
+                                         " changed size while being packaged; run again once it is "
+                                         "no longer being written");
+  }
+  data.resize(got);
+  return OkStatus();
+}
+
+}  // namespace
+
+Result<std::string> HashTree(Tree& tree, int threads, std::uint64_t keep_bytes) {
   std::vector<std::pair<const std::string*, TreeEntry*>> files;
   std::uint8_t acc[8];
   std::memset(acc, '0', sizeof acc);
@@ -389,6 +423,7 @@ Result<std::string> HashTree(Tree& tree, int threads) {
       files.emplace_back(&path, &e);
     }
   }
+  const bool keep = tree.file_bytes() <= keep_bytes;
   // Largest first, so one big file does not end up last on a single thread.
   std::sort(files.begin(), files.end(),
             [](const auto& a, const auto& b) { return a.second->size > b.second->size; });
@@ -400,46 +435,47 @@ Result<std::string> HashTree(Tree& tree, int threads) {
     std::vector<std::uint8_t> buf(1 << 20);
     for (size_t i = next++; i < files.size(); i = next++) {
       const auto& [path, e] = files[i];
-      if (e->content) {
-        std::array<std::uint8_t, SHA1_DIGEST_SIZE> d;
-        sha1_ctx s1;
-        sha1_init(&s1);
-        sha1_update(&s1, path->size(), reinterpret_cast<const std::uint8_t*>(path->data()));
-        sha1_update(&s1, e->content->size(),
-                    reinterpret_cast<const std::uint8_t*>(e->content->data()));
-        sha1_digest(&s1, SHA1_DIGEST_SIZE, d.data());
-        sha1s[i] = d;
-        e->sha256 = internal::HexDigest(internal::Sha256(*e->content));
-        continue;
-      }
-      internal::UniqueFd fd(::open(e->source.c_str(), O_RDONLY | O_CLOEXEC));
-      Status error;
-      if (!fd) {
-        error = Status(Code::kInputError,
-                       "cannot read " + e->source.string() + ": " + std::strerror(errno));
-      }
       sha1_ctx s1;
       sha256_ctx s256;
       sha1_init(&s1);
       sha256_init(&s256);
       sha1_update(&s1, path->size(), reinterpret_cast<const std::uint8_t*>(path->data()));
-      std::uint64_t seen = 0;
-      while (error.ok()) {
-        ssize_t n = ::read(fd.get(), buf.data(), buf.size());
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
+      auto update = [&](const void* data, size_t n) {
+        sha1_update(&s1, n, static_cast<const std::uint8_t*>(data));
+        sha256_update(&s256, n, static_cast<const std::uint8_t*>(data));
+      };
+      Status error;
+      if (!e->content && keep) {
+        std::string data;
+        error = ReadWhole(*e, data);
+        if (error.ok()) e->content = std::make_shared<const std::string>(std::move(data));
+      }
+      if (e->content) {
+        update(e->content->data(), e->content->size());
+      } else if (error.ok()) {
+        // Too much to keep: stream it, and let WriteZip read it again.
+        internal::UniqueFd fd(::open(e->source.c_str(), O_RDONLY | O_CLOEXEC));
+        if (!fd) {
           error = Status(Code::kInputError,
                          "cannot read " + e->source.string() + ": " + std::strerror(errno));
         }
-        if (n <= 0) break;
-        sha1_update(&s1, static_cast<size_t>(n), buf.data());
-        sha256_update(&s256, static_cast<size_t>(n), buf.data());
-        seen += static_cast<std::uint64_t>(n);
-      }
-      if (error.ok() && seen != e->size) {
-        error = Status(Code::kInputError, e->source.string() +
-                                              " changed size while being packaged; run again once "
-                                              "it is no longer being written");
+        std::uint64_t seen = 0;
+        while (error.ok()) {
+          ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+          if (n < 0 && errno == EINTR) continue;
+          if (n < 0) {
+            error = Status(Code::kInputError,
+                           "cannot read " + e->source.string() + ": " + std::strerror(errno));
+          }
+          if (n <= 0) break;
+          update(buf.data(), static_cast<size_t>(n));
+          seen += static_cast<std::uint64_t>(n);
+        }
+        if (error.ok() && seen != e->size) {
+          error = Status(Code::kInputError, e->source.string() +
+                                                " changed size while being packaged; run again "
+                                                "once it is no longer being written");
+        }
       }
       if (!error.ok()) {
         std::lock_guard<std::mutex> lock(mu);
@@ -478,24 +514,148 @@ Status ZipError(zip_t* za, const std::string& what, const fs::path& zip) {
 
 }  // namespace
 
+namespace {
+
+// Adds every entry, sorted, with fixed times and normalised modes.
+bool AddEntries(zip_t* za, const Tree& tree, int level, std::string* failed) {
+  for (const auto& [path, e] : tree.entries()) {
+    *failed = path;
+    zip_int64_t idx;
+    if (e.directory) {
+      idx = zip_dir_add(za, path.c_str(), ZIP_FL_ENC_UTF_8);
+    } else {
+      zip_source_t* src =
+          e.content ? zip_source_buffer(za, e.content->data(), e.content->size(), 0)
+                    : zip_source_file(za, e.source.c_str(), 0, static_cast<zip_int64_t>(e.size));
+      if (src == nullptr) return false;
+      idx = zip_file_add(za, path.c_str(), src, ZIP_FL_ENC_UTF_8);
+      if (idx < 0) {
+        zip_source_free(src);
+        return false;
+      }
+      if (zip_set_file_compression(za, static_cast<zip_uint64_t>(idx),
+                                   level == 0 ? ZIP_CM_STORE : ZIP_CM_DEFLATE,
+                                   static_cast<zip_uint32_t>(level)) != 0) {
+        return false;
+      }
+    }
+    if (idx < 0) return false;
+    const auto i = static_cast<zip_uint64_t>(idx);
+    const zip_uint32_t mode =
+        e.directory ? (S_IFDIR | 0755) : (S_IFREG | (e.executable ? 0755 : 0644));
+    // 1980-01-01 00:00:00 in DOS date/time fields: no clock, no time zone.
+    if (zip_file_set_dostime(za, i, 0, (0 << 9) | (1 << 5) | 1, 0) != 0 ||
+        zip_file_set_external_attributes(za, i, 0, ZIP_OPSYS_UNIX, mode << 16) != 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+Status WriteAll(const fs::path& path, const std::string& data) {
+  internal::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd)
+    return Status(Code::kOutputError,
+                  "cannot write " + path.string() + ": " + std::strerror(errno));
+  for (size_t done = 0; done < data.size();) {
+    ssize_t n = ::write(fd.get(), data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0)
+      return Status(Code::kOutputError,
+                    "cannot write " + path.string() + ": " + std::strerror(errno));
+    done += static_cast<size_t>(n);
+  }
+  if (::close(fd.Release()) != 0) {
+    return Status(Code::kOutputError,
+                  "cannot write " + path.string() + ": " + std::strerror(errno));
+  }
+  return OkStatus();
+}
+
+// The archive built in memory and written to `tmp` in large chunks.
+Status ZipInMemory(const Tree& tree, int level, const fs::path& zip, const fs::path& tmp) {
+  zip_error_t error;
+  zip_error_init(&error);
+  zip_source_t* out = zip_source_buffer_create(nullptr, 0, 0, &error);
+  if (out == nullptr) {
+    return Status(Code::kOutputError,
+                  "cannot build " + zip.string() + ": " + zip_error_strerror(&error));
+  }
+  zip_source_keep(out);
+  zip_t* za = zip_open_from_source(out, ZIP_TRUNCATE, &error);
+  auto fail = [&](const std::string& what, const std::string& why) {
+    Status s(Code::kOutputError, "cannot build " + zip.string() + " (" + what + "): " + why);
+    zip_error_fini(&error);
+    zip_source_free(out);
+    return s;
+  };
+  if (za == nullptr) return fail("opening", zip_error_strerror(&error));
+  std::string failed;
+  if (!AddEntries(za, tree, level, &failed) || zip_close(za) != 0) {
+    std::string why = zip_strerror(za);
+    zip_discard(za);
+    return fail(failed, why);
+  }
+  if (zip_source_open(out) != 0) return fail("reading", zip_error_strerror(zip_source_error(out)));
+  internal::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd) {
+    zip_source_close(out);
+    return fail("writing", std::strerror(errno));
+  }
+  std::vector<char> chunk(4 << 20);
+  Status written;
+  for (;;) {
+    zip_int64_t n = zip_source_read(out, chunk.data(), chunk.size());
+    if (n < 0) {
+      written = Status(Code::kOutputError, "cannot build " + zip.string() + ": read failed");
+      break;
+    }
+    if (n == 0) break;
+    for (zip_int64_t done = 0; done < n;) {
+      ssize_t w = ::write(fd.get(), chunk.data() + done, static_cast<size_t>(n - done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        written = Status(Code::kOutputError,
+                         "cannot write " + zip.string() + ": " + std::strerror(errno));
+        break;
+      }
+      done += w;
+    }
+    if (!written.ok()) break;
+  }
+  zip_source_close(out);
+  zip_error_fini(&error);
+  zip_source_free(out);
+  if (written.ok() && ::close(fd.Release()) != 0) {
+    written =
+        Status(Code::kOutputError, "cannot write " + zip.string() + ": " + std::strerror(errno));
+  }
+  return written;
+}
+
+}  // namespace
+
 Status WriteZip(const Tree& tree, const fs::path& zip, int level) {
   std::error_code ec;
   if (!zip.parent_path().empty()) fs::create_directories(zip.parent_path(), ec);
   const fs::path tmp = SiblingTemp(zip);
+  auto finish = [&](Status written) {
+    if (written.ok()) {
+      fs::rename(tmp, zip, ec);
+      if (ec)
+        written = Status(Code::kOutputError, "cannot write " + zip.string() + ": " + ec.message());
+    }
+    if (!written.ok()) fs::remove(tmp, ec);
+    return written;
+  };
   if (tree.entries().empty()) {
     // libzip writes no file for an archive without entries; an empty zip is
     // its end-of-central-directory record alone.
-    static constexpr char kEmptyZip[22] = {'P', 'K', 5, 6};
-    std::ofstream out(tmp, std::ios::binary);
-    out.write(kEmptyZip, sizeof kEmptyZip);
-    out.close();
-    if (out) fs::rename(tmp, zip, ec);
-    if (!out || ec) {
-      fs::remove(tmp, ec);
-      return Status(Code::kOutputError, "cannot write " + zip.string());
-    }
-    return OkStatus();
+    return finish(WriteAll(tmp, std::string("PK\x05\x06", 4) + std::string(18, '\0')));
   }
+  // Up to 256 MiB the archive is built in memory and written in a few large
+  // writes; libzip's own file output writes in small pieces.
+  if (tree.file_bytes() <= (256ull << 20)) return finish(ZipInMemory(tree, level, zip, tmp));
   int err = 0;
   zip_t* za = zip_open(tmp.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &err);
   if (za == nullptr) {
@@ -506,50 +666,13 @@ Status WriteZip(const Tree& tree, const fs::path& zip, int level) {
     zip_error_fini(&error);
     return s;
   }
-  auto fail = [&](const std::string& what) {
-    Status s = ZipError(za, what, zip);
+  std::string failed;
+  if (!AddEntries(za, tree, level, &failed) || zip_close(za) != 0) {
+    Status s = ZipError(za, failed, zip);
     zip_discard(za);
-    fs::remove(tmp, ec);
-    return s;
-  };
-  for (const auto& [path, e] : tree.entries()) {
-    zip_int64_t idx;
-    if (e.directory) {
-      idx = zip_dir_add(za, path.c_str(), ZIP_FL_ENC_UTF_8);
-    } else {
-      zip_source_t* src =
-          e.content ? zip_source_buffer(za, e.content->data(), e.content->size(), 0)
-                    : zip_source_file(za, e.source.c_str(), 0, static_cast<zip_int64_t>(e.size));
-      if (src == nullptr) return fail(path);
-      idx = zip_file_add(za, path.c_str(), src, ZIP_FL_ENC_UTF_8);
-      if (idx < 0) {
-        zip_source_free(src);
-        return fail(path);
-      }
-      if (zip_set_file_compression(za, static_cast<zip_uint64_t>(idx),
-                                   level == 0 ? ZIP_CM_STORE : ZIP_CM_DEFLATE,
-                                   static_cast<zip_uint32_t>(level)) != 0) {
-        return fail(path);
-      }
-    }
-    if (idx < 0) return fail(path);
-    const auto i = static_cast<zip_uint64_t>(idx);
-    const zip_uint32_t mode =
-        e.directory ? (S_IFDIR | 0755) : (S_IFREG | (e.executable ? 0755 : 0644));
-    // 1980-01-01 00:00:00 in DOS date/time fields: no clock, no time zone.
-    if (zip_file_set_dostime(za, i, 0, (0 << 9) | (1 << 5) | 1, 0) != 0 ||
-        zip_file_set_external_attributes(za, i, 0, ZIP_OPSYS_UNIX, mode << 16) != 0) {
-      return fail(path);
-    }
+    return finish(s);
   }
-  if (zip_close(za) != 0) return fail("closing");
-  fs::rename(tmp, zip, ec);
-  if (ec) {
-    const std::string why = ec.message();
-    fs::remove(tmp, ec);
-    return Status(Code::kOutputError, "cannot write " + zip.string() + ": " + why);
-  }
-  return OkStatus();
+  return finish(OkStatus());
 }
 
 Status Materialize(const Tree& tree, const fs::path& dir) {

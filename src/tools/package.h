@@ -4,6 +4,8 @@
 #ifndef STAGEKIT_TOOLS_PACKAGE_H_
 #define STAGEKIT_TOOLS_PACKAGE_H_
 
+#include <sys/stat.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -66,6 +68,8 @@ class Tree {
   size_t file_count() const;
 
  private:
+  Status AddFileStat(const std::filesystem::path& source, const std::string& dest, std::string rule,
+                     const struct stat& st);
   Status CheckPlace(const std::string& dest, const std::string& what, const std::string& rule);
   Status AddDirectoryEntry(const std::string& dest, const std::filesystem::path& source,
                            const std::string& rule);
@@ -81,7 +85,9 @@ Status CheckSizeCap(const Tree& tree, std::uint64_t cap_bytes);
 // Fills every file's sha256 and returns Ray's package name for the tree,
 // "_ray_pkg_<16 hex>.zip": the XOR of sha1(path [+ content]) over ".", every
 // directory and every file, as ray._private.runtime_env.packaging does.
-Result<std::string> HashTree(Tree& tree, int threads);
+// When the files add up to at most `keep_bytes`, their bytes stay in memory
+// (TreeEntry::content), so that WriteZip reads nothing a second time.
+Result<std::string> HashTree(Tree& tree, int threads, std::uint64_t keep_bytes = 256ull << 20);
 
 // Writes the tree as a zip: entries sorted, DOS time 1980-01-01 00:00, Unix
 // modes in the external attributes, deflate at `level` (0 stores). Atomic:

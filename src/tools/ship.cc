@@ -4,7 +4,9 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <fstream>
+#include <future>
 #include <map>
 
 #include "paths.h"
@@ -249,20 +251,42 @@ Result<ShipPlan> PlanShip(const ShipOptions& options) {
   }
 
   if (Status s = CheckSizeCap(plan.tree, options.max_bytes); !s.ok()) return s;
-  auto name = HashTree(plan.tree, options.threads);
-  if (!name.ok()) return name.status();
-  plan.package = *name;
+  if (options.hash) {
+    auto name = HashTree(plan.tree, options.threads);
+    if (!name.ok()) return name.status();
+    plan.package = *name;
+  }
   for (const auto& [path, e] : plan.tree.entries()) {
     if (!e.directory && e.executable) plan.executables.push_back(path);
   }
   return plan;
 }
 
-Status WritePackage(const ShipPlan& plan, const fs::path& dir, int level) {
-  const fs::path zip = dir / plan.package;
+Status WritePackage(ShipPlan& plan, const fs::path& dir, int level, int threads) {
   std::error_code ec;
-  if (!fs::exists(zip, ec)) {  // content-addressed: an existing one is this one
-    if (Status s = WriteZip(plan.tree, zip, level); !s.ok()) return s;
+  if (plan.package.empty()) {
+    // The name needs every file's hash; the zip does not. Both read the same
+    // files, on different threads, and the zip gets its name at the end.
+    auto hashing = std::async(std::launch::async, [&plan, threads] {
+      return HashTree(plan.tree, std::max(1, threads - 1), /*keep_bytes=*/0);
+    });
+    const fs::path pending = dir / (".pending-" + std::to_string(::getpid()) + ".zip");
+    Status written = WriteZip(plan.tree, pending, level);
+    auto name = hashing.get();
+    if (!written.ok() || !name.ok()) {
+      fs::remove(pending, ec);
+      return written.ok() ? name.status() : written;
+    }
+    plan.package = *name;
+    fs::rename(pending, dir / plan.package, ec);
+    if (ec) {
+      const std::string why = ec.message();
+      fs::remove(pending, ec);
+      return Status(Code::kOutputError,
+                    "cannot write " + (dir / plan.package).string() + ": " + why);
+    }
+  } else if (!fs::exists(dir / plan.package, ec)) {  // content-addressed: one there is this one
+    if (Status s = WriteZip(plan.tree, dir / plan.package, level); !s.ok()) return s;
   }
   const fs::path manifest = dir / (fs::path(plan.package).stem().string() + ".manifest.json");
   const fs::path tmp =

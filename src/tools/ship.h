@@ -36,6 +36,9 @@ struct ShipOptions {
   // the shipped pipeline names exactly these.
   std::vector<std::filesystem::path> libraries;
   int threads = 1;
+  // Hash here (the package name is known when PlanShip returns), or leave it
+  // to WritePackage, which hashes on other threads while it writes the zip.
+  bool hash = true;
 };
 
 struct ShipPlan {
@@ -52,7 +55,9 @@ struct ShipPlan {
 Result<ShipPlan> PlanShip(const ShipOptions& options);
 
 // The package (`<dir>/<package>`) and its manifest (`<dir>/<stem>.manifest.json`).
-Status WritePackage(const ShipPlan& plan, const std::filesystem::path& dir, int level);
+// When the plan is not hashed yet, `threads` - 1 threads hash while this one
+// writes the zip under a provisional name, and plan.package is set.
+Status WritePackage(ShipPlan& plan, const std::filesystem::path& dir, int level, int threads = 2);
 
 // "SRC[=DEST]" -> absolute SRC and DEST ("" when not given).
 Result<std::pair<std::filesystem::path, std::string>> ParseInclude(const std::string& spec);

@@ -90,10 +90,12 @@ struct ShipCli {
   bool no_default_excludes = false;
   bool no_gitignore = false;
   std::string max_size = "100MiB";
-  int level = 1;
+  int level = 0;
   void AddTo(CLI::App* cmd);
   std::vector<std::string> Patterns() const;  // the exclude patterns in force
 };
+// Threads for hashing: one per CPU.
+int Threads();
 // A pipeline file (or a folder, shipped as it is) -> the package plan.
 Result<tools::ShipPlan> PlanFromCommandLine(const std::string& pipeline, const LibraryOptions& libs,
                                             const ShipCli& cli);

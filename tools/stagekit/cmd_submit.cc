@@ -248,7 +248,7 @@ Status Submit(const SubmitCommand& cmd) {
 
   // Package: content-addressed, so an unchanged tree is zipped and uploaded once.
   const fs::path dir = cmd.package_dir.empty() ? DefaultPackageDir() : fs::path(cmd.package_dir);
-  if (Status s = tools::WritePackage(*plan, dir, cmd.ship.level); !s.ok()) return s;
+  if (Status s = tools::WritePackage(*plan, dir, cmd.ship.level, Threads()); !s.ok()) return s;
   auto exists = (*client)->PackageExists(plan->package);
   if (!exists.ok()) return exists.status();
   std::uint64_t uploaded = 0;
