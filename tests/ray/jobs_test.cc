@@ -322,5 +322,28 @@ TEST_F(RayJobs, CtrlCCanStopTheJob) {
   EXPECT_EQ(RunCli({"jobs", "status", id, "--address", address_}).out, "STOPPED\n");
 }
 
+TEST_F(RayJobs, CtrlCWithoutATerminalLeavesTheJobRunning) {
+  fs::path p = Project("detached", "  - {name: nap, stage: test.sleep, kwargs: {seconds: 300}}\n");
+  const std::string id = "stagekit-test-detached";
+  internal::SpawnSpec spec;
+  spec.argv = {STAGEKIT_CLI, "submit", p.string(), "--address", address_, "--submission-id", id};
+  spec.log_path = (dir_->path() / "detached.log").string();
+  auto cli = internal::Spawn(spec);
+  ASSERT_TRUE(cli.ok());
+  bool running = false;
+  for (int i = 0; i < 300 && !running; ++i) {
+    running = RunCli({"jobs", "status", id, "--address", address_}).out == "RUNNING\n";
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(running) << ReadFile(spec.log_path);
+  ::kill(cli->pid, SIGINT);
+  EXPECT_EQ(internal::WaitFor(cli->pid, std::chrono::minutes(1)), 130) << ReadFile(spec.log_path);
+  EXPECT_NE(ReadFile(spec.log_path).find("keeps running on the cluster"), std::string::npos)
+      << ReadFile(spec.log_path);
+  EXPECT_EQ(RunCli({"jobs", "status", id, "--address", address_}).out, "RUNNING\n");
+  CommandResult stop = RunCli({"jobs", "stop", id, "--address", address_});
+  EXPECT_EQ(stop.exit_code, 0) << Show(stop);
+}
+
 }  // namespace
 }  // namespace stagekit
