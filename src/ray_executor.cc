@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <yaml-cpp/yaml.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -171,6 +172,33 @@ Json RayResources(const Resources& r) {
   if (r.gpus > 0) out["GPU"] = r.gpus;
   if (r.memory_bytes > 0) out["memory"] = static_cast<double>(r.memory_bytes);
   for (const auto& [name, amount] : r.custom) out[name] = amount;
+  return out;
+}
+
+// With an autoscaler, a node type that is not up yet still makes a request
+// feasible: the worker node types of the autoscaler config named by
+// $STAGEKIT_AUTOSCALER_CONFIG (e.g. from `stagekit cluster config`), as
+// pseudo-nodes for CheckFeasible. Empty when it is not set.
+Result<Json> AutoscalerNodeTypes() {
+  const char* path = std::getenv("STAGEKIT_AUTOSCALER_CONFIG");
+  Json out = Json::array();
+  if (path == nullptr || *path == '\0') return out;
+  try {
+    YAML::Node config = YAML::LoadFile(path);
+    std::string head = config["head_node_type"] ? config["head_node_type"].as<std::string>() : "";
+    for (const auto& kv : config["available_node_types"]) {
+      std::string name = kv.first.as<std::string>();
+      const YAML::Node& type = kv.second;
+      if (name == head || (type["max_workers"] && type["max_workers"].as<int>() <= 0)) continue;
+      Json resources = Json::object();
+      for (const auto& r : type["resources"])
+        resources[r.first.as<std::string>()] = r.second.as<double>();
+      out.push_back({{"node", "autoscaler node type " + name}, {"resources", resources}});
+    }
+  } catch (const YAML::Exception& e) {
+    return Status(Code::kInputError,
+                  std::string("STAGEKIT_AUTOSCALER_CONFIG=") + path + ": " + e.what());
+  }
   return out;
 }
 
@@ -499,7 +527,13 @@ Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOption
   if (Status s = options.resources.Validate(); !s.ok())
     return Status(s.code(), label + ": " + s.message());
   Json resources = RayResources(options.resources);
-  Status feasible = CheckFeasible(resources, Nodes(), label);
+  auto types = AutoscalerNodeTypes();
+  if (!types.ok()) return types.status();
+  auto with_types = [&types](Json nodes) {
+    for (const Json& t : *types) nodes.push_back(t);
+    return nodes;
+  };
+  Status feasible = CheckFeasible(resources, with_types(Nodes()), label);
   if (!feasible.ok()) {
     // Nodes may have joined since we looked: look once more, at most every few seconds.
     bool stale;
@@ -508,7 +542,8 @@ Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOption
       stale = std::chrono::steady_clock::now() - nodes_at_ > std::chrono::seconds(5);
     }
     if (!stale || !RefreshNodes().ok()) return feasible;
-    if (Status again = CheckFeasible(resources, Nodes(), label); !again.ok()) return again;
+    if (Status again = CheckFeasible(resources, with_types(Nodes()), label); !again.ok())
+      return again;
   }
   Json libraries = Json::array();
   for (const fs::path& lib : options_.libraries) libraries.push_back(fs::absolute(lib).string());

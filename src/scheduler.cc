@@ -103,6 +103,14 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
         failure = Status(Code::kInterrupted, "interrupted; running stages were stopped");
         cv.notify_all();
       }
+      if (!stop && !ready.empty() && options.before_launch) {
+        if (Status s = options.before_launch(); !s.ok()) {
+          stop = true;
+          failure = std::move(s);
+          cv.notify_all();
+          continue;
+        }
+      }
       if (!stop && !ready.empty()) {
         std::size_t i = ready.front();
         ready.pop_front();

@@ -5,7 +5,7 @@
 
 namespace stagekit {
 namespace {
-constexpr std::array<std::pair<Code, std::string_view>, 18> kNames = {{
+constexpr std::array<std::pair<Code, std::string_view>, 19> kNames = {{
     {Code::kOk, "ok"},
     {Code::kStageFailed, "stage_failed"},
     {Code::kUsage, "usage"},
@@ -22,6 +22,7 @@ constexpr std::array<std::pair<Code, std::string_view>, 18> kNames = {{
     {Code::kTooLarge, "too_large"},
     {Code::kSecretRefused, "secret_refused"},
     {Code::kJobFailed, "job_failed"},
+    {Code::kBudgetExceeded, "budget_exceeded"},
     {Code::kInternal, "internal"},
     {Code::kInterrupted, "interrupted"},
 }};

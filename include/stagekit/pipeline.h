@@ -112,6 +112,10 @@ class RunObserver {
 struct RunOptions {
   int jobs = 1;  // stages in flight at once
   RunObserver* observer = nullptr;
+  // Asked before each stage is launched (one call at a time); a non-OK
+  // Status launches nothing more, lets running stages finish and becomes the
+  // run's status (e.g. a budget that ran out).
+  std::function<Status()> before_launch;
 };
 
 struct RunResult {

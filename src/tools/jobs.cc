@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
@@ -122,8 +123,8 @@ Result<HttpResponse> JobsClient::Request(const char* method, const std::string& 
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &Collect);
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response.body);
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error);
-  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, 10L);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT, 600L);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, std::min(timeout_ms_, 10000L));
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout_ms_);
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl, CURLOPT_USERAGENT, "stagekit");
   if (body != nullptr) {
@@ -237,6 +238,17 @@ Result<Json> JobsClient::List() {
   Json j = Json::parse(r->body, nullptr, false);
   if (r->status != 200 || !j.is_array()) return Unexpected("listing jobs", *r);
   return j;
+}
+
+Result<Json> JobsClient::ListTasks(const std::string& query) {
+  auto r = Request("GET", "/api/v0/tasks" + (query.empty() ? "" : "?" + query), nullptr, nullptr);
+  if (!r.ok()) return r.status();
+  Json j = Json::parse(r->body, nullptr, false);
+  if (r->status != 200 || !j.is_object() || !j.contains("data") || !j["data"].is_object() ||
+      !j["data"].contains("result") || !j["data"]["result"].is_object()) {
+    return Unexpected("listing tasks (state API)", *r);
+  }
+  return j["data"]["result"];
 }
 
 }  // namespace stagekit::tools

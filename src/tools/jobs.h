@@ -4,6 +4,7 @@
 #ifndef STAGEKIT_TOOLS_JOBS_H_
 #define STAGEKIT_TOOLS_JOBS_H_
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -47,6 +48,11 @@ class JobsClient {
   Result<std::string> Logs(const std::string& id);
   Result<bool> Stop(const std::string& id);
   Result<Json> List();
+  // GET /api/v0/tasks?QUERY (Ray's state API; QUERY already URL-encoded):
+  // the answer's data.result object (total, num_filtered, result, ...).
+  Result<Json> ListTasks(const std::string& query);
+  // Limit for each whole request (default 600 s; connecting: at most 10 s).
+  void SetTimeout(std::chrono::milliseconds timeout) { timeout_ms_ = timeout.count(); }
 
  private:
   Result<HttpResponse> Request(const char* method, const std::string& path, const std::string* body,
@@ -56,6 +62,7 @@ class JobsClient {
 
   std::string address_;
   std::string token_;
+  long timeout_ms_ = 600000;
   void* curl_ = nullptr;  // CURL*, reused for keep-alive
 };
 

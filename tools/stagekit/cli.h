@@ -13,6 +13,7 @@
 
 #include "stagekit/pipeline.h"
 #include "stagekit/status.h"
+#include "tools/cost.h"
 #include "tools/package.h"
 #include "tools/ship.h"
 
@@ -94,6 +95,17 @@ struct ShipCli {
   void AddTo(CLI::App* cmd);
   std::vector<std::string> Patterns() const;  // the exclude patterns in force
 };
+// Cost records and prices, shared by `run`, `submit` and `cost`.
+struct CostCli {
+  std::string log;                  // default: tools::DefaultCostLog()
+  std::string cluster;              // a cluster spec, for prices
+  std::vector<std::string> prices;  // TYPE=USD
+  bool no_record = false;
+  void AddTo(CLI::App* cmd);
+  std::filesystem::path Log() const;
+  Result<tools::PriceBook> Prices() const;
+};
+
 // Threads for hashing: one per CPU.
 int Threads();
 // A pipeline file (or a folder, shipped as it is) -> the package plan.
@@ -103,12 +115,15 @@ Result<tools::ShipPlan> PlanFromCommandLine(const std::string& pipeline, const L
 void SetRunCommand(CLI::App& app, Action& action);
 void SetShipCommand(CLI::App& app, Action& action);
 void SetFetchCommand(CLI::App& app, Action& action);
+void SetCostCommand(CLI::App& app, Action& action);
 void SetSubmitCommand(CLI::App& app, Action& action);
 void SetJobsCommand(CLI::App& app, Action& action);
 void SetParityCommand(CLI::App& app, Action& action);
 void SetStageCommand(CLI::App& app, Action& action);
 void SetListCommand(CLI::App& app, Action& action);
 void SetRayReaperCommand(CLI::App& app, Action& action);
+void SetClusterCommand(CLI::App& app, Action& action);
+void SetWatchdogCommand(CLI::App& app, Action& action);
 
 }  // namespace stagekit::cli
 

@@ -4,6 +4,8 @@
 #include <iostream>
 
 #include "cli.h"
+#include "stagekit/ray.h"
+#include "tools/cost.h"
 #include "tools/s3.h"
 
 namespace stagekit::cli {
@@ -18,9 +20,85 @@ struct RunCommand {
   std::string artifacts;
   bool no_artifacts = false;
   std::string endpoint_url;
+  CostCli cost;
+  double budget = -1;
 };
 
+// Forwards to the progress display and keeps the mean stage time, which the
+// budget check uses to price one more stage.
+class BudgetObserver : public RunObserver {
+ public:
+  explicit BudgetObserver(RunObserver* next) : next_(next) {}
+  void OnStageStarted(const PipelineStage& stage) override {
+    if (next_ != nullptr) next_->OnStageStarted(stage);
+  }
+  void OnStageFinished(const PipelineStage& stage, const StageOutcome& outcome) override {
+    if (outcome.stats) {
+      ++finished_;
+      total_s_ += outcome.stats->wall_s;
+    }
+    if (next_ != nullptr) next_->OnStageFinished(stage, outcome);
+  }
+  double MeanStageSeconds() const { return finished_ == 0 ? 0 : total_s_ / finished_; }
+
+ private:
+  RunObserver* next_;
+  int finished_ = 0;
+  double total_s_ = 0;
+};
+
+// What a cost record needs to know about a run, filled in as it goes.
+struct RunCost {
+  bool started = false;  // resources may have been used: write a record
+  std::string pipeline;
+  std::string executor;
+  std::map<std::string, int> nodes;
+  std::chrono::system_clock::time_point start = std::chrono::system_clock::now();
+  std::chrono::steady_clock::time_point steady = std::chrono::steady_clock::now();
+};
+
+Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& cost);
+
 Status Run(const RunCommand& cmd) {
+  auto prices = cmd.cost.Prices();
+  if (!prices.ok()) return prices.status();
+  RunCost cost;
+  Status status = RunInner(cmd, *prices, cost);
+  if (!cost.started || cmd.cost.no_record) return status;
+  // Every run that started leaves a record, failed and interrupted ones too.
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - cost.steady).count();
+  Json node_seconds = Json::object();
+  for (const auto& [type, count] : cost.nodes) node_seconds[type] = wall * count;
+  std::string unpriced;
+  auto rate = tools::BurnRate(cost.nodes, *prices, &unpriced);
+  Json caps = Json::object();
+  for (const auto& [type, count] : cost.nodes) {
+    auto it = prices->spot_cap.find(type);
+    if (it != prices->spot_cap.end() && it->second) caps[type] = prices->usd_per_hour.at(type);
+  }
+  Json record = {
+      {"command", "run"},
+      {"pipeline", cost.pipeline},
+      {"executor", cost.executor},
+      {"start", tools::IsoTime(cost.start)},
+      {"end", tools::IsoTime(std::chrono::system_clock::now())},
+      {"wall_s", wall},
+      {"outcome", status.ok() ? std::string("succeeded") : std::string(CodeName(status.code()))},
+      {"exit_code", static_cast<int>(status.code())},
+      {"node_types", cost.nodes},
+      {"node_seconds", node_seconds},
+      {"spot_price_caps", caps},
+      {"estimated_usd", rate ? Json(*rate * wall / 3600) : Json()}};
+  if (!rate) record["unpriced_node_type"] = unpriced;
+  if (cmd.budget >= 0) record["budget_usd"] = cmd.budget;
+  if (Status s = tools::AppendCostRecord(cmd.cost.Log(), record); !s.ok()) {
+    std::cerr << "stagekit: warning: " << s.message() << "\n";
+  }
+  return status;
+}
+
+Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& cost) {
   std::vector<std::filesystem::path> libraries;
   Result<Pipeline> pipeline = LoadPipelineWithLibraries(cmd.pipeline, cmd.libs, libraries);
   if (!pipeline.ok()) return pipeline.status();
@@ -31,8 +109,21 @@ Status Run(const RunCommand& cmd) {
   if (!artifacts.empty()) {
     if (Status s = tools::CheckS3Uri(artifacts); !s.ok()) return s;
   }
+  cost.pipeline = pipeline->name;
+  cost.executor = cmd.executor;
+  cost.started = true;  // a private Ray head costs from here on
   auto executor = MakeExecutor(cmd.executor, libraries, cmd.ray);
   if (!executor.ok()) return executor.status();
+  const auto* ray = dynamic_cast<const RayExecutor*>(executor->get());
+  cost.nodes = tools::NodeTypes(ray != nullptr ? ray->Nodes() : Json(), prices);
+  std::string unpriced;
+  const auto rate = tools::BurnRate(cost.nodes, prices, &unpriced);
+  if (cmd.budget >= 0 && (!rate || prices.empty())) {
+    if (unpriced.empty()) unpriced = cost.nodes.begin()->first;
+    return Status(Code::kUsage, "--budget needs a price for every node type in use, and '" +
+                                    unpriced + "' has none; give --cluster SPEC or --price " +
+                                    unpriced + "=USD_PER_HOUR");
+  }
 
   std::filesystem::path out_dir = cmd.exec.out.empty()
                                       ? std::filesystem::path("stagekit-out") / pipeline->name
@@ -40,9 +131,28 @@ Status Run(const RunCommand& cmd) {
   const int jobs = cmd.exec.Jobs(**executor);
   std::unique_ptr<RunObserver> progress =
       MakeProgress(pipeline->stages.size(), cmd.exec.quiet || cmd.exec.json, "");
+  BudgetObserver budget(progress.get());
   RunOptions options;
   options.jobs = jobs;
-  options.observer = progress.get();
+  options.observer = &budget;
+  if (cmd.budget >= 0) {
+    // Launch a stage only if the run's cost so far, plus one more stage of
+    // the mean length at the cluster's hourly rate, stays within the budget.
+    options.before_launch = [&]() -> Status {
+      const double elapsed_h =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - cost.steady).count() /
+          3600;
+      const double spent = *rate * elapsed_h;
+      const double next = *rate * budget.MeanStageSeconds() / 3600;
+      if (spent + next <= cmd.budget) return OkStatus();
+      char buf[256];
+      std::snprintf(buf, sizeof buf,
+                    "the budget of $%.2f would be exceeded ($%.4f spent at $%.3f/h, about $%.4f "
+                    "for one more stage); launched no more stages",
+                    cmd.budget, spent, *rate, next);
+      return Status(Code::kBudgetExceeded, buf);
+    };
+  }
   RunResult result = RunPipeline(*pipeline, out_dir, **executor, options);
   progress.reset();
 
@@ -115,6 +225,12 @@ void SetRunCommand(CLI::App& app, Action& action) {
   sub->add_flag("--no-artifacts", cmd->no_artifacts, "Do not sync the outputs anywhere");
   sub->add_option("--endpoint-url", cmd->endpoint_url,
                   "S3-compatible endpoint for the sync (default: $AWS_ENDPOINT_URL)");
+  cmd->cost.AddTo(sub);
+  sub->add_option("--budget", cmd->budget,
+                  "Launch no more stages once the run's estimated cost (node prices from "
+                  "--cluster/--price) would pass this many USD; exits 16")
+      ->check(CLI::NonNegativeNumber)
+      ->type_name("USD");
   sub->callback([cmd, &action] { action = [cmd] { return Run(*cmd); }; });
 }
 

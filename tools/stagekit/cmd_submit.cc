@@ -16,6 +16,7 @@
 #include "cli.h"
 #include "stagekit/executor.h"
 #include "stagekit/version.h"
+#include "tools/cost.h"
 #include "tools/jobs.h"
 #include "tools/s3.h"
 #include "tools/secrets.h"
@@ -66,6 +67,7 @@ struct SubmitCommand {
   bool no_wait = false;
   bool allow_ray_mismatch = false;
   bool json = false;
+  CostCli cost;
 };
 
 // Sleeps up to `d`, waking early on Ctrl-C.
@@ -191,7 +193,7 @@ Status Follow(tools::JobsClient& client, const std::string& id, const std::strin
   }
 }
 
-Status Submit(const SubmitCommand& cmd) {
+Status SubmitInner(const SubmitCommand& cmd, Json& record) {
   const auto start = Clock::now();
   // Everything that can be refused locally is refused before any upload.
   std::map<std::string, std::string> env;
@@ -229,6 +231,7 @@ Status Submit(const SubmitCommand& cmd) {
   if (plan->pipeline.empty()) {
     return Status(Code::kUsage, cmd.pipeline + " is a folder; submit a pipeline file");
   }
+  record["pipeline"] = plan->name;
   for (const std::string& w : plan->warnings) std::cerr << "stagekit: warning: " << w << "\n";
   auto client = cmd.cluster.Connect();
   if (!client.ok()) return client.status();
@@ -302,6 +305,9 @@ Status Submit(const SubmitCommand& cmd) {
   if (!resources.empty()) request["entrypoint_resources"] = resources;
   auto submitted = (*client)->Submit(request);
   if (!submitted.ok()) return submitted.status();
+  record["submission_id"] = *submitted;
+  record["address"] = (*client)->address();
+  record["package"] = plan->package;
 
   Json summary = {{"submission_id", *submitted},
                   {"address", (*client)->address()},
@@ -332,6 +338,28 @@ Status Submit(const SubmitCommand& cmd) {
               << " s" << (cmd.artifacts.empty() ? "" : "; artifacts in " + cmd.artifacts) << "\n";
   }
   return outcome;
+}
+
+// Every submission leaves a cost record: what was submitted, how it ended and
+// how long it was followed. The job's own `stagekit run` on the cluster writes
+// the record with node types and prices into the cost log there.
+Status Submit(const SubmitCommand& cmd) {
+  const auto start = std::chrono::system_clock::now();
+  const auto steady = Clock::now();
+  Json record = {{"command", "submit"}, {"executor", "ray job (" + cmd.executor + ")"}};
+  Status status = SubmitInner(cmd, record);
+  if (!record.contains("submission_id")) return status;  // nothing reached the cluster
+  record["start"] = tools::IsoTime(start);
+  record["end"] = tools::IsoTime(std::chrono::system_clock::now());
+  record["wall_s"] = std::chrono::duration<double>(Clock::now() - steady).count();
+  record["outcome"] = status.ok() ? (cmd.no_wait ? "submitted" : "succeeded")
+                                  : std::string(CodeName(status.code()));
+  record["exit_code"] = static_cast<int>(status.code());
+  record["estimated_usd"] = nullptr;
+  if (Status s = tools::AppendCostRecord(cmd.cost.Log(), record); !s.ok()) {
+    std::cerr << "stagekit: warning: " << s.message() << "\n";
+  }
+  return status;
 }
 
 struct JobsCommand {
@@ -466,6 +494,9 @@ void SetSubmitCommand(CLI::App& app, Action& action) {
   sub->add_flag("--allow-ray-mismatch", cmd->allow_ray_mismatch,
                 "Submit even if the cluster's Ray release differs from the bridge's");
   sub->add_flag("--json", cmd->json, "Print a JSON summary instead of the job's log");
+  sub->add_option("--cost-log", cmd->cost.log,
+                  "Where the submission's cost record goes (default: $STAGEKIT_COST_LOG, else "
+                  "~/.local/share/stagekit/cost.jsonl)");
   sub->callback([cmd, &action] { action = [cmd] { return Submit(*cmd); }; });
 }
 

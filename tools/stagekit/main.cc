@@ -30,8 +30,8 @@ constexpr const char* kExitCodes = R"(Exit codes:
   6 malformed request    7 output not writable      8 stage timed out
   9 stage library error  10 parity mismatch         11 resources infeasible on Ray
   12 Ray or cluster unreachable                     13 package over its size cap
-  14 credential refused  15 submitted job failed    70 internal error
-  130 interrupted)";
+  14 credential refused  15 submitted job failed    16 budget ran out
+  70 internal error      130 interrupted)";
 
 }  // namespace
 
@@ -50,8 +50,11 @@ int main(int argc, char** argv) {
   stagekit::cli::SetSubmitCommand(app, action);
   stagekit::cli::SetJobsCommand(app, action);
   stagekit::cli::SetFetchCommand(app, action);
+  stagekit::cli::SetCostCommand(app, action);
   stagekit::cli::SetStageCommand(app, action);
   stagekit::cli::SetRayReaperCommand(app, action);
+  stagekit::cli::SetClusterCommand(app, action);
+  stagekit::cli::SetWatchdogCommand(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
