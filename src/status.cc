@@ -5,7 +5,7 @@
 
 namespace stagekit {
 namespace {
-constexpr std::array<std::pair<Code, std::string_view>, 19> kNames = {{
+constexpr std::array<std::pair<Code, std::string_view>, 20> kNames = {{
     {Code::kOk, "ok"},
     {Code::kStageFailed, "stage_failed"},
     {Code::kUsage, "usage"},
@@ -23,6 +23,7 @@ constexpr std::array<std::pair<Code, std::string_view>, 19> kNames = {{
     {Code::kSecretRefused, "secret_refused"},
     {Code::kJobFailed, "job_failed"},
     {Code::kBudgetExceeded, "budget_exceeded"},
+    {Code::kChecksFailed, "checks_failed"},
     {Code::kInternal, "internal"},
     {Code::kInterrupted, "interrupted"},
 }};

@@ -116,6 +116,7 @@ void SetRunCommand(CLI::App& app, Action& action);
 void SetShipCommand(CLI::App& app, Action& action);
 void SetFetchCommand(CLI::App& app, Action& action);
 void SetCostCommand(CLI::App& app, Action& action);
+void SetDoctorCommand(CLI::App& app, Action& action);
 void SetSubmitCommand(CLI::App& app, Action& action);
 void SetJobsCommand(CLI::App& app, Action& action);
 void SetParityCommand(CLI::App& app, Action& action);

@@ -31,7 +31,7 @@ constexpr const char* kExitCodes = R"(Exit codes:
   9 stage library error  10 parity mismatch         11 resources infeasible on Ray
   12 Ray or cluster unreachable                     13 package over its size cap
   14 credential refused  15 submitted job failed    16 budget ran out
-  70 internal error      130 interrupted)";
+  17 doctor found errors 70 internal error          130 interrupted)";
 
 }  // namespace
 
@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   stagekit::cli::SetJobsCommand(app, action);
   stagekit::cli::SetFetchCommand(app, action);
   stagekit::cli::SetCostCommand(app, action);
+  stagekit::cli::SetDoctorCommand(app, action);
   stagekit::cli::SetStageCommand(app, action);
   stagekit::cli::SetRayReaperCommand(app, action);
   stagekit::cli::SetClusterCommand(app, action);

@@ -1,0 +1,93 @@
+// stagekit doctor: the pitfalls of a cluster, a pipeline, a runtime_env and
+// the driver's environment, found before launch.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "cli.h"
+#include "tools/doctor.h"
+
+extern char** environ;
+
+namespace stagekit::cli {
+namespace {
+
+struct DoctorCommand {
+  std::string pipeline;
+  std::string cluster;
+  std::string runtime_env;
+  std::string max_size = "100MiB";
+  bool json = false;
+  bool list = false;
+};
+
+Status Doctor(const DoctorCommand& cmd) {
+  if (cmd.list) {
+    for (const tools::Check& c : tools::DoctorChecks()) {
+      std::printf("%s %-24s %-7s %s\n", c.id, c.name, c.severity, c.about);
+    }
+    return OkStatus();
+  }
+  if (cmd.pipeline.empty() && cmd.cluster.empty() && cmd.runtime_env.empty()) {
+    return Status(Code::kUsage,
+                  "give a PIPELINE, --cluster SPEC_OR_YAML or --runtime-env FILE to check");
+  }
+  tools::DoctorOptions options;
+  options.pipeline = cmd.pipeline;
+  options.cluster = cmd.cluster;
+  options.runtime_env = cmd.runtime_env;
+  auto max = ParseBytes(cmd.max_size);
+  if (!max.ok()) return Status(Code::kUsage, "--max-size: " + max.status().message());
+  options.max_bytes = *max;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string kv = *e;
+    size_t eq = kv.find('=');
+    if (eq != std::string::npos) options.env[kv.substr(0, eq)] = kv.substr(eq + 1);
+  }
+  auto findings = tools::RunDoctor(options);
+  if (!findings.ok()) return findings.status();
+  int errors = 0, warnings = 0;
+  for (const tools::Finding& f : *findings) (f.severity == "error" ? errors : warnings)++;
+  if (cmd.json) {
+    std::cout << tools::FindingsJson(*findings).dump(2) << std::endl;
+  } else {
+    for (const tools::Finding& f : *findings) {
+      std::cout << f.file << (f.line > 0 ? ":" + std::to_string(f.line) : "") << ": " << f.severity
+                << " " << f.id << " " << f.name << ": " << f.message << "\n    fix: " << f.fix
+                << "\n";
+    }
+    std::cerr << "stagekit doctor: " << errors << " error" << (errors == 1 ? "" : "s") << ", "
+              << warnings << " warning" << (warnings == 1 ? "" : "s") << "\n";
+  }
+  if (errors > 0) {
+    return Status(Code::kChecksFailed, std::to_string(errors) + " error" +
+                                           (errors == 1 ? "" : "s") +
+                                           " found; fix them before launching (see above)");
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+void SetDoctorCommand(CLI::App& app, Action& action) {
+  auto cmd = std::make_shared<DoctorCommand>();
+  CLI::App* sub = app.add_subcommand(
+      "doctor",
+      "Check a cluster spec or autoscaler YAML, a pipeline, a runtime_env and this environment "
+      "for the mistakes that hang runs or run up bills; exits 17 on errors (`--list` shows every "
+      "check)");
+  sub->add_option("PIPELINE", cmd->pipeline, "Pipeline file to check");
+  sub->add_option("--cluster", cmd->cluster,
+                  "A stagekit cluster spec or a Ray autoscaler YAML (stage resources are checked "
+                  "against its node types)");
+  sub->add_option("--runtime-env", cmd->runtime_env,
+                  "A runtime_env as YAML or JSON (what `ray job submit --runtime-env` takes)");
+  sub->add_option("--max-size", cmd->max_size, "The package cap to check against")
+      ->default_val("100MiB");
+  sub->add_flag("--json", cmd->json, "Print the findings as JSON");
+  sub->add_flag("--list", cmd->list, "List every check with its id and severity");
+  sub->callback([cmd, &action] { action = [cmd] { return Doctor(*cmd); }; });
+}
+
+}  // namespace stagekit::cli
