@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 bash scripts/ray.sh   # the pinned Ray in .venv: the ci build and its Ray tests need it
 jobs=$(nproc)
+# Runs under test leave cost records: keep them out of the user's own log.
+export STAGEKIT_COST_LOG=${STAGEKIT_COST_LOG:-$PWD/build/test-cost.jsonl}
 bash scripts/lint.sh
 
 for preset in ci asan tsan; do

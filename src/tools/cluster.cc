@@ -155,7 +155,9 @@ class SpecParser {
 
     YAML::Node head = root["head"];
     if (!head) return Error(root, "the cluster spec needs 'head' ({instance_type, cpus?})");
-    if (Status s = CheckKeys(head, "'head'", {"instance_type", "cpus", "private_ip"}); !s.ok())
+    if (Status s =
+            CheckKeys(head, "'head'", {"instance_type", "cpus", "private_ip", "price_per_hour"});
+        !s.ok())
       return s;
     if (Status s = String(head, "instance_type", "'head'", true, spec.head.instance_type,
                           "[a-z0-9-]+\\.[a-z0-9-]+", "not an EC2 instance type (e.g. t3.xlarge)");
@@ -175,9 +177,10 @@ class SpecParser {
     for (const YAML::Node& node : workers) {
       WorkerType w;
       w.line = node.Mark().line + 1;
-      if (Status s = CheckKeys(node, "a worker",
-                               {"name", "instance_type", "gpus", "cpus", "spot_max_price",
-                                "on_demand", "min_workers", "max_workers", "resources", "ami"});
+      if (Status s =
+              CheckKeys(node, "a worker",
+                        {"name", "instance_type", "gpus", "cpus", "spot_max_price", "on_demand",
+                         "min_workers", "max_workers", "resources", "ami", "price_per_hour"});
           !s.ok())
         return s;
       if (Status s = String(node, "name", "a worker", true, w.name, "[A-Za-z0-9_-]{1,64}",

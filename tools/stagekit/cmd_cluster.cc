@@ -32,7 +32,9 @@ constexpr const char* kSpecHelp = R"(Cluster spec (YAML; unknown keys are errors
       min_workers: 0                # default 0
       max_workers: 4
       resources: {fast_disk: 1}     # optional extra custom resources
-      ami: ami-...                  # optional, overrides the spec's)";
+      ami: ami-...                  # optional, overrides the spec's
+  # price_per_hour (head or worker): the on-demand price, used only by cost
+  # records and `run --budget` (a spot worker is priced at its spot_max_price))";
 
 struct Common {
   std::string spec;
