@@ -299,47 +299,46 @@ TEST_F(RayJobs, NoWaitThenStatusLogsAndStop) {
   EXPECT_EQ(unknown.exit_code, 2) << Show(unknown);
 }
 
+// Submits a 300 s job with `extra` flags, waits until it runs, sends SIGINT
+// to `stagekit submit` and returns its exit code and log.
+std::pair<int, std::string> InterruptSubmit(const fs::path& p, const std::string& id,
+                                            const std::string& address, const fs::path& log,
+                                            const std::vector<std::string>& extra) {
+  internal::SpawnSpec spec;
+  spec.argv = {STAGEKIT_CLI, "submit", p.string(), "--address", address, "--submission-id", id};
+  spec.argv.insert(spec.argv.end(), extra.begin(), extra.end());
+  spec.log_path = log.string();
+  auto cli = internal::Spawn(spec);
+  EXPECT_TRUE(cli.ok());
+  if (!cli.ok()) return {-1, ""};
+  bool running = false;
+  for (int i = 0; i < 300 && !running; ++i) {
+    running = RunCli({"jobs", "status", id, "--address", address}).out == "RUNNING\n";
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_TRUE(running) << ReadFile(log);
+  ::kill(cli->pid, SIGINT);
+  int rc = internal::WaitFor(cli->pid, std::chrono::minutes(1));
+  return {rc, ReadFile(log)};
+}
+
 TEST_F(RayJobs, CtrlCCanStopTheJob) {
   fs::path p =
       Project("interrupted", "  - {name: nap, stage: test.sleep, kwargs: {seconds: 300}}\n");
   const std::string id = "stagekit-test-ctrl-c";
-  internal::SpawnSpec spec;
-  spec.argv = {STAGEKIT_CLI,      "submit", p.string(),       "--address", address_,
-               "--submission-id", id,       "--on-interrupt", "stop"};
-  spec.log_path = (dir_->path() / "ctrl-c.log").string();
-  auto cli = internal::Spawn(spec);
-  ASSERT_TRUE(cli.ok());
-  bool running = false;
-  for (int i = 0; i < 300 && !running; ++i) {
-    running = RunCli({"jobs", "status", id, "--address", address_}).out == "RUNNING\n";
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  ASSERT_TRUE(running) << ReadFile(spec.log_path);
-  ::kill(cli->pid, SIGINT);
-  EXPECT_EQ(internal::WaitFor(cli->pid, std::chrono::minutes(1)), 130) << ReadFile(spec.log_path);
-  EXPECT_NE(ReadFile(spec.log_path).find("stopped job " + id), std::string::npos)
-      << ReadFile(spec.log_path);
+  auto [rc, log] =
+      InterruptSubmit(p, id, address_, dir_->path() / "ctrl-c.log", {"--on-interrupt", "stop"});
+  EXPECT_EQ(rc, 130) << log;
+  EXPECT_NE(log.find("stopped job " + id), std::string::npos) << log;
   EXPECT_EQ(RunCli({"jobs", "status", id, "--address", address_}).out, "STOPPED\n");
 }
 
 TEST_F(RayJobs, CtrlCWithoutATerminalLeavesTheJobRunning) {
   fs::path p = Project("detached", "  - {name: nap, stage: test.sleep, kwargs: {seconds: 300}}\n");
   const std::string id = "stagekit-test-detached";
-  internal::SpawnSpec spec;
-  spec.argv = {STAGEKIT_CLI, "submit", p.string(), "--address", address_, "--submission-id", id};
-  spec.log_path = (dir_->path() / "detached.log").string();
-  auto cli = internal::Spawn(spec);
-  ASSERT_TRUE(cli.ok());
-  bool running = false;
-  for (int i = 0; i < 300 && !running; ++i) {
-    running = RunCli({"jobs", "status", id, "--address", address_}).out == "RUNNING\n";
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
-  ASSERT_TRUE(running) << ReadFile(spec.log_path);
-  ::kill(cli->pid, SIGINT);
-  EXPECT_EQ(internal::WaitFor(cli->pid, std::chrono::minutes(1)), 130) << ReadFile(spec.log_path);
-  EXPECT_NE(ReadFile(spec.log_path).find("keeps running on the cluster"), std::string::npos)
-      << ReadFile(spec.log_path);
+  auto [rc, log] = InterruptSubmit(p, id, address_, dir_->path() / "detached.log", {});
+  EXPECT_EQ(rc, 130) << log;
+  EXPECT_NE(log.find("keeps running on the cluster"), std::string::npos) << log;
   EXPECT_EQ(RunCli({"jobs", "status", id, "--address", address_}).out, "RUNNING\n");
   CommandResult stop = RunCli({"jobs", "stop", id, "--address", address_});
   EXPECT_EQ(stop.exit_code, 0) << Show(stop);

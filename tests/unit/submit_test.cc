@@ -142,9 +142,10 @@ TEST(JobsClientTest, UnreachableDashboardIsRayUnavailable) {
 
 TEST(ShipPipelineTest, NoAbsolutePathOfThisMachineIsShipped) {
   TempDir dir;
-  auto r = testing::RunCli({"ship", STAGEKIT_SOURCE_DIR "/examples/wordcount/pipeline.yaml",
-                            "--include", "/usr/share/games/fortunes=corpus", "-o",
-                            (dir / "out").string(), "--tree", (dir / "tree").string(), "--json"});
+  auto r =
+      testing::RunCli({"ship", STAGEKIT_SOURCE_DIR "/examples/wordcount/pipeline.yaml", "--include",
+                       "/usr/share/games/fortunes=corpus", "--max-size", "1GiB", "-o",
+                       (dir / "out").string(), "--tree", (dir / "tree").string(), "--json"});
   ASSERT_EQ(r.exit_code, 0) << testing::Show(r);
   const std::string shipped = testing::ReadFile(dir / "tree" / "pipeline.yaml");
   EXPECT_EQ(shipped.find("/usr/share"), std::string::npos) << shipped;
