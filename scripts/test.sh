@@ -18,7 +18,8 @@ for preset in ci asan tsan; do
   cmake --preset "$preset" >/dev/null
   if [[ $preset == tsan ]]; then
     cmake --build --preset "$preset" -j "$jobs" --target stagekit_unit_tests stagekit_cli stagekit_test_stages stagekit_dup_stages \
-      stagekit_whole_archive_stages stagekit_plain_link_stages
+      stagekit_whole_archive_stages stagekit_plain_link_stages stagekit_ship_tests stagekit_cluster_tests \
+      stagekit_watchdog_tests
   else
     cmake --build --preset "$preset" -j "$jobs"
   fi

@@ -423,7 +423,7 @@ Result<std::string> HashTree(Tree& tree, int threads, std::uint64_t keep_bytes) 
       files.emplace_back(&path, &e);
     }
   }
-  const bool keep = tree.file_bytes() <= keep_bytes;
+  const bool keep = keep_bytes > 0 && tree.file_bytes() <= keep_bytes;
   // Largest first, so one big file does not end up last on a single thread.
   std::sort(files.begin(), files.end(),
             [](const auto& a, const auto& b) { return a.second->size > b.second->size; });

@@ -85,7 +85,7 @@ Status CheckSizeCap(const Tree& tree, std::uint64_t cap_bytes);
 // Fills every file's sha256 and returns Ray's package name for the tree,
 // "_ray_pkg_<16 hex>.zip": the XOR of sha1(path [+ content]) over ".", every
 // directory and every file, as ray._private.runtime_env.packaging does.
-// When the files add up to at most `keep_bytes`, their bytes stay in memory
+// When the files add up to at most `keep_bytes` (0: never), their bytes stay in memory
 // (TreeEntry::content), so that WriteZip reads nothing a second time.
 Result<std::string> HashTree(Tree& tree, int threads, std::uint64_t keep_bytes = 256ull << 20);
 

@@ -8,8 +8,10 @@
 #include <fstream>
 #include <future>
 #include <map>
+#include <sstream>
 
 #include "paths.h"
+#include "process.h"
 #include "stagekit/pipeline.h"
 
 namespace fs = std::filesystem;
@@ -80,6 +82,34 @@ Result<std::string> RewritePipeline(
   out << doc;
   return "# Written by `stagekit ship` from " + pipeline.file.filename().string() +
          ": libraries and inputs point into the package.\n" + out.c_str() + "\n";
+}
+
+// The bytes of `file` without debug sections (`objcopy --strip-debug`).
+Result<std::string> StripDebug(const fs::path& file) {
+  std::string tmpl = (fs::temp_directory_path() / "stagekit-strip-XXXXXX").string();
+  int fd = ::mkstemp(tmpl.data());
+  if (fd < 0)
+    return Status(Code::kOutputError, "cannot make a temporary file to strip " + file.string());
+  ::close(fd);
+  internal::ChildSpec spec;
+  spec.argv = {"objcopy", "--strip-debug", file.string(), tmpl};
+  internal::ChildResult r = internal::RunChild(spec);
+  std::string bytes;
+  Status status;
+  if (!r.spawn_status.ok() || !r.exited || r.exit_code != 0) {
+    status = Status(Code::kInternal, "cannot strip debug info with objcopy (install binutils)");
+  } else {
+    std::ifstream in(tmpl, std::ios::binary);
+    std::stringstream buf;
+    buf << in.rdbuf();
+    bytes = buf.str();
+    if (!in || bytes.empty())
+      status = Status(Code::kInternal, "objcopy wrote nothing for " + file.string());
+  }
+  std::error_code ec;
+  fs::remove(tmpl, ec);
+  if (!status.ok()) return status;
+  return bytes;
 }
 
 }  // namespace
@@ -174,21 +204,37 @@ Result<ShipPlan> PlanShip(const ShipOptions& options) {
       includes.push_back(std::move(inc));
     }
 
-    // stagekit itself: the driver, its runtime library and the Ray bridge.
+    // stagekit itself: the driver, its runtime library and the Ray bridge,
+    // without their debug info unless asked (workers do not need it, and it
+    // is most of their size in a RelWithDebInfo build).
+    auto add_runtime = [&](const fs::path& file, const std::string& place,
+                           const std::string& rule) -> Status {
+      if (!options.strip_runtime) return plan.tree.AddFile(file, place, rule);
+      auto stripped = StripDebug(file);
+      if (!stripped.ok()) {
+        plan.warnings.push_back(stripped.status().message() + "; shipping " + file.string() +
+                                " with its debug info");
+        return plan.tree.AddFile(file, place, rule);
+      }
+      const bool executable =
+          (fs::status(file, ec).permissions() & fs::perms::owner_exec) != fs::perms::none;
+      return plan.tree.AddContent(place, std::move(*stripped), executable,
+                                  rule + " (" + file.string() + ", debug info stripped)");
+    };
     fs::path self = fs::read_symlink("/proc/self/exe", ec);
     fs::path runtime = internal::LibraryPath();
     if (self.filename() != "stagekit") self = internal::DefaultRunner();
-    if (Status s = plan.tree.AddFile(self, kShipBinary, "stagekit driver"); !s.ok()) return s;
+    if (Status s = add_runtime(self, kShipBinary, "stagekit driver"); !s.ok()) return s;
     if (Status s =
-            plan.tree.AddFile(runtime, std::string(kShipLibDir) + "/" + runtime.filename().string(),
-                              "stagekit runtime");
+            add_runtime(runtime, std::string(kShipLibDir) + "/" + runtime.filename().string(),
+                        "stagekit runtime");
         !s.ok()) {
       return s;
     }
     fs::path bridge = internal::LibraryDir() / "libstagekit_ray.so";
     if (fs::exists(bridge, ec)) {
-      if (Status s = plan.tree.AddFile(bridge, std::string(kShipLibDir) + "/libstagekit_ray.so",
-                                       "Ray bridge");
+      if (Status s =
+              add_runtime(bridge, std::string(kShipLibDir) + "/libstagekit_ray.so", "Ray bridge");
           !s.ok()) {
         return s;
       }

@@ -36,6 +36,8 @@ struct ShipOptions {
   // the shipped pipeline names exactly these.
   std::vector<std::filesystem::path> libraries;
   int threads = 1;
+  // Ship stagekit's own binaries without debug info (objcopy --strip-debug).
+  bool strip_runtime = true;
   // Hash here (the package name is known when PlanShip returns), or leave it
   // to WritePackage, which hashes on other threads while it writes the zip.
   bool hash = true;

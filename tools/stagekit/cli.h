@@ -92,6 +92,7 @@ struct ShipCli {
   bool no_gitignore = false;
   std::string max_size = "100MiB";
   int level = 0;
+  bool keep_debug = false;
   void AddTo(CLI::App* cmd);
   std::vector<std::string> Patterns() const;  // the exclude patterns in force
 };

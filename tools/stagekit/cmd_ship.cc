@@ -95,6 +95,9 @@ void ShipCli::AddTo(CLI::App* cmd) {
                 "tool caches");
   cmd->add_flag("--no-gitignore", no_gitignore,
                 "Ignore .gitignore files (as RAY_RUNTIME_ENV_IGNORE_GITIGNORE=1 does for Ray)");
+  cmd->add_flag("--keep-debug", keep_debug,
+                "Ship stagekit's own binaries with their debug info (stripped by default: "
+                "workers do not need it and it can be most of the package)");
   cmd->add_option("--max-size", max_size, "Refuse packages whose files add up to more")
       ->default_val("100MiB");
   cmd->add_option("--level", level,
@@ -132,6 +135,7 @@ Result<tools::ShipPlan> PlanFromCommandLine(const std::string& pipeline, const L
   if (!max.ok()) return Status(Code::kUsage, "--max-size: " + max.status().message());
   options.max_bytes = *max;
   options.threads = Threads();
+  options.strip_runtime = !cli.keep_debug;
   options.hash = false;  // WritePackage hashes while it writes the zip
   return tools::PlanShip(options);
 }
