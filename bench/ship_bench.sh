@@ -5,8 +5,8 @@
 # same package name, then times, in one run:
 #   ray      get_uri_for_directory + create_package (Ray imported beforehand,
 #            not timed; RUNS runs in one process)
-#   stagekit `stagekit ship TREE` (whole process, hyperfine), at its default
-#            deflate level 1 and at level 6 (zlib's default, which Ray uses)
+#   stagekit `stagekit ship TREE` (whole process, hyperfine): the default
+#            (stored, as Ray's zip is), --level 1 and --level 6 (deflate)
 # and prints the medians and the ratios.
 #
 # Environment: BUILD_DIR (default build/bench), TREE (default
@@ -44,18 +44,22 @@ if [[ $ours != "$theirs" ]]; then
 fi
 
 hyperfine --warmup 1 --runs "$RUNS" --export-json "$WORK/hf.json" \
-  --prepare "rm -rf $WORK/sk" \
-  -n "stagekit ship (level 1)" "$SK ship $TREE -o $WORK/sk" \
-  -n "stagekit ship --level 6" "$SK ship $TREE -o $WORK/sk --level 6" >/dev/null
+  --prepare "rm -rf $WORK/sk0 $WORK/sk1 $WORK/sk6" \
+  -n "stagekit ship" "$SK ship $TREE -o $WORK/sk0" \
+  -n "stagekit ship --level 1" "$SK ship $TREE -o $WORK/sk1 --level 1" \
+  -n "stagekit ship --level 6" "$SK ship $TREE -o $WORK/sk6 --level 6" >/dev/null
+for l in 0 1 6; do "$SK" ship "$TREE" -o "$WORK/sk$l" --level $l >/dev/null 2>&1; done
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ray_med=$(jq -r '.seconds[]' <<<"$ray_json" | median)
-sk1=$(jq -r '.results[0].times[]' "$WORK/hf.json" | median)
-sk6=$(jq -r '.results[1].times[]' "$WORK/hf.json" | median)
 ray_zip=$(jq -r .zip_bytes <<<"$ray_json")
-sk_zip=$(stat -c %s "$WORK/sk/$ours")
-printf '== medians over %d runs\n' "$RUNS"
-printf '  Ray (Python)             %8.3f s   zip %s bytes\n' "$ray_med" "$ray_zip"
-printf '  stagekit ship --level 6  %8.3f s   %.1fx faster\n' "$sk6" "$(echo "$ray_med / $sk6" | bc -l)"
-printf '  stagekit ship (level 1)  %8.3f s   %.1fx faster   zip %s bytes\n' "$sk1" \
-  "$(echo "$ray_med / $sk1" | bc -l)" "$sk_zip"
+printf '== medians over %d runs (Ray in one process, imported beforehand; stagekit as whole processes)\n' "$RUNS"
+printf '  %-26s %8.3f s              zip %s bytes\n' "Ray (Python, stored)" "$ray_med" "$ray_zip"
+i=0
+for l in 0 1 6; do
+  t=$(jq -r ".results[$i].times[]" "$WORK/hf.json" | median)
+  label="stagekit ship"; [[ $l != 0 ]] && label="stagekit ship --level $l"
+  printf '  %-26s %8.3f s  %5.2fx    zip %s bytes\n' "$label" "$t" "$(echo "$ray_med / $t" | bc -l)" \
+    "$(stat -c %s "$WORK/sk$l/$ours")"
+  i=$((i + 1))
+done
