@@ -513,10 +513,21 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
     status["attempt"] = attempt;
     return Emit(status.dump(), 0, out, out_len);
   }
-  return EmitError(
-      kStageFailed,
-      label + " failed on Ray after " + std::to_string(max_attempts) + " attempts: " + last_failure,
-      out, out_len);
+  std::string hint;
+  if (last_failure.rfind("its worker died", 0) == 0) {
+    // A worker that cannot load the bridge or a stage library dies at start,
+    // and only its node's logs say why.
+    hint =
+        "; the node's logs say why (<ray temp dir>/session_latest/logs/worker-*.err and "
+        "raylet.out): a worker dies at start when it cannot load libstagekit_ray.so or a stage "
+        "library from the driver's path, so every node needs them at that path (for a package "
+        "shipped with `stagekit submit`: the same Ray temp dir on every node, e.g. the default "
+        "/tmp/ray)";
+  }
+  return EmitError(kStageFailed,
+                   label + " failed on Ray after " + std::to_string(max_attempts) +
+                       " attempts: " + last_failure + hint,
+                   out, out_len);
 }
 
 }  // namespace
