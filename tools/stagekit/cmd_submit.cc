@@ -226,6 +226,13 @@ Status SubmitInner(const SubmitCommand& cmd, Json& record) {
   if (!cmd.artifacts.empty()) {
     if (Status s = tools::CheckS3Uri(cmd.artifacts); !s.ok()) return s;
   }
+  Result<std::uint64_t> memory = std::uint64_t{0};
+  if (!cmd.entrypoint_memory.empty()) {
+    memory = ParseBytes(cmd.entrypoint_memory);
+    if (!memory.ok()) {
+      return Status(Code::kUsage, "--entrypoint-memory: " + memory.status().message());
+    }
+  }
   auto plan = PlanFromCommandLine(cmd.pipeline, cmd.libs, cmd.ship);
   if (!plan.ok()) return plan.status();
   if (plan->pipeline.empty()) {
@@ -296,12 +303,7 @@ Status SubmitInner(const SubmitCommand& cmd, Json& record) {
                     {"stagekit_version", STAGEKIT_VERSION}}}};
   if (cmd.entrypoint_cpus >= 0) request["entrypoint_num_cpus"] = cmd.entrypoint_cpus;
   if (cmd.entrypoint_gpus >= 0) request["entrypoint_num_gpus"] = cmd.entrypoint_gpus;
-  if (!cmd.entrypoint_memory.empty()) {
-    auto bytes = ParseBytes(cmd.entrypoint_memory);
-    if (!bytes.ok())
-      return Status(Code::kUsage, "--entrypoint-memory: " + bytes.status().message());
-    request["entrypoint_memory"] = *bytes;
-  }
+  if (!cmd.entrypoint_memory.empty()) request["entrypoint_memory"] = *memory;
   if (!resources.empty()) request["entrypoint_resources"] = resources;
   auto submitted = (*client)->Submit(request);
   if (!submitted.ok()) return submitted.status();
