@@ -7,6 +7,7 @@
 
 #include "paths.h"
 #include "stagekit/pipeline.h"
+#include "tools/package.h"
 #include "tools/secrets.h"
 
 namespace fs = std::filesystem;
@@ -42,11 +43,6 @@ const std::vector<Check> kChecks = {
     {"SK015", "vm-resource-mismatch", "error",
      "a node type's vm:<type> resource names another instance type"},
 };
-
-bool IsInside(const fs::path& path, const fs::path& dir) {
-  fs::path rel = path.lexically_relative(dir);
-  return !rel.empty() && *rel.begin() != "..";
-}
 
 int Line(const YAML::Node& n) {
   return n.IsDefined() && n.Mark().line >= 0 ? n.Mark().line + 1 : 0;
@@ -369,7 +365,7 @@ class Doctor {
       for (const auto& [name, ref] : st.inputs) {
         if (!ref.from_stage.empty()) continue;
         count(ref.file);
-        if (!IsInside(ref.file, dir)) {
+        if (!IsWithin(ref.file, dir)) {
           Add("SK008", file, st.line,
               "stage '" + st.name + "' input '" + name + "' is " + ref.file.string() +
                   ", outside the pipeline's folder: that path does not exist on a worker",

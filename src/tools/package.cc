@@ -31,15 +31,6 @@ std::string Join(const std::string& dir, const std::string& name) {
   return name.empty() ? dir : dir + "/" + name;
 }
 
-bool IsInside(const fs::path& path, const fs::path& root) {
-  auto r = root.begin(), p = path.begin();
-  for (; r != root.end(); ++r, ++p) {
-    if (r->empty()) continue;  // trailing separator
-    if (p == path.end() || *p != *r) return false;
-  }
-  return true;
-}
-
 std::string Hex(const std::uint8_t* bytes, size_t n) {
   static constexpr char kDigits[] = "0123456789abcdef";
   std::string out;
@@ -128,7 +119,7 @@ class Walker {
                           " points to nothing; remove it or exclude it (--exclude '" + shown +
                           "')");
       }
-      if (!IsInside(target, link_root_)) {
+      if (!IsWithin(target, link_root_)) {
         return Status(Code::kInputError, "symlink " + shown +
                                              " points outside the shipped tree (to " +
                                              target.string() +
@@ -189,6 +180,11 @@ class Walker {
 };
 
 }  // namespace
+
+bool IsWithin(const fs::path& path, const fs::path& dir) {
+  const fs::path rel = path.lexically_relative(dir);
+  return !rel.empty() && *rel.begin() != "..";
+}
 
 std::string HumanBytes(std::uint64_t bytes) {
   static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB"};

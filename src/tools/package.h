@@ -102,6 +102,9 @@ Json ManifestJson(const Tree& tree, const std::string& package_name);
 
 std::string HumanBytes(std::uint64_t bytes);
 
+// `path` is `dir` or below it (lexically: give both absolute and normalised).
+bool IsWithin(const std::filesystem::path& path, const std::filesystem::path& dir);
+
 }  // namespace stagekit::tools
 
 #endif  // STAGEKIT_TOOLS_PACKAGE_H_

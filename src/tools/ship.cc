@@ -19,11 +19,6 @@ namespace fs = std::filesystem;
 namespace stagekit::tools {
 namespace {
 
-bool IsInside(const fs::path& path, const fs::path& dir) {
-  fs::path rel = path.lexically_relative(dir);
-  return !rel.empty() && *rel.begin() != "..";
-}
-
 std::string Generic(const fs::path& p) { return p.lexically_normal().generic_string(); }
 
 Result<std::vector<std::shared_ptr<const PatternSet>>> ExcludeSets(const ShipOptions& options) {
@@ -175,7 +170,7 @@ Result<ShipPlan> PlanShip(const ShipOptions& options) {
       return Status(Code::kUsage, "--root " + options.root.string() + " is not a directory");
     }
     const fs::path pipeline_file = fs::weakly_canonical(pipeline->file, ec);
-    if (!IsInside(pipeline_file, root)) {
+    if (!IsWithin(pipeline_file, root)) {
       return Status(Code::kUsage, "the pipeline " + pipeline->file.string() +
                                       " is not inside --root " + root.string());
     }
@@ -190,7 +185,7 @@ Result<ShipPlan> PlanShip(const ShipOptions& options) {
       if (!parsed.ok()) return parsed.status();
       Include inc{parsed->first, parsed->second, fs::is_directory(parsed->first, ec)};
       if (inc.dest.empty()) {
-        if (!IsInside(inc.source, root) && inc.source != root) {
+        if (!IsWithin(inc.source, root)) {
           return Status(Code::kUsage,
                         "--include " + spec + " is outside the tree " + root.string() +
                             "; say where it goes in the package: --include " + spec + "=PLACE");
@@ -259,7 +254,7 @@ Result<ShipPlan> PlanShip(const ShipOptions& options) {
         fs::path file = fs::weakly_canonical(ref.file, ec);
         std::string place;
         for (const Include& inc : includes) {
-          if (inc.directory ? IsInside(file, inc.source) : file == inc.source) {
+          if (inc.directory ? IsWithin(file, inc.source) : file == inc.source) {
             place = inc.directory
                         ? Generic(fs::path(inc.dest) / file.lexically_relative(inc.source))
                         : inc.dest;
@@ -267,7 +262,7 @@ Result<ShipPlan> PlanShip(const ShipOptions& options) {
             break;
           }
         }
-        if (place.empty() && IsInside(file, root)) place = Generic(file.lexically_relative(root));
+        if (place.empty() && IsWithin(file, root)) place = Generic(file.lexically_relative(root));
         const std::string where = pipeline->file.string() + ":" + std::to_string(st.line) +
                                   ": stage '" + st.name + "' input '" + name + "': ";
         if (place.empty()) {
