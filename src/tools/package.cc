@@ -496,12 +496,7 @@ Result<std::string> HashTree(Tree& tree, int threads, std::uint64_t keep_bytes) 
 
 namespace {
 
-fs::path SiblingTemp(const fs::path& target) {
-  std::random_device rd;
-  char suffix[32];
-  std::snprintf(suffix, sizeof suffix, ".tmp-%d-%08x", static_cast<int>(::getpid()), rd());
-  return target.parent_path() / ("." + target.filename().string() + suffix);
-}
+fs::path SiblingTemp(const fs::path& target) { return SiblingPath(target, "tmp"); }
 
 Status ZipError(zip_t* za, const std::string& what, const fs::path& zip) {
   return Status(Code::kOutputError,
@@ -669,6 +664,27 @@ Status WriteZip(const Tree& tree, const fs::path& zip, int level) {
     return finish(s);
   }
   return finish(OkStatus());
+}
+
+fs::path SiblingPath(const fs::path& target, const char* tag) {
+  std::random_device rd;
+  char suffix[48];
+  std::snprintf(suffix, sizeof suffix, ".%s-%d-%08x", tag, static_cast<int>(::getpid()), rd());
+  fs::path base = target;
+  if (base.filename().empty()) base = base.parent_path();  // "dir/"
+  return base.parent_path() / ("." + base.filename().string() + suffix);
+}
+
+Status WriteFileAtomically(const fs::path& path, const std::string& text) {
+  const fs::path tmp = SiblingPath(path, "tmp");
+  Status s = WriteAll(tmp, text);
+  std::error_code ec;
+  if (s.ok()) {
+    fs::rename(tmp, path, ec);
+    if (ec) s = Status(Code::kOutputError, "cannot write " + path.string() + ": " + ec.message());
+  }
+  if (!s.ok()) fs::remove(tmp, ec);
+  return s;
 }
 
 Status Materialize(const Tree& tree, const fs::path& dir) {

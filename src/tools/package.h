@@ -102,6 +102,12 @@ Json ManifestJson(const Tree& tree, const std::string& package_name);
 
 std::string HumanBytes(std::uint64_t bytes);
 
+// A hidden name beside `target` for writing it atomically:
+// ".<name>.<tag>-<pid>-<random>".
+std::filesystem::path SiblingPath(const std::filesystem::path& target, const char* tag);
+// `path` holds `text` completely or keeps what it had (temporary file + rename).
+Status WriteFileAtomically(const std::filesystem::path& path, const std::string& text);
+
 // `path` is `dir` or below it (lexically: give both absolute and normalised).
 bool IsWithin(const std::filesystem::path& path, const std::filesystem::path& dir);
 

@@ -3,9 +3,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
-#include <random>
 
 #include "process.h"
+#include "tools/package.h"
 
 namespace fs = std::filesystem;
 
@@ -39,15 +39,6 @@ Status RunAws(const std::vector<std::string>& argv, Code code, const std::string
                             "): " + internal::Tail(err, 1500));
   }
   return OkStatus();
-}
-
-fs::path Sibling(const fs::path& dir, const char* tag) {
-  std::random_device rd;
-  char suffix[48];
-  std::snprintf(suffix, sizeof suffix, ".%s-%d-%08x", tag, static_cast<int>(::getpid()), rd());
-  fs::path base = dir;
-  if (base.filename().empty()) base = base.parent_path();
-  return base.parent_path() / ("." + base.filename().string() + suffix);
 }
 
 }  // namespace
@@ -88,7 +79,7 @@ Status S3Fetch(const std::string& uri, const fs::path& dir, const S3Options& opt
                                           "directory or pass --overwrite");
   }
   if (!dir.parent_path().empty()) fs::create_directories(dir.parent_path(), ec);
-  const fs::path tmp = Sibling(dir, "fetch");
+  const fs::path tmp = SiblingPath(dir, "fetch");
   if (!fs::create_directory(tmp, ec)) {
     return Status(Code::kOutputError, "cannot write beside " + dir.string() + ": " + ec.message());
   }
@@ -111,7 +102,7 @@ Status S3Fetch(const std::string& uri, const fs::path& dir, const S3Options& opt
   }
   fs::path old;
   if (exists) {
-    old = Sibling(dir, "old");
+    old = SiblingPath(dir, "old");
     fs::rename(dir, old, ec);
     if (ec) {
       cleanup();

@@ -330,22 +330,7 @@ Status WritePackage(ShipPlan& plan, const fs::path& dir, int level, int threads)
     if (Status s = WriteZip(plan.tree, dir / plan.package, level); !s.ok()) return s;
   }
   const fs::path manifest = dir / (fs::path(plan.package).stem().string() + ".manifest.json");
-  const fs::path tmp =
-      dir / ("." + manifest.filename().string() + ".tmp-" + std::to_string(::getpid()));
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    out << ManifestJson(plan.tree, plan.package).dump(1) << "\n";
-    if (!out.flush()) {
-      fs::remove(tmp, ec);
-      return Status(Code::kOutputError, "cannot write " + manifest.string());
-    }
-  }
-  fs::rename(tmp, manifest, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    return Status(Code::kOutputError, "cannot write " + manifest.string() + ": " + ec.message());
-  }
-  return OkStatus();
+  return WriteFileAtomically(manifest, ManifestJson(plan.tree, plan.package).dump(1) + "\n");
 }
 
 }  // namespace stagekit::tools

@@ -74,8 +74,7 @@ Status ApplyCommandLine(Pipeline& pipeline, const ExecOptions& exec);
 // The summary of one run (what --json prints and what is written beside the outputs).
 Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_view executor,
                 int jobs, const std::filesystem::path& out_dir);
-// Writes `text` to `path` atomically (temporary file + rename).
-Status WriteFileAtomically(const std::filesystem::path& path, const std::string& text);
+using tools::WriteFileAtomically;
 
 // A progress display on a terminal, plain log lines otherwise, nothing with quiet.
 std::unique_ptr<RunObserver> MakeProgress(std::size_t total, bool quiet, std::string prefix);

@@ -185,34 +185,6 @@ Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_v
       {"stages", stages}};
 }
 
-Status WriteFileAtomically(const fs::path& path, const std::string& text) {
-  fs::path temp = path;
-  temp += ".tmp-" + std::to_string(::getpid());
-  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0)
-    return Status(Code::kOutputError,
-                  "cannot write '" + path.string() + "': " + std::strerror(errno));
-  std::size_t done = 0;
-  while (done < text.size()) {
-    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      std::string err = std::strerror(errno);
-      ::close(fd);
-      ::unlink(temp.c_str());
-      return Status(Code::kOutputError, "cannot write '" + path.string() + "': " + err);
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  ::close(fd);
-  if (::rename(temp.c_str(), path.c_str()) != 0) {
-    std::string err = std::strerror(errno);
-    ::unlink(temp.c_str());
-    return Status(Code::kOutputError, "cannot write '" + path.string() + "': " + err);
-  }
-  return OkStatus();
-}
-
 std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }
 
 namespace {
