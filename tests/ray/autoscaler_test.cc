@@ -166,13 +166,21 @@ TEST_F(FakeAutoscaler, LaunchesTheNodeTypeAStageNeedsAndRemovesItWhenIdle) {
     if (f.rfind("--node-manager-port=", 0) == 0) head_port = f.substr(20);
   EXPECT_NE(ran_on.substr(ran_on.rfind(':') + 1), head_port)
       << "the stage ran on the head, not on a launched node: " << summary.dump(2);
-  // The monitor's log names the launch of the right node type.
+  // The monitor's log names the launch of the right node type. The node
+  // launcher logs it once create_node returns, which can be after the stage
+  // already ran there: wait for the line.
   std::string monitor;
-  for (const auto& e : fs::recursive_directory_iterator(ray_tmp_)) {
-    if (e.path().filename().string().rfind("monitor.", 0) == 0) monitor += ReadFile(e.path());
-  }
-  EXPECT_NE(monitor.find("Adding 1 node(s) of type ray.worker.gpu"), std::string::npos) << monitor;
-  EXPECT_EQ(monitor.find("Adding 1 node(s) of type ray.worker.big"), std::string::npos) << monitor;
+  const auto log_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  do {
+    monitor.clear();
+    for (const auto& e : fs::recursive_directory_iterator(ray_tmp_)) {
+      if (e.path().filename().string().rfind("monitor.", 0) == 0) monitor += ReadFile(e.path());
+    }
+    if (monitor.find("Launching 1 nodes, type ray.worker.gpu.") != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  } while (std::chrono::steady_clock::now() < log_deadline);
+  EXPECT_NE(monitor.find("Launching 1 nodes, type ray.worker.gpu."), std::string::npos) << monitor;
+  EXPECT_EQ(monitor.find("nodes, type ray.worker.big"), std::string::npos) << monitor;
 
   // Idle for 0.1 minutes: the node goes away.
   nodes = AliveNodes();
