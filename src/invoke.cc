@@ -131,7 +131,7 @@ Result<RunStats> Invoke(const StageRequest& req, const Registry& registry) {
 
   const fs::path temp = TempOutputPath(req.output, ::getpid(), g_temp_serial++);
   StageContext ctx(req.stage, req.instance.empty() ? req.stage : req.instance, &req.inputs, temp,
-                   &req.job, &req.kwargs);
+                   &req.job, &req.kwargs, req.threads);
 
   auto start = std::chrono::steady_clock::now();
   std::string failure;

@@ -60,7 +60,7 @@ int OpenPidFd(pid_t pid) {
 // their defaults and unblocked. `group` is POSIX_SPAWN_SETSID,
 // POSIX_SPAWN_SETPGROUP (a new process group) or 0. Returns 0 or an errno.
 int SpawnProcess(const std::vector<std::string>& args, const posix_spawn_file_actions_t* actions,
-                 short group, pid_t* pid) {
+                 short group, pid_t* pid, char** env = environ) {
   if (args.empty()) return EINVAL;
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
@@ -77,8 +77,8 @@ int SpawnProcess(const std::vector<std::string>& args, const posix_spawn_file_ac
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   int rc = args[0].find('/') != std::string::npos
-               ? posix_spawn(pid, argv[0], actions, &attr, argv.data(), environ)
-               : posix_spawnp(pid, argv[0], actions, &attr, argv.data(), environ);
+               ? posix_spawn(pid, argv[0], actions, &attr, argv.data(), env)
+               : posix_spawnp(pid, argv[0], actions, &attr, argv.data(), env);
   posix_spawnattr_destroy(&attr);
   return rc;
 }
@@ -202,8 +202,28 @@ ChildResult RunChild(const ChildSpec& spec) {
   posix_spawn_file_actions_adddup2(&actions, in_child.get(), 0);
   posix_spawn_file_actions_adddup2(&actions, out_child.get(), 1);
   posix_spawn_file_actions_adddup2(&actions, err_child.get(), 2);
+  if (!spec.cwd.empty()) posix_spawn_file_actions_addchdir_np(&actions, spec.cwd.c_str());
+  // The environment, when the spec changes it.
+  std::vector<std::string> env_strings;
+  std::vector<char*> env;
+  if (!spec.env_set.empty() || !spec.env_unset.empty()) {
+    auto replaced = [&](std::string_view entry) {
+      std::string_view name = entry.substr(0, entry.find('='));
+      for (const std::string& u : spec.env_unset)
+        if (name == u) return true;
+      for (const std::string& e : spec.env_set)
+        if (name == std::string_view(e).substr(0, e.find('='))) return true;
+      return false;
+    };
+    for (char** e = environ; *e != nullptr; ++e)
+      if (!replaced(*e)) env_strings.emplace_back(*e);
+    env_strings.insert(env_strings.end(), spec.env_set.begin(), spec.env_set.end());
+    for (std::string& e : env_strings) env.push_back(e.data());
+    env.push_back(nullptr);
+  }
   pid_t pid = -1;
-  int rc = SpawnProcess(spec.argv, &actions, POSIX_SPAWN_SETPGROUP, &pid);
+  int rc = SpawnProcess(spec.argv, &actions, POSIX_SPAWN_SETPGROUP, &pid,
+                        env.empty() ? environ : env.data());
   posix_spawn_file_actions_destroy(&actions);
   if (rc != 0) {
     result.spawn_status =

@@ -22,6 +22,12 @@ struct ChildSpec {
   std::chrono::milliseconds kill_grace{2000};
   std::size_t stdout_keep = 1 << 20;  // last bytes of stdout kept
   std::size_t stderr_keep = 1 << 14;  // last bytes of stderr kept
+  // The child's environment: this process's, minus `env_unset` (names), plus
+  // `env_set` ("NAME=VALUE", replacing). Its working directory: `cwd`, or
+  // this process's when empty.
+  std::vector<std::string> env_set;
+  std::vector<std::string> env_unset;
+  std::string cwd;
 };
 
 struct ChildResult {

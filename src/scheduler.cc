@@ -1,7 +1,9 @@
 #include <chrono>
 #include <condition_variable>
 #include <deque>
+#include <cmath>
 #include <mutex>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -50,6 +52,7 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
     req.job = pipeline.job;
     req.kwargs = st.kwargs;
     req.executor = std::string(executor.name());
+    req.threads = std::max(1, static_cast<int>(std::ceil(st.options.resources.cpus)));
     std::set<std::size_t> deps;
     for (const auto& [name, ref] : st.inputs) {
       if (ref.from_stage.empty()) {
@@ -94,8 +97,22 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
   bool stop = false;
   std::size_t running = 0;
   Status failure;
+  std::mt19937_64 shuffle(options.order_seed);
+  auto seconds = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  // The digests of the stage's inputs that other stages produced.
+  auto upstream_digests = [&](std::size_t i) {
+    std::map<std::string, std::string> digests;
+    for (const auto& [name, ref] : pipeline.stages[i].inputs) {
+      if (ref.from_stage.empty()) continue;
+      const StageOutcome& up = result.stages[index.at(ref.from_stage)];
+      if (up.stats) digests[name] = up.stats->output_digest;
+    }
+    return digests;
+  };
 
-  auto worker = [&] {
+  auto worker = [&](int slot) {
     std::unique_lock<std::mutex> lock(mu);
     for (;;) {
       if (!stop && Interrupted()) {
@@ -112,16 +129,39 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
         }
       }
       if (!stop && !ready.empty()) {
+        if (options.order_seed != 0 && ready.size() > 1) {
+          std::swap(ready.front(), ready[shuffle() % ready.size()]);
+        }
         std::size_t i = ready.front();
         ready.pop_front();
         ++running;
-        result.stages[i].state = StageState::kRunning;
-        if (options.observer != nullptr) options.observer->OnStageStarted(pipeline.stages[i]);
-        lock.unlock();
-        Result<RunStats> stats = executor.Run(requests[i], pipeline.stages[i].options);
-        lock.lock();
-        --running;
         StageOutcome& outcome = result.stages[i];
+        outcome.state = StageState::kRunning;
+        outcome.slot = slot;
+        outcome.start_s = seconds();
+        const std::map<std::string, std::string> upstream =
+            options.cache != nullptr ? upstream_digests(i) : std::map<std::string, std::string>{};
+        std::optional<RunStats> hit;
+        if (options.cache != nullptr && options.lookup_cache) {
+          lock.unlock();
+          hit = options.cache->Lookup(pipeline.stages[i], requests[i], upstream);
+          lock.lock();
+        }
+        Result<RunStats> stats = Status(Code::kInternal, "not run");
+        if (hit) {
+          outcome.cached = true;
+          stats = std::move(*hit);
+        } else {
+          if (options.observer != nullptr) options.observer->OnStageStarted(pipeline.stages[i]);
+          lock.unlock();
+          stats = executor.Run(requests[i], pipeline.stages[i].options);
+          if (stats.ok() && options.cache != nullptr) {
+            options.cache->Store(pipeline.stages[i], requests[i], upstream, *stats);
+          }
+          lock.lock();
+        }
+        --running;
+        outcome.end_s = seconds();
         if (stats.ok()) {
           outcome.state = StageState::kSucceeded;
           outcome.stats = std::move(stats).value();
@@ -152,8 +192,8 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
       1, std::min<std::size_t>(static_cast<std::size_t>(std::max(options.jobs, 1)), n));
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
-  for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
+  for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(worker, static_cast<int>(t));
+  worker(0);
   for (std::thread& t : pool) t.join();
   return finish(failure);
 }

@@ -132,13 +132,15 @@ Json StageRequest::ToJson() const {
   return Json{{"stage", stage},       {"instance", instance},
               {"inputs", in},         {"output", output.string()},
               {"job", job.ToJson()},  {"kwargs", kwargs},
-              {"executor", executor}, {"attempt", attempt}};
+              {"executor", executor}, {"attempt", attempt},
+              {"threads", threads}};
 }
 
 Result<StageRequest> StageRequest::FromJson(const Json& json) {
   StageRequest req;
   FieldReader r(json, "request", Code::kBadRequest);
-  r.OnlyKeys({"stage", "instance", "inputs", "output", "job", "kwargs", "executor", "attempt"});
+  r.OnlyKeys({"stage", "instance", "inputs", "output", "job", "kwargs", "executor", "attempt",
+              "threads"});
   std::string output;
   Json inputs = Json::object();
   Json job = Json::object();
@@ -150,10 +152,12 @@ Result<StageRequest> StageRequest::FromJson(const Json& json) {
   r.Object("kwargs", req.kwargs);
   r.String("executor", req.executor);
   r.Int("attempt", req.attempt);
+  r.Int("threads", req.threads);
   if (!r.ok()) return r.status();
   if (req.stage.empty()) return Status(Code::kBadRequest, "request: 'stage' is empty");
   if (output.empty()) return Status(Code::kBadRequest, "request: 'output' is empty");
   if (req.attempt < 1) return Status(Code::kBadRequest, "request: 'attempt' must be >= 1");
+  if (req.threads < 0) return Status(Code::kBadRequest, "request: 'threads' must be >= 0");
   if (req.instance.empty()) req.instance = req.stage;
   req.output = output;
   for (const auto& [name, path] : inputs.items()) {
@@ -216,13 +220,15 @@ std::uint64_t DeriveSeed(const JobSpec& job, std::string_view instance_name) {
 
 StageContext::StageContext(std::string stage, std::string instance,
                            const std::map<std::string, std::filesystem::path>* inputs,
-                           std::filesystem::path output, const JobSpec* job, const Json* kwargs)
+                           std::filesystem::path output, const JobSpec* job, const Json* kwargs,
+                           int threads)
     : stage_(std::move(stage)),
       instance_(std::move(instance)),
       inputs_(inputs),
       output_(std::move(output)),
       job_(job),
-      kwargs_(kwargs) {}
+      kwargs_(kwargs),
+      threads_(threads < 1 ? 1 : threads) {}
 
 std::uint64_t StageContext::seed() const {
   if (!seed_) seed_ = DeriveSeed(*job_, instance_);

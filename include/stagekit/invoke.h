@@ -24,6 +24,10 @@ struct StageRequest {
   Json kwargs = Json::object();
   std::string executor = "inprocess";  // recorded in RunStats
   int attempt = 1;                     // recorded in RunStats
+  // How many threads the stage may use (StageContext::threads()); 0: one per
+  // whole CPU of its resources, at least 1. Never part of what the output may
+  // depend on: the determinism audit changes it.
+  int threads = 0;
 
   Json ToJson() const;
   // kBadRequest with a message naming the offending field.

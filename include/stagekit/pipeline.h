@@ -98,6 +98,12 @@ struct StageOutcome {
   std::optional<RunStats> stats;
   Status status;  // for kFailed
   std::filesystem::path output;
+  bool cached = false;  // succeeded by restoring a cached output; nothing ran
+  // When it ran, in seconds since the run started (steady clock), and which
+  // scheduler slot (0 .. jobs-1) ran it; -1 when it never started.
+  double start_s = -1;
+  double end_s = -1;
+  int slot = -1;
 };
 
 // Hooks for progress displays and traces; called from scheduler threads, one
@@ -109,6 +115,25 @@ class RunObserver {
   virtual void OnStageFinished(const PipelineStage& /*stage*/, const StageOutcome& /*outcome*/) {}
 };
 
+// A store of stage outputs that the scheduler asks before it launches a stage
+// and tells after a stage succeeded (see stagekit/cache.h for the one on
+// disk). `upstream` maps each input that is another stage's output to that
+// output's digest ("sha256:<hex>"), so that the cache need not hash it again.
+// Called from scheduler threads, several at once.
+class StageCache {
+ public:
+  virtual ~StageCache() = default;
+  // When an entry matches, restores its output at request.output and returns
+  // the RunStats recorded when it was made; nullopt otherwise.
+  virtual std::optional<RunStats> Lookup(const PipelineStage& stage, const StageRequest& request,
+                                         const std::map<std::string, std::string>& upstream) = 0;
+  // Records a stage that ran and succeeded; failures to store are the
+  // cache's to report, they never fail the run.
+  virtual void Store(const PipelineStage& stage, const StageRequest& request,
+                     const std::map<std::string, std::string>& upstream,
+                     const RunStats& stats) = 0;
+};
+
 struct RunOptions {
   int jobs = 1;  // stages in flight at once
   RunObserver* observer = nullptr;
@@ -116,6 +141,12 @@ struct RunOptions {
   // Status launches nothing more, lets running stages finish and becomes the
   // run's status (e.g. a budget that ran out).
   std::function<Status()> before_launch;
+  StageCache* cache = nullptr;
+  bool lookup_cache = false;  // ask `cache` before launching (run --resume); else only store
+  // 0: stages that are ready start in pipeline order. Otherwise the ready
+  // stages are taken in an order shuffled with this seed (the determinism
+  // audit's scheduling-order perturbation).
+  std::uint64_t order_seed = 0;
 };
 
 struct RunResult {

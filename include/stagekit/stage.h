@@ -78,7 +78,8 @@ class StageContext {
  public:
   StageContext(std::string stage, std::string instance,
                const std::map<std::string, std::filesystem::path>* inputs,
-               std::filesystem::path output, const JobSpec* job, const Json* kwargs);
+               std::filesystem::path output, const JobSpec* job, const Json* kwargs,
+               int threads = 1);
 
   // Registered stage name ("wordcount.map").
   const std::string& stage() const { return stage_; }
@@ -95,6 +96,11 @@ class StageContext {
   const Json& kwargs() const { return *kwargs_; }
   // DeriveSeed(job(), instance()), computed on first use.
   std::uint64_t seed() const;
+  // How many threads the stage may use: its CPU allocation (at least 1). Size
+  // thread pools with it (Ray sets OMP_NUM_THREADS the same way), but never
+  // let the output depend on it: split work into a fixed number of chunks and
+  // combine them in a fixed order.
+  int threads() const { return threads_; }
 
   // Convenience: whole input file as bytes; throws std::runtime_error on I/O errors.
   std::string ReadInput(std::string_view name) const;
@@ -111,6 +117,7 @@ class StageContext {
   std::filesystem::path output_;
   const JobSpec* job_;
   const Json* kwargs_;
+  int threads_;
   mutable std::optional<std::uint64_t> seed_;
   Json metrics_ = Json::object();
 };

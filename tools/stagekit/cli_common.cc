@@ -168,6 +168,10 @@ Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_v
                           ? Json(static_cast<double>(st.options.timeout->count()) / 1000.0)
                           : Json(nullptr)},
         {"stats", o.stats ? o.stats->ToJson() : Json(nullptr)},
+        {"cached", o.cached},
+        {"start_s", o.start_s < 0 ? Json(nullptr) : Json(o.start_s)},
+        {"end_s", o.end_s < 0 ? Json(nullptr) : Json(o.end_s)},
+        {"slot", o.slot < 0 ? Json(nullptr) : Json(o.slot)},
         {"error", o.state == StageState::kFailed ? ErrorToJson(o.status)["error"] : Json(nullptr)}};
     stages.push_back(std::move(entry));
   }
@@ -197,8 +201,9 @@ class LineProgress : public RunObserver {
   explicit LineProgress(std::string prefix) : prefix_(std::move(prefix)) {}
   void OnStageFinished(const PipelineStage& st, const StageOutcome& o) override {
     if (o.state == StageState::kSucceeded) {
-      std::fprintf(stderr, "%sok      %s (%s) %.3fs %s\n", prefix_.c_str(), st.name.c_str(),
-                   st.stage.c_str(), o.stats->wall_s, HumanBytes(o.stats->bytes_out).c_str());
+      std::fprintf(stderr, "%s%s %s (%s) %.3fs %s\n", prefix_.c_str(),
+                   o.cached ? "cached " : "ok     ", st.name.c_str(), st.stage.c_str(),
+                   o.stats->wall_s, HumanBytes(o.stats->bytes_out).c_str());
     } else {
       std::fprintf(stderr, "%sFAILED  %s (%s): %s\n", prefix_.c_str(), st.name.c_str(),
                    st.stage.c_str(), FirstLine(o.status.message()).c_str());
@@ -240,9 +245,10 @@ class TerminalProgress : public RunObserver {
   }
   void OnStageFinished(const PipelineStage& st, const StageOutcome& o) override {
     std::lock_guard<std::mutex> lock(mu_);
-    --running_;
+    if (!o.cached) --running_;  // a cached stage never started
     if (o.state == StageState::kSucceeded) {
       ++done_count_;
+      cached_ += o.cached ? 1 : 0;
     } else {
       ++failed_;
       std::fprintf(stderr, "\r\033[K%sFAILED  %s (%s): %s\n", prefix_.c_str(), st.name.c_str(),
@@ -254,8 +260,9 @@ class TerminalProgress : public RunObserver {
  private:
   void Draw() {
     double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
-    std::fprintf(stderr, "\r\033[K%s[%zu/%zu done] %zu running, %zu failed, %.1fs  %s",
-                 prefix_.c_str(), done_count_, total_, running_, failed_, elapsed, last_.c_str());
+    std::fprintf(stderr, "\r\033[K%s[%zu/%zu done, %zu cached] %zu running, %zu failed, %.1fs  %s",
+                 prefix_.c_str(), done_count_, total_, cached_, running_, failed_, elapsed,
+                 last_.c_str());
     std::fflush(stderr);
   }
 
@@ -265,7 +272,7 @@ class TerminalProgress : public RunObserver {
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
-  std::size_t running_ = 0, done_count_ = 0, failed_ = 0;
+  std::size_t running_ = 0, done_count_ = 0, failed_ = 0, cached_ = 0;
   std::string last_;
   std::thread ticker_;
 };
