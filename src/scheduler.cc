@@ -1,7 +1,7 @@
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
-#include <cmath>
 #include <mutex>
 #include <random>
 #include <set>

@@ -139,8 +139,8 @@ Json StageRequest::ToJson() const {
 Result<StageRequest> StageRequest::FromJson(const Json& json) {
   StageRequest req;
   FieldReader r(json, "request", Code::kBadRequest);
-  r.OnlyKeys({"stage", "instance", "inputs", "output", "job", "kwargs", "executor", "attempt",
-              "threads"});
+  r.OnlyKeys(
+      {"stage", "instance", "inputs", "output", "job", "kwargs", "executor", "attempt", "threads"});
   std::string output;
   Json inputs = Json::object();
   Json job = Json::object();

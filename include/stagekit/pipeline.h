@@ -130,8 +130,7 @@ class StageCache {
   // Records a stage that ran and succeeded; failures to store are the
   // cache's to report, they never fail the run.
   virtual void Store(const PipelineStage& stage, const StageRequest& request,
-                     const std::map<std::string, std::string>& upstream,
-                     const RunStats& stats) = 0;
+                     const std::map<std::string, std::string>& upstream, const RunStats& stats) = 0;
 };
 
 struct RunOptions {
