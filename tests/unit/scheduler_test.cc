@@ -191,5 +191,70 @@ TEST(SchedulerTest, InProcessPipelineIsDeterministicAcrossJobCounts) {
   }
 }
 
+// A cache that hits for the stages the test names and records every call.
+class FakeCache : public StageCache {
+ public:
+  std::optional<RunStats> Lookup(const PipelineStage& st, const StageRequest&,
+                                 const std::map<std::string, std::string>& upstream) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    looked_up_[st.name] = upstream;
+    auto it = hits_.find(st.name);
+    if (it == hits_.end()) return std::nullopt;
+    return it->second;
+  }
+  void Store(const PipelineStage& st, const StageRequest&,
+             const std::map<std::string, std::string>&, const RunStats& stats) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    stored_[st.name] = stats.output_digest;
+  }
+
+  std::mutex mu_;
+  std::map<std::string, RunStats> hits_;
+  std::map<std::string, std::map<std::string, std::string>> looked_up_;
+  std::map<std::string, std::string> stored_;
+};
+
+TEST(SchedulerTest, ACacheHitMarksTheStageCachedAndSkipsTheExecutor) {
+  TempDir dir;
+  FakeExecutor ex;
+  FakeCache cache;
+  RunStats hit;
+  hit.stage = "s";
+  hit.executor = "ray";
+  hit.output_digest = "sha256:from-cache";
+  cache.hits_["m0"] = hit;
+  RunOptions options;
+  options.jobs = 2;
+  options.cache = &cache;
+  options.lookup_cache = true;
+  RunResult r = RunPipeline(FanOut(3), dir / "out", ex, options);
+  ASSERT_TRUE(r.status.ok()) << r.status.message();
+  EXPECT_EQ(std::set<std::string>(ex.started_.begin(), ex.started_.end()),
+            (std::set<std::string>{"m1", "m2", "r"}));
+  ASSERT_EQ(r.stages[0].name, "m0");
+  EXPECT_TRUE(r.stages[0].cached);
+  EXPECT_EQ(r.stages[0].state, StageState::kSucceeded);
+  EXPECT_EQ(r.stages[0].stats->executor, "ray");
+  for (std::size_t i = 1; i < r.stages.size(); ++i) EXPECT_FALSE(r.stages[i].cached);
+  // Downstream stages learn their inputs' digests, cached or not.
+  EXPECT_EQ(cache.looked_up_["r"],
+            (std::map<std::string, std::string>{
+                {"i0", "sha256:from-cache"}, {"i1", "sha256:fake"}, {"i2", "sha256:fake"}}));
+  EXPECT_EQ(cache.stored_.count("m0"), 0u) << "a hit is not stored again";
+  EXPECT_EQ(cache.stored_.size(), 3u);
+
+  // Without lookup_cache the cache is only told.
+  FakeExecutor ex2;
+  FakeCache cache2;
+  cache2.hits_["m0"] = hit;
+  options.cache = &cache2;
+  options.lookup_cache = false;
+  r = RunPipeline(FanOut(3), dir / "out2", ex2, options);
+  ASSERT_TRUE(r.status.ok()) << r.status.message();
+  EXPECT_EQ(ex2.started_.size(), 4u);
+  EXPECT_TRUE(cache2.looked_up_.empty());
+  EXPECT_EQ(cache2.stored_.size(), 4u);
+}
+
 }  // namespace
 }  // namespace stagekit
