@@ -24,6 +24,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -225,7 +226,10 @@ Bytes RunImpl(const std::string& payload, const std::vector<const Bytes*>& input
     std::string text = request.dump();
     char* reply = nullptr;
     std::size_t reply_len = 0;
-    int rc = stagekit_invoke_json(text.data(), text.size(), &reply, &reply_len);
+    // A warm stage sets up once per worker process (an actor's, normally);
+    // "cold" asks for a setup for this run only.
+    int rc = stagekit_invoke_json_warm(text.data(), text.size(), p.value("cold", false) ? 0 : 1,
+                                       &reply, &reply_len);
     std::string status(reply == nullptr ? "" : reply, reply_len);
     stagekit_free(reply);
     Bytes frame;
@@ -276,8 +280,51 @@ bool RegisterTasks(std::index_sequence<N...>) {
   return true;
 }
 
+// Warm stages: an actor whose process keeps the stage's warm instance (the
+// process-wide pool behind stagekit_invoke_json) between its tasks. One
+// method per input count, like the task trampolines; a warm stage with more
+// inputs runs as a plain task.
+constexpr std::size_t kMaxWarmInputs = 16;
+
+class StagekitWarmActor {
+ public:
+  // `key` names what the actor is for (stage, job, setup); the setup itself
+  // happens in its first task, so that a failing setup fails that task
+  // with the stage's message instead of killing the actor.
+  static StagekitWarmActor* FactoryCreate(std::string key) { return new StagekitWarmActor(key); }
+  template <std::size_t... I>
+  Bytes Run(std::string payload, AlwaysBytes<I>... inputs) {
+    return RunImpl(payload, std::vector<const Bytes*>{&inputs...});
+  }
+
+ private:
+  explicit StagekitWarmActor(std::string key) : key_(std::move(key)) {}
+  std::string key_;
+};
+
+template <std::size_t... I>
+auto WarmMethod(std::index_sequence<I...>) {
+  return &StagekitWarmActor::Run<I...>;
+}
+
+template <std::size_t N>
+std::string WarmMethodName() {
+  return "&StagekitWarmActor::Run" + std::to_string(N);
+}
+
+template <std::size_t... N>
+bool RegisterWarmActor(std::index_sequence<N...>) {
+  ray::internal::FunctionManager::Instance().RegisterRemoteFunction(
+      "StagekitWarmActor::FactoryCreate", &StagekitWarmActor::FactoryCreate);
+  (ray::internal::FunctionManager::Instance().RegisterRemoteFunction(
+       WarmMethodName<N>(), WarmMethod(std::make_index_sequence<N>{})),
+   ...);
+  return true;
+}
+
 // Registered in the driver and in every worker that loads this library.
-const bool kRegistered = RegisterTasks(std::make_index_sequence<kMaxInputs + 1>{});
+const bool kRegistered = RegisterTasks(std::make_index_sequence<kMaxInputs + 1>{}) &&
+                         RegisterWarmActor(std::make_index_sequence<kMaxWarmInputs + 1>{});
 
 // ---------------------------------------------------------------------------
 // Driver side
@@ -310,6 +357,38 @@ std::array<SubmitFn, sizeof...(N)> SubmitTable(std::index_sequence<N...>) {
   return {&Submit<N>...};
 }
 
+using WarmHandle = ray::ActorHandle<StagekitWarmActor>;
+using ActorSubmitFn = ray::ObjectRef<Bytes> (*)(WarmHandle&, const std::string&,
+                                                const std::vector<ray::ObjectRef<Bytes>>&);
+
+template <std::size_t... I>
+ray::ObjectRef<Bytes> ActorSubmitWith(WarmHandle& actor, const std::string& payload,
+                                      const std::vector<ray::ObjectRef<Bytes>>& refs,
+                                      std::index_sequence<I...>) {
+  return actor.Task(WarmMethod(std::index_sequence<I...>{})).Remote(payload, refs[I]...);
+}
+
+template <std::size_t N>
+ray::ObjectRef<Bytes> ActorSubmit(WarmHandle& actor, const std::string& payload,
+                                  const std::vector<ray::ObjectRef<Bytes>>& refs) {
+  return ActorSubmitWith(actor, payload, refs, std::make_index_sequence<N>{});
+}
+
+template <std::size_t... N>
+std::array<ActorSubmitFn, sizeof...(N)> ActorSubmitTable(std::index_sequence<N...>) {
+  return {&ActorSubmit<N>...};
+}
+
+std::string Hex(const std::string& bytes) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out.push_back(kHex[c >> 4]);
+    out.push_back(kHex[c & 15]);
+  }
+  return out;
+}
+
 struct InputKey {
   std::string path;
   dev_t dev;
@@ -329,6 +408,12 @@ struct stagekit_ray_bridge {
   std::map<InputKey, ray::ObjectRef<Bytes>> inputs;
   std::atomic<std::uint64_t> objects_put{0}, bytes_put{0}, tasks{0}, retries{0};
   std::atomic<unsigned long> serial{0};
+  // Warm actors: idle ones by key; every live one, to kill on close. An actor
+  // serves one Run at a time, so a key never has more actors than Runs at once.
+  std::mutex actors_mu;
+  std::map<std::string, std::vector<WarmHandle>> idle_actors;
+  std::map<std::string, WarmHandle> live_actors;  // by actor id
+  std::atomic<std::uint64_t> actors_started{0};
 };
 
 namespace {
@@ -378,6 +463,54 @@ int WriteOutputAtomically(stagekit_ray_bridge* h, const std::string& output, con
   return 0;
 }
 
+WarmHandle AcquireActor(stagekit_ray_bridge* h, const std::string& key, const Resources& resources,
+                        bool& fresh) {
+  {
+    std::lock_guard<std::mutex> lock(h->actors_mu);
+    auto it = h->idle_actors.find(key);
+    if (it != h->idle_actors.end() && !it->second.empty()) {
+      WarmHandle actor = it->second.back();
+      it->second.pop_back();
+      fresh = false;
+      return actor;
+    }
+  }
+  // The actor holds the stage's GPU, memory and custom resources for its
+  // life (its setup may have loaded a model onto the GPU), but not its CPUs:
+  // idle actors holding every CPU would starve the plain tasks after them.
+  // stagekit's --jobs bounds how many stages run at once.
+  Resources held;
+  for (const auto& [name, amount] : resources) {
+    if (name != "CPU") held[name] = amount;
+  }
+  auto creator = ray::Actor(&StagekitWarmActor::FactoryCreate);
+  if (!held.empty()) creator.SetResources(held);
+  WarmHandle actor = creator.Remote(key);
+  h->actors_started++;
+  fresh = true;
+  std::lock_guard<std::mutex> lock(h->actors_mu);
+  h->live_actors.emplace(actor.ID(), actor);
+  return actor;
+}
+
+void ReleaseActor(stagekit_ray_bridge* h, const std::string& key, const WarmHandle& actor) {
+  std::lock_guard<std::mutex> lock(h->actors_mu);
+  h->idle_actors[key].push_back(actor);
+}
+
+// An actor that died, hung past its timeout or was interrupted: kill it for
+// good (no restart) and forget it; the next Run of its key starts another.
+void DiscardActor(stagekit_ray_bridge* h, WarmHandle actor) {
+  {
+    std::lock_guard<std::mutex> lock(h->actors_mu);
+    h->live_actors.erase(actor.ID());
+  }
+  try {
+    actor.Kill(true);
+  } catch (...) {
+  }
+}
+
 std::string Label(const json& request) {
   std::string stage = request.value("stage", "");
   std::string instance = request.value("instance", stage);
@@ -420,6 +553,10 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
   payload["request"]["executor"] = "ray";
 
   static const auto kSubmit = SubmitTable(std::make_index_sequence<kMaxInputs + 1>{});
+  static const auto kActorSubmit = ActorSubmitTable(std::make_index_sequence<kMaxWarmInputs + 1>{});
+  if (task.value("cold", false)) payload["cold"] = true;
+  const std::string warm_key =
+      refs.size() <= kMaxWarmInputs ? task.value("warm_key", std::string()) : std::string();
   const int max_attempts = std::max(1, task.value("max_attempts", 3));
   const long timeout_ms = task.value("timeout_ms", 0L);
   const auto start = std::chrono::steady_clock::now();
@@ -433,8 +570,16 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
       }
     }
     payload["request"]["attempt"] = attempt;
-    ray::ObjectRef<Bytes> result = kSubmit[refs.size()](
-        payload.dump(), refs, resources, request.value("instance", std::string("stage")));
+    std::optional<WarmHandle> actor;
+    bool fresh_actor = false;
+    ray::ObjectRef<Bytes> result;
+    if (!warm_key.empty()) {
+      actor = AcquireActor(h, warm_key, resources, fresh_actor);
+      result = kActorSubmit[refs.size()](*actor, payload.dump(), refs);
+    } else {
+      result = kSubmit[refs.size()](payload.dump(), refs, resources,
+                                    request.value("instance", std::string("stage")));
+    }
     h->tasks++;
     std::shared_ptr<Bytes> frame;
     bool lost = false;
@@ -444,11 +589,20 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
         frame = ray::Get(result, 100);
       } catch (const ray::internal::RayTimeoutException&) {
         if (stagekit_interrupted() != 0) {
+          if (actor) DiscardActor(h, *actor);
           return EmitError(kInterrupted, label + " was interrupted while running on Ray", out,
                            out_len);
         }
         if (timeout_ms > 0 &&
             std::chrono::steady_clock::now() - start > std::chrono::milliseconds(timeout_ms)) {
+          if (actor) {
+            // Unlike a task, an actor can be stopped: kill it (a new one replaces it).
+            DiscardActor(h, *actor);
+            return EmitError(kTimeout,
+                             label + " timed out after " + std::to_string(timeout_ms) +
+                                 "ms on Ray; its warm actor was killed and will be replaced",
+                             out, out_len);
+          }
           return EmitError(
               kTimeout,
               label + " timed out after " + std::to_string(timeout_ms) +
@@ -456,6 +610,9 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
                   "or its cluster stops)",
               out, out_len);
         }
+      } catch (const ray::internal::RayActorException& e) {
+        last_failure = std::string("its warm actor died (") + e.what() + ")";
+        lost = true;
       } catch (const ray::internal::RayWorkerException& e) {
         last_failure = std::string("its worker died (") + e.what() + ")";
         lost = true;
@@ -473,10 +630,12 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
       }
     }
     if (!frame) {
+      if (actor) DiscardActor(h, *actor);
       h->retries++;
       continue;
     }
     if (frame->size() < 8 || std::memcmp(frame->data(), kMagic, 4) != 0) {
+      if (actor) DiscardActor(h, *actor);
       // Not our frame: Ray's C++ Get decodes some system errors (a node that
       // died, for one) as if they were the task's value. Treat it as a
       // system failure, like a dead worker.
@@ -493,9 +652,14 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
     for (int i = 0; i < 4; ++i)
       n |= static_cast<std::uint32_t>(static_cast<unsigned char>((*frame)[4 + i])) << (8 * i);
     json status = json::parse(frame->begin() + 8, frame->begin() + 8 + n);
+    if (actor) ReleaseActor(h, warm_key, *actor);
     if (status.contains("error")) {
       // The stage's own failure: never retried. Its code is in the JSON.
       return Emit(status.dump(), kStageFailed, out, out_len);
+    }
+    if (actor && status.contains("metrics") && status["metrics"].contains("warm")) {
+      status["metrics"]["warm"]["actor"] = Hex(actor->ID());
+      status["metrics"]["warm"]["new_actor"] = fresh_actor;
     }
     const char* data = frame->data() + 8 + n;
     std::size_t size = frame->size() - 8 - n;
@@ -562,10 +726,14 @@ int stagekit_ray_bridge_run(stagekit_ray_bridge* handle, const char* request, si
 }
 
 int stagekit_ray_bridge_stats(stagekit_ray_bridge* h, char** out, size_t* out_len) {
-  json s = {{"objects_put", h->objects_put.load()},
-            {"bytes_put", h->bytes_put.load()},
-            {"tasks_submitted", h->tasks.load()},
-            {"system_retries", h->retries.load()}};
+  std::size_t alive = 0;
+  {
+    std::lock_guard<std::mutex> lock(h->actors_mu);
+    alive = h->live_actors.size();
+  }
+  json s = {{"objects_put", h->objects_put.load()},       {"bytes_put", h->bytes_put.load()},
+            {"tasks_submitted", h->tasks.load()},         {"system_retries", h->retries.load()},
+            {"actors_started", h->actors_started.load()}, {"actors_alive", alive}};
   return Emit(s.dump(), 0, out, out_len);
 }
 
@@ -574,6 +742,18 @@ void stagekit_ray_bridge_close(stagekit_ray_bridge* handle) {
   {
     std::lock_guard<std::mutex> lock(handle->mu);
     handle->inputs.clear();  // release the object references before the driver goes
+  }
+  std::map<std::string, WarmHandle> actors;
+  {
+    std::lock_guard<std::mutex> lock(handle->actors_mu);
+    actors.swap(handle->live_actors);
+    handle->idle_actors.clear();
+  }
+  for (auto& [id, actor] : actors) {
+    try {
+      actor.Kill(true);
+    } catch (...) {
+    }
   }
   delete handle;
   try {

@@ -8,6 +8,7 @@
 #include "stagekit/executor.h"
 #include "stagekit/invoke.h"
 #include "stagekit/version.h"
+#include "warm.h"
 
 namespace {
 
@@ -31,6 +32,12 @@ int EmitStatus(const stagekit::Status& s, char** out, std::size_t* out_len) {
 
 extern "C" int stagekit_invoke_json(const char* request, size_t request_len, char** out,
                                     size_t* out_len) {
+  return stagekit_invoke_json_warm(request, request_len, stagekit::internal::WarmEnabled() ? 1 : 0,
+                                   out, out_len);
+}
+
+extern "C" int stagekit_invoke_json_warm(const char* request, size_t request_len, int warm,
+                                         char** out, size_t* out_len) {
   using stagekit::Code;
   using stagekit::Status;
   try {
@@ -38,7 +45,7 @@ extern "C" int stagekit_invoke_json(const char* request, size_t request_len, cha
       return EmitStatus(Status(Code::kBadRequest, "request is NULL"), out, out_len);
     auto req = stagekit::StageRequest::Parse(std::string_view(request, request_len));
     if (!req.ok()) return EmitStatus(req.status(), out, out_len);
-    auto stats = stagekit::Invoke(*req);
+    auto stats = stagekit::internal::InvokeWarm(*req, stagekit::Registry::Global(), warm != 0);
     if (!stats.ok()) return EmitStatus(stats.status(), out, out_len);
     return Emit(stats->Canonical(), 0, out, out_len);
   } catch (const std::exception& e) {

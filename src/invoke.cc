@@ -6,13 +6,19 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
 
 #include <fcntl.h>
 
 #include "fd.h"
 #include "sha256.h"
+#include "warm.h"
 
 namespace stagekit {
 namespace {
@@ -95,7 +101,186 @@ constexpr const char* kNoOutput =
 
 std::atomic<unsigned long> g_temp_serial{0};
 
+// Warm instances of one key. Not thread-safe stages: a stack of idle
+// instances, each used by one caller at a time, so the number of setups never
+// exceeds the number of callers at once. Thread-safe stages: one shared
+// instance, set up under the slot's lock.
+struct WarmSlot {
+  std::mutex mu;
+  const WarmStageOps* ops = nullptr;
+  std::vector<void*> idle;
+  void* shared = nullptr;
+  int shared_users = 0;
+  std::mutex setup_mu;  // thread-safe stages: one setup at a time
+  int setups = 0;
+};
+
+class WarmPool {
+ public:
+  WarmSlot& Slot(const std::string& key, const WarmStageOps* ops) {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_ptr<WarmSlot>& slot = slots_[key];
+    if (!slot) {
+      slot = std::make_unique<WarmSlot>();
+      slot->ops = ops;
+    }
+    return *slot;
+  }
+  std::size_t Drop() {
+    std::vector<std::pair<const WarmStageOps*, void*>> doomed;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& [key, slot] : slots_) {
+        std::lock_guard<std::mutex> slot_lock(slot->mu);
+        for (void* p : slot->idle) doomed.emplace_back(slot->ops, p);
+        slot->idle.clear();
+        if (slot->shared != nullptr && slot->shared_users == 0) {
+          doomed.emplace_back(slot->ops, slot->shared);
+          slot->shared = nullptr;
+        }
+        if (slot->shared == nullptr) slot->setups = 0;  // counts start again
+      }
+    }
+    for (auto& [ops, p] : doomed) ops->destroy(p);
+    return doomed.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, std::unique_ptr<WarmSlot>> slots_;
+};
+
+// Never destroyed: instances may live in stage libraries that outlive static
+// destruction order; they stay reachable, so leak checkers do not complain.
+WarmPool& Pool() {
+  static WarmPool* pool = new WarmPool();
+  return *pool;
+}
+
+const std::string& WorkerName() {
+  static const std::string name = "pid:" + std::to_string(::getpid());
+  return name;
+}
+
+// Runs a warm stage with an instance from the pool (or, cold, a fresh one it
+// tears down after). Returns the failure message, empty on success.
+std::string RunWarmStage(const Registry::Entry& entry, const StageRequest& req, StageContext& ctx,
+                         bool warm, Json& metrics) {
+  const WarmStageOps& ops = *entry.warm;
+  WarmContext wctx(req.stage, &req.job, internal::WarmSetupOf(req.kwargs));
+  auto setup = [&](void*& instance, double& setup_s) -> std::string {
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+      instance = ops.create(wctx);
+    } catch (const std::exception& e) {
+      return std::string("warm setup failed: ") + e.what();
+    } catch (...) {
+      return "warm setup threw an exception that is not a std::exception";
+    }
+    setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return "";
+  };
+  auto run = [&](void* instance) -> std::string {
+    try {
+      ops.run(instance, ctx);
+    } catch (const std::exception& e) {
+      return e.what();
+    } catch (...) {
+      return "threw an exception that is not a std::exception";
+    }
+    return "";
+  };
+  metrics = {{"worker", WorkerName()}, {"reused", false}, {"setup_s", 0.0}};
+  double setup_s = 0;
+  void* instance = nullptr;
+  if (!warm) {
+    if (std::string err = setup(instance, setup_s); !err.empty()) return err;
+    std::string failure = run(instance);
+    ops.destroy(instance);
+    metrics["setups"] = 1;
+    metrics["setup_s"] = setup_s;
+    metrics["mode"] = "cold";
+    return failure;
+  }
+  WarmSlot& slot = Pool().Slot(
+      internal::WarmKey(req) + '\0' + std::to_string(reinterpret_cast<std::uintptr_t>(&ops)), &ops);
+  bool reused = false;
+  int setups = 0;
+  if (ops.thread_safe) {
+    {
+      std::lock_guard<std::mutex> setup_lock(slot.setup_mu);
+      std::unique_lock<std::mutex> lock(slot.mu);
+      if (slot.shared == nullptr) {
+        lock.unlock();
+        if (std::string err = setup(instance, setup_s); !err.empty()) return err;
+        lock.lock();
+        slot.shared = instance;
+        ++slot.setups;
+      } else {
+        reused = true;
+      }
+      instance = slot.shared;
+      ++slot.shared_users;
+      setups = slot.setups;
+    }
+    std::string failure = run(instance);
+    {
+      std::lock_guard<std::mutex> lock(slot.mu);
+      --slot.shared_users;
+    }
+    metrics["reused"] = reused;
+    metrics["setups"] = setups;
+    metrics["setup_s"] = setup_s;
+    return failure;
+  }
+  {
+    std::lock_guard<std::mutex> lock(slot.mu);
+    if (!slot.idle.empty()) {
+      instance = slot.idle.back();
+      slot.idle.pop_back();
+      reused = true;
+      setups = slot.setups;
+    }
+  }
+  if (!reused) {
+    if (std::string err = setup(instance, setup_s); !err.empty()) return err;
+    std::lock_guard<std::mutex> lock(slot.mu);
+    setups = ++slot.setups;
+  }
+  std::string failure = run(instance);
+  {
+    std::lock_guard<std::mutex> lock(slot.mu);
+    slot.idle.push_back(instance);
+  }
+  metrics["reused"] = reused;
+  metrics["setups"] = setups;
+  metrics["setup_s"] = setup_s;
+  return failure;
+}
+
 }  // namespace
+
+namespace internal {
+
+bool WarmEnabled() {
+  const char* v = std::getenv("STAGEKIT_WARM");
+  if (v == nullptr) return true;
+  std::string s = v;
+  return !(s == "0" || s == "off" || s == "false" || s == "no");
+}
+
+std::string WarmKey(const StageRequest& req) {
+  return req.stage + '\0' + req.job.Canonical() + '\0' + CanonicalJson(WarmSetupOf(req.kwargs));
+}
+
+bool IsWarmStage(const Registry& registry, const std::string& stage) {
+  const Registry::Entry* e = registry.Find(stage);
+  return e != nullptr && e->warm != nullptr;
+}
+
+std::size_t DropWarmInstances() { return Pool().Drop(); }
+
+}  // namespace internal
 
 fs::path TempOutputPath(const fs::path& output, long pid, unsigned long serial) {
   fs::path name = "." + output.filename().string() + ".stagekit-" + std::to_string(pid) + "-" +
@@ -123,6 +308,11 @@ const std::string& HostName() {
 }
 
 Result<RunStats> Invoke(const StageRequest& req, const Registry& registry) {
+  return internal::InvokeWarm(req, registry, internal::WarmEnabled());
+}
+
+Result<RunStats> internal::InvokeWarm(const StageRequest& req, const Registry& registry,
+                                      bool warm) {
   const Registry::Entry* entry = registry.Find(req.stage);
   if (entry == nullptr) return UnknownStage(req, registry);
 
@@ -135,12 +325,17 @@ Result<RunStats> Invoke(const StageRequest& req, const Registry& registry) {
 
   auto start = std::chrono::steady_clock::now();
   std::string failure;
-  try {
-    entry->fn(ctx);
-  } catch (const std::exception& e) {
-    failure = e.what();
-  } catch (...) {
-    failure = "threw an exception that is not a std::exception";
+  Json warm_metrics;
+  if (entry->warm != nullptr) {
+    failure = RunWarmStage(*entry, req, ctx, warm, warm_metrics);
+  } else {
+    try {
+      entry->fn(ctx);
+    } catch (const std::exception& e) {
+      failure = e.what();
+    } catch (...) {
+      failure = "threw an exception that is not a std::exception";
+    }
   }
   double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -186,6 +381,7 @@ Result<RunStats> Invoke(const StageRequest& req, const Registry& registry) {
   stats.bytes_out = digest->second;
   stats.output_digest = "sha256:" + internal::HexDigest(digest->first);
   stats.metrics = ctx.metrics();
+  if (!warm_metrics.is_null()) stats.metrics["warm"] = std::move(warm_metrics);
   return stats;
 }
 

@@ -21,16 +21,21 @@ typedef int (*stagekit_ray_bridge_open_fn)(const char* config, size_t config_len
                                            stagekit_ray_bridge** handle, char** out,
                                            size_t* out_len);
 /* request: StageRequest JSON. task: {"resources": {"CPU": 1, ...}, "timeout_ms": N
- * (0: none), "max_attempts": N, "libraries": ["/abs/lib.so", ...]}. Runs the
- * stage as a Ray task, writes its output atomically at request.output, and
- * returns RunStats JSON (0) or an error JSON (non-zero). Thread-safe. */
+ * (0: none), "max_attempts": N, "libraries": ["/abs/lib.so", ...], and for a
+ * warm stage either "warm_key": "<instance key>" (run it on a warm actor of
+ * that key) or "cold": true (a plain task that sets up for this run only)}.
+ * Runs the stage as a Ray task (or actor task), writes its output atomically
+ * at request.output, and returns RunStats JSON (0) or an error JSON
+ * (non-zero). Thread-safe. */
 typedef int (*stagekit_ray_bridge_run_fn)(stagekit_ray_bridge* handle, const char* request,
                                           size_t request_len, const char* task, size_t task_len,
                                           char** out, size_t* out_len);
-/* {"objects_put": N, "bytes_put": N, "tasks_submitted": N, "system_retries": N} */
+/* {"objects_put": N, "bytes_put": N, "tasks_submitted": N, "system_retries": N,
+ *  "actors_started": N, "actors_alive": N} */
 typedef int (*stagekit_ray_bridge_stats_fn)(stagekit_ray_bridge* handle, char** out,
                                             size_t* out_len);
-/* Disconnects the driver (ray::Shutdown). Stops no cluster processes. */
+/* Kills the warm actors, then disconnects the driver (ray::Shutdown). Stops
+ * no cluster processes. */
 typedef void (*stagekit_ray_bridge_close_fn)(stagekit_ray_bridge* handle);
 
 #ifdef __cplusplus

@@ -23,6 +23,7 @@
 #include "process.h"
 #include "ray_bridge_api.h"
 #include "stagekit/c_api.h"
+#include "warm.h"
 
 namespace stagekit {
 namespace {
@@ -547,10 +548,21 @@ Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOption
   }
   Json libraries = Json::array();
   for (const fs::path& lib : options_.libraries) libraries.push_back(fs::absolute(lib).string());
-  std::string task = CanonicalJson({{"resources", resources},
-                                    {"timeout_ms", options.timeout ? options.timeout->count() : 0},
-                                    {"max_attempts", options_.max_attempts},
-                                    {"libraries", libraries}});
+  Json task_json = {{"resources", resources},
+                    {"timeout_ms", options.timeout ? options.timeout->count() : 0},
+                    {"max_attempts", options_.max_attempts},
+                    {"libraries", libraries}};
+  // A warm stage runs on a warm actor per instance key and resources (or, with
+  // STAGEKIT_WARM=0, cold in a plain task). The driver knows a stage is warm
+  // only when it loaded the stage's library, as the CLI does.
+  if (internal::IsWarmStage(Registry::Global(), req.stage)) {
+    if (internal::WarmEnabled()) {
+      task_json["warm_key"] = internal::WarmKey(req) + '\0' + CanonicalJson(resources);
+    } else {
+      task_json["cold"] = true;
+    }
+  }
+  std::string task = CanonicalJson(task_json);
   std::string body = CanonicalJson(req.ToJson());
   char* out = nullptr;
   std::size_t len = 0;

@@ -41,8 +41,13 @@ std::size_t EditDistance(std::string_view a, std::string_view b) {
 }  // namespace
 
 void Registry::Add(std::string_view name, StageFn fn, const char* file, int line) noexcept {
+  AddWarm(name, fn, nullptr, file, line);
+}
+
+void Registry::AddWarm(std::string_view name, StageFn fn, const WarmStageOps* warm,
+                       const char* file, int line) noexcept {
   try {
-    Entry entry{std::string(name), fn, file != nullptr ? file : "", line, LibraryOf(fn)};
+    Entry entry{std::string(name), fn, file != nullptr ? file : "", line, LibraryOf(fn), warm};
     std::lock_guard<std::mutex> lock(mu_);
     if (entry.name.empty()) {
       problems_.push_back("a stage registered at " + Site(entry) + " has an empty name");
@@ -97,6 +102,16 @@ std::vector<std::string> Registry::Suggest(std::string_view name, std::size_t ma
   for (std::size_t i = 0; i < scored.size() && i < max; ++i) out.push_back(scored[i].second);
   return out;
 }
+
+namespace internal {
+Json WarmSetupOf(const Json& kwargs) {
+  if (kwargs.is_object()) {
+    auto it = kwargs.find("setup");
+    if (it != kwargs.end()) return *it;
+  }
+  return Json::object();
+}
+}  // namespace internal
 
 Registry& Registry::Global() {
   static Registry* registry = new Registry();  // never destroyed: used by static initialisers

@@ -20,6 +20,12 @@ extern "C" {
  * result, equal to the stagekit::Code / exit code). Never throws. */
 int stagekit_invoke_json(const char* request, size_t request_len, char** out, size_t* out_len);
 
+/* stagekit_invoke_json() with warm stage instances on (warm != 0: reuse this
+ * process's instance, the default) or off (set up and tear down for this call
+ * only, the cold baseline), whatever STAGEKIT_WARM says. */
+int stagekit_invoke_json_warm(const char* request, size_t request_len, int warm, char** out,
+                              size_t* out_len);
+
 /* Loads a stage library into the global registry. 0 on success; otherwise the
  * error JSON is returned in *out as above. */
 int stagekit_load_library(const char* path, char** out, size_t* out_len);

@@ -65,6 +65,15 @@ class InProcessExecutor final : public StageExecutor {
 
 // Runs `RUNNER stage NAME --stages LIB...` per stage, request JSON on stdin,
 // RunStats JSON as the last line of stdout.
+//
+// Warm stages (STAGEKIT_WARM_STAGE, when this process has loaded the library
+// that registers them) run instead in persistent children, `RUNNER stage
+// --serve --stages LIB...`, one request at a time each, so that a child sets
+// up a warm stage once and reuses it. There are never more children than
+// Run() calls at once. A child that times out is killed and replaced; one that
+// dies mid-request fails that request (with its stderr tail) and is replaced;
+// children exit when the executor is destroyed, or on end of their stdin when
+// this process dies.
 class SubprocessExecutor final : public StageExecutor {
  public:
   struct Options {
@@ -75,14 +84,28 @@ class SubprocessExecutor final : public StageExecutor {
     // Timeout policy: SIGTERM at the deadline, SIGKILL `kill_grace` later.
     std::chrono::milliseconds kill_grace{2000};
     std::size_t tail_bytes = 2048;  // how much of stdout/stderr a failure shows
+    // Which stages run in persistent children: kWarmStages (default; none
+    // when STAGEKIT_WARM=0), kAll (plain stages too: saves a process start
+    // per stage but gives up a fresh process per stage), or kNone.
+    enum class Persistent { kNone, kWarmStages, kAll };
+    Persistent persistent = Persistent::kWarmStages;
   };
   explicit SubprocessExecutor(Options options);
+  ~SubprocessExecutor() override;
+  SubprocessExecutor(const SubprocessExecutor&) = delete;
+  SubprocessExecutor& operator=(const SubprocessExecutor&) = delete;
   std::string_view name() const override { return "subprocess"; }
   Result<RunStats> Run(const StageRequest& request, const StageOptions& options) override;
   const std::filesystem::path& runner() const { return options_.runner; }
+  // Persistent children started so far, and alive now.
+  std::size_t children_started() const;
+  std::size_t children_alive() const;
 
  private:
+  class Children;
+  Result<RunStats> RunOnce(const StageRequest& req, const StageOptions& options);
   Options options_;
+  std::unique_ptr<Children> children_;
 };
 
 // Process-wide cancellation flag, set from a signal handler by the CLI.

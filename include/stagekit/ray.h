@@ -56,7 +56,10 @@ class RayExecutor final : public StageExecutor {
 
   const std::string& address() const { return address_; }
   bool private_head() const { return head_pid_ > 0; }
-  // {"objects_put", "bytes_put", "tasks_submitted", "system_retries"}
+  // {"objects_put", "bytes_put", "tasks_submitted", "system_retries",
+  //  "actors_started", "actors_alive"}: warm stages run on Ray actors, one per
+  //  instance key (stage, job spec, setup object, resources) and concurrent
+  //  use, so never more than the run's --jobs per key; they are killed on close.
   Json Stats() const;
   // The alive nodes seen at open: [{"node": "ip:port", "resources": {...}}].
   Json Nodes() const;

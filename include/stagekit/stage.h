@@ -26,6 +26,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -124,6 +125,34 @@ class StageContext {
 
 using StageFn = void (*)(StageContext&);
 
+// What a warm stage's setup may depend on: things that stay the same for
+// every use of the stage in a pipeline. Instances are keyed by (stage name,
+// canonical job spec, canonical setup object), so two uses of a stage that
+// differ here get separate instances.
+class WarmContext {
+ public:
+  WarmContext(std::string stage, const JobSpec* job, Json setup)
+      : stage_(std::move(stage)), job_(job), setup_(std::move(setup)) {}
+  // Registered stage name.
+  const std::string& stage() const { return stage_; }
+  const JobSpec& job() const { return *job_; }
+  // The stage's `setup` keyword argument (kwargs["setup"]), {} when absent.
+  const Json& setup() const { return setup_; }
+
+ private:
+  std::string stage_;
+  const JobSpec* job_;
+  Json setup_;
+};
+
+// The type-erased operations of a warm stage (see STAGEKIT_WARM_STAGE).
+struct WarmStageOps {
+  void* (*create)(const WarmContext&);  // the expensive setup; may throw
+  void (*run)(void* instance, StageContext&);
+  void (*destroy)(void* instance) noexcept;
+  bool thread_safe = false;  // Run() may be called from several threads at once
+};
+
 // Maps stage names to functions. Registration never throws: a duplicate name
 // is recorded with both sites and reported by Problems() (and by library
 // loading), the first registration stays in effect.
@@ -135,9 +164,14 @@ class Registry {
     std::string file;  // source file of the registration
     int line = 0;
     std::string library;  // shared object that holds fn ("" for the main program)
+    // Set for STAGEKIT_WARM_STAGE stages; fn then runs the stage cold (setup,
+    // one run, teardown), which is what an invocation does with warm workers off.
+    const WarmStageOps* warm = nullptr;
   };
 
   void Add(std::string_view name, StageFn fn, const char* file, int line) noexcept;
+  void AddWarm(std::string_view name, StageFn cold, const WarmStageOps* warm, const char* file,
+               int line) noexcept;
   // nullptr when absent.
   const Entry* Find(std::string_view name) const;
   // Sorted by name.
@@ -169,6 +203,31 @@ struct Registrar {
     Registry::Global().Add(name, fn, file, line);
   }
 };
+struct WarmRegistrar {
+  WarmRegistrar(const char* name, StageFn cold, const WarmStageOps* warm, const char* file,
+                int line) noexcept {
+    Registry::Global().AddWarm(name, cold, warm, file, line);
+  }
+};
+
+Json WarmSetupOf(const Json& kwargs);
+
+template <typename T>
+struct WarmOps {
+  static void* Create(const WarmContext& w) { return new T(w); }
+  static void Run(void* instance, StageContext& ctx) { static_cast<T*>(instance)->Run(ctx); }
+  static void Destroy(void* instance) noexcept { delete static_cast<T*>(instance); }
+  static void Cold(StageContext& ctx) {
+    WarmContext w(ctx.stage(), &ctx.job(), WarmSetupOf(ctx.kwargs()));
+    T instance(w);
+    instance.Run(ctx);
+  }
+  static const WarmStageOps* Get(bool thread_safe) {
+    static const WarmStageOps ops{&Create, &Run, &Destroy, false};
+    static const WarmStageOps safe_ops{&Create, &Run, &Destroy, true};
+    return thread_safe ? &safe_ops : &ops;
+  }
+};
 }  // namespace internal
 
 }  // namespace stagekit
@@ -182,5 +241,41 @@ struct Registrar {
 #define STAGEKIT_STAGE(name, fn)                                         \
   static const ::stagekit::internal::Registrar STAGEKIT_INTERNAL_CONCAT( \
       stagekit_registrar_, __COUNTER__)(name, &(fn), __FILE__, __LINE__)
+
+// Registers a warm stage: a class whose constructor does an expensive setup
+// (load a model, open a connection pool) once per worker, and whose Run()
+// does one invocation, reusing it:
+//
+//   class Embedder {
+//    public:
+//     explicit Embedder(const stagekit::WarmContext& w);  // setup; may throw
+//     void Run(stagekit::StageContext& ctx);              // per invocation
+//   };
+//   STAGEKIT_WARM_STAGE("demo.embed", Embedder);
+//
+// The setup may read only what WarmContext offers (the job spec and the
+// stage's `setup` keyword argument); instances are keyed by those. A worker
+// keeps its instances for its whole life: the in-process executor a pool per
+// process with at most one caller per instance (so never more setups than
+// stages run at once), the subprocess executor persistent children
+// (`stagekit stage --serve`), the Ray executor one actor per stage per
+// concurrent use. Run() must leave no state behind that changes a later
+// output: outputs stay byte-identical to a cold run (STAGEKIT_WARM=0: a setup
+// per invocation). A setup that throws fails that invocation; the next one
+// tries again. Each run reports RunStats.metrics["warm"] = {"setups": how many
+// setups of this key this worker did, "reused": whether this run found the
+// instance ready, "worker": "pid:N", "setup_s": seconds of this run's setup}.
+#define STAGEKIT_WARM_STAGE(name, cls)                                                            \
+  static const ::stagekit::internal::WarmRegistrar STAGEKIT_INTERNAL_CONCAT(                      \
+      stagekit_registrar_, __COUNTER__)(name, &::stagekit::internal::WarmOps<cls>::Cold,          \
+                                        ::stagekit::internal::WarmOps<cls>::Get(false), __FILE__, \
+                                        __LINE__)
+// The same for a class whose Run() may be called by several threads at once:
+// the in-process executor then shares one instance per process.
+#define STAGEKIT_WARM_STAGE_THREAD_SAFE(name, cls)                                               \
+  static const ::stagekit::internal::WarmRegistrar STAGEKIT_INTERNAL_CONCAT(                     \
+      stagekit_registrar_, __COUNTER__)(name, &::stagekit::internal::WarmOps<cls>::Cold,         \
+                                        ::stagekit::internal::WarmOps<cls>::Get(true), __FILE__, \
+                                        __LINE__)
 
 #endif  // STAGEKIT_STAGE_H_

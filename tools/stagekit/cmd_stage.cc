@@ -2,8 +2,10 @@
 // stdin, runs it through the invocation entry point and prints RunStats JSON
 // (or {"error": ...}) as the only line of its real stdout. Whatever the stage
 // itself prints goes to stderr, so the protocol line cannot be corrupted.
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <iostream>
 #include <iterator>
@@ -17,9 +19,81 @@ namespace {
 struct StageCommand {
   std::string name;
   LibraryOptions libs;
+  bool serve = false;
 };
 
+bool WriteLine(int fd, const std::string& line) {
+  std::string text = line + "\n";
+  std::size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// stagekit stage --serve: the persistent child of the subprocess executor.
+// One request per line on stdin, one reply line (RunStats or {"error": ...})
+// per request on the real stdout; warm stage instances stay set up between
+// requests. Exits 0 on end of stdin (the executor closed, or its process
+// died). The stage's own prints go to stderr, and it reads /dev/null as
+// stdin, so neither can corrupt the protocol.
+Status ServeStages(const StageCommand& cmd) {
+  int in = ::dup(STDIN_FILENO);
+  int protocol = ::dup(STDOUT_FILENO);
+  int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (in < 0 || protocol < 0 || devnull < 0 || ::dup2(devnull, STDIN_FILENO) < 0 ||
+      ::dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
+    return Status(Code::kInternal, "cannot set up the protocol stream");
+  }
+  ::close(devnull);
+  ::fcntl(in, F_SETFD, FD_CLOEXEC);
+  ::fcntl(protocol, F_SETFD, FD_CLOEXEC);
+  std::error_code ec;
+  std::vector<std::filesystem::path> paths;
+  for (const std::string& s : cmd.libs.stages) paths.push_back(std::filesystem::absolute(s, ec));
+  const Status loaded = LoadLibraries(paths);
+
+  std::string buf;
+  char chunk[65536];
+  for (;;) {
+    std::size_t nl = buf.find('\n');
+    if (nl == std::string::npos) {
+      ssize_t n = ::read(in, chunk, sizeof(chunk));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // EOF: the executor is gone
+      buf.append(chunk, static_cast<std::size_t>(n));
+      continue;
+    }
+    std::string line = buf.substr(0, nl);
+    buf.erase(0, nl + 1);
+    std::string reply;
+    if (!loaded.ok()) {
+      reply = CanonicalJson(ErrorToJson(loaded));
+    } else {
+      auto request = StageRequest::Parse(line);
+      if (!request.ok()) {
+        reply = CanonicalJson(ErrorToJson(request.status()));
+      } else {
+        if (request->executor.empty()) request->executor = "subprocess";
+        Result<RunStats> stats = Invoke(*request);
+        std::fflush(stdout);
+        std::cout.flush();
+        reply = stats.ok() ? stats->Canonical() : CanonicalJson(ErrorToJson(stats.status()));
+      }
+    }
+    if (!WriteLine(protocol, reply)) break;
+  }
+  return OkStatus();
+}
+
 Status RunStage(const StageCommand& cmd) {
+  if (cmd.serve) return ServeStages(cmd);
+  if (cmd.name.empty()) {
+    return Status(Code::kUsage, "give the stage NAME, or --serve for a persistent runner");
+  }
   int protocol = ::dup(STDOUT_FILENO);
   if (protocol < 0 || ::dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
     return Status(Code::kInternal, "cannot set up the protocol stream");
@@ -72,7 +146,11 @@ void SetStageCommand(CLI::App& app, Action& action) {
   auto cmd = std::make_shared<StageCommand>();
   CLI::App* sub = app.add_subcommand(
       "stage", "Run one stage: request JSON on stdin, RunStats JSON as the last line of stdout");
-  sub->add_option("NAME", cmd->name, "Registered stage name")->required();
+  sub->add_option("NAME", cmd->name, "Registered stage name (not with --serve)");
+  sub->add_flag("--serve", cmd->serve,
+                "Serve requests one per line on stdin, one reply line each, until end of "
+                "input; warm stages stay set up between requests (the subprocess executor's "
+                "persistent child)");
   cmd->libs.AddTo(sub);
   sub->footer(
       "Request: {\"stage\": NAME, \"inputs\": {name: path}, \"output\": path, \"job\": {\"name\", "
