@@ -11,6 +11,8 @@ packages=(
   awscli                                                        # artifact sync
   libgtest-dev libgmock-dev libbenchmark-dev hyperfine jq       # tests and benchmarks
   fortunes                                                      # the word-count example's corpus
+  chromium                                                      # the HTML report's browser test
+  faketime libfaketime                                          # the audit's clock perturbation
 )
 
 missing=()

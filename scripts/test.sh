@@ -11,6 +11,8 @@ bash scripts/ray.sh   # the pinned Ray in .venv: the ci build and its Ray tests 
 jobs=$(nproc)
 # Runs under test leave cost records: keep them out of the user's own log.
 export STAGEKIT_COST_LOG=${STAGEKIT_COST_LOG:-$PWD/build/test-cost.jsonl}
+# ... and what they store out of the user's stage cache.
+export STAGEKIT_CACHE_DIR=${STAGEKIT_CACHE_DIR:-$PWD/build/test-cache}
 bash scripts/lint.sh
 
 for preset in ci asan tsan; do
@@ -19,7 +21,7 @@ for preset in ci asan tsan; do
   if [[ $preset == tsan ]]; then
     cmake --build --preset "$preset" -j "$jobs" --target stagekit_unit_tests stagekit_cli stagekit_test_stages stagekit_dup_stages \
       stagekit_whole_archive_stages stagekit_plain_link_stages stagekit_ship_tests stagekit_cluster_tests \
-      stagekit_watchdog_tests
+      stagekit_watchdog_tests stagekit_report_tests
   else
     cmake --build --preset "$preset" -j "$jobs"
   fi

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <random>
 #include <set>
 #include <sstream>
@@ -109,6 +110,38 @@ TEST(RayPrivateHead, CtrlCStopsTheRunAndTheHead) {
   EXPECT_NE(ReadFile(dir / "cli.log").find("interrupted"), std::string::npos)
       << ReadFile(dir / "cli.log");
   EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "Ctrl-C left the private head running";
+}
+
+TEST(RayPrivateHead, WarmStagesSetUpOncePerActorWithInProcessOutputs) {
+  TempDir dir;
+  const std::string pipeline = kExamples + "/warm/pipeline.yaml";
+  CommandResult r =
+      RunCli({"run", pipeline, "-e", "ray", "-j", "2", "--json", "--out", (dir / "ray").string()});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  std::map<std::string, int> setups_per_actor;
+  int warm_stages = 0;
+  for (const Json& st : summary["stages"]) {
+    if (st["name"].get<std::string>().rfind("embed_", 0) != 0) continue;
+    ++warm_stages;
+    const Json& w = st["stats"]["metrics"]["warm"];
+    ASSERT_TRUE(w.contains("actor")) << st.dump();
+    int& s = setups_per_actor[w["actor"].get<std::string>()];
+    s = std::max(s, w["setups"].get<int>());
+  }
+  EXPECT_EQ(warm_stages, 16);
+  EXPECT_GE(setups_per_actor.size(), 1u);
+  EXPECT_LE(setups_per_actor.size(), 2u) << "at most one actor per concurrent use (-j 2)";
+  for (const auto& [actor, setups] : setups_per_actor)
+    EXPECT_EQ(setups, 1) << "actor " << actor << " set up more than once";
+  EXPECT_EQ(summary["ray"]["stats"]["actors_started"], setups_per_actor.size());
+  CommandResult local = RunCli({"run", pipeline, "--out", (dir / "local").string(), "-q"});
+  ASSERT_EQ(local.exit_code, 0) << Show(local);
+  for (const std::string& f : ListFiles(dir / "local")) {
+    if (f == ".stagekit-run.json") continue;
+    EXPECT_EQ(ReadFile(dir / "ray" / f), ReadFile(dir / "local" / f)) << f;
+  }
+  EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "a private Ray head was left running";
 }
 
 // ---- a two-node cluster started by the test --------------------------------
@@ -225,6 +258,57 @@ TEST_F(RayTwoNodes, StageErrorsAreNotRetriedAndNameTheNode) {
   EXPECT_EQ(summary["ray"]["stats"]["tasks_submitted"], 1);  // not retried
 }
 
+// Outputs are byte-identical across executors, so the cache is shared by all
+// of them: what an in-process run stored is restored by a Ray run (which then
+// needs no cluster at all), and what Ray computed is restored locally.
+TEST_F(RayTwoNodes, TheCacheIsSharedByAllExecutors) {
+  const fs::path cache = dir_->path() / "shared-cache";
+  WriteFile(dir_->path() / "shared-in.txt", "computed in-process first\n");
+  fs::path p = Pipeline(
+      "shared", "  - {name: first, stage: test.copy, inputs: {in: " +
+                    (dir_->path() / "shared-in.txt").string() +
+                    "}}\n"
+                    "  - {name: second, stage: test.checksum, inputs: {in: {from: first}}}\n");
+  auto all_cached = [](const Json& summary, bool cached) {
+    for (const Json& st : summary["stages"]) {
+      if (st["cached"] != cached) return false;
+    }
+    return summary["stages"].size() == 2;
+  };
+  const fs::path local = dir_->path() / "out" / "shared-local";
+  CommandResult r = RunCli({"run", p.string(), "-e", "inprocess", "--cache-dir", cache.string(),
+                            "--json", "--out", local.string()});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  EXPECT_TRUE(all_cached(Json::parse(r.out), false)) << r.out;
+
+  r = Run(p, {"--resume", "--cache-dir", cache.string()});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_TRUE(all_cached(summary, true)) << r.out;
+  EXPECT_EQ(summary["started_executor"], false) << "a fully cached run used the cluster";
+  EXPECT_FALSE(summary.contains("ray")) << r.out;
+  const fs::path on_ray = dir_->path() / "out" / "shared";
+  EXPECT_EQ(ReadFile(on_ray / "second.out"), ReadFile(local / "second.out"));
+
+  // A changed input: both stages run on Ray and are stored; a local run restores them.
+  WriteFile(dir_->path() / "shared-in.txt", "computed on Ray this time\n");
+  r = Run(p, {"--resume", "--cache-dir", cache.string()});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  summary = Json::parse(r.out);
+  EXPECT_TRUE(all_cached(summary, false)) << r.out;
+  EXPECT_EQ(summary["stages"][1]["stats"]["executor"], "ray") << r.out;
+  EXPECT_TRUE(summary.contains("ray")) << r.out;
+  const fs::path back = dir_->path() / "out" / "shared-back";
+  r = RunCli({"run", p.string(), "-e", "subprocess", "--resume", "--cache-dir", cache.string(),
+              "--json", "--out", back.string()});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  summary = Json::parse(r.out);
+  EXPECT_TRUE(all_cached(summary, true)) << r.out;
+  EXPECT_EQ(summary["stages"][1]["stats"]["executor"], "ray") << "restored from the Ray run";
+  EXPECT_EQ(ReadFile(back / "first.out"), "computed on Ray this time\n");
+  EXPECT_EQ(ReadFile(back / "second.out"), ReadFile(on_ray / "second.out"));
+}
+
 TEST_F(RayTwoNodes, InfeasibleRequestFailsFastNamingTheResource) {
   fs::path p =
       Pipeline("infeasible",
@@ -277,6 +361,40 @@ TEST_F(RayTwoNodes, KilledWorkerIsRetriedAndOutputIsIdentical) {
   fs::path out = dir_->path() / "out" / "kill";
   EXPECT_EQ(ReadFile(out / "victim.txt"), "slept for victim\n");  // what inprocess writes
   EXPECT_EQ(ListFiles(out), (std::vector<std::string>{".stagekit-run.json", "victim.txt"}));
+}
+
+TEST_F(RayTwoNodes, AWarmActorThatDiesIsReplacedAndTheStageRetried) {
+  fs::path pid_dir = dir_->path() / "pids-actor";
+  fs::create_directories(pid_dir);
+  fs::path p = dir_->path() / "actor.yaml";
+  WriteFile(p, "name: actor\nlibraries: [" STAGEKIT_EXAMPLE_STAGES
+               "]\nstages:\n"
+               "  - {name: victim, stage: warm.probe, output: victim.txt, kwargs: {sleep_ms: 3000, "
+               "pid_dir: " +
+                   pid_dir.string() + "}}\n");
+  CommandResult r;
+  std::thread cli([&] { r = Run(p); });
+  pid_t killed = -1;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
+  while (killed < 0 && std::chrono::steady_clock::now() < deadline) {
+    for (const std::string& f : ListFiles(pid_dir)) {
+      killed = static_cast<pid_t>(std::stol(ReadFile(pid_dir / f)));
+      EXPECT_EQ(::kill(killed, SIGKILL), 0);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  cli.join();
+  ASSERT_GT(killed, 0) << "the warm actor never ran the stage";
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  const Json& stats = summary["stages"][0]["stats"];
+  EXPECT_EQ(stats["attempt"], 2) << summary.dump(2);
+  EXPECT_EQ(stats["metrics"]["warm"]["new_actor"], true);
+  EXPECT_NE(stats["metrics"]["warm"]["worker"], "pid:" + std::to_string(killed));
+  EXPECT_EQ(summary["ray"]["stats"]["actors_started"], 2);
+  EXPECT_GE(summary["ray"]["stats"]["system_retries"], 1);
+  EXPECT_EQ(ReadFile(dir_->path() / "out" / "actor" / "victim.txt").rfind("probe victim ", 0), 0u);
 }
 
 TEST_F(RayTwoNodes, BigInputGoesIntoTheObjectStoreOnce) {

@@ -14,6 +14,15 @@ namespace stagekit::testing {
 
 namespace fs = std::filesystem;
 
+namespace {
+// Runs under test store their outputs in the build tree's cache, never in the
+// user's ~/.cache/stagekit, also when ctest is run by hand.
+const bool kTestCacheDir = [] {
+  ::setenv("STAGEKIT_CACHE_DIR", STAGEKIT_TEST_CACHE_DIR, /*overwrite=*/0);
+  return true;
+}();
+}  // namespace
+
 TempDir::TempDir() {
   std::string tmpl = (fs::temp_directory_path() / "stagekit-test-XXXXXX").string();
   if (::mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");

@@ -106,6 +106,16 @@ struct CostCli {
   Result<tools::PriceBook> Prices() const;
 };
 
+// --report FILE.html / --trace FILE, shared by `run` and `parity` (see cmd_report.cc).
+struct ReportCli {
+  std::string html;
+  std::string trace;
+  void AddTo(CLI::App* cmd);
+  // Writes what was asked for from a run summary or a parity document;
+  // prints where unless `quiet`. kOutputError when a file cannot be written.
+  Status Write(const Json& doc, bool quiet) const;
+};
+
 // Threads for hashing: one per CPU.
 int Threads();
 // A pipeline file (or a folder, shipped as it is) -> the package plan.
@@ -125,6 +135,9 @@ void SetListCommand(CLI::App& app, Action& action);
 void SetRayReaperCommand(CLI::App& app, Action& action);
 void SetClusterCommand(CLI::App& app, Action& action);
 void SetWatchdogCommand(CLI::App& app, Action& action);
+void SetAuditCommand(CLI::App& app, Action& action);
+void SetCacheCommand(CLI::App& app, Action& action);
+void SetReportCommand(CLI::App& app, Action& action);
 
 }  // namespace stagekit::cli
 

@@ -19,6 +19,7 @@ struct ParityCommand {
   LibraryOptions libs;
   ExecOptions exec;
   RayCliOptions ray;
+  ReportCli report;
 };
 
 // Offset of the first byte where the two files differ (the shorter size when
@@ -85,6 +86,12 @@ Status Parity(const ParityCommand& cmd) {
     summaries[names[e]] = RunSummary(*pipeline, runs.back(), names[e], jobs, base / names[e]);
     AddExecutorDetails(*executors[e], summaries[names[e]]);
     if (!runs.back().status.ok()) {
+      if (Status r =
+              cmd.report.Write({{"status", "failed"}, {"executors", names}, {"runs", summaries}},
+                               cmd.exec.quiet || cmd.exec.json);
+          !r.ok()) {
+        std::cerr << "stagekit: warning: " << r.message() << "\n";
+      }
       if (cmd.exec.json)
         std::cout << Json{{"status", "failed"}, {"runs", summaries}}.dump(2) << std::endl;
       return Status(runs.back().status.code(),
@@ -143,17 +150,17 @@ Status Parity(const ParityCommand& cmd) {
   }
   std::string joined;
   for (const std::string& n : names) joined += (joined.empty() ? "" : ", ") + n;
+  const Json doc{{"status", mismatches == 0 ? "identical" : "mismatch"},
+                 {"executors", names},
+                 {"outputs", rows},
+                 {"runs", summaries}};
   if (cmd.exec.json) {
-    std::cout << Json{{"status", mismatches == 0 ? "identical" : "mismatch"},
-                      {"executors", names},
-                      {"outputs", rows},
-                      {"runs", summaries}}
-                     .dump(2)
-              << std::endl;
+    std::cout << doc.dump(2) << std::endl;
   } else {
     std::printf("%zu outputs, %zu identical across %s\n", rows.size(), rows.size() - mismatches,
                 joined.c_str());
   }
+  if (Status s = cmd.report.Write(doc, cmd.exec.quiet || cmd.exec.json); !s.ok()) return s;
   if (mismatches > 0) {
     return Status(Code::kParityMismatch, "parity mismatch in " + std::to_string(mismatches) +
                                              " output(s); first: " + first_mismatch);
@@ -176,6 +183,7 @@ void SetParityCommand(CLI::App& app, Action& action) {
   cmd->exec.AddTo(sub, true);
   cmd->libs.AddTo(sub);
   cmd->ray.AddTo(sub);
+  cmd->report.AddTo(sub);
   sub->callback([cmd, &action] { action = [cmd] { return Parity(*cmd); }; });
 }
 

@@ -1,9 +1,12 @@
 // stagekit run PIPELINE: run every stage of a pipeline on one executor.
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <iostream>
+#include <mutex>
 
 #include "cli.h"
+#include "stagekit/cache.h"
 #include "stagekit/ray.h"
 #include "tools/cost.h"
 #include "tools/s3.h"
@@ -22,6 +25,10 @@ struct RunCommand {
   std::string endpoint_url;
   CostCli cost;
   double budget = -1;
+  ReportCli report;
+  bool resume = false;  // restore cached stages instead of running them
+  bool no_cache = false;
+  std::string cache_dir;
 };
 
 // Forwards to the progress display and keeps the mean stage time, which the
@@ -46,6 +53,52 @@ class BudgetObserver : public RunObserver {
   int finished_ = 0;
   double total_s_ = 0;
 };
+
+// Opens the real executor when the first stage has to run, so that a
+// --resume run whose every stage is restored from the cache starts no cluster.
+class LazyExecutor final : public StageExecutor {
+ public:
+  using Opener = std::function<Result<std::unique_ptr<StageExecutor>>()>;
+  LazyExecutor(std::string name, Opener open) : name_(std::move(name)), open_(std::move(open)) {}
+  std::string_view name() const override { return name_; }
+  Result<RunStats> Run(const StageRequest& request, const StageOptions& options) override {
+    StageExecutor* inner = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (inner_ == nullptr && status_.ok()) {
+        auto opened = open_();
+        if (opened.ok()) {
+          inner_ = std::move(opened).value();
+        } else {
+          status_ = opened.status();
+        }
+      }
+      if (!status_.ok()) return status_;
+      inner = inner_.get();
+    }
+    return inner->Run(request, options);
+  }
+  // The real executor, once a stage needed it.
+  const StageExecutor* inner() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return inner_.get();
+  }
+
+ private:
+  std::string name_;
+  Opener open_;
+  mutable std::mutex mu_;
+  std::unique_ptr<StageExecutor> inner_;
+  Status status_;
+};
+
+// Whether `run --resume` would restore every stage of the pipeline.
+bool AllCached(DiskCache& cache, const Pipeline& pipeline) {
+  for (const StageExplanation& e : cache.Explain(pipeline)) {
+    if (!e.cached) return false;
+  }
+  return true;
+}
 
 // What a cost record needs to know about a run, filled in as it goes.
 struct RunCost {
@@ -112,7 +165,31 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
   cost.pipeline = pipeline->name;
   cost.executor = cmd.executor;
   cost.started = true;  // a private Ray head costs from here on
-  auto executor = MakeExecutor(cmd.executor, libraries, cmd.ray);
+  // Every run stores its outputs so that a later --resume can restore them.
+  std::unique_ptr<DiskCache> cache;
+  if (!cmd.no_cache) {
+    DiskCache::Options cache_options;
+    cache_options.pipeline = pipeline->name;
+    auto opened = DiskCache::Open(
+        cmd.cache_dir.empty() ? DiskCache::DefaultDir() : std::filesystem::path(cmd.cache_dir),
+        cache_options);
+    if (!opened.ok() && cmd.resume) return opened.status();
+    if (opened.ok()) {
+      cache = std::move(opened).value();
+    } else {
+      std::cerr << "stagekit: warning: " << opened.status().message() << "\n";
+    }
+  }
+  Result<std::unique_ptr<StageExecutor>> executor = Status(Code::kInternal, "no executor");
+  if (cmd.executor == "ray" && cmd.resume && cache != nullptr && cmd.budget < 0 &&
+      AllCached(*cache, *pipeline)) {
+    // Nothing should need to run: start (or attach to) a cluster only if a
+    // stage misses after all, e.g. because its cache entry went bad.
+    executor = std::unique_ptr<StageExecutor>(std::make_unique<LazyExecutor>(
+        cmd.executor, [&] { return MakeExecutor(cmd.executor, libraries, cmd.ray); }));
+  } else {
+    executor = MakeExecutor(cmd.executor, libraries, cmd.ray);
+  }
   if (!executor.ok()) return executor.status();
   const auto* ray = dynamic_cast<const RayExecutor*>(executor->get());
   cost.nodes = tools::NodeTypes(ray != nullptr ? ray->Nodes() : Json(), prices);
@@ -135,6 +212,8 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
   RunOptions options;
   options.jobs = jobs;
   options.observer = &budget;
+  options.cache = cache.get();
+  options.lookup_cache = cmd.resume && cache != nullptr;
   if (cmd.budget >= 0) {
     // Launch a stage only if the run's cost so far, plus one more stage of
     // the mean length at the cluster's hourly rate, stays within the budget.
@@ -157,8 +236,23 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
   progress.reset();
 
   Json summary = RunSummary(*pipeline, result, (*executor)->name(), jobs, out_dir);
-  AddExecutorDetails(**executor, summary);
+  const auto* lazy = dynamic_cast<const LazyExecutor*>(executor->get());
+  if (lazy == nullptr) {
+    AddExecutorDetails(**executor, summary);
+  } else if (lazy->inner() != nullptr) {
+    AddExecutorDetails(*lazy->inner(), summary);
+  } else {
+    summary["started_executor"] = false;  // every stage was restored: no cluster was used
+  }
   if (!artifacts.empty()) summary["artifacts"] = {{"uri", artifacts}};
+  if (rate && !prices.empty()) {
+    // For the report; the cost record written after the run prices the whole command.
+    summary["cost"] = {{"node_types", cost.nodes},
+                       {"usd_per_hour", *rate},
+                       {"wall_s", result.wall_s},
+                       {"estimated_usd", *rate * result.wall_s / 3600}};
+    if (cmd.budget >= 0) summary["cost"]["budget_usd"] = cmd.budget;
+  }
   if (result.status.code() != Code::kOutputError || !result.failed_stage.empty()) {
     // Best effort: the record of the run sits beside its outputs.
     (void)WriteFileAtomically(out_dir / ".stagekit-run.json", summary.dump(2) + "\n");
@@ -176,24 +270,34 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
   } else if (!artifacts.empty()) {
     summary["artifacts"]["synced"] = false;
   }
+  const Status report = cmd.report.Write(summary, cmd.exec.quiet || cmd.exec.json);
   if (cmd.exec.json) std::cout << summary.dump(2) << std::endl;
   if (!sync.ok()) {
     return Status(sync.code(), "the run succeeded and its outputs are in " + out_dir.string() +
                                    ", but " + sync.message());
   }
+  if (!report.ok()) {
+    if (result.status.ok()) {
+      return Status(report.code(), "the run succeeded and its outputs are in " + out_dir.string() +
+                                       ", but " + report.message());
+    }
+    std::cerr << "stagekit: warning: " << report.message() << "\n";
+  }
 
-  std::size_t ok = 0, failed = 0, not_run = 0;
+  std::size_t ok = 0, failed = 0, not_run = 0, restored = 0;
   for (const StageOutcome& o : result.stages) {
     ok += o.state == StageState::kSucceeded;
+    restored += o.state == StageState::kSucceeded && o.cached;
     failed += o.state == StageState::kFailed;
     not_run += o.state == StageState::kNotRun;
   }
   if (result.status.ok()) {
     if (!cmd.exec.quiet && !cmd.exec.json) {
       std::fprintf(stderr,
-                   "stagekit: %zu stage%s succeeded in %.2fs (%s, %d jobs); outputs in %s\n", ok,
-                   ok == 1 ? "" : "s", result.wall_s, std::string((*executor)->name()).c_str(),
-                   jobs, out_dir.string().c_str());
+                   "stagekit: %zu stage%s succeeded in %.2fs (%s, %d jobs), %zu restored from the "
+                   "cache; outputs in %s\n",
+                   ok, ok == 1 ? "" : "s", result.wall_s, std::string((*executor)->name()).c_str(),
+                   jobs, restored, out_dir.string().c_str());
       if (!artifacts.empty()) std::fprintf(stderr, "stagekit: synced to %s\n", artifacts.c_str());
     }
     return OkStatus();
@@ -226,11 +330,24 @@ void SetRunCommand(CLI::App& app, Action& action) {
   sub->add_option("--endpoint-url", cmd->endpoint_url,
                   "S3-compatible endpoint for the sync (default: $AWS_ENDPOINT_URL)");
   cmd->cost.AddTo(sub);
+  cmd->report.AddTo(sub);
   sub->add_option("--budget", cmd->budget,
                   "Launch no more stages once the run's estimated cost (node prices from "
                   "--cluster/--price) would pass this many USD; exits 16")
       ->check(CLI::NonNegativeNumber)
       ->type_name("USD");
+  CLI::Option* resume = sub->add_flag(
+      "--resume", cmd->resume,
+      "Restore every stage whose cache key (stage, library, input bytes, job, kwargs) is in the "
+      "cache instead of running it; `stagekit cache explain` says why a stage will run");
+  sub->add_flag("--no-cache", cmd->no_cache,
+                "Neither restore from nor store into the cache (by default every run stores its "
+                "outputs, so that a later --resume can restore them)")
+      ->excludes(resume);
+  sub->add_option("--cache-dir", cmd->cache_dir,
+                  "Cache directory, local or shared (NFS) (default: $STAGEKIT_CACHE_DIR, else "
+                  "$XDG_CACHE_HOME/stagekit, else ~/.cache/stagekit)")
+      ->type_name("DIR");
   sub->callback([cmd, &action] { action = [cmd] { return Run(*cmd); }; });
 }
 

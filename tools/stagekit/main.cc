@@ -52,10 +52,13 @@ int main(int argc, char** argv) {
   stagekit::cli::SetFetchCommand(app, action);
   stagekit::cli::SetCostCommand(app, action);
   stagekit::cli::SetDoctorCommand(app, action);
+  stagekit::cli::SetAuditCommand(app, action);
   stagekit::cli::SetStageCommand(app, action);
   stagekit::cli::SetRayReaperCommand(app, action);
   stagekit::cli::SetClusterCommand(app, action);
   stagekit::cli::SetWatchdogCommand(app, action);
+  stagekit::cli::SetCacheCommand(app, action);
+  stagekit::cli::SetReportCommand(app, action);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
