@@ -19,6 +19,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -413,6 +414,10 @@ struct stagekit_ray_bridge {
   std::mutex actors_mu;
   std::map<std::string, std::vector<WarmHandle>> idle_actors;
   std::map<std::string, WarmHandle> live_actors;  // by actor id
+  std::map<std::string, int> live_per_key;
+  std::map<std::string, std::string> key_of;     // actor id -> key
+  std::map<std::string, Resources> held_by_key;  // what a key's actors hold
+  std::condition_variable actor_idle;            // an actor went idle or away
   std::atomic<std::uint64_t> actors_started{0};
 };
 
@@ -463,18 +468,61 @@ int WriteOutputAtomically(stagekit_ray_bridge* h, const std::string& output, con
   return 0;
 }
 
-WarmHandle AcquireActor(stagekit_ray_bridge* h, const std::string& key, const Resources& resources,
-                        bool& fresh) {
-  {
-    std::lock_guard<std::mutex> lock(h->actors_mu);
-    auto it = h->idle_actors.find(key);
-    if (it != h->idle_actors.end() && !it->second.empty()) {
-      WarmHandle actor = it->second.back();
-      it->second.pop_back();
-      fresh = false;
-      return actor;
+// Whether two resource maps share a resource other than CPU.
+bool ShareHeldResource(const Resources& a, const Resources& b) {
+  for (const auto& [name, amount] : a) {
+    if (name != "CPU" && amount > 0 && b.count(name) != 0 && b.at(name) > 0) return true;
+  }
+  return false;
+}
+
+// Kills the idle actors of keys other than `key` that hold any of the
+// resources in `wanted`: an idle actor keeps its GPU (or custom resource)
+// for its life, and a stage or actor that needs it would wait forever.
+// Called with actors_mu held; the kills happen after it is released.
+std::vector<WarmHandle> EvictIdleHolders(stagekit_ray_bridge* h, const std::string& key,
+                                         const Resources& wanted) {
+  std::vector<WarmHandle> doomed;
+  for (auto& [other, idle] : h->idle_actors) {
+    if (other == key || idle.empty()) continue;
+    auto held = h->held_by_key.find(other);
+    if (held == h->held_by_key.end() || !ShareHeldResource(held->second, wanted)) continue;
+    for (WarmHandle& actor : idle) {
+      h->live_actors.erase(actor.ID());
+      h->key_of.erase(actor.ID());
+      --h->live_per_key[other];
+      doomed.push_back(actor);
+    }
+    idle.clear();
+  }
+  return doomed;
+}
+
+void KillActors(std::vector<WarmHandle>& actors) {
+  for (WarmHandle& actor : actors) {
+    try {
+      actor.Kill(true);
+    } catch (...) {
     }
   }
+}
+
+// A plain task that needs a GPU or custom resource: make idle warm actors
+// that hold it let go first.
+void FreeHeldResources(stagekit_ray_bridge* h, const Resources& resources) {
+  std::vector<WarmHandle> doomed;
+  {
+    std::lock_guard<std::mutex> lock(h->actors_mu);
+    doomed = EvictIdleHolders(h, std::string(), resources);
+  }
+  KillActors(doomed);
+}
+
+// An idle actor of `key`, or a new one when fewer than `max_actors` (0: no
+// limit) are alive; otherwise waits for one to go idle. nullopt when
+// interrupted while waiting.
+std::optional<WarmHandle> AcquireActor(stagekit_ray_bridge* h, const std::string& key,
+                                       const Resources& resources, int max_actors, bool& fresh) {
   // The actor holds the stage's GPU, memory and custom resources for its
   // life (its setup may have loaded a model onto the GPU), but not its CPUs:
   // idle actors holding every CPU would starve the plain tasks after them.
@@ -483,6 +531,26 @@ WarmHandle AcquireActor(stagekit_ray_bridge* h, const std::string& key, const Re
   for (const auto& [name, amount] : resources) {
     if (name != "CPU") held[name] = amount;
   }
+  std::vector<WarmHandle> doomed;
+  {
+    std::unique_lock<std::mutex> lock(h->actors_mu);
+    for (;;) {
+      auto it = h->idle_actors.find(key);
+      if (it != h->idle_actors.end() && !it->second.empty()) {
+        WarmHandle actor = it->second.back();
+        it->second.pop_back();
+        fresh = false;
+        return actor;
+      }
+      if (max_actors <= 0 || h->live_per_key[key] < max_actors) break;
+      if (stagekit_interrupted() != 0) return std::nullopt;
+      h->actor_idle.wait_for(lock, std::chrono::milliseconds(100));
+    }
+    ++h->live_per_key[key];  // counted now, so that no other thread starts one too many
+    h->held_by_key[key] = held;
+    doomed = EvictIdleHolders(h, key, held);
+  }
+  KillActors(doomed);
   auto creator = ray::Actor(&StagekitWarmActor::FactoryCreate);
   if (!held.empty()) creator.SetResources(held);
   WarmHandle actor = creator.Remote(key);
@@ -490,12 +558,16 @@ WarmHandle AcquireActor(stagekit_ray_bridge* h, const std::string& key, const Re
   fresh = true;
   std::lock_guard<std::mutex> lock(h->actors_mu);
   h->live_actors.emplace(actor.ID(), actor);
+  h->key_of.emplace(actor.ID(), key);
   return actor;
 }
 
 void ReleaseActor(stagekit_ray_bridge* h, const std::string& key, const WarmHandle& actor) {
-  std::lock_guard<std::mutex> lock(h->actors_mu);
-  h->idle_actors[key].push_back(actor);
+  {
+    std::lock_guard<std::mutex> lock(h->actors_mu);
+    h->idle_actors[key].push_back(actor);
+  }
+  h->actor_idle.notify_all();
 }
 
 // An actor that died, hung past its timeout or was interrupted: kill it for
@@ -504,7 +576,13 @@ void DiscardActor(stagekit_ray_bridge* h, WarmHandle actor) {
   {
     std::lock_guard<std::mutex> lock(h->actors_mu);
     h->live_actors.erase(actor.ID());
+    auto key = h->key_of.find(actor.ID());
+    if (key != h->key_of.end()) {
+      --h->live_per_key[key->second];
+      h->key_of.erase(key);
+    }
   }
+  h->actor_idle.notify_all();
   try {
     actor.Kill(true);
   } catch (...) {
@@ -574,9 +652,14 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
     bool fresh_actor = false;
     ray::ObjectRef<Bytes> result;
     if (!warm_key.empty()) {
-      actor = AcquireActor(h, warm_key, resources, fresh_actor);
+      actor = AcquireActor(h, warm_key, resources, task.value("max_actors", 0), fresh_actor);
+      if (!actor) {
+        return EmitError(kInterrupted, label + " was interrupted while waiting for a warm actor",
+                         out, out_len);
+      }
       result = kActorSubmit[refs.size()](*actor, payload.dump(), refs);
     } else {
+      FreeHeldResources(h, resources);
       result = kSubmit[refs.size()](payload.dump(), refs, resources,
                                     request.value("instance", std::string("stage")));
     }

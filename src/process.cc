@@ -56,11 +56,10 @@ int OpenPidFd(pid_t pid) {
 #endif
 }
 
-// posix_spawn(p) with the signals a parent may have changed put back to
-// their defaults and unblocked. `group` is POSIX_SPAWN_SETSID,
-// POSIX_SPAWN_SETPGROUP (a new process group) or 0. Returns 0 or an errno.
+}  // namespace
+
 int SpawnProcess(const std::vector<std::string>& args, const posix_spawn_file_actions_t* actions,
-                 short group, pid_t* pid, char** env = environ) {
+                 short group, pid_t* pid, char** env) {
   if (args.empty()) return EINVAL;
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
@@ -76,14 +75,13 @@ int SpawnProcess(const std::vector<std::string>& args, const posix_spawn_file_ac
   std::vector<char*> argv;
   for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
+  if (env == nullptr) env = environ;
   int rc = args[0].find('/') != std::string::npos
                ? posix_spawn(pid, argv[0], actions, &attr, argv.data(), env)
                : posix_spawnp(pid, argv[0], actions, &attr, argv.data(), env);
   posix_spawnattr_destroy(&attr);
   return rc;
 }
-
-}  // namespace
 
 Result<Spawned> Spawn(const SpawnSpec& spec) {
   int in_pipe[2] = {-1, -1};

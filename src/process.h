@@ -3,6 +3,7 @@
 #ifndef STAGEKIT_SRC_PROCESS_H_
 #define STAGEKIT_SRC_PROCESS_H_
 
+#include <spawn.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -62,6 +63,14 @@ struct Spawned {
   int stdin_fd = -1;  // owned by the caller
 };
 Result<Spawned> Spawn(const SpawnSpec& spec);
+
+// posix_spawn(p) of `args` (argv[0] a path, or a name looked up in PATH) with
+// `actions`, `env` (nullptr: this process's), and the signals a parent may
+// have changed put back to their defaults and unblocked. `group` is
+// POSIX_SPAWN_SETSID, POSIX_SPAWN_SETPGROUP (a new process group) or 0.
+// Returns 0 or an errno.
+int SpawnProcess(const std::vector<std::string>& args, const posix_spawn_file_actions_t* actions,
+                 short group, pid_t* pid, char** env = nullptr);
 // waitpid() with a deadline; the exit code, 128+signal, or -1 on timeout.
 int WaitFor(pid_t pid, std::chrono::milliseconds timeout);
 

@@ -518,6 +518,30 @@ Json RayExecutor::Nodes() const {
   return nodes_;
 }
 
+namespace {
+// How many warm actors with these resources the cluster can hold at once: an
+// actor keeps its non-CPU resources (GPUs, memory, custom) for its life, so
+// one more than fit would wait forever for an idle one to let go. 0: no limit
+// (the stage needs only CPUs).
+int ActorCapacity(const Json& resources, const Json& nodes) {
+  long total = 0;
+  bool limited = false;
+  for (const Json& node : nodes) {
+    long fit = -1;
+    for (const auto& [name, amount] : resources.items()) {
+      if (name == "CPU" || amount.get<double>() <= 0) continue;
+      limited = true;
+      const double have = node["resources"].value(name, 0.0);
+      const long n = static_cast<long>(std::floor(have / amount.get<double>() + 1e-9));
+      fit = fit < 0 ? n : std::min(fit, n);
+    }
+    if (fit > 0) total += fit;
+  }
+  if (!limited) return 0;
+  return static_cast<int>(std::max(1L, std::min(total, 1L << 20)));
+}
+}  // namespace
+
 Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOptions& options) {
   StageRequest req = request;
   req.executor = "ray";
@@ -558,6 +582,7 @@ Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOption
   if (internal::IsWarmStage(Registry::Global(), req.stage)) {
     if (internal::WarmEnabled()) {
       task_json["warm_key"] = internal::WarmKey(req) + '\0' + CanonicalJson(resources);
+      task_json["max_actors"] = ActorCapacity(resources, Nodes());
     } else {
       task_json["cold"] = true;
     }

@@ -19,8 +19,6 @@
 #include "stagekit/executor.h"
 #include "warm.h"
 
-extern char** environ;
-
 namespace stagekit {
 namespace {
 
@@ -177,30 +175,13 @@ class SubprocessExecutor::Children {
       args.push_back("--stages");
       args.push_back(lib.string());
     }
-    std::vector<char*> argv;
-    for (std::string& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, theirs.get(), 0);
     posix_spawn_file_actions_adddup2(&actions, theirs.get(), 1);
     posix_spawn_file_actions_adddup2(&actions, c->err.get(), 2);
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    sigset_t empty, defaults;
-    sigemptyset(&empty);
-    sigemptyset(&defaults);
-    for (int sig : {SIGINT, SIGTERM, SIGPIPE, SIGHUP, SIGQUIT, SIGCHLD}) sigaddset(&defaults, sig);
-    posix_spawnattr_setsigmask(&attr, &empty);
-    posix_spawnattr_setsigdefault(&attr, &defaults);
-    posix_spawnattr_setpgroup(&attr, 0);  // its own group: a stop reaches its children too
-    posix_spawnattr_setflags(
-        &attr,
-        static_cast<short>(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF));
-    int rc = args[0].find('/') != std::string::npos
-                 ? posix_spawn(&c->pid, argv[0], &actions, &attr, argv.data(), environ)
-                 : posix_spawnp(&c->pid, argv[0], &actions, &attr, argv.data(), environ);
-    posix_spawnattr_destroy(&attr);
+    // Its own process group: a stop reaches its children too.
+    int rc = internal::SpawnProcess(args, &actions, POSIX_SPAWN_SETPGROUP, &c->pid);
     posix_spawn_file_actions_destroy(&actions);
     if (rc != 0) {
       return Status(Code::kInternal, "cannot start '" + args[0] + "': " + std::strerror(rc));

@@ -397,6 +397,31 @@ TEST_F(RayTwoNodes, AWarmActorThatDiesIsReplacedAndTheStageRetried) {
   EXPECT_EQ(ReadFile(dir_->path() / "out" / "actor" / "victim.txt").rfind("probe victim ", 0), 0u);
 }
 
+// A warm actor keeps its GPU while idle. With one GPU in the cluster, a
+// second actor for the same stage could never start, and a plain GPU stage
+// after the warm ones could never run: stagekit caps the actors at what the
+// cluster can hold and lets idle ones go for a stage that needs their GPU.
+TEST_F(RayTwoNodes, WarmGpuStagesShareTheOnlyGpuWithoutWaitingForever) {
+  fs::path p = dir_->path() / "gpu-warm.yaml";
+  std::string stages;
+  for (int i = 0; i < 4; ++i) {
+    stages += "  - {name: gpu_" + std::to_string(i) +
+              ", stage: warm.probe, kwargs: {sleep_ms: 200}, resources: {gpus: 1}}\n";
+  }
+  stages +=
+      "  - {name: plain_gpu, stage: warm.collect, inputs: {a: {from: gpu_0}, b: {from: "
+      "gpu_3}}, resources: {gpus: 1}}\n";
+  WriteFile(p, "name: gpu-warm\nlibraries: [" STAGEKIT_EXAMPLE_STAGES "]\nstages:\n" + stages);
+  // A stage that waited forever would time out instead of hanging the test.
+  CommandResult r = Run(p, {"-j", "3", "--timeout", "90s"});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  for (const Json& st : summary["stages"]) {
+    EXPECT_EQ(st["stats"]["node"], gpu_node_.node_name) << st.dump(2);
+  }
+  EXPECT_EQ(summary["ray"]["stats"]["actors_started"], 1) << summary.dump(2);
+}
+
 TEST_F(RayTwoNodes, BigInputGoesIntoTheObjectStoreOnce) {
   fs::path big = dir_->path() / "big.bin";
   {
