@@ -410,7 +410,8 @@ struct stagekit_ray_bridge {
   std::atomic<std::uint64_t> objects_put{0}, bytes_put{0}, tasks{0}, retries{0};
   std::atomic<unsigned long> serial{0};
   // Warm actors: idle ones by key; every live one, to kill on close. An actor
-  // serves one Run at a time, so a key never has more actors than Runs at once.
+  // serves one Run at a time; a key has at most as many actors as Runs at
+  // once, and no more than the cluster can hold (max_actors).
   std::mutex actors_mu;
   std::map<std::string, std::vector<WarmHandle>> idle_actors;
   std::map<std::string, WarmHandle> live_actors;  // by actor id
@@ -418,6 +419,10 @@ struct stagekit_ray_bridge {
   std::map<std::string, std::string> key_of;     // actor id -> key
   std::map<std::string, Resources> held_by_key;  // what a key's actors hold
   std::condition_variable actor_idle;            // an actor went idle or away
+  // Who is waiting for, or using, a resource an actor may hold: plain tasks
+  // (key "") and actors being started, by a serial number.
+  std::map<std::uint64_t, std::pair<std::string, Resources>> wanting;
+  std::uint64_t next_want = 1;
   std::atomic<std::uint64_t> actors_started{0};
 };
 
@@ -507,12 +512,45 @@ void KillActors(std::vector<WarmHandle>& actors) {
   }
 }
 
+// Records that `key` ("" for a plain task) waits for or uses `resources`
+// until its WantGuard ends; an actor released meanwhile that holds any of
+// them goes away instead of idling. Called with actors_mu held; 0 when only
+// CPUs are wanted.
+std::uint64_t Want(stagekit_ray_bridge* h, const std::string& key, const Resources& resources) {
+  Resources held;
+  for (const auto& [name, amount] : resources) {
+    if (name != "CPU" && amount > 0) held[name] = amount;
+  }
+  if (held.empty()) return 0;
+  const std::uint64_t id = h->next_want++;
+  h->wanting.emplace(id, std::make_pair(key, std::move(held)));
+  return id;
+}
+
+// Forgets a Want() when its attempt ends, whichever way.
+class WantGuard {
+ public:
+  explicit WantGuard(stagekit_ray_bridge* h) : h_(h) {}
+  ~WantGuard() {
+    if (id_ == 0) return;
+    std::lock_guard<std::mutex> lock(h_->actors_mu);
+    h_->wanting.erase(id_);
+  }
+  WantGuard(const WantGuard&) = delete;
+  WantGuard& operator=(const WantGuard&) = delete;
+  std::uint64_t id_ = 0;
+
+ private:
+  stagekit_ray_bridge* h_;
+};
+
 // A plain task that needs a GPU or custom resource: make idle warm actors
-// that hold it let go first.
-void FreeHeldResources(stagekit_ray_bridge* h, const Resources& resources) {
+// that hold it let go first, and busy ones as soon as they are done.
+void FreeHeldResources(stagekit_ray_bridge* h, const Resources& resources, WantGuard& want) {
   std::vector<WarmHandle> doomed;
   {
     std::lock_guard<std::mutex> lock(h->actors_mu);
+    want.id_ = Want(h, std::string(), resources);
     doomed = EvictIdleHolders(h, std::string(), resources);
   }
   KillActors(doomed);
@@ -522,7 +560,8 @@ void FreeHeldResources(stagekit_ray_bridge* h, const Resources& resources) {
 // limit) are alive; otherwise waits for one to go idle. nullopt when
 // interrupted while waiting.
 std::optional<WarmHandle> AcquireActor(stagekit_ray_bridge* h, const std::string& key,
-                                       const Resources& resources, int max_actors, bool& fresh) {
+                                       const Resources& resources, int max_actors, bool& fresh,
+                                       WantGuard& want) {
   // The actor holds the stage's GPU, memory and custom resources for its
   // life (its setup may have loaded a model onto the GPU), but not its CPUs:
   // idle actors holding every CPU would starve the plain tasks after them.
@@ -548,6 +587,7 @@ std::optional<WarmHandle> AcquireActor(stagekit_ray_bridge* h, const std::string
     }
     ++h->live_per_key[key];  // counted now, so that no other thread starts one too many
     h->held_by_key[key] = held;
+    want.id_ = Want(h, key, held);
     doomed = EvictIdleHolders(h, key, held);
   }
   KillActors(doomed);
@@ -563,11 +603,28 @@ std::optional<WarmHandle> AcquireActor(stagekit_ray_bridge* h, const std::string
 }
 
 void ReleaseActor(stagekit_ray_bridge* h, const std::string& key, const WarmHandle& actor) {
+  bool needed_elsewhere = false;
   {
     std::lock_guard<std::mutex> lock(h->actors_mu);
-    h->idle_actors[key].push_back(actor);
+    // A plain task or another stage's actor waits for what this one holds:
+    // let it go rather than keep it idle.
+    const Resources& held = h->held_by_key[key];
+    for (const auto& [id, want] : h->wanting) {
+      if (want.first != key && ShareHeldResource(held, want.second)) needed_elsewhere = true;
+    }
+    if (needed_elsewhere) {
+      h->live_actors.erase(actor.ID());
+      h->key_of.erase(actor.ID());
+      --h->live_per_key[key];
+    } else {
+      h->idle_actors[key].push_back(actor);
+    }
   }
   h->actor_idle.notify_all();
+  if (needed_elsewhere) {
+    std::vector<WarmHandle> doomed = {actor};
+    KillActors(doomed);
+  }
 }
 
 // An actor that died, hung past its timeout or was interrupted: kill it for
@@ -648,18 +705,19 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
       }
     }
     payload["request"]["attempt"] = attempt;
+    WantGuard want(h);
     std::optional<WarmHandle> actor;
     bool fresh_actor = false;
     ray::ObjectRef<Bytes> result;
     if (!warm_key.empty()) {
-      actor = AcquireActor(h, warm_key, resources, task.value("max_actors", 0), fresh_actor);
+      actor = AcquireActor(h, warm_key, resources, task.value("max_actors", 0), fresh_actor, want);
       if (!actor) {
         return EmitError(kInterrupted, label + " was interrupted while waiting for a warm actor",
                          out, out_len);
       }
       result = kActorSubmit[refs.size()](*actor, payload.dump(), refs);
     } else {
-      FreeHeldResources(h, resources);
+      FreeHeldResources(h, resources, want);
       result = kSubmit[refs.size()](payload.dump(), refs, resources,
                                     request.value("instance", std::string("stage")));
     }
