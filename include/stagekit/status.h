@@ -32,7 +32,7 @@ enum class Code : int {
   kSecretRefused = 14,   // a credential-looking value was about to be sent as an env var
   kJobFailed = 15,       // a submitted job failed or was stopped
   kBudgetExceeded = 16,  // --budget ran out: no more stages were launched
-  kChecksFailed = 17,    // `stagekit doctor` found errors
+  kChecksFailed = 17,    // doctor found errors; audit, a nondeterministic stage
   kInternal = 70,        // a bug in stagekit itself
   kInterrupted = 130,    // Ctrl-C / SIGTERM
 };

@@ -31,7 +31,8 @@ constexpr const char* kExitCodes = R"(Exit codes:
   9 stage library error  10 parity mismatch         11 resources infeasible on Ray
   12 Ray or cluster unreachable                     13 package over its size cap
   14 credential refused  15 submitted job failed    16 budget ran out
-  17 doctor found errors 70 internal error          130 interrupted)";
+  17 doctor found errors, or audit a nondeterministic stage
+  70 internal error      130 interrupted)";
 
 }  // namespace
 
