@@ -429,6 +429,13 @@ bool MentionsPaths(const std::string& bytes, const StageRequest& req) {
 // Compares a finished run's output with a reference file.
 void Judge(AuditFinding& f, const fs::path& reference, const Status& run_status,
            const fs::path& run_output) {
+  if (run_status.code() == Code::kInfeasible) {
+    // Says nothing about determinism: the executor cannot place the stage
+    // (e.g. it asks for more CPUs than this Ray cluster has).
+    f.result = "not_run";
+    f.error = "could not run on this executor: " + FirstLines(run_status.message());
+    return;
+  }
   if (!run_status.ok()) {
     f.result = "failed";
     f.error = FirstLines(run_status.message());
