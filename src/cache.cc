@@ -375,6 +375,13 @@ struct DiskCache::Impl {
   std::set<std::string> warned;
   std::map<std::string, fs::path> created_dirs;  // fan-out directories known to exist
   std::atomic<std::uint64_t> hits{0}, stores{0};
+  // Keys taken by Prepare, with the input files as they were then.
+  struct Pending {
+    CacheKeyParts parts;
+    std::map<std::string, FileId> files;  // input name -> file as hashed
+  };
+  std::map<std::string, Pending> pending;  // by token
+  std::uint64_t next_token = 1;
 
   void Warn(const std::string& message) {
     {
@@ -680,29 +687,72 @@ Result<CacheKeyParts> DiskCache::KeyParts(const PipelineStage& stage, const JobS
   return impl_->Compute(stage.stage, stage.name, stage.inputs, job, stage.kwargs, upstream);
 }
 
-std::optional<RunStats> DiskCache::Lookup(const PipelineStage& stage, const StageRequest& request,
-                                          const std::map<std::string, std::string>& upstream) {
-  // An input that cannot be hashed is a miss: the stage runs and reports it.
+std::string DiskCache::Prepare(const PipelineStage& stage, const StageRequest& request,
+                               const std::map<std::string, std::string>& upstream) {
+  Impl::Pending pending;
+  // The files as they are before they are hashed: if one changes later, the
+  // output is not stored under this key.
+  for (const auto& [name, ref] : stage.inputs) {
+    if (!ref.from_stage.empty()) continue;
+    struct stat st {};
+    if (::stat(ref.file.c_str(), &st) != 0) return "";  // the stage runs and reports it
+    pending.files.emplace(name, IdOf(ref.file, st));
+  }
+  // An input that cannot be hashed: no key; the stage runs and reports it.
   auto parts = impl_->Compute(request.stage, stage.name, stage.inputs, request.job, request.kwargs,
                               upstream);
-  if (!parts.ok()) return std::nullopt;
-  const std::string key = parts->Key();
+  if (!parts.ok()) return "";
+  pending.parts = std::move(parts).value();
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  std::string token = std::to_string(impl_->next_token++);
+  impl_->pending.emplace(token, std::move(pending));
+  return token;
+}
+
+std::optional<RunStats> DiskCache::Lookup(const PipelineStage& stage, const StageRequest& request,
+                                          const std::string& token) {
+  CacheKeyParts parts;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->pending.find(token);
+    if (it == impl_->pending.end()) return std::nullopt;
+    parts = it->second.parts;
+  }
+  const std::string key = parts.Key();
   auto entry = impl_->ReadEntry(key, stage.name);
   if (!entry) return std::nullopt;
   if (!impl_->Restore(*entry, request.output, stage.name)) return std::nullopt;
-  impl_->WritePointer(key, *parts);
+  impl_->WritePointer(key, parts);
   ++impl_->hits;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->pending.erase(token);  // restored: nothing runs, nothing is stored
+  }
   return entry->stats;
 }
 
 void DiskCache::Store(const PipelineStage& stage, const StageRequest& request,
-                      const std::map<std::string, std::string>& upstream, const RunStats& stats) {
-  auto parts = impl_->Compute(request.stage, stage.name, stage.inputs, request.job, request.kwargs,
-                              upstream);
-  if (!parts.ok()) {
-    impl_->Warn("stage " + Quote(stage.name) + " not cached: " + parts.status().message());
-    return;
+                      const std::string& token, const RunStats* stats_in) {
+  Impl::Pending pending;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    auto it = impl_->pending.find(token);
+    if (it == impl_->pending.end()) return;
+    pending = std::move(it->second);
+    impl_->pending.erase(it);
   }
+  if (stats_in == nullptr) return;  // the stage failed
+  const RunStats& stats = *stats_in;
+  for (const auto& [name, id] : pending.files) {
+    const fs::path& file = std::get<0>(id);
+    struct stat st {};
+    if (::stat(file.c_str(), &st) != 0 || IdOf(file, st) != id) {
+      impl_->Warn("stage " + Quote(stage.name) + " not cached: its input " + Quote(name) + " (" +
+                  file.string() + ") changed while it ran; run it again to cache it");
+      return;
+    }
+  }
+  CacheKeyParts* parts = &pending.parts;
   if (!ValidDigest(stats.output_digest)) {
     impl_->Warn("stage " + Quote(stage.name) + " not cached: its output digest '" +
                 stats.output_digest + "' is not a sha256 digest");

@@ -142,9 +142,13 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
         const std::map<std::string, std::string> upstream =
             options.cache != nullptr ? upstream_digests(i) : std::map<std::string, std::string>{};
         std::optional<RunStats> hit;
-        if (options.cache != nullptr && options.lookup_cache) {
+        std::string token;  // the stage's cache key, taken before it runs
+        if (options.cache != nullptr) {
           lock.unlock();
-          hit = options.cache->Lookup(pipeline.stages[i], requests[i], upstream);
+          token = options.cache->Prepare(pipeline.stages[i], requests[i], upstream);
+          if (options.lookup_cache && !token.empty()) {
+            hit = options.cache->Lookup(pipeline.stages[i], requests[i], token);
+          }
           lock.lock();
         }
         Result<RunStats> stats = Status(Code::kInternal, "not run");
@@ -155,8 +159,9 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
           if (options.observer != nullptr) options.observer->OnStageStarted(pipeline.stages[i]);
           lock.unlock();
           stats = executor.Run(requests[i], pipeline.stages[i].options);
-          if (stats.ok() && options.cache != nullptr) {
-            options.cache->Store(pipeline.stages[i], requests[i], upstream, *stats);
+          if (options.cache != nullptr && !token.empty()) {
+            options.cache->Store(pipeline.stages[i], requests[i], token,
+                                 stats.ok() ? &*stats : nullptr);
           }
           lock.lock();
         }

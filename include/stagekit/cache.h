@@ -134,10 +134,14 @@ class DiskCache final : public StageCache {
 
   const std::filesystem::path& dir() const { return dir_; }
 
+  std::string Prepare(const PipelineStage& stage, const StageRequest& request,
+                      const std::map<std::string, std::string>& upstream) override;
   std::optional<RunStats> Lookup(const PipelineStage& stage, const StageRequest& request,
-                                 const std::map<std::string, std::string>& upstream) override;
-  void Store(const PipelineStage& stage, const StageRequest& request,
-             const std::map<std::string, std::string>& upstream, const RunStats& stats) override;
+                                 const std::string& token) override;
+  // Stores nothing when an input file changed (inode, size or mtime) between
+  // Prepare and now: the output may come from other bytes than the key says.
+  void Store(const PipelineStage& stage, const StageRequest& request, const std::string& token,
+             const RunStats* stats) override;
 
   // The key parts of one stage; kInputError when an input file cannot be
   // read, kUnknownStage when the stage is not registered, kInternal when an

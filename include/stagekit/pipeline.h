@@ -117,20 +117,26 @@ class RunObserver {
 
 // A store of stage outputs that the scheduler asks before it launches a stage
 // and tells after a stage succeeded (see stagekit/cache.h for the one on
-// disk). `upstream` maps each input that is another stage's output to that
-// output's digest ("sha256:<hex>"), so that the cache need not hash it again.
-// Called from scheduler threads, several at once.
+// disk). Called from scheduler threads, several at once.
 class StageCache {
  public:
   virtual ~StageCache() = default;
+  // Called before a stage is looked up or launched: computes its key from its
+  // inputs as they are now and returns a token for Lookup and Store ("" when
+  // the key cannot be computed; the stage is then neither restored nor
+  // stored). `upstream` maps each input that is another stage's output to
+  // that output's digest ("sha256:<hex>"), so that it need not be hashed again.
+  virtual std::string Prepare(const PipelineStage& stage, const StageRequest& request,
+                              const std::map<std::string, std::string>& upstream) = 0;
   // When an entry matches, restores its output at request.output and returns
   // the RunStats recorded when it was made; nullopt otherwise.
   virtual std::optional<RunStats> Lookup(const PipelineStage& stage, const StageRequest& request,
-                                         const std::map<std::string, std::string>& upstream) = 0;
-  // Records a stage that ran and succeeded; failures to store are the
-  // cache's to report, they never fail the run.
+                                         const std::string& token) = 0;
+  // After the stage ran: records its output when `stats` is set (it
+  // succeeded), forgets the token either way. Failures to store are the
+  // cache's to report; they never fail the run.
   virtual void Store(const PipelineStage& stage, const StageRequest& request,
-                     const std::map<std::string, std::string>& upstream, const RunStats& stats) = 0;
+                     const std::string& token, const RunStats* stats) = 0;
 };
 
 struct RunOptions {

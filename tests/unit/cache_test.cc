@@ -364,14 +364,40 @@ TEST_F(CacheTest, StoreRefusesBytesThatDoNotMatchTheRunStats) {
   WriteFile(req.output, "not what ran");
   RunStats stats;
   stats.output_digest = "sha256:" + std::string(64, 'a');
-  cache->Store(p.stages[0], req, {}, stats);
+  cache->Store(p.stages[0], req, cache->Prepare(p.stages[0], req, {}), &stats);
   EXPECT_NE(Warnings().find("changed after the stage wrote it"), std::string::npos) << Warnings();
   auto usage = cache->Usage();
   ASSERT_TRUE(usage.ok());
   EXPECT_EQ(usage->entries, 0u);
   EXPECT_EQ(usage->blobs, 0u);
   EXPECT_EQ(cache->stores(), 0u);
-  EXPECT_FALSE(cache->Lookup(p.stages[0], req, {}).has_value());
+  EXPECT_FALSE(cache->Lookup(p.stages[0], req, cache->Prepare(p.stages[0], req, {})).has_value());
+}
+
+// The key is taken before the stage runs. An input rewritten while it runs
+// may or may not be what the stage read, so the output is not stored under
+// either key.
+TEST_F(CacheTest, AnInputChangedWhileTheStageRanIsNotStored) {
+  const Pipeline p = Load();
+  auto cache = Open();
+  StageRequest req;
+  req.stage = "t.annotate";
+  req.instance = "a";
+  req.inputs["text"] = dir_ / "a.txt";
+  req.output = dir_ / "a.out";
+  req.job = p.job;
+  req.kwargs = p.stages[0].kwargs;
+  const std::string token = cache->Prepare(p.stages[0], req, {});
+  ASSERT_FALSE(token.empty());
+  auto stats = Invoke(req, registry_);
+  ASSERT_TRUE(stats.ok()) << stats.status().message();
+  WriteFile(dir_ / "a.txt", "alpha, edited while the stage ran");
+  cache->Store(p.stages[0], req, token, &*stats);
+  EXPECT_NE(Warnings().find("changed while it ran"), std::string::npos) << Warnings();
+  EXPECT_EQ(cache->stores(), 0u);
+  auto usage = cache->Usage();
+  ASSERT_TRUE(usage.ok());
+  EXPECT_EQ(usage->entries, 0u);
 }
 
 TEST_F(CacheTest, PruneRemovesOldEntriesThenOldestFirstThenOrphans) {

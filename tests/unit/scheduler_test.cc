@@ -194,23 +194,32 @@ TEST(SchedulerTest, InProcessPipelineIsDeterministicAcrossJobCounts) {
 // A cache that hits for the stages the test names and records every call.
 class FakeCache : public StageCache {
  public:
-  std::optional<RunStats> Lookup(const PipelineStage& st, const StageRequest&,
-                                 const std::map<std::string, std::string>& upstream) override {
+  std::string Prepare(const PipelineStage& st, const StageRequest&,
+                      const std::map<std::string, std::string>& upstream) override {
     std::lock_guard<std::mutex> lock(mu_);
-    looked_up_[st.name] = upstream;
+    prepared_[st.name] = upstream;
+    return st.name;
+  }
+  std::optional<RunStats> Lookup(const PipelineStage& st, const StageRequest&,
+                                 const std::string& token) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    EXPECT_EQ(token, st.name);
+    looked_up_.insert(st.name);
     auto it = hits_.find(st.name);
     if (it == hits_.end()) return std::nullopt;
     return it->second;
   }
-  void Store(const PipelineStage& st, const StageRequest&,
-             const std::map<std::string, std::string>&, const RunStats& stats) override {
+  void Store(const PipelineStage& st, const StageRequest&, const std::string& token,
+             const RunStats* stats) override {
     std::lock_guard<std::mutex> lock(mu_);
-    stored_[st.name] = stats.output_digest;
+    EXPECT_EQ(token, st.name);
+    if (stats != nullptr) stored_[st.name] = stats->output_digest;
   }
 
   std::mutex mu_;
   std::map<std::string, RunStats> hits_;
-  std::map<std::string, std::map<std::string, std::string>> looked_up_;
+  std::map<std::string, std::map<std::string, std::string>> prepared_;  // with upstream digests
+  std::set<std::string> looked_up_;
   std::map<std::string, std::string> stored_;
 };
 
@@ -237,7 +246,7 @@ TEST(SchedulerTest, ACacheHitMarksTheStageCachedAndSkipsTheExecutor) {
   EXPECT_EQ(r.stages[0].stats->executor, "ray");
   for (std::size_t i = 1; i < r.stages.size(); ++i) EXPECT_FALSE(r.stages[i].cached);
   // Downstream stages learn their inputs' digests, cached or not.
-  EXPECT_EQ(cache.looked_up_["r"],
+  EXPECT_EQ(cache.prepared_["r"],
             (std::map<std::string, std::string>{
                 {"i0", "sha256:from-cache"}, {"i1", "sha256:fake"}, {"i2", "sha256:fake"}}));
   EXPECT_EQ(cache.stored_.count("m0"), 0u) << "a hit is not stored again";
