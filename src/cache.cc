@@ -19,12 +19,17 @@
 #include <tuple>
 
 #include "fd.h"
+#include "files.h"
 #include "sha256.h"
 
 namespace stagekit {
 
 namespace fs = std::filesystem;
+using internal::IsTempName;
 using internal::UniqueFd;
+using internal::UniqueTemp;
+using internal::WriteAllFd;
+using internal::WriteFileAtomically;
 
 namespace {
 
@@ -63,54 +68,6 @@ std::string HexOf(const std::uint8_t* digest) {
   internal::Sha256Digest d;
   std::memcpy(d.data(), digest, d.size());
   return internal::HexDigest(d);
-}
-
-// A name no other writer (process, thread or host) uses at the same time:
-// every file of the cache is written under such a name and renamed.
-fs::path UniqueTemp(const fs::path& target) {
-  static std::atomic<unsigned long> serial{0};
-  static const unsigned long salt = std::random_device{}();
-  return target.parent_path() / ("." + target.filename().string() + ".tmp-" + HostName() + "-" +
-                                 std::to_string(::getpid()) + "-" + std::to_string(salt % 100000) +
-                                 "-" + std::to_string(serial++));
-}
-
-bool IsTempName(const std::string& name) {
-  return !name.empty() && name[0] == '.' && name.find(".tmp-") != std::string::npos;
-}
-
-Status WriteAllFd(int fd, const char* data, std::size_t size, const fs::path& path) {
-  while (size > 0) {
-    ssize_t n = ::write(fd, data, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status(Code::kOutputError,
-                    "cannot write " + path.string() + ": " + std::strerror(errno));
-    }
-    data += n;
-    size -= static_cast<std::size_t>(n);
-  }
-  return OkStatus();
-}
-
-// Writes `text` to a unique temporary file beside `path` and renames it over
-// `path`: readers see the old file or the new one, never a part.
-Status WriteFileAtomic(const fs::path& path, const std::string& text) {
-  const fs::path tmp = UniqueTemp(path);
-  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (!fd) {
-    return Status(Code::kOutputError,
-                  "cannot create " + tmp.string() + ": " + std::strerror(errno));
-  }
-  Status s = WriteAllFd(fd.get(), text.data(), text.size(), tmp);
-  fd.Reset();
-  std::error_code ec;
-  if (s.ok()) {
-    fs::rename(tmp, path, ec);
-    if (ec) s = Status(Code::kOutputError, "cannot write " + path.string() + ": " + ec.message());
-  }
-  if (!s.ok()) fs::remove(tmp, ec);
-  return s;
 }
 
 // nullopt when the file does not exist; kInputError on other errors.
@@ -551,7 +508,7 @@ struct DiskCache::Impl {
            {"key", key},
            {"parts", parts.ToJson()},
            {"updated", IsoTime(std::time(nullptr))}};
-    if (Status s = WriteFileAtomic(PointerPath(parts.instance), j.dump(1) + "\n"); !s.ok()) {
+    if (Status s = WriteFileAtomically(PointerPath(parts.instance), j.dump(1) + "\n"); !s.ok()) {
       Warn(s.message());
     }
   }
@@ -776,7 +733,7 @@ void DiskCache::Store(const PipelineStage& stage, const StageRequest& request,
              {"created_unix", static_cast<std::int64_t>(now)}};
   const fs::path path = impl_->EntryPath(key);
   Status s = impl_->EnsureDir(path.parent_path());
-  if (s.ok()) s = WriteFileAtomic(path, entry.dump(1) + "\n");
+  if (s.ok()) s = WriteFileAtomically(path, entry.dump(1) + "\n");
   if (!s.ok()) {
     impl_->Warn("stage " + Quote(stage.name) + " not cached: " + s.message());
     return;

@@ -675,18 +675,6 @@ fs::path SiblingPath(const fs::path& target, const char* tag) {
   return base.parent_path() / ("." + base.filename().string() + suffix);
 }
 
-Status WriteFileAtomically(const fs::path& path, const std::string& text) {
-  const fs::path tmp = SiblingPath(path, "tmp");
-  Status s = WriteAll(tmp, text);
-  std::error_code ec;
-  if (s.ok()) {
-    fs::rename(tmp, path, ec);
-    if (ec) s = Status(Code::kOutputError, "cannot write " + path.string() + ": " + ec.message());
-  }
-  if (!s.ok()) fs::remove(tmp, ec);
-  return s;
-}
-
 Status Materialize(const Tree& tree, const fs::path& dir) {
   std::error_code ec;
   if (fs::exists(dir, ec)) {

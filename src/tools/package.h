@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "files.h"
 #include "stagekit/stage.h"
 #include "stagekit/status.h"
 #include "tools/ignore.h"
@@ -106,7 +107,7 @@ std::string HumanBytes(std::uint64_t bytes);
 // ".<name>.<tag>-<pid>-<random>".
 std::filesystem::path SiblingPath(const std::filesystem::path& target, const char* tag);
 // `path` holds `text` completely or keeps what it had (temporary file + rename).
-Status WriteFileAtomically(const std::filesystem::path& path, const std::string& text);
+using internal::WriteFileAtomically;
 
 // `path` is `dir` or below it (lexically: give both absolute and normalised).
 bool IsWithin(const std::filesystem::path& path, const std::filesystem::path& dir);
