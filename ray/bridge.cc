@@ -457,20 +457,21 @@ bool InputRef(stagekit_ray_bridge* h, const std::string& path, ray::ObjectRef<By
   return true;
 }
 
-int WriteOutputAtomically(stagekit_ray_bridge* h, const std::string& output, const char* data,
-                          std::size_t n, std::string& error) {
-  std::size_t slash = output.find_last_of('/');
-  std::string dir = slash == std::string::npos ? "." : output.substr(0, slash);
-  std::string temp = dir + "/." + Basename(output) + ".stagekit-" + std::to_string(::getpid()) +
-                     "-r" + std::to_string(h->serial++) + ".tmp";
-  int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0 || !WriteAll(fd, data, n) || ::close(fd) != 0 ||
-      ::rename(temp.c_str(), output.c_str()) != 0) {
-    error = "cannot write output '" + output + "': " + std::strerror(errno);
-    ::unlink(temp.c_str());
-    return kOutputError;
+// The output through stagekit's own publisher (unpredictable exclusive
+// temporary, never replacing a non-regular file), so that the three executors
+// publish alike.
+int WriteOutputAtomically(const std::string& output, const char* data, std::size_t n,
+                          std::string& error) {
+  char* reply = nullptr;
+  std::size_t reply_len = 0;
+  int rc = stagekit_write_output(output.c_str(), data, n, &reply, &reply_len);
+  if (rc != 0) {
+    json j = json::parse(std::string(reply == nullptr ? "" : reply, reply_len), nullptr, false);
+    error = j.is_object() && j.contains("error") ? j["error"].value("message", "")
+                                                 : "cannot write output '" + output + "'";
   }
-  return 0;
+  stagekit_free(reply);
+  return rc;
 }
 
 // Whether two resource maps share a resource other than CPU.
@@ -812,7 +813,7 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
       continue;
     }
     std::string error;
-    if (int rc = WriteOutputAtomically(h, output, data, size, error); rc != 0) {
+    if (int rc = WriteOutputAtomically(output, data, size, error); rc != 0) {
       return EmitError(rc, label + ": " + error, out, out_len);
     }
     status["attempt"] = attempt;

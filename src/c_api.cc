@@ -4,6 +4,12 @@
 #include <cstring>
 #include <string>
 
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+
+#include "files.h"
 #include "sha256.h"
 #include "stagekit/executor.h"
 #include "stagekit/invoke.h"
@@ -74,6 +80,38 @@ extern "C" void stagekit_sha256_hex(const char* data, size_t len, char out[65]) 
   std::string hex = stagekit::internal::HexDigest(stagekit::internal::Sha256(
       std::string_view(data == nullptr ? "" : data, data == nullptr ? 0 : len)));
   std::memcpy(out, hex.c_str(), 65);
+}
+
+extern "C" int stagekit_write_output(const char* path, const char* data, size_t len, char** out,
+                                     size_t* out_len) {
+  try {
+    namespace fs = std::filesystem;
+    using stagekit::Code;
+    using stagekit::Status;
+    namespace internal = stagekit::internal;
+    const fs::path target = path == nullptr ? "" : path;
+    const std::string what = "output '" + target.string() + "'";
+    if (Status s = internal::CheckReplaceable(target, what); !s.ok()) {
+      return EmitStatus(s, out, out_len);
+    }
+    auto made = internal::CreateTempBeside(target);
+    if (!made.ok()) return EmitStatus(made.status(), out, out_len);
+    auto& [fd, tmp] = *made;
+    Status s = internal::WriteAllFd(fd.get(), data == nullptr ? "" : data, len, tmp);
+    if (::close(fd.Release()) != 0 && s.ok()) {
+      s = Status(Code::kOutputError, "cannot write " + tmp.string() + ": " + std::strerror(errno));
+    }
+    if (s.ok()) s = internal::PublishFile(tmp, target, what);
+    if (!s.ok()) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      return EmitStatus(s, out, out_len);
+    }
+    return Emit("{}", 0, out, out_len);
+  } catch (...) {
+    return EmitStatus(stagekit::Status(stagekit::Code::kInternal, "stagekit_write_output failed"),
+                      out, out_len);
+  }
 }
 
 extern "C" void stagekit_free(char* buffer) { std::free(buffer); }

@@ -1,26 +1,69 @@
 // Writing files so that readers see the old file or the new one, never a
-// part. Internal to stagekit (the cache, the CLI and its tools use it).
+// part, and so that nobody else can slip a link or a file into the place a
+// writer uses. Internal to stagekit (the executors, the cache, the CLI and its
+// tools use it).
+//
+// Every temporary name stagekit makes is ".stagekit-tmp.<pid>.<random>.<host>":
+// unpredictable (64 random bits), created exclusively, never followed through
+// a symbolic link, and telling which process on which host left it, so that a
+// later run can remove what a crashed or killed one left behind.
 #ifndef STAGEKIT_SRC_FILES_H_
 #define STAGEKIT_SRC_FILES_H_
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <cstddef>
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <utility>
 
+#include "fd.h"
 #include "stagekit/status.h"
 
 namespace stagekit::internal {
 
-// A name beside `target` that no other writer (process, thread or host) uses
-// at the same time: ".<name>.tmp-<host>-<pid>-<salt>-<n>".
-std::filesystem::path UniqueTemp(const std::filesystem::path& target);
-// Whether a file name is one UniqueTemp() made (left by an interrupted writer).
+// A fresh temporary name in `dir` (see above); nothing is created.
+std::filesystem::path TempNameIn(const std::filesystem::path& dir);
+// Whether a file name is a stagekit temporary (this format, or the older
+// ".<name>.tmp-..." and ".<name>.stagekit-<pid>-<n>.tmp" ones).
 bool IsTempName(const std::string& name);
+// Whether the temporary `name` was left by a writer that is gone: a process
+// of this host that no longer exists, or, for another host's or an older
+// format, a file last changed longer than `max_age` ago.
+bool IsStaleTemp(const std::string& name, std::chrono::system_clock::time_point mtime,
+                 std::chrono::seconds max_age = std::chrono::hours(24));
+// Removes the stale temporaries (files and folders) directly in `dir`; returns
+// how many. Errors are ignored: a temporary that cannot be removed stays.
+std::size_t RemoveStaleTemps(const std::filesystem::path& dir);
+
+// A new temporary file in `target`'s folder, opened for writing with
+// O_CREAT | O_EXCL | O_NOFOLLOW; kOutputError when it cannot be made.
+Result<std::pair<UniqueFd, std::filesystem::path>> CreateTempBeside(
+    const std::filesystem::path& target, mode_t mode = 0644);
+// A new private folder (mode 0700) in `dir`, named as above.
+Result<std::filesystem::path> MakePrivateDir(const std::filesystem::path& dir);
+
+// OK when `to` does not exist or is a regular file; otherwise kOutputError
+// saying what it is, prefixed with `what`.
+Status CheckReplaceable(const std::filesystem::path& to, const std::string& what);
+// Renames the regular file `from` over `to`. Refuses (kOutputError, `from`
+// left in place) when `to` exists and is anything but a regular file: a
+// folder, a link, a device, a FIFO or a socket is never replaced. `what`
+// names `to` in messages ("output 'x' of stage 'y'").
+Status PublishFile(const std::filesystem::path& from, const std::filesystem::path& to,
+                   const std::string& what);
+
 // write(2) until everything is written; kOutputError naming `path`.
 Status WriteAllFd(int fd, const char* data, std::size_t size, const std::filesystem::path& path);
-// Writes `text` to a UniqueTemp() beside `path` and renames it over `path`;
-// on failure the temporary is removed and an earlier `path` is untouched.
+// Writes `text` to `path` so that a reader sees the old content or the new:
+// - a new or regular `path`: a temporary beside it, renamed over it;
+// - a symbolic link: the same at the file it resolves to;
+// - a character device or a FIFO (/dev/null, /dev/stdout, a named pipe):
+//   written through, as a shell redirection would;
+// - anything else (a folder, a socket, a block device): kOutputError.
+// On failure the temporary is removed and an earlier `path` is untouched.
 Status WriteFileAtomically(const std::filesystem::path& path, std::string_view text);
 
 }  // namespace stagekit::internal

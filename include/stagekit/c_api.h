@@ -39,6 +39,14 @@ int stagekit_interrupted(void);
 /* Lower-case hex SHA-256 of `len` bytes into out[0..64] (NUL-terminated). */
 void stagekit_sha256_hex(const char* data, size_t len, char out[65]);
 
+/* Writes `len` bytes as the file `path` the way every executor publishes an
+ * output: into an unpredictable, exclusively created temporary beside it,
+ * renamed over `path` only when complete; an existing `path` that is not a
+ * regular file is never replaced. 0 on success; otherwise the stagekit::Code
+ * and, in *out, the error JSON as above. */
+int stagekit_write_output(const char* path, const char* data, size_t len, char** out,
+                          size_t* out_len);
+
 /* "MAJOR.MINOR.PATCH" of the stagekit library. */
 const char* stagekit_version(void);
 

@@ -1,5 +1,7 @@
 #include "tools/audit.h"
 
+#include "files.h"
+
 #include <locale.h>
 #include <stdlib.h>
 #include <sys/utsname.h>
@@ -819,9 +821,10 @@ Result<AuditReport> RunAudit(const Pipeline& pipeline, const AuditOptions& optio
   // 4. --keep: the differing outputs, written to a sibling and renamed into place.
   if (!options.keep.empty() && report.Nondeterministic() > 0) {
     fs::path keep = fs::absolute(options.keep, ec);
-    fs::path tmp = keep.parent_path() /
-                   ("." + keep.filename().string() + ".tmp-" + std::to_string(::getpid()));
-    fs::remove_all(tmp, ec);
+    fs::create_directories(keep.parent_path(), ec);
+    auto made = internal::MakePrivateDir(keep.parent_path());
+    if (!made.ok()) return made.status();
+    const fs::path tmp = *made;
     auto copy = [&](const fs::path& from, const fs::path& to) {
       fs::create_directories(to.parent_path(), ec);
       fs::copy_file(from, to, fs::copy_options::overwrite_existing, ec);
@@ -865,7 +868,8 @@ Result<AuditReport> RunAudit(const Pipeline& pipeline, const AuditOptions& optio
       return Status(Code::kOutputError,
                     "cannot write the kept outputs under '" + tmp.string() + "': " + ec.message());
     }
-    fs::remove(keep, ec);  // an empty directory, if any
+    fs::permissions(tmp, fs::perms(0755), ec);  // made private, kept as any folder
+    fs::remove(keep, ec);                       // an empty directory, if any
     fs::rename(tmp, keep, ec);
     if (ec) {
       fs::remove_all(tmp, ec);

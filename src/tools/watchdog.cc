@@ -1,5 +1,7 @@
 #include "tools/watchdog.h"
 
+#include "files.h"
+
 #include <signal.h>
 
 #include <algorithm>
@@ -207,19 +209,8 @@ Status RunOnce(const WatchdogOptions& o, const std::function<Sample()>& probe, s
   std::error_code ec;
   fs::path path(o.state_file);
   if (path.has_parent_path()) fs::create_directories(path.parent_path(), ec);
-  fs::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << state.dump() << "\n";
-    if (!out.flush()) {
-      return Status(Code::kOutputError, "cannot write the state file " + tmp.string());
-    }
-  }
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    return Status(Code::kOutputError,
-                  "cannot write the state file " + path.string() + ": " + ec.message());
+  if (Status written = internal::WriteFileAtomically(path, state.dump() + "\n"); !written.ok()) {
+    return Status(Code::kOutputError, "cannot write the state file: " + written.message());
   }
   if (!due) return OkStatus();
   return RunAction(o, log);
