@@ -17,6 +17,7 @@
 #include <fcntl.h>
 
 #include "fd.h"
+#include "files.h"
 #include "sha256.h"
 #include "warm.h"
 
@@ -98,8 +99,6 @@ Status Diagnose(const StageRequest& req) {
 constexpr const char* kNoOutput =
     " wrote no output: a stage must write one regular file at ctx.output() (or call "
     "ctx.WriteOutput)";
-
-std::atomic<unsigned long> g_temp_serial{0};
 
 // Warm instances of one key. Not thread-safe stages: a stack of idle
 // instances, each used by one caller at a time, so the number of setups never
@@ -282,19 +281,14 @@ std::size_t DropWarmInstances() { return Pool().Drop(); }
 
 }  // namespace internal
 
-fs::path TempOutputPath(const fs::path& output, long pid, unsigned long serial) {
-  fs::path name = "." + output.filename().string() + ".stagekit-" + std::to_string(pid) + "-" +
-                  std::to_string(serial) + ".tmp";
-  return output.parent_path() / name;
-}
-
 void RemoveTempOutputs(const fs::path& output, long pid) {
-  std::string prefix = "." + output.filename().string() + ".stagekit-" + std::to_string(pid) + "-";
+  const std::string prefix = ".stagekit-tmp." + std::to_string(pid) + ".";
   fs::path dir = output.parent_path().empty() ? fs::path(".") : output.parent_path();
   std::error_code ec;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     std::string file = it->path().filename().string();
-    if (file.rfind(prefix, 0) == 0) fs::remove(it->path(), ec);
+    std::error_code rec;
+    if (file.rfind(prefix, 0) == 0) fs::remove_all(it->path(), rec);
   }
 }
 
@@ -319,7 +313,27 @@ Result<RunStats> internal::InvokeWarm(const StageRequest& req, const Registry& r
   Result<std::uint64_t> bytes_in = CheckInputs(req);
   if (!bytes_in.ok()) return bytes_in.status();
 
-  const fs::path temp = TempOutputPath(req.output, ::getpid(), g_temp_serial++);
+  // The stage writes into a private folder beside the output (mode 0700, an
+  // unpredictable name made with mkdir): nobody else can put a link where it
+  // writes, and its file keeps the output's own name.
+  if (Status s = internal::CheckReplaceable(req.output, "output of " + StageLabel(req)); !s.ok()) {
+    return s;
+  }
+  fs::path out_dir = req.output.parent_path();
+  if (out_dir.empty()) out_dir = ".";
+  auto scratch = internal::MakePrivateDir(out_dir);
+  if (!scratch.ok()) {
+    if (Status why = CheckOutputLocation(req); !why.ok()) return why;
+    return Status(Code::kOutputError, StageLabel(req) + ": " + scratch.status().message());
+  }
+  struct RemoveScratch {
+    fs::path dir;
+    ~RemoveScratch() {
+      std::error_code ec;
+      fs::remove_all(dir, ec);
+    }
+  } remove_scratch{*scratch};
+  const fs::path temp = *scratch / req.output.filename();
   StageContext ctx(req.stage, req.instance.empty() ? req.stage : req.instance, &req.inputs, temp,
                    &req.job, &req.kwargs, req.threads);
 
@@ -362,12 +376,9 @@ Result<RunStats> internal::InvokeWarm(const StageRequest& req, const Registry& r
     fs::remove(temp, ec);
     return Status(Code::kOutputError, StageLabel(req) + ": " + digest.status().message());
   }
-  if (::rename(temp.c_str(), req.output.c_str()) != 0) {
-    std::string err = Errno();
-    fs::remove(temp, ec);
+  if (Status s = internal::PublishFile(temp, req.output, "output of " + StageLabel(req)); !s.ok()) {
     if (Status why = CheckOutputLocation(req); !why.ok()) return why;
-    return Status(Code::kOutputError, "cannot move the output of " + StageLabel(req) +
-                                          " into place at '" + req.output.string() + "': " + err);
+    return s;
   }
 
   RunStats stats;

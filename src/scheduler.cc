@@ -1,3 +1,5 @@
+#include <sys/stat.h>
+
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -7,6 +9,7 @@
 #include <set>
 #include <thread>
 
+#include "files.h"
 #include "stagekit/pipeline.h"
 
 namespace stagekit {
@@ -78,7 +81,46 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
     return result;
   };
 
+  // No output may be one of the pipeline's input files: the run would
+  // overwrite what the user gave it. Compared by path and, for files that
+  // exist, by device and inode (links, bind mounts, '..' through symlinks).
+  {
+    std::map<std::string, std::string> input_paths;  // path -> "input 'x' of stage 'y'"
+    std::map<std::pair<dev_t, ino_t>, std::string> input_ids;
+    for (const PipelineStage& st : pipeline.stages) {
+      for (const auto& [name, ref] : st.inputs) {
+        if (!ref.from_stage.empty()) continue;
+        const std::string what = "input '" + name + "' of stage '" + st.name + "'";
+        std::error_code aec;
+        input_paths.emplace(fs::absolute(ref.file, aec).lexically_normal().string(), what);
+        struct stat in_st {};
+        if (::stat(ref.file.c_str(), &in_st) == 0) {
+          input_ids.emplace(std::make_pair(in_st.st_dev, in_st.st_ino), what);
+        }
+      }
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      const fs::path& out = requests[i].output;
+      auto by_path = input_paths.find(out.string());
+      std::string clash = by_path != input_paths.end() ? by_path->second : "";
+      struct stat out_st {};
+      if (clash.empty() && ::stat(out.c_str(), &out_st) == 0) {
+        auto by_id = input_ids.find(std::make_pair(out_st.st_dev, out_st.st_ino));
+        if (by_id != input_ids.end()) clash = by_id->second;
+      }
+      if (!clash.empty()) {
+        return finish(Status(Code::kInvalidPipeline,
+                             "the output of stage '" + pipeline.stages[i].name + "' (" +
+                                 out.string() + ") is the file of " + clash +
+                                 "; the run would overwrite its own input: choose another --out "
+                                 "or another 'output'"));
+      }
+    }
+  }
+
+  std::set<fs::path> out_dirs;
   for (std::size_t i = 0; i < n; ++i) {
+    if (!out_dirs.insert(requests[i].output.parent_path()).second) continue;
     fs::create_directories(requests[i].output.parent_path(), ec);
     if (ec) {
       return finish(Status(Code::kOutputError, "cannot create output directory '" +
@@ -86,6 +128,8 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
                                                    "': " + ec.message() +
                                                    "; choose another --out directory"));
     }
+    // What a killed or crashed earlier run left there (its process is gone).
+    internal::RemoveStaleTemps(requests[i].output.parent_path());
   }
 
   std::mutex mu;

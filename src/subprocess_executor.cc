@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "fd.h"
+#include "files.h"
 #include "paths.h"
 #include "process.h"
 #include "stagekit/executor.h"
@@ -170,6 +171,10 @@ class SubprocessExecutor::Children {
                     std::string("cannot create a temp file for a child's stderr: ") +
                         std::strerror(errno) + "; check TMPDIR");
     }
+    // No --exit-with-parent: an idle child exits on end of input when this
+    // process dies, and one busy then cannot publish (this process does).
+    // (Its watcher thread would also keep the socket open for a moment after
+    // a SIGKILL, so that a request could go to a child already dying.)
     std::vector<std::string> args = {options_.runner.string(), "stage", "--serve"};
     for (const fs::path& lib : options_.libraries) {
       args.push_back("--stages");
@@ -213,6 +218,19 @@ Result<RunStats> SubprocessExecutor::Run(const StageRequest& request, const Stag
   StageRequest req = request;
   req.executor = std::string(name());
   if (req.instance.empty()) req.instance = req.stage;
+  // The child writes into a folder of this process's; only this process
+  // publishes, and only a success.
+  if (Status s = internal::CheckReplaceable(request.output, "output of " + Label(req)); !s.ok()) {
+    return s;
+  }
+  fs::path out_dir = request.output.parent_path();
+  if (out_dir.empty()) out_dir = ".";
+  auto staging = internal::MakePrivateDir(out_dir);
+  if (!staging.ok()) {
+    return Status(Code::kOutputError, Label(req) + ": " + staging.status().message() +
+                                          "; check that the output folder is writable");
+  }
+  req.output = *staging / request.output.filename();
   bool persistent = false;
   switch (options_.persistent) {
     case Options::Persistent::kNone:
@@ -224,10 +242,22 @@ Result<RunStats> SubprocessExecutor::Run(const StageRequest& request, const Stag
       persistent = true;
       break;
   }
-  if (persistent) return RunOnce(req, options);
+  Result<RunStats> stats = persistent ? RunOnce(req, options) : RunFresh(req, options);
+  if (stats.ok()) {
+    if (Status s = internal::PublishFile(req.output, request.output, "output of " + Label(req));
+        !s.ok()) {
+      stats = s;
+    }
+  }
+  std::error_code ec;
+  fs::remove_all(*staging, ec);
+  return stats;
+}
 
+Result<RunStats> SubprocessExecutor::RunFresh(const StageRequest& req,
+                                              const StageOptions& options) {
   internal::ChildSpec spec;
-  spec.argv = {options_.runner.string(), "stage", req.stage};
+  spec.argv = {options_.runner.string(), "stage", req.stage, "--exit-with-parent"};
   for (const fs::path& lib : options_.libraries) {
     spec.argv.push_back("--stages");
     spec.argv.push_back(lib.string());
@@ -245,7 +275,6 @@ Result<RunStats> SubprocessExecutor::Run(const StageRequest& request, const Stag
                                        " (set STAGEKIT_RUNNER to the stagekit binary)");
   }
   bool success = c.exited && c.exit_code == 0;
-  if (!success) RemoveTempOutputs(req.output, c.pid);
 
   if (c.timed_out) {
     return Status(Code::kTimeout, Label(req) + " timed out after " + FormatMs(*options.timeout) +
@@ -312,9 +341,8 @@ Result<RunStats> SubprocessExecutor::RunOnce(const StageRequest& req, const Stag
     return "\n  stderr tail:\n" +
            internal::Tail(ReadTail(child->err.get(), keep), options_.tail_bytes);
   };
-  // The end of a child: reap it, clean up after it, never reuse it.
+  // The end of a child: reap it, never reuse it (Run() removes what it wrote).
   auto lost = [&](Status status) {
-    RemoveTempOutputs(req.output, pid);
     children_->Discard();
     return status;
   };

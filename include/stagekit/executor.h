@@ -74,6 +74,12 @@ class InProcessExecutor final : public StageExecutor {
 // dies mid-request fails that request (with its stderr tail) and is replaced;
 // children exit when the executor is destroyed, or on end of their stdin when
 // this process dies.
+//
+// A child never writes the output itself: it writes into a private folder this
+// process made beside it, and this process renames the file into place only
+// when the child reported success in time. A child that outlives this process
+// (kill -9), times out, or is stopped by an interrupt can never replace an
+// output, in particular not one a later run wrote.
 class SubprocessExecutor final : public StageExecutor {
  public:
   struct Options {
@@ -103,6 +109,7 @@ class SubprocessExecutor final : public StageExecutor {
 
  private:
   class Children;
+  Result<RunStats> RunFresh(const StageRequest& req, const StageOptions& options);
   Result<RunStats> RunOnce(const StageRequest& req, const StageOptions& options);
   Options options_;
   std::unique_ptr<Children> children_;

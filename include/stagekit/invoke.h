@@ -40,16 +40,15 @@ struct StageRequest {
 //  - kInputError if an input is missing or unreadable;
 //  - kOutputError if the output's directory cannot be written;
 //  - kStageFailed if the stage throws or writes no output.
-// The stage writes to a temporary file beside request.output, renamed over the
-// target only on success; on failure the temporary is removed and any earlier
-// file at request.output is left untouched.
+//  - kOutputError if request.output exists and is not a regular file.
+// The stage writes into a private temporary folder beside request.output; its
+// file is renamed over the target only on success; on failure the temporary
+// is removed and any earlier file at request.output is left untouched.
 Result<RunStats> Invoke(const StageRequest& request, const Registry& registry = Registry::Global());
 
-// The temporary path Invoke() gives the stage for `output` in process `pid`.
+// Removes every temporary file or folder that process `pid` may have left in
+// `output`'s folder (Invoke() writes into ".stagekit-tmp.<pid>.<random>.<host>/").
 // Executors that kill a child use it to clean up after it.
-std::filesystem::path TempOutputPath(const std::filesystem::path& output, long pid,
-                                     unsigned long serial);
-// Removes every temporary file that process `pid` may have left for `output`.
 void RemoveTempOutputs(const std::filesystem::path& output, long pid);
 
 // {"error": {"code": "<CodeName>", "message": "..."}}

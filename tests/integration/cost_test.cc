@@ -96,6 +96,7 @@ void InterruptLeavesARecord(int sig) {
   EXPECT_EQ(records[0]["outcome"], "interrupted");
   EXPECT_EQ(records[0]["exit_code"], 130);
   EXPECT_EQ(records[0]["executor"], "subprocess");
+  EXPECT_TRUE(fs::exists(dir / "o" / ".stagekit-run.json")) << ReadFile(dir / "cli.log");
   for (const char* key : {"start", "end", "wall_s", "node_types", "node_seconds", "pipeline"}) {
     EXPECT_TRUE(records[0].contains(key)) << key << ": " << records[0].dump();
   }
@@ -103,6 +104,8 @@ void InterruptLeavesARecord(int sig) {
 
 TEST(CostRecords, SigintLeavesACompleteRecord) { InterruptLeavesARecord(SIGINT); }
 TEST(CostRecords, SigtermLeavesACompleteRecord) { InterruptLeavesARecord(SIGTERM); }
+// A closed terminal or SSH session: handled as SIGTERM, not a silent death.
+TEST(CostRecords, SighupLeavesACompleteRecord) { InterruptLeavesARecord(SIGHUP); }
 
 TEST(CostRecords, BudgetStopsLaunchingAndSaysSo) {
   TempDir dir;

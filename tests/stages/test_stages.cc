@@ -67,7 +67,8 @@ void Describe(stagekit::StageContext& ctx) {
 }
 
 // Records its pid in kwargs.pid_dir (so a test can kill its process), sleeps,
-// then writes an output that depends only on its kwargs.
+// then writes an output that depends only on its kwargs (kwargs.text when
+// given); with ignore_term it sleeps through SIGTERM.
 void PidSleep(stagekit::StageContext& ctx) {
   std::string dir = ctx.kwargs().value("pid_dir", std::string("/tmp"));
   std::string pid = std::to_string(::getpid());
@@ -78,8 +79,9 @@ void PidSleep(stagekit::StageContext& ctx) {
       std::fclose(f);
     }
   }
+  if (ctx.kwargs().value("ignore_term", false)) ::signal(SIGTERM, SIG_IGN);
   std::this_thread::sleep_for(std::chrono::duration<double>(ctx.kwargs().value("seconds", 1.0)));
-  ctx.WriteOutput("slept for " + ctx.instance() + "\n");
+  ctx.WriteOutput(ctx.kwargs().value("text", "slept for " + ctx.instance() + "\n"));
 }
 
 // Size and a position-weighted checksum of input `in`.

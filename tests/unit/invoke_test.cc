@@ -106,7 +106,8 @@ TEST_F(InvokeTest, UnwritableOutputLocationsFail) {
       << r.status().message();
   std::filesystem::create_directory(dir_ / "taken");
   req.output = dir_ / "taken";
-  EXPECT_NE(Invoke(req, registry_).status().message().find("is a directory"), std::string::npos);
+  EXPECT_NE(Invoke(req, registry_).status().message().find("exists and is a folder"),
+            std::string::npos);
 }
 
 TEST_F(InvokeTest, AFailingStageLeavesTheEarlierGoodOutputAlone) {
@@ -143,15 +144,39 @@ TEST_F(InvokeTest, InProcessExecutorRecordsItsName) {
   EXPECT_EQ(stats->executor, "inprocess");
 }
 
-TEST(TempOutputTest, NamesAreBesideTheTargetAndRemovable) {
+TEST(TempOutputTest, AProcesssTemporariesBesideTheTargetAreRemovable) {
   TempDir dir;
-  auto t = TempOutputPath(dir / "out.bin", 123, 4);
-  EXPECT_EQ(t.parent_path(), dir.path());
-  EXPECT_EQ(t.filename().string(), ".out.bin.stagekit-123-4.tmp");
-  WriteFile(t, "x");
-  WriteFile(TempOutputPath(dir / "out.bin", 124, 0), "y");
+  WriteFile(dir / ".stagekit-tmp.123.0123456789abcdef.h" / "out.bin", "x");
+  WriteFile(dir / ".stagekit-tmp.124.0123456789abcdef.h" / "out.bin", "y");
+  WriteFile(dir / "out.bin", "the output");
   RemoveTempOutputs(dir / "out.bin", 123);
-  EXPECT_EQ(ListFiles(dir.path()), (std::vector<std::string>{".out.bin.stagekit-124-0.tmp"}));
+  EXPECT_EQ(ListFiles(dir.path()),
+            (std::vector<std::string>{".stagekit-tmp.124.0123456789abcdef.h/out.bin", "out.bin"}));
+}
+
+// The stage writes into a private folder (0700, unpredictable name) under the
+// output's own file name, and nothing of it is left after the run.
+TEST(TempOutputTest, TheStageWritesItsOutputsNameInAPrivateFolder) {
+  ASSERT_TRUE(LoadStageLibrary(STAGEKIT_TEST_STAGES).ok());
+  TempDir dir;
+  StageRequest req;
+  req.stage = "test.describe";
+  req.output = dir / "described.json";
+  ASSERT_TRUE(Invoke(req).ok());
+  EXPECT_EQ(ListFiles(dir.path()), (std::vector<std::string>{"described.json"}));
+  for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+    EXPECT_EQ(e.path().filename().string().rfind(".stagekit-tmp", 0), std::string::npos);
+  }
+  // An output place that holds a link is never replaced.
+  WriteFile(dir / "elsewhere", "not yours");
+  std::filesystem::create_symlink(dir / "elsewhere", dir / "linked.json");
+  req.output = dir / "linked.json";
+  auto refused = Invoke(req);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), Code::kOutputError);
+  EXPECT_NE(refused.status().message().find("exists and is a symbolic link"), std::string::npos)
+      << refused.status().message();
+  EXPECT_EQ(ReadFile(dir / "elsewhere"), "not yours");
 }
 
 TEST(CApiTest, InvokeJsonReturnsStatsOrStructuredErrors) {

@@ -3,7 +3,11 @@
 // (or {"error": ...}) as the only line of its real stdout. Whatever the stage
 // itself prints goes to stderr, so the protocol line cannot be corrupted.
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
+
+#include <chrono>
+#include <thread>
 
 #include <cerrno>
 #include <cstdio>
@@ -20,7 +24,26 @@ struct StageCommand {
   std::string name;
   LibraryOptions libs;
   bool serve = false;
+  bool exit_with_parent = false;
 };
+
+// --exit-with-parent: the executor that started this child is gone (killed
+// with SIGKILL, say) when our parent changes; then this child and whatever it
+// started stop at once, instead of running on for nobody. (Its output could
+// not be published anyway: the executor publishes, not the child.)
+void ExitWithParent() {
+  const pid_t parent = ::getppid();
+  std::thread([parent] {
+    for (;;) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      if (::getppid() != parent) {
+        // Our process group, when it is ours alone (the executor makes it so).
+        if (::getpgrp() == ::getpid()) ::kill(0, SIGKILL);
+        ::_exit(137);
+      }
+    }
+  }).detach();
+}
 
 bool WriteLine(int fd, const std::string& line) {
   std::string text = line + "\n";
@@ -90,6 +113,7 @@ Status ServeStages(const StageCommand& cmd) {
 }
 
 Status RunStage(const StageCommand& cmd) {
+  if (cmd.exit_with_parent) ExitWithParent();
   if (cmd.serve) return ServeStages(cmd);
   if (cmd.name.empty()) {
     return Status(Code::kUsage, "give the stage NAME, or --serve for a persistent runner");
@@ -151,6 +175,9 @@ void SetStageCommand(CLI::App& app, Action& action) {
                 "Serve requests one per line on stdin, one reply line each, until end of "
                 "input; warm stages stay set up between requests (the subprocess executor's "
                 "persistent child)");
+  sub->add_flag("--exit-with-parent", cmd->exit_with_parent,
+                "Stop (with this process group) when the parent process is gone; the "
+                "subprocess executor passes it so that no stage runs on after a killed run");
   cmd->libs.AddTo(sub);
   sub->footer(
       "Request: {\"stage\": NAME, \"inputs\": {name: path}, \"output\": path, \"job\": {\"name\", "

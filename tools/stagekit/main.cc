@@ -21,6 +21,9 @@ void InstallSignalHandlers() {
   sa.sa_flags = SA_RESETHAND;
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
+  // A closed terminal or a lost SSH session: stop as for SIGTERM (children
+  // stopped, run summary and cost record written), not die half-way.
+  sigaction(SIGHUP, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
 }
 
@@ -32,7 +35,7 @@ constexpr const char* kExitCodes = R"(Exit codes:
   12 Ray or cluster unreachable                     13 package over its size cap
   14 credential refused  15 submitted job failed    16 budget ran out
   17 doctor found errors, or audit a nondeterministic stage
-  70 internal error      130 interrupted)";
+  70 internal error      130 interrupted (SIGINT, SIGTERM or SIGHUP))";
 
 }  // namespace
 
