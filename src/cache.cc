@@ -27,7 +27,6 @@ namespace stagekit {
 namespace fs = std::filesystem;
 using internal::IsTempName;
 using internal::UniqueFd;
-using internal::UniqueTemp;
 using internal::WriteAllFd;
 using internal::WriteFileAtomically;
 
@@ -97,13 +96,15 @@ struct Copied {
   std::uint64_t size = 0;
 };
 
-// Copies everything `in` holds to the new file `to`, hashing the bytes as they
-// pass. On error `to` is removed.
-Result<Copied> CopyHashing(int in, const fs::path& from, const fs::path& to, mode_t mode) {
-  UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode));
-  if (!out) {
-    return Status(Code::kOutputError, "cannot create " + to.string() + ": " + std::strerror(errno));
-  }
+// Copies everything `in` holds to a new temporary beside `target` (its path in
+// `made`), hashing the bytes as they pass. On error the temporary is removed.
+Result<Copied> CopyHashing(int in, const fs::path& from, const fs::path& target, mode_t mode,
+                           fs::path* made) {
+  auto temp = internal::CreateTempBeside(target, mode);
+  if (!temp.ok()) return temp.status();
+  UniqueFd out = std::move(temp->first);
+  const fs::path to = std::move(temp->second);
+  *made = to;
   sha256_ctx ctx;
   sha256_init(&ctx);
   Copied copied;
@@ -154,6 +155,12 @@ FileId IdOf(const fs::path& path, const struct stat& st) {
                 static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
 }
 
+// Records that the file `path`, as `st` describes it, holds bytes of `digest`.
+void RememberDigest(const fs::path& path, const struct stat& st, const std::string& digest) {
+  std::lock_guard<std::mutex> lock(g_file_mu);
+  FileDigests()[IdOf(path, st)] = digest;
+}
+
 Result<std::string> FileDigest(const fs::path& path) {
   // The common case, a file already hashed, costs one stat.
   if (struct stat st{}; ::stat(path.c_str(), &st) == 0) {
@@ -161,7 +168,8 @@ Result<std::string> FileDigest(const fs::path& path) {
     auto it = FileDigests().find(IdOf(path, st));
     if (it != FileDigests().end()) return it->second;
   }
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
   if (!fd) {
     return Status(Code::kInputError, "cannot read " + path.string() + ": " + std::strerror(errno));
   }
@@ -169,6 +177,13 @@ Result<std::string> FileDigest(const fs::path& path) {
   if (::fstat(fd.get(), &st) != 0) {
     return Status(Code::kInputError, "cannot stat " + path.string() + ": " + std::strerror(errno));
   }
+  if (!S_ISREG(st.st_mode)) {
+    return Status(Code::kInputError,
+                  path.string() +
+                      " is not a regular file (a device, FIFO, socket or folder); "
+                      "inputs must be regular files");
+  }
+  ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
   // Keyed by what was opened and hashed, not by the stat above.
   const FileId id = IdOf(path, st);
   auto hashed = internal::Sha256Fd(fd.get(), path);
@@ -461,6 +476,12 @@ struct DiskCache::Impl {
         problem = "its key parts do not hash to its name";
       } else if (!ValidDigest(e.digest)) {
         problem = "its output digest is malformed";
+      } else if (stats->output_digest != e.digest || stats->bytes_out != e.size) {
+        problem = "its run's output digest or size (" + stats->output_digest + ", " +
+                  std::to_string(stats->bytes_out) + " bytes) disagrees with its output's (" +
+                  e.digest + ", " + std::to_string(e.size) + " bytes)";
+      } else if (stats->stage != parts->stage) {
+        problem = "its run is of stage '" + stats->stage + "', its key of '" + parts->stage + "'";
       } else {
         e.parts = std::move(parts).value();
         e.stats = std::move(stats).value();
@@ -523,7 +544,11 @@ struct DiskCache::Impl {
       return false;
     }
     auto hashed = internal::Sha256Fd(fd.get(), path);
-    return hashed.ok() && std::string(kSha256Prefix) + internal::HexDigest(hashed->first) == digest;
+    if (!hashed.ok() || std::string(kSha256Prefix) + internal::HexDigest(hashed->first) != digest) {
+      return false;
+    }
+    RememberDigest(path, st, digest);
+    return true;
   }
 
   // Puts the entry's output at `output`, verifying its digest; false (and the
@@ -544,8 +569,8 @@ struct DiskCache::Impl {
       }
       return false;
     }
-    const fs::path tmp = UniqueTemp(output);
-    auto copied = CopyHashing(in.get(), blob, tmp, 0644);
+    fs::path tmp;
+    auto copied = CopyHashing(in.get(), blob, output, 0644, &tmp);
     if (!copied.ok()) {
       Warn("cannot restore stage " + Quote(instance) + ": " + copied.status().message() +
            "; the stage will run");
@@ -562,13 +587,17 @@ struct DiskCache::Impl {
            " bytes); removed it, the stage will run");
       return false;
     }
-    fs::rename(tmp, output, ec);
-    if (ec) {
+    // The restored file keeps the temporary's inode and mtime: a stage that
+    // reads it next is keyed on these bytes without hashing them again.
+    struct stat st {};
+    const bool known = ::stat(tmp.c_str(), &st) == 0;
+    if (Status s = internal::PublishFile(tmp, output, "cannot restore stage " + Quote(instance));
+        !s.ok()) {
       fs::remove(tmp, ec);
-      Warn("cannot restore " + output.string() + ": " + ec.message() + "; stage " +
-           Quote(instance) + " will run");
+      Warn(s.message() + "; the stage will run");
       return false;
     }
+    if (known) RememberDigest(output, st, e.digest);
     return true;
   }
 
@@ -577,24 +606,42 @@ struct DiskCache::Impl {
                                   std::uint64_t size) {
     const fs::path blob = BlobPath(digest);
     std::error_code ec;
-    // Content-addressed: same name, same bytes (a restore verifies them). One
-    // of the wrong size is replaced.
-    if (fs::file_size(blob, ec) == size && !ec) return size;
-    if (Status s = EnsureDir(blob.parent_path()); !s.ok()) return s;
-    UniqueFd in(::open(output.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!in) {
+    // The bytes stored are always the bytes read here, checked against the
+    // digest the run reported: another run writing the same output folder
+    // may have replaced the file since the stage wrote it.
+    UniqueFd in(::open(output.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    struct stat st {};
+    if (!in || ::fstat(in.get(), &st) != 0) {
       return Status(Code::kInputError,
                     "cannot read " + output.string() + ": " + std::strerror(errno));
     }
-    const fs::path tmp = UniqueTemp(blob);
-    auto copied = CopyHashing(in.get(), output, tmp, 0444);
+    if (!S_ISREG(st.st_mode)) {
+      return Status(Code::kInputError, output.string() + " is not a regular file");
+    }
+    auto changed = [&](const std::string& now) {
+      return Status(Code::kStageFailed, output.string() + " changed after the stage wrote it (" +
+                                            ShortDigest(digest) + ", now " + ShortDigest(now) +
+                                            "; is another run writing the same output folder?)");
+    };
+    // Content-addressed: same name, same bytes (a restore verifies them). One
+    // of the wrong size is replaced.
+    if (fs::file_size(blob, ec) == size && !ec) {
+      auto hashed = internal::Sha256Fd(in.get(), output);
+      if (!hashed.ok()) return hashed.status();
+      const std::string now = std::string(kSha256Prefix) + internal::HexDigest(hashed->first);
+      if (now != digest) return changed(now);
+      RememberDigest(output, st, digest);
+      return size;
+    }
+    if (Status s = EnsureDir(blob.parent_path()); !s.ok()) return s;
+    fs::path tmp;
+    auto copied = CopyHashing(in.get(), output, blob, 0444, &tmp);
     if (!copied.ok()) return copied.status();
     if (copied->digest != digest) {
       fs::remove(tmp, ec);
-      return Status(Code::kStageFailed, output.string() + " changed after the stage wrote it (" +
-                                            ShortDigest(digest) + ", now " +
-                                            ShortDigest(copied->digest) + ")");
+      return changed(copied->digest);
     }
+    RememberDigest(output, st, digest);
     // Another writer may have renamed the same bytes into place meanwhile:
     // either copy is as good as the other.
     fs::rename(tmp, blob, ec);
@@ -659,6 +706,29 @@ std::string DiskCache::Prepare(const PipelineStage& stage, const StageRequest& r
   auto parts = impl_->Compute(request.stage, stage.name, stage.inputs, request.job, request.kwargs,
                               upstream);
   if (!parts.ok()) return "";
+  // An input another stage produced is keyed on the bytes at its path now,
+  // the bytes this stage will read, not on the digest its producer reported:
+  // another run writing the same output folder may have replaced the file
+  // since. Its producer's store remembered the file, so this costs a stat.
+  for (const auto& [name, ref] : stage.inputs) {
+    if (ref.from_stage.empty()) continue;
+    auto path = request.inputs.find(name);
+    if (path == request.inputs.end()) return "";
+    struct stat st {};
+    if (::stat(path->second.c_str(), &st) != 0) return "";  // the stage runs and reports it
+    auto actual = FileDigest(path->second);
+    if (!actual.ok()) return "";
+    std::string& keyed = parts->inputs[name];
+    if (*actual != keyed) {
+      impl_->Warn("input " + Quote(name) + " of stage " + Quote(stage.name) + " (" +
+                  path->second.string() + ") is not the output " + Quote(ref.from_stage) +
+                  " made in this run (" + ShortDigest(keyed) + ", the file holds " +
+                  ShortDigest(*actual) +
+                  "): another process wrote it meanwhile; give concurrent runs their own --out");
+      keyed = *actual;
+    }
+    pending.files.emplace(name, IdOf(path->second, st));
+  }
   pending.parts = std::move(parts).value();
   std::lock_guard<std::mutex> lock(impl_->mu);
   std::string token = std::to_string(impl_->next_token++);
@@ -941,13 +1011,17 @@ Result<PruneReport> DiskCache::Prune(const PruneOptions& options) {
       report.bytes_freed += size;
     }
   }
-  // Temporary files of writers that died: an hour is far longer than any copy.
+  // Temporary files of writers that died: this host's, as soon as their
+  // process is gone; other hosts' after an hour, far longer than any copy.
   for (const fs::path& t : temps) {
+    struct stat st {};
+    if (::lstat(t.c_str(), &st) != 0) continue;
+    const auto mtime = std::chrono::system_clock::time_point(
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(
+            std::chrono::seconds(st.st_mtim.tv_sec) +
+            std::chrono::nanoseconds(st.st_mtim.tv_nsec)));
     std::error_code ec;
-    auto mtime = fs::last_write_time(t, ec);
-    if (ec) continue;
-    const auto age = fs::file_time_type::clock::now() - mtime;
-    if (age > std::chrono::hours(1)) {
+    if (internal::IsStaleTemp(t.filename().string(), mtime, std::chrono::hours(1))) {
       const std::uint64_t size = fs::file_size(t, ec);
       if (fs::remove(t, ec)) report.bytes_freed += size;
     }

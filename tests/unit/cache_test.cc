@@ -338,6 +338,59 @@ TEST_F(CacheTest, AMissingBlobOrGarbageEntryIsAMiss) {
   EXPECT_EQ(Run(p, true), Names{});
 }
 
+TEST_F(CacheTest, AnEntryWhoseRunDisagreesWithItsOutputIsNotTrusted) {
+  const Pipeline p = Load();
+  Run(p, false);
+  auto cache = Open();
+  const std::string key_b = cache->KeyParts(p.stages[1], p.job, {})->Key();
+  const fs::path entry = dir_ / "cache/entries" / key_b.substr(0, 2) / (key_b + ".json");
+  Json j = Json::parse(ReadFile(entry));
+  // Blob and output record stay consistent; only the run's digest lies.
+  j["stats"]["output_digest"] = "sha256:" + std::string(64, 'e');
+  WriteFile(entry, j.dump(1));
+  fs::remove_all(dir_ / "out");
+  EXPECT_EQ(Run(p, true), (Names{"b"}));
+  EXPECT_NE(Warnings().find("disagrees with its output's"), std::string::npos) << Warnings();
+  EXPECT_NE(Outcome("b").stats->output_digest, "sha256:" + std::string(64, 'e'));
+}
+
+// Replaces a's output, as another run writing the same folder would, right
+// after a finished and before c (which reads it) is keyed.
+class ReplaceAfterA : public RunObserver {
+ public:
+  explicit ReplaceAfterA(fs::path file) : file_(std::move(file)) {}
+  void OnStageFinished(const PipelineStage& stage, const StageOutcome&) override {
+    if (stage.name == "a") WriteFile(file_, "bytes of another run\n");
+  }
+
+ private:
+  fs::path file_;
+};
+
+TEST_F(CacheTest, ADownstreamStageIsKeyedOnTheBytesItReadsNotTheDigestItWasTold) {
+  const Pipeline p = Load();
+  {
+    auto cache = Open();
+    RecordingExecutor ex(registry_, "inprocess");
+    ReplaceAfterA interfere(dir_ / "shared/a.out");
+    RunOptions options;
+    options.cache = cache.get();
+    options.observer = &interfere;
+    options.jobs = 1;
+    last_ = RunPipeline(p, dir_ / "shared", ex, options);
+    ASSERT_TRUE(last_.status.ok()) << last_.status.message();
+  }
+  EXPECT_NE(Warnings().find("is not the output 'a' made in this run"), std::string::npos)
+      << Warnings();
+  // What c must be: computed from a's real output, with no cache at all.
+  RecordingExecutor plain(registry_, "inprocess");
+  ASSERT_TRUE(RunPipeline(p, dir_ / "reference", plain, RunOptions{}).status.ok());
+  // A fresh folder restores a's true output; c's entry is keyed on the bytes
+  // it read, so it is not a hit for them: c runs and comes out right.
+  EXPECT_EQ(Run(p, true, "fresh"), (Names{"c"}));
+  EXPECT_EQ(ReadFile(dir_ / "fresh/c.out"), ReadFile(dir_ / "reference/c.out"));
+}
+
 TEST_F(CacheTest, ACorrectOutputInPlaceIsLeftAloneAndAWrongOneReplaced) {
   const Pipeline p = Load();
   Run(p, false);
