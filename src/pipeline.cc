@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -21,6 +22,46 @@ YAML::Mark LineMark(int line) {
   mark.line = line - 1;
   mark.column = 0;
   return mark;
+}
+
+// Why `text` is not usable as a file name or path, or "" when it is: control
+// bytes (NUL among them) would make two names one on disk or mislead a
+// terminal.
+std::string ControlBytes(std::string_view text) {
+  for (unsigned char c : text) {
+    if (c < 0x20 || c == 0x7f) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "0x%02x", c);
+      return std::string("holds the control byte ") + hex;
+    }
+  }
+  return "";
+}
+
+// Why the relative output path `out` cannot be an output, or "" when it can:
+// every part a real name (no '', '.' or '..'), none longer than a file name
+// may be, none reserved for stagekit's own files.
+std::string BadOutputPath(const std::string& out) {
+  if (out.empty()) return "is empty";
+  if (std::string why = ControlBytes(out); !why.empty()) return why;
+  if (out.front() == '/') return "is absolute";
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t slash = out.find('/', start);
+    const std::string part =
+        out.substr(start, slash == std::string::npos ? std::string::npos : slash - start);
+    if (part.empty())
+      return slash == std::string::npos ? "ends with '/'" : "has an empty part ('//')";
+    if (part == "." || part == "..") return "has a '" + part + "' part";
+    if (part.size() > 255) return "has a part longer than 255 bytes";
+    if (part.rfind(".stagekit", 0) == 0) {
+      return "has a part starting with '.stagekit', a name stagekit keeps for its own files "
+             "(the run record .stagekit-run.json, temporaries)";
+    }
+    if (slash == std::string::npos) break;
+    start = slash + 1;
+  }
+  return "";
 }
 
 class Parser {
@@ -205,6 +246,16 @@ class Parser {
       }
       parsed.push_back(std::move(st).value());
     }
+    // An output that is a folder of another ("d" and "d/e") cannot be both.
+    for (auto it = outputs.begin(); it != outputs.end(); ++it) {
+      const std::string dir = it->first + "/";
+      auto next = outputs.lower_bound(dir);
+      if (next != outputs.end() && next->first.compare(0, dir.size(), dir) == 0) {
+        return Error(next->second, "output '" + next->first + "' lies inside output '" + it->first +
+                                       "' (line " + std::to_string(it->second.line + 1) +
+                                       "), which is a file; rename one of them");
+      }
+    }
     for (const PipelineStage& st : parsed) {
       for (const auto& [input, ref] : st.inputs) {
         if (!ref.from_stage.empty() && names.count(ref.from_stage) == 0) {
@@ -233,12 +284,14 @@ class Parser {
     auto name = String(node["name"], "stage name");
     if (!name.ok()) return name.status();
     st.name = *name;
-    if (st.name.empty() ||
+    if (st.name.empty() || st.name == "." || st.name == ".." || st.name.size() > 200 ||
         st.name.find_first_not_of("abcdefghijklmnopqrstuvwxyz"
                                   "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != std::string::npos) {
-      return Error(node["name"],
-                   "stage name '" + st.name +
-                       "' must be non-empty and use only letters, digits, '_', '.', '-'");
+      std::string shown = ControlBytes(st.name).empty() ? st.name : "(with control bytes)";
+      if (shown.size() > 80) shown = shown.substr(0, 80) + "...";
+      return Error(node["name"], "stage name '" + shown +
+                                     "' must be 1 to 200 letters, digits, '_', '.', '-', and "
+                                     "not '.' or '..'");
     }
     std::string where = "stage '" + st.name + "'";
     if (!node["stage"]) return Error(node, where + ": missing 'stage' (the registered stage name)");
@@ -252,6 +305,9 @@ class Parser {
       std::set<std::string> seen;
       for (const auto& kv : inputs) {
         std::string in = kv.first.Scalar();
+        if (std::string why = ControlBytes(in); !why.empty() || in.empty()) {
+          return Error(kv.first, where + ": an input name " + (in.empty() ? "is empty" : why));
+        }
         if (!seen.insert(in).second)
           return Error(kv.first, where + ": input '" + in + "' appears twice");
         InputRef ref;
@@ -283,23 +339,31 @@ class Parser {
         }
         if (ref.from_stage.empty()) {
           if (ref.file.empty()) return Error(v, where + ": input '" + in + "' has an empty path");
+          if (std::string why = ControlBytes(ref.file.string()); !why.empty()) {
+            return Error(v, where + ": the path of input '" + in + "' " + why);
+          }
           ref.file = (file_.parent_path() / ref.file).lexically_normal();
         }
         st.inputs.emplace(in, std::move(ref));
       }
     }
     st.output = st.name + ".out";
-    if (node["output"]) {
+    if (!node["output"]) {
+      if (std::string why = BadOutputPath(st.output); !why.empty()) {
+        return Error(node["name"], where + ": its default output '" + st.output + "' " + why +
+                                       "; rename the stage or give it an 'output'");
+      }
+    } else {
       auto out = String(node["output"], where + ": output");
       if (!out.ok()) return out.status();
-      fs::path op = fs::path(*out).lexically_normal();
-      if (out->empty() || op.is_absolute() || op.empty() || *op.begin() == ".." ||
-          op.filename().empty()) {
-        return Error(node["output"],
-                     where + ": output '" + *out +
-                         "' must be a relative file name inside the output directory");
+      if (std::string why = BadOutputPath(*out); !why.empty()) {
+        std::string shown = ControlBytes(*out).empty() ? *out : "(with control bytes)";
+        if (shown.size() > 80) shown = shown.substr(0, 80) + "...";
+        return Error(node["output"], where + ": output '" + shown + "' " + why +
+                                         "; give a relative file name inside the output "
+                                         "directory, such as 'parts/a.bin'");
       }
-      st.output = op.string();
+      st.output = *out;
     }
     if (node["kwargs"]) {
       if (!node["kwargs"].IsMap())

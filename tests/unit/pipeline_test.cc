@@ -87,11 +87,10 @@ TEST(PipelineTest, RejectsBadStructure) {
   EXPECT_NE(ErrorOf("name: x\n").find("'stages' must be a non-empty list"), std::string::npos);
   EXPECT_NE(ErrorOf("stages:\n  - {stage: s}\n").find("missing 'name'"), std::string::npos);
   EXPECT_NE(ErrorOf("stages:\n  - {name: a}\n").find("missing 'stage'"), std::string::npos);
-  EXPECT_NE(
-      ErrorOf("stages:\n  - {name: 'a b', stage: s}\n").find("must be non-empty and use only"),
-      std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: 'a b', stage: s}\n").find("must be 1 to 200 letters"),
+            std::string::npos);
   EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, inputs: {x: 3.5.5}, output: ../up}\n")
-                .find("must be a relative file name"),
+                .find("has a '..' part; give a relative file name"),
             std::string::npos);
   EXPECT_NE(ErrorOf("job: {seed: -4}\nstages:\n  - {name: a, stage: s}\n")
                 .find("job.seed must be a whole number"),
@@ -119,6 +118,48 @@ TEST(PipelineTest, DuplicateStageNamesAndOutputs) {
   EXPECT_NE(e.find("writes output 'o', which the stage on line 2 already writes"),
             std::string::npos)
       << e;
+}
+
+// Outputs that would overwrite something they must not, or that two names
+// would share on disk, are refused when the pipeline is loaded (exit 3).
+TEST(PipelineTest, OutputsThatCannotBeFilesOfTheirOwnAreRefused) {
+  auto output = [](const std::string& out) {
+    return ErrorOf("stages:\n  - {name: a, stage: s, output: " + out + "}\n");
+  };
+  EXPECT_NE(output(".stagekit-run.json").find("'.stagekit', a name stagekit keeps"),
+            std::string::npos);
+  EXPECT_NE(output("sub/.stagekit-tmp.1.2.h").find("'.stagekit'"), std::string::npos);
+  EXPECT_NE(output("'.'").find("has a '.' part"), std::string::npos);
+  EXPECT_NE(output("a/..").find("has a '..' part"), std::string::npos);
+  EXPECT_NE(output("a//b").find("empty part"), std::string::npos);
+  EXPECT_NE(output("a/").find("ends with '/'"), std::string::npos);
+  EXPECT_NE(output("/etc/passwd").find("is absolute"), std::string::npos);
+  EXPECT_NE(output(std::string(256, 'x')).find("longer than 255 bytes"), std::string::npos);
+  EXPECT_TRUE(
+      Parse("stages:\n  - {name: a, stage: s, output: " + std::string(255, 'x') + "}\n").ok());
+  // Control bytes: "a\0x" and "a\0y" would both be "a" on disk.
+  std::string e = output("\"a\\0x\"");
+  EXPECT_NE(e.find("control byte 0x00"), std::string::npos) << e;
+  EXPECT_NE(output("\"a\\x01b\"").find("control byte 0x01"), std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, inputs: {\"i\\tn\": x}}\n")
+                .find("control byte 0x09"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, inputs: {in: \"x\\ny\"}}\n")
+                .find("control byte 0x0a"),
+            std::string::npos);
+  // A file output and a folder of another.
+  e = ErrorOf(
+      "stages:\n  - {name: a, stage: s, output: d}\n  - {name: b, stage: s, output: d/e}\n");
+  EXPECT_NE(e.find("output 'd/e' lies inside output 'd' (line 2), which is a file"),
+            std::string::npos)
+      << e;
+  // Stage names '.' and '..' (audit --keep and default outputs use them as names).
+  EXPECT_NE(ErrorOf("stages:\n  - {name: '..', stage: s}\n").find("not '.' or '..'"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: '.', stage: s}\n").find("not '.' or '..'"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: .stagekit-run, stage: s}\n").find("default output"),
+            std::string::npos);
 }
 
 TEST(PipelineTest, ReferencesAndCycles) {
