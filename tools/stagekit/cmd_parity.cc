@@ -1,11 +1,17 @@
 // stagekit parity PIPELINE: run the pipeline under several executors and prove
 // that every output is byte-identical.
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iostream>
 #include <sstream>
 
+#include <fcntl.h>
+
 #include "cli.h"
+#include "fd.h"
+#include "sha256.h"
 #include "stagekit/ray.h"
 
 namespace stagekit::cli {
@@ -41,6 +47,15 @@ long long FirstDifference(const fs::path& a, const fs::path& b) {
     if (na == 0) return -1;
     offset += n;
   }
+}
+
+// "sha256:<hex>" of the file as it is on disk now, or "unreadable: why".
+std::string DigestOnDisk(const fs::path& path) {
+  internal::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) return "unreadable: " + std::string(std::strerror(errno));
+  auto hashed = internal::Sha256Fd(fd.get(), path);
+  if (!hashed.ok()) return "unreadable: " + hashed.status().message();
+  return "sha256:" + internal::HexDigest(hashed->first);
 }
 
 Status Parity(const ParityCommand& cmd) {
@@ -118,10 +133,29 @@ Status Parity(const ParityCommand& cmd) {
     const PipelineStage& st = pipeline->stages[i];
     Json digests = Json::object();
     std::string verdict = "identical";
+    // The files are compared as they are on disk, not as the runs reported
+    // them: a file replaced after its stage wrote it (by the run record, by
+    // another process) is caught here.
+    std::vector<std::string> on_disk;
     for (std::size_t e = 0; e < names.size(); ++e) {
-      const std::string& d = runs[e].stages[i].stats->output_digest;
+      on_disk.push_back(DigestOnDisk(runs[e].stages[i].output));
+      const std::string& reported = runs[e].stages[i].stats->output_digest;
+      if (on_disk.back() != reported && verdict == "identical") {
+        verdict = "CHANGED";
+        ++mismatches;
+        if (first_mismatch.empty()) {
+          first_mismatch = "stage '" + st.name + "' output '" + st.output + "' of the " + names[e] +
+                           " run was changed after the stage wrote it (" + reported +
+                           ", the file " + runs[e].stages[i].output.string() + " now holds " +
+                           on_disk.back() + ")";
+        }
+        digests["changed_after_run"] = names[e];
+      }
+    }
+    for (std::size_t e = 0; e < names.size(); ++e) {
+      const std::string& d = on_disk[e];
       digests[names[e]] = d;
-      if (e > 0 && d != runs[0].stages[i].stats->output_digest && verdict == "identical") {
+      if (e > 0 && d != on_disk[0] && verdict == "identical") {
         long long offset = FirstDifference(runs[0].stages[i].output, runs[e].stages[i].output);
         verdict = "DIFFERS";
         ++mismatches;
@@ -143,7 +177,7 @@ Status Parity(const ParityCommand& cmd) {
                   static_cast<int>(out_width), st.output.c_str());
       for (std::size_t e = 0; e < names.size(); ++e) {
         // "sha256:" + the first 12 hex digits.
-        std::printf("  %-12s", runs[e].stages[i].stats->output_digest.substr(7, 12).c_str());
+        std::printf("  %-12s", on_disk[e].substr(7, 12).c_str());
       }
       std::printf("  %s\n", verdict.c_str());
     }
