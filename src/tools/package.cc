@@ -270,6 +270,10 @@ Status Tree::AddFileStat(const fs::path& source, const std::string& dest, std::s
   }
   e.source = source;
   e.size = static_cast<std::uint64_t>(st.st_size);
+  e.dev = st.st_dev;
+  e.ino = st.st_ino;
+  e.mtime_ns = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+  e.ctime_ns = static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
   e.executable = (st.st_mode & 0111) != 0;
   e.rule = std::move(rule);
   return OkStatus();
@@ -544,7 +548,8 @@ bool AddEntries(zip_t* za, const Tree& tree, int level, std::string* failed) {
 }
 
 Status WriteAll(const fs::path& path, const std::string& data) {
-  internal::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  internal::UniqueFd fd(
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
   if (!fd)
     return Status(Code::kOutputError,
                   "cannot write " + path.string() + ": " + std::strerror(errno));
@@ -588,7 +593,8 @@ Status ZipInMemory(const Tree& tree, int level, const fs::path& zip, const fs::p
     return fail(failed, why);
   }
   if (zip_source_open(out) != 0) return fail("reading", zip_error_strerror(zip_source_error(out)));
-  internal::UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  internal::UniqueFd fd(
+      ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
   if (!fd) {
     zip_source_close(out);
     return fail("writing", std::strerror(errno));
@@ -626,11 +632,35 @@ Status ZipInMemory(const Tree& tree, int level, const fs::path& zip, const fs::p
 
 }  // namespace
 
+Status VerifySources(const Tree& tree) {
+  for (const auto& [path, e] : tree.entries()) {
+    if (e.directory || e.source.empty()) continue;
+    struct stat st {};
+    if (::stat(e.source.c_str(), &st) != 0) {
+      return Status(Code::kInputError, e.source.string() + " disappeared while being packaged (" +
+                                           std::strerror(errno) + "); run again");
+    }
+    const std::int64_t mtime =
+        static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+    const std::int64_t ctime =
+        static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1000000000 + st.st_ctim.tv_nsec;
+    if (static_cast<std::uint64_t>(st.st_size) != e.size || st.st_dev != e.dev ||
+        st.st_ino != e.ino || mtime != e.mtime_ns || ctime != e.ctime_ns) {
+      return Status(Code::kInputError,
+                    e.source.string() + " changed while being packaged (it is '" + path +
+                        "' in the package), so the package could hold other bytes than its "
+                        "name and manifest say; run again once nothing writes it");
+    }
+  }
+  return OkStatus();
+}
+
 Status WriteZip(const Tree& tree, const fs::path& zip, int level) {
   std::error_code ec;
   if (!zip.parent_path().empty()) fs::create_directories(zip.parent_path(), ec);
   const fs::path tmp = SiblingTemp(zip);
   auto finish = [&](Status written) {
+    if (written.ok()) written = VerifySources(tree);
     if (written.ok()) {
       fs::rename(tmp, zip, ec);
       if (ec)
@@ -702,6 +732,10 @@ Status Materialize(const Tree& tree, const fs::path& dir) {
       return fail(path + ": " + ec.message());
     }
     fs::permissions(to, e.executable ? fs::perms(0755) : fs::perms(0644), ec);
+  }
+  if (Status s = VerifySources(tree); !s.ok()) {
+    fs::remove_all(tmp, ec);
+    return s;
   }
   fs::rename(tmp, dir, ec);
   if (ec) return fail(ec.message());

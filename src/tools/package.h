@@ -6,6 +6,8 @@
 
 #include <sys/stat.h>
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -28,6 +30,12 @@ struct TreeEntry {
   bool executable = false;
   std::string rule;    // why it is in the tree ("input of stage map_00", "--include src", ...)
   std::string sha256;  // hex; files only, filled by HashTree
+  // The source as it was when added: a package whose bytes were read at
+  // another moment (hashed, then zipped) is checked against it (VerifySources).
+  dev_t dev = 0;
+  ino_t ino = 0;
+  std::int64_t mtime_ns = 0;
+  std::int64_t ctime_ns = 0;
 };
 
 // A path that a walk left out, and the pattern that did it.
@@ -94,6 +102,11 @@ Result<std::string> HashTree(Tree& tree, int threads, std::uint64_t keep_bytes =
 // modes in the external attributes, deflate at `level` (0 stores). Atomic:
 // `zip` is complete or untouched.
 Status WriteZip(const Tree& tree, const std::filesystem::path& zip, int level);
+// kInputError naming the first source file that changed (size, inode, mtime
+// or ctime) since it was added to the tree: its bytes in a package might not
+// be the bytes its name and manifest were hashed from. WriteZip and
+// Materialize call it after reading the sources and publish nothing then.
+Status VerifySources(const Tree& tree);
 
 // Copies the tree into a new directory `dir` (must not exist), modes kept.
 Status Materialize(const Tree& tree, const std::filesystem::path& dir);

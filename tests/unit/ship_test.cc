@@ -8,8 +8,10 @@
 #include <zip.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -348,6 +350,33 @@ TEST(PackageWalkTest, AWalkPlacedBelowAFolderHasNoDoubledSlash) {
   TempDir out;
   s = WriteZip(tree, out / "p.zip", 1);
   EXPECT_TRUE(s.ok()) << s.message();
+}
+
+// A file that changes between being hashed and being zipped would give a
+// package whose bytes do not match its name and manifest: nothing is written.
+TEST(PackageWalkTest, AFileChangedWhilePackagedIsCaughtAndNothingIsWritten) {
+  TempDir d;
+  WriteFile(d / "big.bin", std::string(1000, 'a'));
+  WriteFile(d / "small.txt", "s");
+  Tree tree;
+  ASSERT_TRUE(tree.AddFile(d / "big.bin", "big.bin", "r").ok());
+  ASSERT_TRUE(tree.AddFile(d / "small.txt", "small.txt", "r").ok());
+  auto name = HashTree(tree, 1, /*keep_bytes=*/1);  // streamed: WriteZip reads the files again
+  ASSERT_TRUE(name.ok()) << name.status().message();
+  EXPECT_TRUE(VerifySources(tree).ok());
+  // Same size, new bytes (as an editor or a build writing in place does), a
+  // clock tick later: file times have a tick's resolution.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  WriteFile(d / "big.bin", std::string(1000, 'b'));
+  Status s = VerifySources(tree);
+  EXPECT_EQ(s.code(), Code::kInputError);
+  EXPECT_NE(s.message().find("big.bin changed while being packaged"), std::string::npos)
+      << s.message();
+  TempDir out;
+  s = WriteZip(tree, out / *name, 1);
+  EXPECT_EQ(s.code(), Code::kInputError) << s.message();
+  EXPECT_FALSE(fs::exists(out / *name));
+  EXPECT_TRUE(fs::is_empty(out.path())) << "a temporary was left behind";
 }
 
 TEST(PackageWalkTest, DirSlashPatternKeepsTheFolderButNotItsChildren) {
