@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -143,6 +144,26 @@ Bytes ErrorFrame(int code, const std::string& message) {
   return Frame(ErrorJson(code, message).dump(), nullptr);
 }
 
+// The size of a frame's header (magic, length, status JSON), or 0 when
+// `frame` is not one of ours.
+std::size_t FrameHeaderSize(const Bytes& frame) {
+  if (frame.size() < 8 || std::memcmp(frame.data(), kMagic, 4) != 0) return 0;
+  std::uint32_t n = 0;
+  for (int i = 0; i < 4; ++i)
+    n |= static_cast<std::uint32_t>(static_cast<unsigned char>(frame[4 + i])) << (8 * i);
+  return 8 + static_cast<std::size_t>(n) <= frame.size() ? 8 + n : 0;
+}
+
+// Run beside a stage's result when the driver does not fetch the output: the
+// result's header alone (its RunStats or error), so that only those bytes
+// reach the driver.
+Bytes FrameHead(Bytes frame) {
+  const std::size_t header = FrameHeaderSize(frame);
+  if (header == 0) return frame;  // not ours: the driver reports what it is
+  frame.resize(header);
+  return frame;
+}
+
 // "host:<node manager port>": which raylet this worker belongs to. The C++
 // worker gets the port as a command line flag and no node id in its
 // environment.
@@ -206,10 +227,23 @@ Bytes RunImpl(const std::string& payload, const std::vector<const Bytes*>& input
       // One directory per input keeps equal basenames apart.
       std::string dir = scratch + "/in" + std::to_string(i);
       std::string path = dir + "/" + names[i][1].get<std::string>();
+      // An input passed by reference is another stage's result: a frame
+      // whose bytes after the header are that stage's output.
+      const char* data = inputs[i]->data();
+      std::size_t size = inputs[i]->size();
+      if (names[i].size() > 2 && names[i][2].get<bool>()) {
+        std::size_t header = FrameHeaderSize(*inputs[i]);
+        if (header == 0) {
+          throw std::runtime_error("input '" + names[i][0].get<std::string>() +
+                                   "' came by reference but is not a stage result");
+        }
+        data += header;
+        size -= header;
+      }
       int fd = -1;
       if (::mkdir(dir.c_str(), 0700) == 0)
-        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-      if (fd < 0 || !WriteAll(fd, inputs[i]->data(), inputs[i]->size())) {
+        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+      if (fd < 0 || !WriteAll(fd, data, size)) {
         std::string err = std::strerror(errno);
         if (fd >= 0) ::close(fd);
         throw std::runtime_error("cannot materialise input '" + names[i][0].get<std::string>() +
@@ -323,9 +357,46 @@ bool RegisterWarmActor(std::index_sequence<N...>) {
   return true;
 }
 
+// Hands a large stage result to the driver one window at a time. Created with
+// the result as its argument, so that Ray brings the bytes to the reader's
+// node (node to node, never through the driver; beside the result when Ray
+// can) and the reader decodes them once, however many windows follow.
+class StagekitOutputReader {
+ public:
+  static StagekitOutputReader* FactoryCreate(Bytes frame) {
+    return new StagekitOutputReader(std::move(frame));
+  }
+  // Up to `length` bytes of the output from `offset`.
+  Bytes Read(std::uint64_t offset, std::uint64_t length) {
+    const std::size_t header = FrameHeaderSize(frame_);
+    if (header == 0) return Bytes();
+    const std::size_t size = frame_.size() - header;
+    const std::size_t begin =
+        header + static_cast<std::size_t>(std::min<std::uint64_t>(offset, size));
+    const std::size_t end =
+        begin + static_cast<std::size_t>(std::min<std::uint64_t>(length, frame_.size() - begin));
+    return Bytes(frame_.begin() + static_cast<std::ptrdiff_t>(begin),
+                 frame_.begin() + static_cast<std::ptrdiff_t>(end));
+  }
+
+ private:
+  explicit StagekitOutputReader(Bytes frame) : frame_(std::move(frame)) {}
+  Bytes frame_;
+};
+
+bool RegisterFrameHead() {
+  auto& functions = ray::internal::FunctionManager::Instance();
+  functions.RegisterRemoteFunction("stagekit_frame_head", &FrameHead);
+  functions.RegisterRemoteFunction("StagekitOutputReader::FactoryCreate",
+                                   &StagekitOutputReader::FactoryCreate);
+  functions.RegisterRemoteFunction("&StagekitOutputReader::Read", &StagekitOutputReader::Read);
+  return true;
+}
+
 // Registered in the driver and in every worker that loads this library.
 const bool kRegistered = RegisterTasks(std::make_index_sequence<kMaxInputs + 1>{}) &&
-                         RegisterWarmActor(std::make_index_sequence<kMaxWarmInputs + 1>{});
+                         RegisterWarmActor(std::make_index_sequence<kMaxWarmInputs + 1>{}) &&
+                         RegisterFrameHead();
 
 // ---------------------------------------------------------------------------
 // Driver side
@@ -404,11 +475,23 @@ struct InputKey {
 
 }  // namespace
 
+// A stage output this driver's run produced: its task's result, which stays
+// in the object store (on the node that made it) for the stages that read it.
+struct Produced {
+  ray::ObjectRef<Bytes> frame;
+  std::string node;
+  std::uint64_t bytes = 0;
+};
+
 struct stagekit_ray_bridge {
   std::mutex mu;
   std::map<InputKey, ray::ObjectRef<Bytes>> inputs;
+  std::map<std::string, Produced> produced;  // by output path, guarded by mu
   std::atomic<std::uint64_t> objects_put{0}, bytes_put{0}, tasks{0}, retries{0};
-  std::atomic<unsigned long> serial{0};
+  // The data plane: outputs fetched into the output folder and their bytes,
+  // outputs left on the cluster, and inputs passed by reference.
+  std::atomic<std::uint64_t> outputs_fetched{0}, bytes_fetched{0}, outputs_remote{0},
+      bytes_remote{0}, inputs_by_reference{0}, bytes_by_reference{0}, windows_fetched{0};
   // Warm actors: idle ones by key; every live one, to kill on close. An actor
   // serves one Run at a time; a key has at most as many actors as Runs at
   // once, and no more than the cluster can hold (max_actors).
@@ -653,6 +736,113 @@ std::string Label(const json& request) {
   return instance == stage ? "stage '" + stage + "'" : "stage '" + instance + "' (" + stage + ")";
 }
 
+// The message of an error JSON from stagekit's C API.
+std::string ErrorMessage(char* reply, std::size_t len) {
+  json j = json::parse(std::string(reply == nullptr ? "" : reply, len), nullptr, false);
+  stagekit_free(reply);
+  if (j.is_object() && j.contains("error")) return j["error"].value("message", "");
+  return "unknown error";
+}
+
+// Gets `ref`, waiting in short steps so that Ctrl-C is noticed. False with
+// `failure` set when Ray reports the object lost (or the wait interrupted).
+bool GetPatiently(const ray::ObjectRef<Bytes>& ref, std::shared_ptr<Bytes>& value,
+                  std::string& failure, bool& interrupted) {
+  for (;;) {
+    try {
+      value = ray::Get(ref, 100);
+      return true;
+    } catch (const ray::internal::RayTimeoutException&) {
+      if (stagekit_interrupted() != 0) {
+        interrupted = true;
+        failure = "interrupted";
+        return false;
+      }
+    } catch (const ray::internal::RayException& e) {
+      failure = e.what();
+      return false;
+    }
+  }
+}
+
+// Fetches a stage's output into `output` without ever holding more than two
+// windows of it: a reader actor beside the result hands it out window by
+// window, each appended (and hashed) as it arrives, the next one already on
+// its way. 0, or a stagekit code
+// with `error`; `lost` when Ray lost the result or the reader (the stage may be run again).
+int FetchInWindows(stagekit_ray_bridge* h, const ray::ObjectRef<Bytes>& result,
+                   const std::string& output, std::uint64_t size, std::uint64_t window,
+                   const std::string& digest, std::string& error, bool& lost) {
+  char* reply = nullptr;
+  std::size_t reply_len = 0;
+  stagekit_output* file = stagekit_output_begin(output.c_str(), &reply, &reply_len);
+  if (file == nullptr) {
+    error = ErrorMessage(reply, reply_len);
+    return kOutputError;
+  }
+  auto creator = ray::Actor(&StagekitOutputReader::FactoryCreate);
+  creator.SetResources({{"CPU", 0.01}});
+  auto reader = creator.Remote(result);
+  std::deque<ray::ObjectRef<Bytes>> in_flight;
+  std::uint64_t asked = 0, got = 0;
+  auto ask = [&] {
+    // Never move-construct an ObjectRef: Ray 2.60's move constructor drops the
+    // count to zero before adding it back, which forgets that this process
+    // owns the object, and the driver then dies in Ray's reference counter
+    // ("Check failed: it->second.owned_by_us_") when the task returns. Its
+    // move assignment adds first: construct empty, then assign.
+    in_flight.emplace_back();
+    in_flight.back() = reader.Task(&StagekitOutputReader::Read).Remote(asked, window);
+    asked += window;
+  };
+  int rc = 0;
+  while (asked < size && in_flight.size() < 2) ask();
+  while (rc == 0 && !in_flight.empty()) {
+    std::shared_ptr<Bytes> chunk;
+    bool interrupted = false;
+    std::string failure;
+    if (!GetPatiently(in_flight.front(), chunk, failure, interrupted)) {
+      error =
+          interrupted ? "interrupted while fetching the output" : "lost while fetching: " + failure;
+      lost = !interrupted;
+      rc = interrupted ? kInterrupted : kStageFailed;
+      break;
+    }
+    in_flight.pop_front();
+    if (asked < size) ask();  // the next window travels while this one is written
+    if (chunk->empty() && got < size) {
+      error = "the reader returned nothing at byte " + std::to_string(got);
+      lost = true;
+      rc = kStageFailed;
+      break;
+    }
+    if (stagekit_output_append(file, chunk->data(), chunk->size(), &reply, &reply_len) != 0) {
+      error = ErrorMessage(reply, reply_len);
+      rc = kOutputError;
+      break;
+    }
+    got += chunk->size();
+    h->bytes_fetched += chunk->size();
+  }
+  in_flight.clear();
+  try {
+    reader.Kill(true);
+  } catch (...) {
+  }
+  if (rc != 0) {
+    stagekit_output_abort(file);
+    return rc;
+  }
+  h->windows_fetched += (size + window - 1) / window;
+  if (stagekit_output_commit(file, digest.c_str(), &reply, &reply_len) != 0) {
+    error = ErrorMessage(reply, reply_len);
+    lost = error.find("arrived as") != std::string::npos;  // corrupted on the way: run again
+    return kOutputError;
+  }
+  stagekit_free(reply);
+  return 0;
+}
+
 int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char** out,
              std::size_t* out_len) {
   const std::string label = Label(request);
@@ -664,26 +854,50 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
                          " per stage: merge inputs in an intermediate stage",
                      out, out_len);
   }
+  // The inputs: another stage's result of this run by reference (Ray
+  // resolves it on the node that runs the stage), a file put once otherwise.
+  // After a failed attempt a file in place is preferred: the result may have
+  // been lost with its node.
   std::vector<ray::ObjectRef<Bytes>> refs;
   json names = json::array();
-  for (const auto& [name, path] : inputs.items()) {  // sorted by name
-    ray::ObjectRef<Bytes> ref;
-    std::string error;
-    if (!InputRef(h, path.get<std::string>(), ref, error)) {
-      return EmitError(kInputError, "input '" + name + "' of " + label + ": " + error, out,
-                       out_len);
+  auto gather = [&](bool prefer_files, std::string& error) {
+    refs.clear();
+    names = json::array();
+    for (const auto& [name, path_json] : inputs.items()) {  // sorted by name
+      const std::string path = path_json.get<std::string>();
+      std::optional<Produced> made;
+      {
+        std::lock_guard<std::mutex> lock(h->mu);
+        auto it = h->produced.find(path);
+        if (it != h->produced.end()) made = it->second;
+      }
+      struct stat st {};
+      if (made && !(prefer_files && ::stat(path.c_str(), &st) == 0)) {
+        refs.push_back(made->frame);
+        names.push_back(json::array({name, Basename(path), true}));
+        h->inputs_by_reference++;
+        h->bytes_by_reference += made->bytes;
+        continue;
+      }
+      ray::ObjectRef<Bytes> ref;
+      if (!InputRef(h, path, ref, error)) {
+        error = "input '" + name + "' of " + label + ": " + error;
+        return false;
+      }
+      refs.push_back(ref);
+      names.push_back(json::array({name, Basename(path)}));
     }
-    refs.push_back(ref);
-    names.push_back(json::array({name, Basename(path.get<std::string>())}));
-  }
+    return true;
+  };
   Resources resources;
   for (const auto& [name, amount] : task.at("resources").items())
     resources[name] = amount.get<double>();
   const std::string output = request.at("output").get<std::string>();
-  json payload = {{"libraries", task.at("libraries")},
-                  {"inputs", names},
-                  {"output_name", Basename(output)},
-                  {"request", request}};
+  const bool fetch = task.value("fetch", true);
+  const std::uint64_t window =
+      std::max<std::uint64_t>(1, task.value("fetch_window", std::uint64_t{32} << 20));
+  json payload = {
+      {"libraries", task.at("libraries")}, {"output_name", Basename(output)}, {"request", request}};
   payload["request"].erase("inputs");
   payload["request"].erase("output");
   payload["request"]["executor"] = "ray";
@@ -692,7 +906,7 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
   static const auto kActorSubmit = ActorSubmitTable(std::make_index_sequence<kMaxWarmInputs + 1>{});
   if (task.value("cold", false)) payload["cold"] = true;
   const std::string warm_key =
-      refs.size() <= kMaxWarmInputs ? task.value("warm_key", std::string()) : std::string();
+      inputs.size() <= kMaxWarmInputs ? task.value("warm_key", std::string()) : std::string();
   const int max_attempts = std::max(1, task.value("max_attempts", 3));
   const long timeout_ms = task.value("timeout_ms", 0L);
   const auto start = std::chrono::steady_clock::now();
@@ -706,6 +920,9 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
       }
     }
     payload["request"]["attempt"] = attempt;
+    std::string input_error;
+    if (!gather(attempt > 1, input_error)) return EmitError(kInputError, input_error, out, out_len);
+    payload["inputs"] = names;
     WantGuard want(h);
     std::optional<WarmHandle> actor;
     bool fresh_actor = false;
@@ -723,12 +940,20 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
                                     request.value("instance", std::string("stage")));
     }
     h->tasks++;
+    // First only the result's header comes back (the RunStats or the error),
+    // cut off beside the result by a small task (Ray schedules a task near
+    // its large arguments); the output follows only if it is fetched.
+    auto head = ray::Task(&FrameHead);
+    head.SetName("stagekit_frame_head");
+    head.SetResources({{"CPU", 0.01}});
+    ray::ObjectRef<Bytes> awaited = head.Remote(result);
+    h->tasks++;
     std::shared_ptr<Bytes> frame;
     bool lost = false;
     while (!frame && !lost) {
       try {
         // Get with a short timeout, so that Ctrl-C and the stage timeout are noticed.
-        frame = ray::Get(result, 100);
+        frame = ray::Get(awaited, 100);
       } catch (const ray::internal::RayTimeoutException&) {
         if (stagekit_interrupted() != 0) {
           if (actor) DiscardActor(h, *actor);
@@ -803,18 +1028,55 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
       status["metrics"]["warm"]["actor"] = Hex(actor->ID());
       status["metrics"]["warm"]["new_actor"] = fresh_actor;
     }
-    const char* data = frame->data() + 8 + n;
-    std::size_t size = frame->size() - 8 - n;
-    char hex[65];
-    stagekit_sha256_hex(data, size, hex);
-    if (status.value("output_digest", "") != std::string("sha256:") + hex) {
-      last_failure = "the output bytes arrived corrupted (digest mismatch)";
-      h->retries++;
-      continue;
+    const std::uint64_t bytes_out = status.value("bytes_out", std::uint64_t{0});
+    const std::string digest = status.value("output_digest", "");
+    if (fetch && bytes_out > window) {
+      std::string error;
+      bool lost_output = false;
+      if (int rc = FetchInWindows(h, result, output, bytes_out, window, digest, error, lost_output);
+          rc != 0) {
+        if (!lost_output) return EmitError(rc, label + ": " + error, out, out_len);
+        last_failure = "its output was lost before the driver had it (" + error + ")";
+        h->retries++;
+        continue;
+      }
+      h->outputs_fetched++;
+    } else if (fetch) {
+      std::shared_ptr<Bytes> whole;
+      bool interrupted = false;
+      std::string failure;
+      if (!GetPatiently(result, whole, failure, interrupted)) {
+        if (interrupted) {
+          return EmitError(kInterrupted, label + " was interrupted while its output was fetched",
+                           out, out_len);
+        }
+        last_failure = "its output was lost before the driver had it (" + failure + ")";
+        h->retries++;
+        continue;
+      }
+      const std::size_t header = FrameHeaderSize(*whole);
+      const char* data = whole->data() + header;
+      std::size_t size = header == 0 ? 0 : whole->size() - header;
+      char hex[65];
+      stagekit_sha256_hex(data, size, hex);
+      if (header == 0 || digest != std::string("sha256:") + hex) {
+        last_failure = "the output bytes arrived corrupted (digest mismatch)";
+        h->retries++;
+        continue;
+      }
+      std::string error;
+      if (int rc = WriteOutputAtomically(output, data, size, error); rc != 0) {
+        return EmitError(rc, label + ": " + error, out, out_len);
+      }
+      h->outputs_fetched++;
+      h->bytes_fetched += size;
+    } else {
+      h->outputs_remote++;
+      h->bytes_remote += bytes_out;
     }
-    std::string error;
-    if (int rc = WriteOutputAtomically(output, data, size, error); rc != 0) {
-      return EmitError(rc, label + ": " + error, out, out_len);
+    {
+      std::lock_guard<std::mutex> lock(h->mu);
+      h->produced[output] = Produced{result, status.value("node", ""), bytes_out};
     }
     status["attempt"] = attempt;
     return Emit(status.dump(), 0, out, out_len);
@@ -873,9 +1135,19 @@ int stagekit_ray_bridge_stats(stagekit_ray_bridge* h, char** out, size_t* out_le
     std::lock_guard<std::mutex> lock(h->actors_mu);
     alive = h->live_actors.size();
   }
-  json s = {{"objects_put", h->objects_put.load()},       {"bytes_put", h->bytes_put.load()},
-            {"tasks_submitted", h->tasks.load()},         {"system_retries", h->retries.load()},
-            {"actors_started", h->actors_started.load()}, {"actors_alive", alive}};
+  json s = {{"objects_put", h->objects_put.load()},
+            {"bytes_put", h->bytes_put.load()},
+            {"tasks_submitted", h->tasks.load()},
+            {"system_retries", h->retries.load()},
+            {"actors_started", h->actors_started.load()},
+            {"actors_alive", alive},
+            {"outputs_fetched", h->outputs_fetched.load()},
+            {"bytes_fetched", h->bytes_fetched.load()},
+            {"windows_fetched", h->windows_fetched.load()},
+            {"outputs_left_on_cluster", h->outputs_remote.load()},
+            {"bytes_left_on_cluster", h->bytes_remote.load()},
+            {"inputs_by_reference", h->inputs_by_reference.load()},
+            {"bytes_by_reference", h->bytes_by_reference.load()}};
   return Emit(s.dump(), 0, out, out_len);
 }
 
@@ -884,6 +1156,7 @@ void stagekit_ray_bridge_close(stagekit_ray_bridge* handle) {
   {
     std::lock_guard<std::mutex> lock(handle->mu);
     handle->inputs.clear();  // release the object references before the driver goes
+    handle->produced.clear();
   }
   std::map<std::string, WarmHandle> actors;
   {

@@ -114,6 +114,79 @@ extern "C" int stagekit_write_output(const char* path, const char* data, size_t 
   }
 }
 
+struct stagekit_output {
+  std::filesystem::path target;
+  std::filesystem::path temp;
+  stagekit::internal::UniqueFd fd;
+  stagekit::internal::Sha256Stream hash;
+};
+
+extern "C" stagekit_output* stagekit_output_begin(const char* path, char** out, size_t* out_len) {
+  try {
+    const std::filesystem::path target = path == nullptr ? "" : path;
+    const std::string what = "output '" + target.string() + "'";
+    if (stagekit::Status s = stagekit::internal::CheckReplaceable(target, what); !s.ok()) {
+      EmitStatus(s, out, out_len);
+      return nullptr;
+    }
+    auto made = stagekit::internal::CreateTempBeside(target);
+    if (!made.ok()) {
+      EmitStatus(made.status(), out, out_len);
+      return nullptr;
+    }
+    auto* h = new stagekit_output();
+    h->target = target;
+    h->fd = std::move(made->first);
+    h->temp = std::move(made->second);
+    return h;
+  } catch (...) {
+    EmitStatus(stagekit::Status(stagekit::Code::kInternal, "stagekit_output_begin failed"), out,
+               out_len);
+    return nullptr;
+  }
+}
+
+extern "C" int stagekit_output_append(stagekit_output* h, const char* data, size_t len, char** out,
+                                      size_t* out_len) {
+  h->hash.Update(std::string_view(data == nullptr ? "" : data, data == nullptr ? 0 : len));
+  stagekit::Status s = stagekit::internal::WriteAllFd(h->fd.get(), data, len, h->temp);
+  if (!s.ok()) return EmitStatus(s, out, out_len);
+  return 0;
+}
+
+extern "C" void stagekit_output_abort(stagekit_output* h) {
+  if (h == nullptr) return;
+  h->fd.Reset();
+  std::error_code ec;
+  std::filesystem::remove(h->temp, ec);
+  delete h;
+}
+
+extern "C" int stagekit_output_commit(stagekit_output* h, const char* expected_digest, char** out,
+                                      size_t* out_len) {
+  using stagekit::Code;
+  using stagekit::Status;
+  Status s;
+  if (::close(h->fd.Release()) != 0) {
+    s = Status(Code::kOutputError,
+               "cannot write " + h->temp.string() + ": " + std::strerror(errno));
+  }
+  const std::string got = "sha256:" + stagekit::internal::HexDigest(h->hash.Final());
+  if (s.ok() && expected_digest != nullptr && got != expected_digest) {
+    s = Status(Code::kOutputError, "output '" + h->target.string() + "' arrived as " + got +
+                                       ", not " + expected_digest);
+  }
+  if (s.ok()) {
+    s = stagekit::internal::PublishFile(h->temp, h->target, "output '" + h->target.string() + "'");
+  }
+  if (!s.ok()) {
+    stagekit_output_abort(h);
+    return EmitStatus(s, out, out_len);
+  }
+  delete h;
+  return Emit("{}", 0, out, out_len);
+}
+
 extern "C" void stagekit_free(char* buffer) { std::free(buffer); }
 
 extern "C" const char* stagekit_version(void) { return STAGEKIT_VERSION; }

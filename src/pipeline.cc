@@ -274,7 +274,8 @@ class Parser {
  private:
   Result<PipelineStage> ParseStage(const YAML::Node& node) {
     if (Status s = CheckKeys(
-            node, "stage", {"name", "stage", "inputs", "output", "kwargs", "resources", "timeout"});
+            node, "stage",
+            {"name", "stage", "inputs", "output", "kwargs", "resources", "timeout", "keep"});
         !s.ok()) {
       return s;
     }
@@ -404,6 +405,16 @@ class Parser {
         }
       }
       if (Status s = r.Validate(); !s.ok()) return Error(res, where + ": " + s.message());
+    }
+    if (const YAML::Node keep = node["keep"]) {
+      const std::string v = keep.IsScalar() ? keep.Scalar() : "";
+      if (v == "true") {
+        st.keep = true;
+      } else if (v == "false") {
+        st.keep = false;
+      } else {
+        return Error(keep, where + ": keep must be true or false");
+      }
     }
     if (node["timeout"]) {
       auto t = ParseDuration(node["timeout"].IsScalar() ? node["timeout"].Scalar() : "");

@@ -575,7 +575,9 @@ Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOption
   Json task_json = {{"resources", resources},
                     {"timeout_ms", options.timeout ? options.timeout->count() : 0},
                     {"max_attempts", options_.max_attempts},
-                    {"libraries", libraries}};
+                    {"libraries", libraries},
+                    {"fetch", options.fetch_output},
+                    {"fetch_window", options_.fetch_window_bytes}};
   // A warm stage runs on a warm actor per instance key and resources (or, with
   // STAGEKIT_WARM=0, cold in a plain task). The driver knows a stage is warm
   // only when it loaded the stage's library, as the CLI does.

@@ -32,6 +32,25 @@ std::string_view StageStateName(StageState state) {
   return "unknown";
 }
 
+std::optional<RunOptions::Outputs> ParseOutputs(std::string_view text) {
+  if (text == "all") return RunOptions::Outputs::kAll;
+  if (text == "final") return RunOptions::Outputs::kFinal;
+  if (text == "none") return RunOptions::Outputs::kNone;
+  return std::nullopt;
+}
+
+std::string_view OutputsName(RunOptions::Outputs outputs) {
+  switch (outputs) {
+    case RunOptions::Outputs::kAll:
+      return "all";
+    case RunOptions::Outputs::kFinal:
+      return "final";
+    case RunOptions::Outputs::kNone:
+      return "none";
+  }
+  return "all";
+}
+
 RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, StageExecutor& executor,
                       const RunOptions& options) {
   const auto start = std::chrono::steady_clock::now();
@@ -70,6 +89,33 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
     waiting_on[i] = deps.size();
     result.stages[i].name = st.name;
     result.stages[i].output = req.output;
+  }
+  // What each stage's executor is told about fetching its output; an output
+  // that stays remote is not a file here, so the cache neither keys on it
+  // nor stores it.
+  const bool remote = executor.outputs_stay_remote();
+  std::vector<StageOptions> stage_options(n);
+  std::vector<bool> cacheable(n, true);
+  {
+    std::set<std::string> consumers;
+    for (const PipelineStage& st : pipeline.stages) {
+      for (const auto& [name, ref] : st.inputs) consumers.insert(ref.from_stage);
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      const PipelineStage& st = pipeline.stages[i];
+      stage_options[i] = st.options;
+      bool fetch = true;
+      if (options.outputs == RunOptions::Outputs::kNone) {
+        fetch = false;
+      } else if (st.keep) {
+        fetch = *st.keep;
+      } else if (options.outputs == RunOptions::Outputs::kFinal) {
+        fetch = consumers.count(st.name) == 0;
+      }
+      stage_options[i].fetch_output = fetch || !remote;
+      cacheable[i] = stage_options[i].fetch_output;
+      result.stages[i].fetched = stage_options[i].fetch_output;
+    }
   }
 
   auto finish = [&](Status status) {
@@ -187,7 +233,7 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
             options.cache != nullptr ? upstream_digests(i) : std::map<std::string, std::string>{};
         std::optional<RunStats> hit;
         std::string token;  // the stage's cache key, taken before it runs
-        if (options.cache != nullptr) {
+        if (options.cache != nullptr && cacheable[i]) {
           lock.unlock();
           token = options.cache->Prepare(pipeline.stages[i], requests[i], upstream);
           if (options.lookup_cache && !token.empty()) {
@@ -202,7 +248,7 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
         } else {
           if (options.observer != nullptr) options.observer->OnStageStarted(pipeline.stages[i]);
           lock.unlock();
-          stats = executor.Run(requests[i], pipeline.stages[i].options);
+          stats = executor.Run(requests[i], stage_options[i]);
           if (options.cache != nullptr && !token.empty()) {
             options.cache->Store(pipeline.stages[i], requests[i], token,
                                  stats.ok() ? &*stats : nullptr);

@@ -17,6 +17,21 @@ Sha256Digest Sha256(std::string_view bytes) {
   return out;
 }
 
+struct Sha256Stream::Ctx {
+  sha256_ctx ctx;
+};
+
+Sha256Stream::Sha256Stream() : ctx_(new Ctx) { sha256_init(&ctx_->ctx); }
+Sha256Stream::~Sha256Stream() { delete ctx_; }
+void Sha256Stream::Update(std::string_view bytes) {
+  sha256_update(&ctx_->ctx, bytes.size(), reinterpret_cast<const std::uint8_t*>(bytes.data()));
+}
+Sha256Digest Sha256Stream::Final() {
+  Sha256Digest out;
+  sha256_digest(&ctx_->ctx, out.size(), out.data());
+  return out;
+}
+
 std::string HexDigest(const Sha256Digest& digest) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;

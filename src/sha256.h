@@ -15,6 +15,20 @@ namespace stagekit::internal {
 using Sha256Digest = std::array<std::uint8_t, 32>;
 
 Sha256Digest Sha256(std::string_view bytes);
+// Incremental: Update() as the bytes pass, Final() once.
+class Sha256Stream {
+ public:
+  Sha256Stream();
+  ~Sha256Stream();
+  Sha256Stream(const Sha256Stream&) = delete;
+  Sha256Stream& operator=(const Sha256Stream&) = delete;
+  void Update(std::string_view bytes);
+  Sha256Digest Final();
+
+ private:
+  struct Ctx;
+  Ctx* ctx_;
+};
 std::string HexDigest(const Sha256Digest& digest);
 // Digest and size of what an open descriptor holds from its current offset to
 // the end; kInputError naming `path` on I/O errors.

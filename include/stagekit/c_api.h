@@ -47,6 +47,20 @@ void stagekit_sha256_hex(const char* data, size_t len, char out[65]);
 int stagekit_write_output(const char* path, const char* data, size_t len, char** out,
                           size_t* out_len);
 
+/* The same, written piece by piece (an output fetched in windows): begin
+ * creates the temporary and returns a handle (NULL on error, with the error
+ * JSON in *out); append writes and hashes; commit checks that the bytes hash
+ * to `expected_digest` ("sha256:<hex>"), then renames them over the path, or
+ * fails and removes them; abort removes them. commit and abort free the
+ * handle. Return values as stagekit_write_output. */
+typedef struct stagekit_output stagekit_output;
+stagekit_output* stagekit_output_begin(const char* path, char** out, size_t* out_len);
+int stagekit_output_append(stagekit_output* handle, const char* data, size_t len, char** out,
+                           size_t* out_len);
+int stagekit_output_commit(stagekit_output* handle, const char* expected_digest, char** out,
+                           size_t* out_len);
+void stagekit_output_abort(stagekit_output* handle);
+
 /* "MAJOR.MINOR.PATCH" of the stagekit library. */
 const char* stagekit_version(void);
 

@@ -41,6 +41,13 @@ struct StageOptions {
   // Enforced by the subprocess (and Ray) executors; the in-process executor
   // cannot stop a running function and only reports the overrun.
   std::optional<std::chrono::milliseconds> timeout;
+  // Whether the driver needs the output as a file in the output folder (the
+  // scheduler decides it from `run --outputs` and the stage's `keep`). An
+  // executor whose outputs stay remote (Ray) leaves an output it need not
+  // fetch in the object store, where the stages that read it get it by
+  // reference; the others write every output, since files are how their
+  // stages pass data.
+  bool fetch_output = true;
 };
 
 // The interface every transport implements. Run() may be called from several
@@ -50,6 +57,10 @@ class StageExecutor {
   virtual ~StageExecutor() = default;
   virtual std::string_view name() const = 0;
   virtual Result<RunStats> Run(const StageRequest& request, const StageOptions& options) = 0;
+  // True when outputs are made away from the driver and reach its output
+  // folder only when fetched (StageOptions::fetch_output); false when every
+  // output is a file there as soon as its stage succeeded.
+  virtual bool outputs_stay_remote() const { return false; }
 };
 
 // Calls Invoke() in the calling thread.

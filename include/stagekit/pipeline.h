@@ -45,6 +45,9 @@ struct PipelineStage {
   std::string output;  // relative file name under the run's output directory
   Json kwargs = Json::object();
   StageOptions options;
+  // `keep: true`: the driver fetches this output whatever `run --outputs`
+  // says (unless none); `keep: false`: never. Unset: as --outputs says.
+  std::optional<bool> keep;
   int line = 0;  // where it is declared
 };
 
@@ -99,6 +102,9 @@ struct StageOutcome {
   Status status;  // for kFailed
   std::filesystem::path output;
   bool cached = false;  // succeeded by restoring a cached output; nothing ran
+  // Whether the output is a file at `output` once the stage succeeded; false
+  // when it stayed on the cluster (RunOptions::outputs).
+  bool fetched = true;
   // When it ran, in seconds since the run started (steady clock), and which
   // scheduler slot (0 .. jobs-1) ran it; -1 when it never started.
   double start_s = -1;
@@ -152,7 +158,17 @@ struct RunOptions {
   // stages are taken in an order shuffled with this seed (the determinism
   // audit's scheduling-order perturbation).
   std::uint64_t order_seed = 0;
+  // Which outputs the driver fetches into the output folder when the
+  // executor keeps outputs remote (Ray): every one (the default), the final
+  // ones (no stage reads them) plus those marked `keep: true`, or none.
+  // Local executors write every output whatever this says.
+  enum class Outputs { kAll, kFinal, kNone };
+  Outputs outputs = Outputs::kAll;
 };
+
+// "all" / "final" / "none" and back; nullopt for anything else.
+std::optional<RunOptions::Outputs> ParseOutputs(std::string_view text);
+std::string_view OutputsName(RunOptions::Outputs outputs);
 
 struct RunResult {
   Status status;  // the first failure, or OK

@@ -27,6 +27,9 @@ struct RayOptions {
   std::string address;
   std::vector<std::filesystem::path> libraries;  // stage libraries the workers load
   int max_attempts = 3;  // runs of a stage whose worker or node dies (system failures)
+  // The most of one output the driver holds when it fetches it: a larger
+  // output is read in windows of this size by a reader beside it.
+  std::uint64_t fetch_window_bytes = 32ull << 20;
   // Private head only:
   int num_cpus = 0;                      // 0: every CPU of this machine
   std::uint64_t object_store_bytes = 0;  // 0: 512 MiB
@@ -52,7 +55,16 @@ class RayExecutor final : public StageExecutor {
   std::string_view name() const override { return "ray"; }
   // Fails with kInfeasible, before submitting, when no node of the cluster
   // can ever provide the stage's resources.
+  //
+  // Data plane: a stage's output is its task's result in the object store.
+  // A stage that reads another's output gets that result by reference,
+  // resolved by Ray on the node that runs it; the driver never reads and
+  // puts an intermediate back. The driver fetches an output into
+  // request.output only when options.fetch_output; otherwise it learns the
+  // stage's RunStats from a small task run beside the result, and the bytes
+  // stay on the cluster.
   Result<RunStats> Run(const StageRequest& request, const StageOptions& options) override;
+  bool outputs_stay_remote() const override { return true; }
 
   const std::string& address() const { return address_; }
   bool private_head() const { return head_pid_ > 0; }

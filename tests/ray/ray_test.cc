@@ -62,7 +62,9 @@ TEST(RayPrivateHead, RunReportsTheClusterAndStopsIt) {
   Json summary = Json::parse(r.out);
   EXPECT_EQ(summary["ray"]["private_head"], true);
   // 16 corpus files, then the 16 map outputs as the reduce's inputs.
-  EXPECT_EQ(summary["ray"]["stats"]["objects_put"], 32);
+  // The 16 corpus files; the 16 map outputs reach the reduce by reference.
+  EXPECT_EQ(summary["ray"]["stats"]["objects_put"], 16);
+  EXPECT_EQ(summary["ray"]["stats"]["inputs_by_reference"], 16);
   for (const Json& st : summary["stages"]) EXPECT_EQ(st["stats"]["executor"], "ray");
   // Ray's INFO lines from connecting are filtered out of stagekit's stderr.
   EXPECT_EQ(r.err.find(" I "), std::string::npos) << r.err;
@@ -221,6 +223,117 @@ TEST_F(RayTwoNodes, PlacementFollowsGpuAndCustomResources) {
   EXPECT_EQ(summary["stages"][0]["stats"]["node"], gpu_node_.node_name) << summary.dump(2);
   EXPECT_EQ(summary["stages"][1]["stats"]["node"], gpu_node_.node_name) << summary.dump(2);
   EXPECT_EQ(summary["ray"]["nodes"].size(), 2u);
+}
+
+// The data plane: a chain and a fan-in, all on node 2. Intermediates go
+// from stage to stage by reference and stay on node 2; the driver fetches
+// what --outputs and keep ask for, and nothing else.
+TEST_F(RayTwoNodes, IntermediatesStayOnTheClusterAndOnlyWhatIsAskedReachesTheDriver) {
+  std::string big(3 << 20, '\0');
+  std::mt19937_64 rng(11);
+  for (char& c : big) c = static_cast<char>(rng());
+  WriteFile(dir_->path() / "byref-in.bin", big);
+  const std::string node2 = ", resources: {custom: {\"vm:g4dn.2xlarge\": 1}}";
+  auto pipeline = [&](const std::string& keep_b) {
+    return Pipeline(
+        "byref", "  - {name: a, stage: test.copy, output: a.bin, inputs: {in: " +
+                     (dir_->path() / "byref-in.bin").string() + "}" + node2 +
+                     "}\n"
+                     "  - {name: b, stage: test.checksum, output: b.txt, inputs: {in: {from: a}}" +
+                     node2 + keep_b +
+                     "}\n"
+                     "  - {name: c, stage: test.copy, output: c.bin, inputs: {in: {from: a}}" +
+                     node2 +
+                     "}\n"
+                     "  - {name: d, stage: test.concat, output: d.bin, inputs: {x: {from: b}, "
+                     "y: {from: c}}" +
+                     node2 + "}\n");
+  };
+  fs::path p = pipeline("");
+  const fs::path local = dir_->path() / "byref-local";
+  CommandResult ref = RunCli({"run", p.string(), "--out", local.string(), "-q", "--no-cache"});
+  ASSERT_EQ(ref.exit_code, 0) << Show(ref);
+
+  auto run = [&](const std::string& outputs, const fs::path& out) {
+    return RunCli({"run", p.string(), "-e", "ray", "--address", address_, "--json", "--no-cache",
+                   "--outputs", outputs, "--out", out.string()});
+  };
+  const fs::path final_out = dir_->path() / "byref-final";
+  CommandResult r = run("final", final_out);
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  for (const Json& st : summary["stages"]) {
+    EXPECT_EQ(st["stats"]["node"], gpu_node_.node_name) << st.dump(2);
+    EXPECT_EQ(st["fetched"], st["name"] == "d") << st.dump(2);
+  }
+  // Only the final output is in the output folder, byte-identical.
+  EXPECT_EQ(ListFiles(final_out), (std::vector<std::string>{".stagekit-run.json", "d.bin"}));
+  EXPECT_EQ(ReadFile(final_out / "d.bin"), ReadFile(local / "d.bin"));
+  const Json& stats = summary["ray"]["stats"];
+  EXPECT_EQ(stats["objects_put"], 1) << "only the input file is put by the driver";
+  EXPECT_EQ(stats["bytes_put"], big.size());
+  EXPECT_EQ(stats["inputs_by_reference"], 4);  // b and c read a; d reads b and c
+  EXPECT_EQ(stats["outputs_fetched"], 1);
+  EXPECT_EQ(stats["bytes_fetched"], fs::file_size(local / "d.bin"));
+  EXPECT_EQ(stats["outputs_left_on_cluster"], 3);
+  const Json& data = summary["data"];
+  EXPECT_EQ(data["bytes_fetched"], fs::file_size(local / "d.bin"));
+  EXPECT_EQ(data["bytes_left_on_cluster"], fs::file_size(local / "a.bin") +
+                                               fs::file_size(local / "b.txt") +
+                                               fs::file_size(local / "c.bin"));
+  ASSERT_TRUE(data["by_node"].contains(gpu_node_.node_name)) << data.dump(2);
+  EXPECT_EQ(data["by_node"][gpu_node_.node_name]["stages"], 4);
+
+  // keep: true fetches an intermediate too.
+  p = pipeline(", keep: true");
+  const fs::path kept = dir_->path() / "byref-keep";
+  r = run("final", kept);
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  EXPECT_EQ(ListFiles(kept), (std::vector<std::string>{".stagekit-run.json", "b.txt", "d.bin"}));
+  EXPECT_EQ(ReadFile(kept / "b.txt"), ReadFile(local / "b.txt"));
+
+  // none: the driver receives no output bytes at all.
+  p = pipeline("");
+  const fs::path none = dir_->path() / "byref-none";
+  r = run("none", none);
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  summary = Json::parse(r.out);
+  EXPECT_EQ(summary["ray"]["stats"]["bytes_fetched"], 0);
+  EXPECT_EQ(summary["data"]["bytes_fetched"], 0);
+  EXPECT_EQ(ListFiles(none), std::vector<std::string>{".stagekit-run.json"});
+}
+
+// An output larger than the fetch window reaches the driver in windows: its
+// memory grows by a few windows, not by the output. The whole output fetched
+// at once (window above its size) is the control.
+TEST_F(RayTwoNodes, ALargeOutputIsFetchedInWindowsWithBoundedDriverMemory) {
+  constexpr std::uint64_t kBytes = 128ull << 20;
+  fs::path p =
+      Pipeline("windows", "  - {name: fill, stage: test.fill, output: big.bin, kwargs: {bytes: " +
+                              std::to_string(kBytes) +
+                              ", seed: 5}, resources: {custom: {\"vm:g4dn.2xlarge\": 1}}}\n");
+  const fs::path local = dir_->path() / "windows-local";
+  CommandResult ref = RunCli({"run", p.string(), "--out", local.string(), "-q", "--no-cache"});
+  ASSERT_EQ(ref.exit_code, 0) << Show(ref);
+  auto run = [&](const std::string& window_mib, const fs::path& out) {
+    return RunCli({"run", p.string(), "-e", "ray", "--address", address_, "--json", "--no-cache",
+                   "--fetch-window", window_mib, "--out", out.string()});
+  };
+  CommandResult windowed = run("4", dir_->path() / "windows-4");
+  ASSERT_EQ(windowed.exit_code, 0) << Show(windowed);
+  CommandResult whole = run("256", dir_->path() / "windows-whole");
+  ASSERT_EQ(whole.exit_code, 0) << Show(whole);
+  Json summary = Json::parse(windowed.out);
+  EXPECT_EQ(summary["ray"]["stats"]["windows_fetched"], 32);
+  EXPECT_EQ(summary["ray"]["stats"]["bytes_fetched"], kBytes);
+  EXPECT_EQ(Json::parse(whole.out)["ray"]["stats"]["windows_fetched"], 0);
+  EXPECT_EQ(ReadFile(dir_->path() / "windows-4" / "big.bin"), ReadFile(local / "big.bin"));
+  EXPECT_EQ(ReadFile(dir_->path() / "windows-whole" / "big.bin"), ReadFile(local / "big.bin"));
+  std::cout << "driver peak RSS fetching 128 MiB: " << windowed.max_rss_kb / 1024
+            << " MiB in 4 MiB windows, " << whole.max_rss_kb / 1024 << " MiB whole\n";
+  // Whole, the driver holds the output at least once; in windows, far less.
+  EXPECT_GT(whole.max_rss_kb - windowed.max_rss_kb, static_cast<long>(kBytes / 1024 / 2))
+      << "windowed " << windowed.max_rss_kb << " KiB, whole " << whole.max_rss_kb << " KiB";
 }
 
 TEST_F(RayTwoNodes, RayAddressFromTheEnvironmentIsUsed) {

@@ -2,8 +2,11 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
 #include <stdexcept>
 #include <string>
@@ -84,6 +87,42 @@ void PidSleep(stagekit::StageContext& ctx) {
   ctx.WriteOutput(ctx.kwargs().value("text", "slept for " + ctx.instance() + "\n"));
 }
 
+// kwargs.bytes pseudo-random bytes from kwargs.seed, written in 1 MiB pieces
+// (a stage whose output is far larger than what it holds).
+void Fill(stagekit::StageContext& ctx) {
+  const std::uint64_t total = ctx.kwargs().value("bytes", std::uint64_t{1} << 20);
+  std::uint64_t x = ctx.kwargs().value("seed", std::uint64_t{1}) * 0x9E3779B97F4A7C15ull + 1;
+  std::FILE* f = std::fopen(ctx.output().c_str(), "wb");
+  if (f == nullptr) throw std::runtime_error("cannot write the output");
+  std::string piece(1 << 20, '\0');
+  for (std::uint64_t done = 0; done < total;) {
+    const std::size_t n =
+        static_cast<std::size_t>(std::min<std::uint64_t>(piece.size(), total - done));
+    for (std::size_t i = 0; i < n; i += 8) {
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      std::memcpy(&piece[i], &x, std::min<std::size_t>(8, n - i));
+    }
+    if (std::fwrite(piece.data(), 1, n, f) != n) {
+      std::fclose(f);
+      throw std::runtime_error("cannot write the output");
+    }
+    done += n;
+  }
+  if (std::fclose(f) != 0) throw std::runtime_error("cannot write the output");
+}
+
+// Every input, in name order: its name, its size and its bytes (a fan-in).
+void Concat(stagekit::StageContext& ctx) {
+  std::string out;
+  for (const auto& [name, path] : ctx.inputs()) {
+    std::string bytes = ctx.ReadInput(name);
+    out += name + " " + std::to_string(bytes.size()) + "\n" + bytes;
+  }
+  ctx.WriteOutput(out);
+}
+
 // Size and a position-weighted checksum of input `in`.
 void Checksum(stagekit::StageContext& ctx) {
   std::string bytes = ctx.ReadInput("in");
@@ -98,6 +137,8 @@ void Checksum(stagekit::StageContext& ctx) {
 STAGEKIT_STAGE("test.pid_sleep", PidSleep);
 STAGEKIT_STAGE("test.checksum", Checksum);
 STAGEKIT_STAGE("test.copy", Copy);
+STAGEKIT_STAGE("test.concat", Concat);
+STAGEKIT_STAGE("test.fill", Fill);
 STAGEKIT_STAGE("test.noop", Noop);
 STAGEKIT_STAGE("test.throws", Throws);
 STAGEKIT_STAGE("test.no_output", NoOutput);

@@ -78,7 +78,7 @@ TEST(PipelineTest, UnknownKeysArePointedAt) {
   std::string e = ErrorOf("stages:\n  - name: a\n    stage: s\n    inptus: {}\n");
   EXPECT_EQ(e,
             "/p/pipeline.yaml:4:5: stage: unknown key 'inptus' (expected one of: name, stage, "
-            "inputs, output, kwargs, resources, timeout)");
+            "inputs, output, kwargs, resources, timeout, keep)");
   EXPECT_NE(ErrorOf("stage: []\n").find("unknown key 'stage'"), std::string::npos);
 }
 
@@ -159,6 +159,19 @@ TEST(PipelineTest, OutputsThatCannotBeFilesOfTheirOwnAreRefused) {
   EXPECT_NE(ErrorOf("stages:\n  - {name: '.', stage: s}\n").find("not '.' or '..'"),
             std::string::npos);
   EXPECT_NE(ErrorOf("stages:\n  - {name: .stagekit-run, stage: s}\n").find("default output"),
+            std::string::npos);
+}
+
+TEST(PipelineTest, KeepIsTrueFalseOrUnset) {
+  auto p = Parse(
+      "stages:\n  - {name: a, stage: s, keep: true}\n  - {name: b, stage: s, keep: "
+      "false}\n  - {name: c, stage: s}\n");
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_EQ(p->stages[0].keep, std::optional<bool>(true));
+  EXPECT_EQ(p->stages[1].keep, std::optional<bool>(false));
+  EXPECT_EQ(p->stages[2].keep, std::nullopt);
+  EXPECT_NE(ErrorOf("stages:\n  - {name: a, stage: s, keep: yes please}\n")
+                .find("keep must be true or false"),
             std::string::npos);
 }
 

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <set>
 
@@ -263,6 +264,75 @@ TEST(SchedulerTest, ACacheHitMarksTheStageCachedAndSkipsTheExecutor) {
   EXPECT_EQ(ex2.started_.size(), 4u);
   EXPECT_TRUE(cache2.looked_up_.empty());
   EXPECT_EQ(cache2.stored_.size(), 4u);
+}
+
+}  // namespace
+}  // namespace stagekit
+
+namespace stagekit {
+namespace {
+
+// Records, per stage, whether the scheduler asked for its output to be
+// fetched; it keeps outputs remote, or not, as told.
+class FetchRecorder : public StageExecutor {
+ public:
+  explicit FetchRecorder(bool remote) : remote_(remote) {}
+  std::string_view name() const override { return "recorder"; }
+  bool outputs_stay_remote() const override { return remote_; }
+  Result<RunStats> Run(const StageRequest& req, const StageOptions& options) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    fetched_[req.instance] = options.fetch_output;
+    RunStats s;
+    s.stage = req.stage;
+    s.output_digest = "sha256:fake";
+    return s;
+  }
+  std::map<std::string, bool> fetched() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return fetched_;
+  }
+
+ private:
+  bool remote_;
+  std::mutex mu_;
+  std::map<std::string, bool> fetched_;
+};
+
+TEST(SchedulerOutputs, WhatIsFetchedFollowsOutputsAndKeep) {
+  TempDir dir;
+  auto p = ParsePipeline(
+      "stages:\n"
+      "  - {name: a, stage: s}\n"
+      "  - {name: b, stage: s, inputs: {x: {from: a}}, keep: true}\n"
+      "  - {name: c, stage: s, inputs: {x: {from: b}}}\n"
+      "  - {name: d, stage: s, inputs: {x: {from: c}}, keep: false}\n"
+      "  - {name: e, stage: s, inputs: {x: {from: c}}}\n",
+      dir / "p.yaml");
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  using F = std::map<std::string, bool>;
+  auto run = [&](RunOptions::Outputs outputs, bool remote) {
+    FetchRecorder ex(remote);
+    RunOptions options;
+    options.outputs = outputs;
+    RunResult r = RunPipeline(*p, dir / "out", ex, options);
+    EXPECT_TRUE(r.status.ok()) << r.status.message();
+    for (const StageOutcome& o : r.stages) EXPECT_EQ(o.fetched, ex.fetched()[o.name]) << o.name;
+    return ex.fetched();
+  };
+  using O = RunOptions::Outputs;
+  EXPECT_EQ(run(O::kAll, true),
+            (F{{"a", true}, {"b", true}, {"c", true}, {"d", false}, {"e", true}}));
+  // final: what no stage reads (e; d says keep: false), plus keep: true (b).
+  EXPECT_EQ(run(O::kFinal, true),
+            (F{{"a", false}, {"b", true}, {"c", false}, {"d", false}, {"e", true}}));
+  EXPECT_EQ(run(O::kNone, true),
+            (F{{"a", false}, {"b", false}, {"c", false}, {"d", false}, {"e", false}}));
+  // An executor whose stages pass data as files writes every output anyway.
+  EXPECT_EQ(run(O::kNone, false),
+            (F{{"a", true}, {"b", true}, {"c", true}, {"d", true}, {"e", true}}));
+  EXPECT_EQ(ParseOutputs("final"), O::kFinal);
+  EXPECT_EQ(ParseOutputs("some"), std::nullopt);
+  EXPECT_EQ(OutputsName(O::kNone), "none");
 }
 
 }  // namespace

@@ -56,6 +56,7 @@ struct ExecOptions {
 struct RayCliOptions {
   std::string address;
   int attempts = 3;
+  int fetch_window_mib = 32;
   void AddTo(CLI::App* cmd);
 };
 

@@ -105,6 +105,10 @@ void RayCliOptions::AddTo(CLI::App* cmd) {
          "Runs of a stage whose Ray worker or node dies (default 3); a stage's own errors are "
          "never retried")
       ->check(CLI::Range(1, 100));
+  cmd->add_option("--fetch-window", fetch_window_mib,
+                  "MiB of an output the driver holds at once when it fetches it from Ray "
+                  "(default 32); a larger output comes in windows of this size")
+      ->check(CLI::Range(1, 4096));
 }
 
 Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
@@ -121,6 +125,7 @@ Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
     options.address = ray.address;
     options.libraries = libraries;
     options.max_attempts = ray.attempts;
+    options.fetch_window_bytes = static_cast<std::uint64_t>(ray.fetch_window_mib) << 20;
     auto ex = RayExecutor::Open(options);
     if (!ex.ok()) return ex.status();
     return std::unique_ptr<StageExecutor>(std::move(ex).value());
@@ -169,12 +174,38 @@ Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_v
                           : Json(nullptr)},
         {"stats", o.stats ? o.stats->ToJson() : Json(nullptr)},
         {"cached", o.cached},
+        {"fetched", o.fetched},
         {"start_s", o.start_s < 0 ? Json(nullptr) : Json(o.start_s)},
         {"end_s", o.end_s < 0 ? Json(nullptr) : Json(o.end_s)},
         {"slot", o.slot < 0 ? Json(nullptr) : Json(o.slot)},
         {"error", o.state == StageState::kFailed ? ErrorToJson(o.status)["error"] : Json(nullptr)}};
     stages.push_back(std::move(entry));
   }
+  // Where bytes went: per node that ran stages, what they produced and what
+  // of it the driver fetched into the output folder (cached stages ran
+  // nowhere and are not counted).
+  Json by_node = Json::object();
+  std::uint64_t fetched = 0, left = 0, outputs_fetched = 0, outputs_left = 0;
+  for (const StageOutcome& o : result.stages) {
+    if (!o.stats || o.cached) continue;
+    Json& n = by_node[o.stats->node.empty() ? o.stats->host : o.stats->node];
+    if (n.is_null()) n = {{"stages", 0}, {"bytes_produced", 0}, {"bytes_fetched", 0}};
+    n["stages"] = n["stages"].get<std::uint64_t>() + 1;
+    n["bytes_produced"] = n["bytes_produced"].get<std::uint64_t>() + o.stats->bytes_out;
+    if (o.fetched) {
+      n["bytes_fetched"] = n["bytes_fetched"].get<std::uint64_t>() + o.stats->bytes_out;
+      fetched += o.stats->bytes_out;
+      ++outputs_fetched;
+    } else {
+      left += o.stats->bytes_out;
+      ++outputs_left;
+    }
+  }
+  Json data{{"by_node", by_node},
+            {"outputs_fetched", outputs_fetched},
+            {"bytes_fetched", fetched},
+            {"outputs_left_on_cluster", outputs_left},
+            {"bytes_left_on_cluster", left}};
   return Json{
       {"pipeline", pipeline.name},
       {"file", pipeline.file.string()},
@@ -186,6 +217,7 @@ Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_v
       {"failed_stage", result.failed_stage.empty() ? Json(nullptr) : Json(result.failed_stage)},
       {"wall_s", result.wall_s},
       {"job", pipeline.job.ToJson()},
+      {"data", data},
       {"stages", stages}};
 }
 

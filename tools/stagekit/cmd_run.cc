@@ -29,6 +29,7 @@ struct RunCommand {
   bool resume = false;  // restore cached stages instead of running them
   bool no_cache = false;
   std::string cache_dir;
+  std::string outputs = "all";
 };
 
 // Forwards to the progress display and keeps the mean stage time, which the
@@ -214,6 +215,7 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
   options.observer = &budget;
   options.cache = cache.get();
   options.lookup_cache = cmd.resume && cache != nullptr;
+  options.outputs = ParseOutputs(cmd.outputs).value_or(RunOptions::Outputs::kAll);
   if (cmd.budget >= 0) {
     // Launch a stage only if the run's cost so far, plus one more stage of
     // the mean length at the cluster's hourly rate, stays within the budget.
@@ -236,6 +238,7 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
   progress.reset();
 
   Json summary = RunSummary(*pipeline, result, (*executor)->name(), jobs, out_dir);
+  summary["outputs"] = cmd.outputs;
   const auto* lazy = dynamic_cast<const LazyExecutor*>(executor->get());
   if (lazy == nullptr) {
     AddExecutorDetails(**executor, summary);
@@ -327,6 +330,12 @@ void SetRunCommand(CLI::App& app, Action& action) {
                   "`aws s3 sync` (default: the pipeline's `artifacts:`)")
       ->type_name("s3://BUCKET/PREFIX");
   sub->add_flag("--no-artifacts", cmd->no_artifacts, "Do not sync the outputs anywhere");
+  sub->add_option("--outputs", cmd->outputs,
+                  "Which outputs the driver fetches into --out with -e ray: all (default), "
+                  "final (those no stage reads, plus stages marked keep: true) or none. The "
+                  "others stay in the cluster's object store, and the stages that read them "
+                  "get them by reference. inprocess and subprocess write every output.")
+      ->check(CLI::IsMember({"all", "final", "none"}));
   sub->add_option("--endpoint-url", cmd->endpoint_url,
                   "S3-compatible endpoint for the sync (default: $AWS_ENDPOINT_URL)");
   cmd->cost.AddTo(sub);
