@@ -481,6 +481,7 @@ struct Produced {
   ray::ObjectRef<Bytes> frame;
   std::string node;
   std::uint64_t bytes = 0;
+  int readers_left = 0;  // stages still to read it; released at zero
 };
 
 struct stagekit_ray_bridge {
@@ -491,7 +492,8 @@ struct stagekit_ray_bridge {
   // The data plane: outputs fetched into the output folder and their bytes,
   // outputs left on the cluster, and inputs passed by reference.
   std::atomic<std::uint64_t> outputs_fetched{0}, bytes_fetched{0}, outputs_remote{0},
-      bytes_remote{0}, inputs_by_reference{0}, bytes_by_reference{0}, windows_fetched{0};
+      bytes_remote{0}, inputs_by_reference{0}, bytes_by_reference{0}, windows_fetched{0},
+      results_released{0}, helper_tasks{0};
   // Warm actors: idle ones by key; every live one, to kill on close. An actor
   // serves one Run at a time; a key has at most as many actors as Runs at
   // once, and no more than the cluster can hold (max_actors).
@@ -794,6 +796,7 @@ int FetchInWindows(stagekit_ray_bridge* h, const ray::ObjectRef<Bytes>& result,
     in_flight.emplace_back();
     in_flight.back() = reader.Task(&StagekitOutputReader::Read).Remote(asked, window);
     asked += window;
+    h->helper_tasks++;
   };
   int rc = 0;
   while (asked < size && in_flight.size() < 2) ask();
@@ -947,7 +950,11 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
     head.SetName("stagekit_frame_head");
     head.SetResources({{"CPU", 0.01}});
     ray::ObjectRef<Bytes> awaited = head.Remote(result);
-    h->tasks++;
+    h->helper_tasks++;
+    // When the stage task fails (its worker or node died), Ray's C++ worker
+    // still runs the header task on the error and reports a decoding failure
+    // of its own; the stage's result itself then says what happened.
+    bool awaiting_head = true;
     std::shared_ptr<Bytes> frame;
     bool lost = false;
     while (!frame && !lost) {
@@ -977,23 +984,32 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
                   "or its cluster stops)",
               out, out_len);
         }
-      } catch (const ray::internal::RayActorException& e) {
-        last_failure = std::string("its warm actor died (") + e.what() + ")";
-        lost = true;
-      } catch (const ray::internal::RayWorkerException& e) {
-        last_failure = std::string("its worker died (") + e.what() + ")";
-        lost = true;
-      } catch (const ray::internal::UnreconstructableException& e) {
-        last_failure = std::string("its result was lost with its node (") + e.what() + ")";
-        lost = true;
-      } catch (const ray::internal::RayTaskException& e) {
-        return EmitError(kInternal,
-                         label + ": the Ray task failed outside the stage: " + e.what() +
-                             " (is libstagekit_ray.so loadable on every node?)",
-                         out, out_len);
-      } catch (const ray::internal::RayException& e) {
-        last_failure = std::string("Ray reported: ") + e.what();
-        lost = true;
+      } catch (const ray::internal::RayException&) {
+        if (awaiting_head) {
+          awaiting_head = false;
+          awaited = result;  // copy-assign: never move-construct a reference
+          continue;
+        }
+        try {
+          throw;
+        } catch (const ray::internal::RayActorException& e) {
+          last_failure = std::string("its warm actor died (") + e.what() + ")";
+          lost = true;
+        } catch (const ray::internal::RayWorkerException& e) {
+          last_failure = std::string("its worker died (") + e.what() + ")";
+          lost = true;
+        } catch (const ray::internal::UnreconstructableException& e) {
+          last_failure = std::string("its result was lost with its node (") + e.what() + ")";
+          lost = true;
+        } catch (const ray::internal::RayTaskException& e) {
+          return EmitError(kInternal,
+                           label + ": the Ray task failed outside the stage: " + e.what() +
+                               " (is libstagekit_ray.so loadable on every node?)",
+                           out, out_len);
+        } catch (const ray::internal::RayException& e) {
+          last_failure = std::string("Ray reported: ") + e.what();
+          lost = true;
+        }
       }
     }
     if (!frame) {
@@ -1076,7 +1092,26 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
     }
     {
       std::lock_guard<std::mutex> lock(h->mu);
-      h->produced[output] = Produced{result, status.value("node", ""), bytes_out};
+      // Every reader of an input it got by reference has now read it: a
+      // result with no reader left is released (Ray frees it).
+      for (const auto& entry : names) {
+        if (entry.size() < 3 || !entry[2].get<bool>()) continue;
+        const std::string path = inputs.at(entry[0].get<std::string>()).get<std::string>();
+        auto it = h->produced.find(path);
+        if (it != h->produced.end() && --it->second.readers_left <= 0) {
+          h->produced.erase(it);
+          h->results_released++;
+        }
+      }
+      const int readers = task.value("readers", 0);
+      if (readers > 0) {
+        Produced made;
+        made.frame = result;  // copy: the bridge never move-constructs a reference
+        made.node = status.value("node", "");
+        made.bytes = bytes_out;
+        made.readers_left = readers;
+        h->produced[output] = made;
+      }
     }
     status["attempt"] = attempt;
     return Emit(status.dump(), 0, out, out_len);
@@ -1138,12 +1173,14 @@ int stagekit_ray_bridge_stats(stagekit_ray_bridge* h, char** out, size_t* out_le
   json s = {{"objects_put", h->objects_put.load()},
             {"bytes_put", h->bytes_put.load()},
             {"tasks_submitted", h->tasks.load()},
+            {"helper_tasks", h->helper_tasks.load()},
             {"system_retries", h->retries.load()},
             {"actors_started", h->actors_started.load()},
             {"actors_alive", alive},
             {"outputs_fetched", h->outputs_fetched.load()},
             {"bytes_fetched", h->bytes_fetched.load()},
             {"windows_fetched", h->windows_fetched.load()},
+            {"results_released", h->results_released.load()},
             {"outputs_left_on_cluster", h->outputs_remote.load()},
             {"bytes_left_on_cluster", h->bytes_remote.load()},
             {"inputs_by_reference", h->inputs_by_reference.load()},

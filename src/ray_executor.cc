@@ -577,7 +577,8 @@ Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOption
                     {"max_attempts", options_.max_attempts},
                     {"libraries", libraries},
                     {"fetch", options.fetch_output},
-                    {"fetch_window", options_.fetch_window_bytes}};
+                    {"fetch_window", options_.fetch_window_bytes},
+                    {"readers", options.readers}};
   // A warm stage runs on a warm actor per instance key and resources (or, with
   // STAGEKIT_WARM=0, cold in a plain task). The driver knows a stage is warm
   // only when it loaded the stage's library, as the CLI does.

@@ -115,6 +115,7 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
       stage_options[i].fetch_output = fetch || !remote;
       cacheable[i] = stage_options[i].fetch_output;
       result.stages[i].fetched = stage_options[i].fetch_output;
+      stage_options[i].readers = static_cast<int>(users[i].size());
     }
   }
 

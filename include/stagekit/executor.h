@@ -48,6 +48,9 @@ struct StageOptions {
   // reference; the others write every output, since files are how their
   // stages pass data.
   bool fetch_output = true;
+  // How many stages of the run read this output. An executor that keeps
+  // outputs remote releases one once that many readers have succeeded.
+  int readers = 0;
 };
 
 // The interface every transport implements. Run() may be called from several
