@@ -1,6 +1,12 @@
 #include "stagekit/pipeline.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml-cpp/yaml.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include <algorithm>
 #include <cmath>
@@ -115,7 +121,21 @@ class Parser {
 
   // YAML to JSON for kwargs and params: plain scalars become null, booleans,
   // integers or floats when they read as such; quoted scalars stay strings.
-  Result<Json> ToJson(const YAML::Node& node, const std::string& what) const {
+  // Limits on what a pipeline's kwargs and job.params may expand to: YAML
+  // aliases let a few hundred bytes name billions of values ("billion
+  // laughs"), and nesting recurses.
+  static constexpr int kMaxDepth = 64;
+  static constexpr std::size_t kMaxValues = 1000000;
+
+  Result<Json> ToJson(const YAML::Node& node, const std::string& what, int depth = 0) const {
+    if (depth > kMaxDepth) {
+      return Error(node, what + " nests deeper than " + std::to_string(kMaxDepth) + " levels");
+    }
+    if (++values_ > kMaxValues) {
+      return Error(node, what + ": the pipeline's kwargs and params expand to more than " +
+                             std::to_string(kMaxValues) +
+                             " values (YAML aliases repeated inside each other?)");
+    }
     switch (node.Type()) {
       case YAML::NodeType::Null:
       case YAML::NodeType::Undefined:
@@ -133,7 +153,7 @@ class Parser {
       case YAML::NodeType::Sequence: {
         Json arr = Json::array();
         for (const auto& item : node) {
-          auto v = ToJson(item, what);
+          auto v = ToJson(item, what, depth + 1);
           if (!v.ok()) return v;
           arr.push_back(std::move(v).value());
         }
@@ -146,7 +166,7 @@ class Parser {
           if (obj.contains(kv.first.Scalar())) {
             return Error(kv.first, what + ": key '" + kv.first.Scalar() + "' appears twice");
           }
-          auto v = ToJson(kv.second, what);
+          auto v = ToJson(kv.second, what, depth + 1);
           if (!v.ok()) return v;
           obj[kv.first.Scalar()] = std::move(v).value();
         }
@@ -481,6 +501,7 @@ class Parser {
   }
 
   fs::path file_;
+  mutable std::size_t values_ = 0;  // values ToJson made so far (kMaxValues)
 };
 
 }  // namespace
@@ -499,15 +520,47 @@ Result<Pipeline> ParsePipeline(std::string_view yaml_text, const fs::path& file)
 }
 
 Result<Pipeline> LoadPipeline(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  std::error_code ec;
-  if (!in || fs::is_directory(file, ec)) {
-    return Status(Code::kInputError, "cannot read pipeline file '" + file.string() +
-                                         "': " + (in ? "is a directory" : std::strerror(errno)));
+  // O_NONBLOCK: a FIFO must not hang the open; only regular files are read,
+  // and only up to kMaxPipelineBytes (a pipeline named /dev/zero ends here).
+  const int fd = ::open(file.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) {
+    return Status(Code::kInputError,
+                  "cannot read pipeline file '" + file.string() + "': " + std::strerror(errno));
   }
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  return ParsePipeline(buf.str(), file);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    return Status(Code::kInputError,
+                  "cannot read pipeline file '" + file.string() +
+                      "': " + (S_ISDIR(st.st_mode) ? "is a directory" : "is not a regular file"));
+  }
+  if (static_cast<std::uint64_t>(st.st_size) > kMaxPipelineBytes) {
+    return Status(Code::kInvalidPipeline, file.string() + " is " + std::to_string(st.st_size) +
+                                              " bytes; a pipeline file may be at most " +
+                                              std::to_string(kMaxPipelineBytes >> 20) + " MiB");
+  }
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  std::string text;
+  char buf[1 << 16];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      return Status(Code::kInputError,
+                    "cannot read pipeline file '" + file.string() + "': " + std::strerror(errno));
+    }
+    if (n == 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+    if (text.size() > kMaxPipelineBytes) {
+      return Status(Code::kInvalidPipeline, file.string() + " grew past " +
+                                                std::to_string(kMaxPipelineBytes >> 20) +
+                                                " MiB while being read");
+    }
+  }
+  return ParsePipeline(text, file);
 }
 
 Result<std::vector<fs::path>> ResolveLibraries(const Pipeline& pipeline,

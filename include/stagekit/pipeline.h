@@ -20,6 +20,7 @@
 #define STAGEKIT_PIPELINE_H_
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -65,7 +66,11 @@ struct Pipeline {
 // Parses and validates a pipeline file. kInvalidPipeline with
 // "FILE:LINE:COLUMN: ..." for syntax errors, unknown keys, bad values,
 // duplicate stage names, references to unknown stages and cycles (naming the
-// stages on the cycle); kInputError when the file cannot be read.
+// stages on the cycle); kInputError when the file cannot be read or is not
+// a regular file. Limits: the file at most kMaxPipelineBytes; kwargs and
+// job.params nested at most 64 levels and, YAML aliases expanded, at most
+// 1,000,000 values in all (kInvalidPipeline past either).
+inline constexpr std::uint64_t kMaxPipelineBytes = 64ull << 20;
 Result<Pipeline> LoadPipeline(const std::filesystem::path& file);
 Result<Pipeline> ParsePipeline(std::string_view yaml_text, const std::filesystem::path& file);
 

@@ -68,6 +68,28 @@ TEST_F(CliTest, HelpListsCommandsAndExitCodes) {
   EXPECT_EQ(Run({"run"}).exit_code, kUsage);
 }
 
+TEST_F(CliTest, AnEmptyExecutorListOrAnImpossibleDateIsAUsageError) {
+  fs::path p = Pipeline("  - {name: a, stage: test.noop}\n");
+  CommandResult r = Run({"parity", p.string(), "--executors", ""});
+  EXPECT_EQ(r.exit_code, kUsage) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("--executors is empty"), std::string::npos) << Show(r);
+  for (const char* date : {"2026-13-45", "2026-02-30", "2026-1x-01"}) {
+    r = Run({"cost", "--since", date, "--cost-log", (dir_ / "none.jsonl").string()});
+    EXPECT_EQ(r.exit_code, kUsage) << date << "\n" << Show(r);
+  }
+  EXPECT_EQ(Run({"cost", "--since", "2026-02-28", "--cost-log", (dir_ / "none.jsonl").string()})
+                .exit_code,
+            kOk);
+  for (const char* price : {"local=-1", "local=nan", "local=inf"}) {
+    r = Run(
+        {"run", p.string(), "-q", "--no-cache", "--price", price, "--out", (dir_ / "o").string()});
+    EXPECT_EQ(r.exit_code, kUsage) << price << "\n" << Show(r);
+  }
+  r = Run({"run", "/dev/zero"});
+  EXPECT_EQ(r.exit_code, kInput) << Show(r);
+  EXPECT_NE(ErrorLine(r).find("is not a regular file"), std::string::npos) << Show(r);
+}
+
 TEST_F(CliTest, ExamplesPassTheParityGate) {
   for (const char* example : {"trivial", "wordcount", "montecarlo"}) {
     fs::path pipeline = kExamples + "/" + example + "/pipeline.yaml";

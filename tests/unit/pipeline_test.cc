@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include "stagekit/pipeline.h"
 #include "unit/test_util.h"
@@ -160,6 +161,35 @@ TEST(PipelineTest, OutputsThatCannotBeFilesOfTheirOwnAreRefused) {
             std::string::npos);
   EXPECT_NE(ErrorOf("stages:\n  - {name: .stagekit-run, stage: s}\n").find("default output"),
             std::string::npos);
+}
+
+// A 636-byte pipeline with nested aliases in job.params once took 23 GB.
+TEST(PipelineTest, AliasBombsAndDeepNestingAreRefused) {
+  std::string bomb = "job:\n  params:\n    a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n";
+  for (int i = 1; i < 9; ++i) {
+    bomb += "    a" + std::to_string(i) + ": &a" + std::to_string(i) + " [";
+    for (int k = 0; k < 10; ++k) bomb += (k ? ", *a" : "*a") + std::to_string(i - 1);
+    bomb += "]\n";
+  }
+  bomb += "stages:\n  - {name: a, stage: s}\n";
+  EXPECT_LT(bomb.size(), 1000u);
+  EXPECT_NE(ErrorOf(bomb).find("expand to more than 1000000 values"), std::string::npos);
+  std::string deep = "stages:\n  - {name: a, stage: s, kwargs: {k: " + std::string(100, '[') +
+                     std::string(100, ']') + "}}\n";
+  EXPECT_NE(ErrorOf(deep).find("nests deeper than 64 levels"), std::string::npos);
+}
+
+TEST(PipelineTest, OnlyRegularFilesOfBoundedSizeAreRead) {
+  TempDir dir;
+  auto fifo = dir / "p.fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto p = LoadPipeline(fifo);  // must not wait for a writer
+  EXPECT_EQ(p.status().code(), Code::kInputError);
+  EXPECT_NE(p.status().message().find("is not a regular file"), std::string::npos);
+  WriteFile(dir / "big.yaml", std::string(kMaxPipelineBytes + 1, '#'));
+  p = LoadPipeline(dir / "big.yaml");
+  EXPECT_EQ(p.status().code(), Code::kInvalidPipeline);
+  EXPECT_NE(p.status().message().find("may be at most 64 MiB"), std::string::npos);
 }
 
 TEST(PipelineTest, KeepIsTrueFalseOrUnset) {

@@ -1,5 +1,6 @@
 // stagekit cost [--since DATE]: what the recorded runs and submissions cost.
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 
 #include "cli.h"
@@ -13,13 +14,28 @@ struct CostCommand {
   bool json = false;
 };
 
+// Whether `text` starts with a real calendar date YYYY-MM-DD (2026-13-45 is not).
+bool StartsWithDate(const std::string& text) {
+  if (text.size() < 10 || text[4] != '-' || text[7] != '-') return false;
+  for (int i : {0, 1, 2, 3, 5, 6, 8, 9}) {
+    if (text[i] < '0' || text[i] > '9') return false;
+  }
+  std::tm tm{};
+  tm.tm_year = std::stoi(text.substr(0, 4)) - 1900;
+  tm.tm_mon = std::stoi(text.substr(5, 2)) - 1;
+  tm.tm_mday = std::stoi(text.substr(8, 2));
+  const std::tm asked = tm;
+  ::timegm(&tm);  // normalises 2026-13-45 into 2027-02-14
+  return tm.tm_year == asked.tm_year && tm.tm_mon == asked.tm_mon && tm.tm_mday == asked.tm_mday;
+}
+
 Status Cost(const CostCommand& cmd) {
+  if (!cmd.since.empty() && !StartsWithDate(cmd.since)) {
+    return Status(Code::kUsage, "--since " + cmd.since + ": write a date like 2026-11-01 (UTC)");
+  }
   int bad = 0;
   auto records = tools::ReadCostLog(cmd.cost.Log(), &bad);
   if (!records.ok()) return records.status();
-  if (!cmd.since.empty() && (cmd.since.size() < 10 || cmd.since[4] != '-' || cmd.since[7] != '-')) {
-    return Status(Code::kUsage, "--since " + cmd.since + ": write a date like 2026-11-01 (UTC)");
-  }
   Json summary = tools::SummarizeCost(*records, cmd.since);
   summary["log"] = cmd.cost.Log().string();
   summary["unreadable_lines"] = bad;

@@ -22,6 +22,7 @@ namespace fs = std::filesystem;
 struct ParityCommand {
   std::string pipeline;
   std::string executors;  // default: inprocess,subprocess and ray when Ray is installed
+  bool executors_given = false;
   LibraryOptions libs;
   ExecOptions exec;
   RayCliOptions ray;
@@ -61,6 +62,11 @@ std::string DigestOnDisk(const fs::path& path) {
 Status Parity(const ParityCommand& cmd) {
   std::vector<std::string> names;
   std::string list = cmd.executors;
+  if (cmd.executors_given && list.empty()) {
+    return Status(Code::kUsage,
+                  "--executors is empty; name at least two, e.g. inprocess,subprocess (leave the "
+                  "option out for all that are installed)");
+  }
   if (list.empty()) list = RayAvailable() ? "inprocess,subprocess,ray" : "inprocess,subprocess";
   std::stringstream ss(list);
   for (std::string name; std::getline(ss, name, ',');) {
@@ -210,7 +216,7 @@ void SetParityCommand(CLI::App& app, Action& action) {
       "parity",
       "Run a pipeline under several executors and check that every output is byte-identical");
   sub->add_option("PIPELINE", cmd->pipeline, "Pipeline file (YAML)")->required();
-  sub->add_option(
+  CLI::Option* executors = sub->add_option(
       "--executors", cmd->executors,
       "Comma-separated executors to compare (default: inprocess,subprocess, and ray when "
       "Ray is installed)");
@@ -218,7 +224,10 @@ void SetParityCommand(CLI::App& app, Action& action) {
   cmd->libs.AddTo(sub);
   cmd->ray.AddTo(sub);
   cmd->report.AddTo(sub);
-  sub->callback([cmd, &action] { action = [cmd] { return Parity(*cmd); }; });
+  sub->callback([cmd, executors, &action] {
+    cmd->executors_given = executors->count() > 0;
+    action = [cmd] { return Parity(*cmd); };
+  });
 }
 
 }  // namespace stagekit::cli
