@@ -124,17 +124,25 @@ class Parser {
   // Limits on what a pipeline's kwargs and job.params may expand to: YAML
   // aliases let a few hundred bytes name billions of values ("billion
   // laughs"), and nesting recurses.
+  // One block (a stage's kwargs, the job's params) may expand to kMaxValues,
+  // all of them together to kMaxTotalValues: enough for a million stages
+  // with ten kwargs each, not for an alias repeated a billion times.
   static constexpr int kMaxDepth = 64;
   static constexpr std::size_t kMaxValues = 1000000;
+  static constexpr std::size_t kMaxTotalValues = 10000000;
 
   Result<Json> ToJson(const YAML::Node& node, const std::string& what, int depth = 0) const {
     if (depth > kMaxDepth) {
       return Error(node, what + " nests deeper than " + std::to_string(kMaxDepth) + " levels");
     }
-    if (++values_ > kMaxValues) {
-      return Error(node, what + ": the pipeline's kwargs and params expand to more than " +
-                             std::to_string(kMaxValues) +
+    if (depth == 0) block_values_ = 0;
+    if (++block_values_ > kMaxValues) {
+      return Error(node, what + " expands to more than " + std::to_string(kMaxValues) +
                              " values (YAML aliases repeated inside each other?)");
+    }
+    if (++values_ > kMaxTotalValues) {
+      return Error(node, what + ": the pipeline's kwargs and params expand to more than " +
+                             std::to_string(kMaxTotalValues) + " values in all");
     }
     switch (node.Type()) {
       case YAML::NodeType::Null:
@@ -501,7 +509,8 @@ class Parser {
   }
 
   fs::path file_;
-  mutable std::size_t values_ = 0;  // values ToJson made so far (kMaxValues)
+  mutable std::size_t values_ = 0;        // values ToJson made so far (kMaxTotalValues)
+  mutable std::size_t block_values_ = 0;  // ... in the current block (kMaxValues)
 };
 
 }  // namespace

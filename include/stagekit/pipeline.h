@@ -69,7 +69,8 @@ struct Pipeline {
 // stages on the cycle); kInputError when the file cannot be read or is not
 // a regular file. Limits: the file at most kMaxPipelineBytes; kwargs and
 // job.params nested at most 64 levels and, YAML aliases expanded, at most
-// 1,000,000 values in all (kInvalidPipeline past either).
+// 1,000,000 values in one stage's kwargs (or the params), 10,000,000 in all
+// (kInvalidPipeline past any of them).
 inline constexpr std::uint64_t kMaxPipelineBytes = 64ull << 20;
 Result<Pipeline> LoadPipeline(const std::filesystem::path& file);
 Result<Pipeline> ParsePipeline(std::string_view yaml_text, const std::filesystem::path& file);

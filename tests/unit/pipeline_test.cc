@@ -173,7 +173,7 @@ TEST(PipelineTest, AliasBombsAndDeepNestingAreRefused) {
   }
   bomb += "stages:\n  - {name: a, stage: s}\n";
   EXPECT_LT(bomb.size(), 1000u);
-  EXPECT_NE(ErrorOf(bomb).find("expand to more than 1000000 values"), std::string::npos);
+  EXPECT_NE(ErrorOf(bomb).find("expands to more than 1000000 values"), std::string::npos);
   std::string deep = "stages:\n  - {name: a, stage: s, kwargs: {k: " + std::string(100, '[') +
                      std::string(100, ']') + "}}\n";
   EXPECT_NE(ErrorOf(deep).find("nests deeper than 64 levels"), std::string::npos);
