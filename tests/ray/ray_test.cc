@@ -523,9 +523,13 @@ TEST_F(RayTwoNodes, WarmGpuStagesShareTheOnlyGpuWithoutWaitingForever) {
     stages += "  - {name: gpu_" + std::to_string(i) +
               ", stage: warm.probe, kwargs: {sleep_ms: 200}, resources: {gpus: 1}}\n";
   }
+  // The plain stage reads all four, so that it wants the GPU only once every
+  // warm stage is done: one that read fewer could want it while a warm stage
+  // still waits for the actor, which then rightly gives the GPU up and is
+  // started again afterwards (two actors, by timing).
   stages +=
-      "  - {name: plain_gpu, stage: warm.collect, inputs: {a: {from: gpu_0}, b: {from: "
-      "gpu_3}}, resources: {gpus: 1}}\n";
+      "  - {name: plain_gpu, stage: warm.collect, inputs: {a: {from: gpu_0}, b: {from: gpu_1}, "
+      "c: {from: gpu_2}, d: {from: gpu_3}}, resources: {gpus: 1}}\n";
   WriteFile(p, "name: gpu-warm\nlibraries: [" STAGEKIT_EXAMPLE_STAGES "]\nstages:\n" + stages);
   // A stage that waited forever would time out instead of hanging the test.
   CommandResult r = Run(p, {"-j", "3", "--timeout", "90s"});
