@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -29,6 +30,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -484,7 +486,54 @@ struct Produced {
   int readers_left = 0;  // stages still to read it; released at zero
 };
 
+using Clock = std::chrono::steady_clock;
+constexpr int kFetchThreads = 4;  // outputs fetched at once
+
+// One submitted stage, from submission to its completion. Owned by the
+// driver's loop thread, or by a fetch thread while its output is fetched.
+struct StageRun {
+  std::uint64_t ticket = 0;
+  bool sync = false;  // stagekit_ray_bridge_run waits for this one itself
+  json request, task, payload;
+  std::string label, output, warm_key;
+  Resources resources;
+  bool fetch = true;
+  std::uint64_t window = 32ull << 20;
+  int max_attempts = 3, max_actors = 0;
+  long timeout_ms = 0;
+  Clock::time_point start, not_before;
+  enum class Phase { kStarting, kRunning, kFetching, kDone } phase = Phase::kStarting;
+  int attempt = 0;                          // of the attempt running, or last run
+  std::vector<ray::ObjectRef<Bytes>> refs;  // its inputs
+  json names;                               // [name, basename, by reference?] per input
+  std::optional<WarmHandle> actor;
+  bool fresh_actor = false;
+  std::uint64_t want = 0;  // see Want()
+  // Its result, and what is awaited: the header task's result, or the
+  // result itself when the header task failed.
+  ray::ObjectRef<Bytes> result, awaited;
+  bool awaiting_head = true;
+  json status;  // its RunStats, once its header arrived
+  std::string last_failure;
+};
+
 struct stagekit_ray_bridge {
+  // The driver's loop (one thread however many stages run) and the fetch
+  // threads: stages submitted, outputs to fetch; guarded by loop_mu.
+  std::mutex loop_mu;
+  std::condition_variable loop_cv, fetch_cv;
+  std::deque<std::unique_ptr<StageRun>> submitted, to_fetch;
+  std::atomic<bool> closing{false};
+  std::thread loop;
+  std::vector<std::thread> fetchers;
+  // Finished stages: for stagekit_ray_bridge_wait, and for synchronous runs
+  // by ticket; guarded by done_mu.
+  std::mutex done_mu;
+  std::condition_variable done_cv;
+  std::deque<json> done_any;
+  std::map<std::uint64_t, json> done_sync;
+  std::atomic<std::uint64_t> next_sync_ticket{1ull << 63};
+
   std::mutex mu;
   std::map<InputKey, ray::ObjectRef<Bytes>> inputs;
   std::map<std::string, Produced> produced;  // by output path, guarded by mu
@@ -495,15 +544,14 @@ struct stagekit_ray_bridge {
       bytes_remote{0}, inputs_by_reference{0}, bytes_by_reference{0}, windows_fetched{0},
       results_released{0}, helper_tasks{0};
   // Warm actors: idle ones by key; every live one, to kill on close. An actor
-  // serves one Run at a time; a key has at most as many actors as Runs at
-  // once, and no more than the cluster can hold (max_actors).
+  // serves one stage at a time; a key has at most as many actors as stages
+  // at once, and no more than the cluster can hold (max_actors).
   std::mutex actors_mu;
   std::map<std::string, std::vector<WarmHandle>> idle_actors;
   std::map<std::string, WarmHandle> live_actors;  // by actor id
   std::map<std::string, int> live_per_key;
   std::map<std::string, std::string> key_of;     // actor id -> key
   std::map<std::string, Resources> held_by_key;  // what a key's actors hold
-  std::condition_variable actor_idle;            // an actor went idle or away
   // Who is waiting for, or using, a resource an actor may hold: plain tasks
   // (key "") and actors being started, by a serial number.
   std::map<std::uint64_t, std::pair<std::string, Resources>> wanting;
@@ -599,9 +647,9 @@ void KillActors(std::vector<WarmHandle>& actors) {
 }
 
 // Records that `key` ("" for a plain task) waits for or uses `resources`
-// until its WantGuard ends; an actor released meanwhile that holds any of
-// them goes away instead of idling. Called with actors_mu held; 0 when only
-// CPUs are wanted.
+// until Unwant(); an actor released meanwhile that holds any of them goes
+// away instead of idling. Called with actors_mu held; 0 when only CPUs are
+// wanted.
 std::uint64_t Want(stagekit_ray_bridge* h, const std::string& key, const Resources& resources) {
   Resources held;
   for (const auto& [name, amount] : resources) {
@@ -614,40 +662,30 @@ std::uint64_t Want(stagekit_ray_bridge* h, const std::string& key, const Resourc
 }
 
 // Forgets a Want() when its attempt ends, whichever way.
-class WantGuard {
- public:
-  explicit WantGuard(stagekit_ray_bridge* h) : h_(h) {}
-  ~WantGuard() {
-    if (id_ == 0) return;
-    std::lock_guard<std::mutex> lock(h_->actors_mu);
-    h_->wanting.erase(id_);
-  }
-  WantGuard(const WantGuard&) = delete;
-  WantGuard& operator=(const WantGuard&) = delete;
-  std::uint64_t id_ = 0;
-
- private:
-  stagekit_ray_bridge* h_;
-};
+void Unwant(stagekit_ray_bridge* h, std::uint64_t& id) {
+  if (id == 0) return;
+  std::lock_guard<std::mutex> lock(h->actors_mu);
+  h->wanting.erase(id);
+  id = 0;
+}
 
 // A plain task that needs a GPU or custom resource: make idle warm actors
 // that hold it let go first, and busy ones as soon as they are done.
-void FreeHeldResources(stagekit_ray_bridge* h, const Resources& resources, WantGuard& want) {
+void FreeHeldResources(stagekit_ray_bridge* h, const Resources& resources, std::uint64_t& want) {
   std::vector<WarmHandle> doomed;
   {
     std::lock_guard<std::mutex> lock(h->actors_mu);
-    want.id_ = Want(h, std::string(), resources);
+    want = Want(h, std::string(), resources);
     doomed = EvictIdleHolders(h, std::string(), resources);
   }
   KillActors(doomed);
 }
 
 // An idle actor of `key`, or a new one when fewer than `max_actors` (0: no
-// limit) are alive; otherwise waits for one to go idle. nullopt when
-// interrupted while waiting.
-std::optional<WarmHandle> AcquireActor(stagekit_ray_bridge* h, const std::string& key,
-                                       const Resources& resources, int max_actors, bool& fresh,
-                                       WantGuard& want) {
+// limit) are alive; nullopt when neither (the stage waits for one to go idle).
+std::optional<WarmHandle> TryAcquireActor(stagekit_ray_bridge* h, const std::string& key,
+                                          const Resources& resources, int max_actors, bool& fresh,
+                                          std::uint64_t& want) {
   // The actor holds the stage's GPU, memory and custom resources for its
   // life (its setup may have loaded a model onto the GPU), but not its CPUs:
   // idle actors holding every CPU would starve the plain tasks after them.
@@ -658,22 +696,18 @@ std::optional<WarmHandle> AcquireActor(stagekit_ray_bridge* h, const std::string
   }
   std::vector<WarmHandle> doomed;
   {
-    std::unique_lock<std::mutex> lock(h->actors_mu);
-    for (;;) {
-      auto it = h->idle_actors.find(key);
-      if (it != h->idle_actors.end() && !it->second.empty()) {
-        WarmHandle actor = it->second.back();
-        it->second.pop_back();
-        fresh = false;
-        return actor;
-      }
-      if (max_actors <= 0 || h->live_per_key[key] < max_actors) break;
-      if (stagekit_interrupted() != 0) return std::nullopt;
-      h->actor_idle.wait_for(lock, std::chrono::milliseconds(100));
+    std::lock_guard<std::mutex> lock(h->actors_mu);
+    auto it = h->idle_actors.find(key);
+    if (it != h->idle_actors.end() && !it->second.empty()) {
+      WarmHandle actor = it->second.back();
+      it->second.pop_back();
+      fresh = false;
+      return actor;
     }
-    ++h->live_per_key[key];  // counted now, so that no other thread starts one too many
+    if (max_actors > 0 && h->live_per_key[key] >= max_actors) return std::nullopt;
+    ++h->live_per_key[key];
     h->held_by_key[key] = held;
-    want.id_ = Want(h, key, held);
+    want = Want(h, key, held);
     doomed = EvictIdleHolders(h, key, held);
   }
   KillActors(doomed);
@@ -706,7 +740,6 @@ void ReleaseActor(stagekit_ray_bridge* h, const std::string& key, const WarmHand
       h->idle_actors[key].push_back(actor);
     }
   }
-  h->actor_idle.notify_all();
   if (needed_elsewhere) {
     std::vector<WarmHandle> doomed = {actor};
     KillActors(doomed);
@@ -725,7 +758,6 @@ void DiscardActor(stagekit_ray_bridge* h, WarmHandle actor) {
       h->key_of.erase(key);
     }
   }
-  h->actor_idle.notify_all();
   try {
     actor.Kill(true);
   } catch (...) {
@@ -746,16 +778,17 @@ std::string ErrorMessage(char* reply, std::size_t len) {
   return "unknown error";
 }
 
-// Gets `ref`, waiting in short steps so that Ctrl-C is noticed. False with
-// `failure` set when Ray reports the object lost (or the wait interrupted).
-bool GetPatiently(const ray::ObjectRef<Bytes>& ref, std::shared_ptr<Bytes>& value,
-                  std::string& failure, bool& interrupted) {
+// Gets `ref`, waiting in short steps so that Ctrl-C and the driver's close
+// are noticed. False with `failure` set when Ray reports the object lost (or
+// the wait was interrupted).
+bool GetPatiently(stagekit_ray_bridge* h, const ray::ObjectRef<Bytes>& ref,
+                  std::shared_ptr<Bytes>& value, std::string& failure, bool& interrupted) {
   for (;;) {
     try {
       value = ray::Get(ref, 100);
       return true;
     } catch (const ray::internal::RayTimeoutException&) {
-      if (stagekit_interrupted() != 0) {
+      if (stagekit_interrupted() != 0 || h->closing.load()) {
         interrupted = true;
         failure = "interrupted";
         return false;
@@ -770,8 +803,8 @@ bool GetPatiently(const ray::ObjectRef<Bytes>& ref, std::shared_ptr<Bytes>& valu
 // Fetches a stage's output into `output` without ever holding more than two
 // windows of it: a reader actor beside the result hands it out window by
 // window, each appended (and hashed) as it arrives, the next one already on
-// its way. 0, or a stagekit code
-// with `error`; `lost` when Ray lost the result or the reader (the stage may be run again).
+// its way. 0, or a stagekit code with `error`; `lost` when Ray lost the
+// result or the reader (the stage may be run again).
 int FetchInWindows(stagekit_ray_bridge* h, const ray::ObjectRef<Bytes>& result,
                    const std::string& output, std::uint64_t size, std::uint64_t window,
                    const std::string& digest, std::string& error, bool& lost) {
@@ -804,7 +837,7 @@ int FetchInWindows(stagekit_ray_bridge* h, const ray::ObjectRef<Bytes>& result,
     std::shared_ptr<Bytes> chunk;
     bool interrupted = false;
     std::string failure;
-    if (!GetPatiently(in_flight.front(), chunk, failure, interrupted)) {
+    if (!GetPatiently(h, in_flight.front(), chunk, failure, interrupted)) {
       error =
           interrupted ? "interrupted while fetching the output" : "lost while fetching: " + failure;
       lost = !interrupted;
@@ -846,278 +879,105 @@ int FetchInWindows(stagekit_ray_bridge* h, const ray::ObjectRef<Bytes>& result,
   return 0;
 }
 
-int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char** out,
-             std::size_t* out_len) {
-  const std::string label = Label(request);
-  const json& inputs = request.at("inputs");
-  if (inputs.size() > kMaxInputs) {
-    return EmitError(kInputError,
-                     label + " has " + std::to_string(inputs.size()) +
-                         " inputs; the ray executor passes at most " + std::to_string(kMaxInputs) +
-                         " per stage: merge inputs in an intermediate stage",
-                     out, out_len);
+// Fetches a whole output (at most one window) into `output`. Same contract
+// as FetchInWindows.
+int FetchWhole(stagekit_ray_bridge* h, const ray::ObjectRef<Bytes>& result,
+               const std::string& output, const std::string& digest, std::string& error,
+               bool& lost) {
+  std::shared_ptr<Bytes> whole;
+  bool interrupted = false;
+  std::string failure;
+  if (!GetPatiently(h, result, whole, failure, interrupted)) {
+    lost = !interrupted;
+    error = interrupted ? "interrupted while its output was fetched" : failure;
+    return interrupted ? kInterrupted : kStageFailed;
   }
-  // The inputs: another stage's result of this run by reference (Ray
-  // resolves it on the node that runs the stage), a file put once otherwise.
-  // After a failed attempt a file in place is preferred: the result may have
-  // been lost with its node.
-  std::vector<ray::ObjectRef<Bytes>> refs;
-  json names = json::array();
-  auto gather = [&](bool prefer_files, std::string& error) {
-    refs.clear();
-    names = json::array();
-    for (const auto& [name, path_json] : inputs.items()) {  // sorted by name
-      const std::string path = path_json.get<std::string>();
-      std::optional<Produced> made;
-      {
-        std::lock_guard<std::mutex> lock(h->mu);
-        auto it = h->produced.find(path);
-        if (it != h->produced.end()) made = it->second;
-      }
-      struct stat st {};
-      if (made && !(prefer_files && ::stat(path.c_str(), &st) == 0)) {
-        refs.push_back(made->frame);
-        names.push_back(json::array({name, Basename(path), true}));
-        h->inputs_by_reference++;
-        h->bytes_by_reference += made->bytes;
-        continue;
-      }
-      ray::ObjectRef<Bytes> ref;
-      if (!InputRef(h, path, ref, error)) {
-        error = "input '" + name + "' of " + label + ": " + error;
-        return false;
-      }
-      refs.push_back(ref);
-      names.push_back(json::array({name, Basename(path)}));
-    }
-    return true;
-  };
-  Resources resources;
-  for (const auto& [name, amount] : task.at("resources").items())
-    resources[name] = amount.get<double>();
-  const std::string output = request.at("output").get<std::string>();
-  const bool fetch = task.value("fetch", true);
-  const std::uint64_t window =
-      std::max<std::uint64_t>(1, task.value("fetch_window", std::uint64_t{32} << 20));
-  json payload = {
-      {"libraries", task.at("libraries")}, {"output_name", Basename(output)}, {"request", request}};
-  payload["request"].erase("inputs");
-  payload["request"].erase("output");
-  payload["request"]["executor"] = "ray";
+  const std::size_t header = FrameHeaderSize(*whole);
+  const char* data = whole->data() + header;
+  std::size_t size = header == 0 ? 0 : whole->size() - header;
+  char hex[65];
+  stagekit_sha256_hex(data, size, hex);
+  if (header == 0 || digest != std::string("sha256:") + hex) {
+    error = "the output bytes arrived corrupted (digest mismatch)";
+    lost = true;
+    return kStageFailed;
+  }
+  if (int rc = WriteOutputAtomically(output, data, size, error); rc != 0) return rc;
+  h->bytes_fetched += size;
+  return 0;
+}
 
-  static const auto kSubmit = SubmitTable(std::make_index_sequence<kMaxInputs + 1>{});
-  static const auto kActorSubmit = ActorSubmitTable(std::make_index_sequence<kMaxWarmInputs + 1>{});
-  if (task.value("cold", false)) payload["cold"] = true;
-  const std::string warm_key =
-      inputs.size() <= kMaxWarmInputs ? task.value("warm_key", std::string()) : std::string();
-  const int max_attempts = std::max(1, task.value("max_attempts", 3));
-  const long timeout_ms = task.value("timeout_ms", 0L);
-  const auto start = std::chrono::steady_clock::now();
-  std::string last_failure;
-  for (int attempt = 1; attempt <= max_attempts; ++attempt) {
-    if (attempt > 1) {
-      // Give the cluster a moment to notice a lost worker or node before
-      // trying again: 1 s, 2 s, ... (interruptible).
-      for (int i = 0; i < 10 * (attempt - 1) && stagekit_interrupted() == 0; ++i) {
-        ::usleep(100000);
-      }
-    }
-    payload["request"]["attempt"] = attempt;
-    std::string input_error;
-    if (!gather(attempt > 1, input_error)) return EmitError(kInputError, input_error, out, out_len);
-    payload["inputs"] = names;
-    WantGuard want(h);
-    std::optional<WarmHandle> actor;
-    bool fresh_actor = false;
-    ray::ObjectRef<Bytes> result;
-    if (!warm_key.empty()) {
-      actor = AcquireActor(h, warm_key, resources, task.value("max_actors", 0), fresh_actor, want);
-      if (!actor) {
-        return EmitError(kInterrupted, label + " was interrupted while waiting for a warm actor",
-                         out, out_len);
-      }
-      result = kActorSubmit[refs.size()](*actor, payload.dump(), refs);
+json Completion(std::uint64_t ticket, int rc, json reply) {
+  return json{{"ticket", ticket}, {"rc", rc}, {"reply", std::move(reply)}};
+}
+
+// Hands a finished stage's reply to whoever waits for it.
+void Finish(stagekit_ray_bridge* h, StageRun& run, int rc, json reply) {
+  Unwant(h, run.want);
+  {
+    std::lock_guard<std::mutex> lock(h->done_mu);
+    if (run.sync) {
+      h->done_sync[run.ticket] = Completion(run.ticket, rc, std::move(reply));
     } else {
-      FreeHeldResources(h, resources, want);
-      result = kSubmit[refs.size()](payload.dump(), refs, resources,
-                                    request.value("instance", std::string("stage")));
+      h->done_any.push_back(Completion(run.ticket, rc, std::move(reply)));
     }
-    h->tasks++;
-    // First only the result's header comes back (the RunStats or the error),
-    // cut off beside the result by a small task (Ray schedules a task near
-    // its large arguments); the output follows only if it is fetched.
-    auto head = ray::Task(&FrameHead);
-    head.SetName("stagekit_frame_head");
-    head.SetResources({{"CPU", 0.01}});
-    ray::ObjectRef<Bytes> awaited = head.Remote(result);
-    h->helper_tasks++;
-    // When the stage task fails (its worker or node died), Ray's C++ worker
-    // still runs the header task on the error and reports a decoding failure
-    // of its own; the stage's result itself then says what happened.
-    bool awaiting_head = true;
-    std::shared_ptr<Bytes> frame;
-    bool lost = false;
-    while (!frame && !lost) {
-      try {
-        // Get with a short timeout, so that Ctrl-C and the stage timeout are noticed.
-        frame = ray::Get(awaited, 100);
-      } catch (const ray::internal::RayTimeoutException&) {
-        if (stagekit_interrupted() != 0) {
-          if (actor) DiscardActor(h, *actor);
-          return EmitError(kInterrupted, label + " was interrupted while running on Ray", out,
-                           out_len);
-        }
-        if (timeout_ms > 0 &&
-            std::chrono::steady_clock::now() - start > std::chrono::milliseconds(timeout_ms)) {
-          if (actor) {
-            // Unlike a task, an actor can be stopped: kill it (a new one replaces it).
-            DiscardActor(h, *actor);
-            return EmitError(kTimeout,
-                             label + " timed out after " + std::to_string(timeout_ms) +
-                                 "ms on Ray; its warm actor was killed and will be replaced",
-                             out, out_len);
-          }
-          return EmitError(
-              kTimeout,
-              label + " timed out after " + std::to_string(timeout_ms) +
-                  "ms on Ray (the C++ API cannot cancel the task; it runs until it ends "
-                  "or its cluster stops)",
-              out, out_len);
-        }
-      } catch (const ray::internal::RayException&) {
-        if (awaiting_head) {
-          awaiting_head = false;
-          awaited = result;  // copy-assign: never move-construct a reference
-          continue;
-        }
-        try {
-          throw;
-        } catch (const ray::internal::RayActorException& e) {
-          last_failure = std::string("its warm actor died (") + e.what() + ")";
-          lost = true;
-        } catch (const ray::internal::RayWorkerException& e) {
-          last_failure = std::string("its worker died (") + e.what() + ")";
-          lost = true;
-        } catch (const ray::internal::UnreconstructableException& e) {
-          last_failure = std::string("its result was lost with its node (") + e.what() + ")";
-          lost = true;
-        } catch (const ray::internal::RayTaskException& e) {
-          return EmitError(kInternal,
-                           label + ": the Ray task failed outside the stage: " + e.what() +
-                               " (is libstagekit_ray.so loadable on every node?)",
-                           out, out_len);
-        } catch (const ray::internal::RayException& e) {
-          last_failure = std::string("Ray reported: ") + e.what();
-          lost = true;
-        }
+  }
+  h->done_cv.notify_all();
+}
+
+void FinishError(stagekit_ray_bridge* h, StageRun& run, int code, const std::string& message) {
+  Finish(h, run, code, ErrorJson(code, message));
+}
+
+// The last step of a stage that succeeded: its inputs' results are released
+// once their last reader is done, its own result is kept for its readers.
+void Succeed(stagekit_ray_bridge* h, StageRun& run) {
+  const std::uint64_t bytes_out = run.status.value("bytes_out", std::uint64_t{0});
+  {
+    std::lock_guard<std::mutex> lock(h->mu);
+    const json& inputs = run.request.at("inputs");
+    for (const auto& entry : run.names) {
+      if (entry.size() < 3 || !entry[2].get<bool>()) continue;
+      const std::string path = inputs.at(entry[0].get<std::string>()).get<std::string>();
+      auto it = h->produced.find(path);
+      if (it != h->produced.end() && --it->second.readers_left <= 0) {
+        h->produced.erase(it);
+        h->results_released++;
       }
     }
-    if (!frame) {
-      if (actor) DiscardActor(h, *actor);
-      h->retries++;
-      continue;
+    const int readers = run.task.value("readers", 0);
+    if (readers > 0) {
+      Produced made;
+      made.frame = run.result;  // copy: the bridge never move-constructs a reference
+      made.node = run.status.value("node", "");
+      made.bytes = bytes_out;
+      made.readers_left = readers;
+      h->produced[run.output] = made;
     }
-    if (frame->size() < 8 || std::memcmp(frame->data(), kMagic, 4) != 0) {
-      if (actor) DiscardActor(h, *actor);
-      // Not our frame: Ray's C++ Get decodes some system errors (a node that
-      // died, for one) as if they were the task's value. Treat it as a
-      // system failure, like a dead worker.
-      std::string head;
-      for (std::size_t i = 0; i < frame->size() && head.size() < 80; ++i) {
-        char c = (*frame)[i];
-        if (c >= 32 && c < 127) head.push_back(c);
-      }
-      last_failure = "Ray returned an error the C++ API cannot decode (\"" + head + "\")";
-      h->retries++;
-      continue;
-    }
-    std::uint32_t n = 0;
-    for (int i = 0; i < 4; ++i)
-      n |= static_cast<std::uint32_t>(static_cast<unsigned char>((*frame)[4 + i])) << (8 * i);
-    json status = json::parse(frame->begin() + 8, frame->begin() + 8 + n);
-    if (actor) ReleaseActor(h, warm_key, *actor);
-    if (status.contains("error")) {
-      // The stage's own failure: never retried. Its code is in the JSON.
-      return Emit(status.dump(), kStageFailed, out, out_len);
-    }
-    if (actor && status.contains("metrics") && status["metrics"].contains("warm")) {
-      status["metrics"]["warm"]["actor"] = Hex(actor->ID());
-      status["metrics"]["warm"]["new_actor"] = fresh_actor;
-    }
-    const std::uint64_t bytes_out = status.value("bytes_out", std::uint64_t{0});
-    const std::string digest = status.value("output_digest", "");
-    if (fetch && bytes_out > window) {
-      std::string error;
-      bool lost_output = false;
-      if (int rc = FetchInWindows(h, result, output, bytes_out, window, digest, error, lost_output);
-          rc != 0) {
-        if (!lost_output) return EmitError(rc, label + ": " + error, out, out_len);
-        last_failure = "its output was lost before the driver had it (" + error + ")";
-        h->retries++;
-        continue;
-      }
-      h->outputs_fetched++;
-    } else if (fetch) {
-      std::shared_ptr<Bytes> whole;
-      bool interrupted = false;
-      std::string failure;
-      if (!GetPatiently(result, whole, failure, interrupted)) {
-        if (interrupted) {
-          return EmitError(kInterrupted, label + " was interrupted while its output was fetched",
-                           out, out_len);
-        }
-        last_failure = "its output was lost before the driver had it (" + failure + ")";
-        h->retries++;
-        continue;
-      }
-      const std::size_t header = FrameHeaderSize(*whole);
-      const char* data = whole->data() + header;
-      std::size_t size = header == 0 ? 0 : whole->size() - header;
-      char hex[65];
-      stagekit_sha256_hex(data, size, hex);
-      if (header == 0 || digest != std::string("sha256:") + hex) {
-        last_failure = "the output bytes arrived corrupted (digest mismatch)";
-        h->retries++;
-        continue;
-      }
-      std::string error;
-      if (int rc = WriteOutputAtomically(output, data, size, error); rc != 0) {
-        return EmitError(rc, label + ": " + error, out, out_len);
-      }
-      h->outputs_fetched++;
-      h->bytes_fetched += size;
-    } else {
-      h->outputs_remote++;
-      h->bytes_remote += bytes_out;
-    }
-    {
-      std::lock_guard<std::mutex> lock(h->mu);
-      // Every reader of an input it got by reference has now read it: a
-      // result with no reader left is released (Ray frees it).
-      for (const auto& entry : names) {
-        if (entry.size() < 3 || !entry[2].get<bool>()) continue;
-        const std::string path = inputs.at(entry[0].get<std::string>()).get<std::string>();
-        auto it = h->produced.find(path);
-        if (it != h->produced.end() && --it->second.readers_left <= 0) {
-          h->produced.erase(it);
-          h->results_released++;
-        }
-      }
-      const int readers = task.value("readers", 0);
-      if (readers > 0) {
-        Produced made;
-        made.frame = result;  // copy: the bridge never move-constructs a reference
-        made.node = status.value("node", "");
-        made.bytes = bytes_out;
-        made.readers_left = readers;
-        h->produced[output] = made;
-      }
-    }
-    status["attempt"] = attempt;
-    return Emit(status.dump(), 0, out, out_len);
+  }
+  run.status["attempt"] = run.attempt;
+  Finish(h, run, 0, std::move(run.status));
+}
+
+// An attempt failed for a reason of the system's (a dead worker, node or
+// actor, a lost result): try again after a pause, or give up after the last
+// attempt.
+void Retry(stagekit_ray_bridge* h, StageRun& run, std::string failure) {
+  Unwant(h, run.want);
+  if (run.actor) {
+    DiscardActor(h, *run.actor);
+    run.actor.reset();
+  }
+  run.last_failure = std::move(failure);
+  h->retries++;
+  if (run.attempt < run.max_attempts) {
+    // Give the cluster a moment to notice a lost worker or node: 1 s, 2 s, ...
+    run.phase = StageRun::Phase::kStarting;
+    run.not_before = Clock::now() + std::chrono::seconds(run.attempt);
+    return;
   }
   std::string hint;
-  if (last_failure.rfind("its worker died", 0) == 0) {
+  if (run.last_failure.rfind("its worker died", 0) == 0) {
     // A worker that cannot load the bridge or a stage library dies at start,
     // and only its node's logs say why.
     hint =
@@ -1127,10 +987,340 @@ int RunStage(stagekit_ray_bridge* h, const json& request, const json& task, char
         "shipped with `stagekit submit`: the same Ray temp dir on every node, e.g. the default "
         "/tmp/ray)";
   }
-  return EmitError(kStageFailed,
-                   label + " failed on Ray after " + std::to_string(max_attempts) +
-                       " attempts: " + last_failure + hint,
-                   out, out_len);
+  FinishError(h, run, kStageFailed,
+              run.label + " failed on Ray after " + std::to_string(run.max_attempts) +
+                  " attempts: " + run.last_failure + hint);
+  run.phase = StageRun::Phase::kDone;
+}
+
+// Reads a submitted stage's request and task (see ray_bridge_api.h).
+std::unique_ptr<StageRun> NewRun(std::uint64_t ticket, bool sync, json request, json task) {
+  auto run = std::make_unique<StageRun>();
+  run->ticket = ticket;
+  run->sync = sync;
+  run->label = Label(request);
+  run->output = request.at("output").get<std::string>();
+  for (const auto& [name, amount] : task.at("resources").items())
+    run->resources[name] = amount.get<double>();
+  run->fetch = task.value("fetch", true);
+  run->window = std::max<std::uint64_t>(1, task.value("fetch_window", std::uint64_t{32} << 20));
+  run->max_attempts = std::max(1, task.value("max_attempts", 3));
+  run->max_actors = task.value("max_actors", 0);
+  run->timeout_ms = task.value("timeout_ms", 0L);
+  if (request.at("inputs").size() <= kMaxWarmInputs)
+    run->warm_key = task.value("warm_key", std::string());
+  run->payload = {{"libraries", task.at("libraries")},
+                  {"output_name", Basename(run->output)},
+                  {"request", request}};
+  run->payload["request"].erase("inputs");
+  run->payload["request"].erase("output");
+  run->payload["request"]["executor"] = "ray";
+  if (task.value("cold", false)) run->payload["cold"] = true;
+  run->request = std::move(request);
+  run->task = std::move(task);
+  run->start = Clock::now();
+  return run;
+}
+
+// The inputs of an attempt: another stage's result of this run by reference
+// (Ray resolves it on the node that runs the stage), a file put once
+// otherwise. After a failed attempt a file in place is preferred: the result
+// may have been lost with its node.
+bool GatherInputs(stagekit_ray_bridge* h, StageRun& run, std::string& error) {
+  run.refs.clear();
+  run.names = json::array();
+  const bool prefer_files = run.attempt > 1;
+  for (const auto& [name, path_json] : run.request.at("inputs").items()) {  // sorted by name
+    const std::string path = path_json.get<std::string>();
+    std::optional<Produced> made;
+    {
+      std::lock_guard<std::mutex> lock(h->mu);
+      auto it = h->produced.find(path);
+      if (it != h->produced.end()) made = it->second;
+    }
+    struct stat st {};
+    if (made && !(prefer_files && ::stat(path.c_str(), &st) == 0)) {
+      run.refs.emplace_back();
+      run.refs.back() = made->frame;
+      run.names.push_back(json::array({name, Basename(path), true}));
+      h->inputs_by_reference++;
+      h->bytes_by_reference += made->bytes;
+      continue;
+    }
+    run.refs.emplace_back();
+    if (!InputRef(h, path, run.refs.back(), error)) {
+      error = "input '" + name + "' of " + run.label + ": " + error;
+      return false;
+    }
+    run.names.push_back(json::array({name, Basename(path)}));
+  }
+  return true;
+}
+
+// Starts the next attempt of a stage: its task (or actor task) and the small
+// header task beside its result. Leaves the stage starting when its warm
+// actor is busy; finishes it when its inputs cannot be had.
+void StartAttempt(stagekit_ray_bridge* h, StageRun& run) {
+  static const auto kSubmit = SubmitTable(std::make_index_sequence<kMaxInputs + 1>{});
+  static const auto kActorSubmit = ActorSubmitTable(std::make_index_sequence<kMaxWarmInputs + 1>{});
+  if (!run.warm_key.empty()) {
+    run.actor =
+        TryAcquireActor(h, run.warm_key, run.resources, run.max_actors, run.fresh_actor, run.want);
+    if (!run.actor) return;  // every actor of its key is busy: try again next round
+  }
+  ++run.attempt;
+  std::string input_error;
+  if (!GatherInputs(h, run, input_error)) {
+    if (run.actor) ReleaseActor(h, run.warm_key, *run.actor);
+    run.actor.reset();
+    FinishError(h, run, kInputError, input_error);
+    run.phase = StageRun::Phase::kDone;
+    return;
+  }
+  run.payload["request"]["attempt"] = run.attempt;
+  run.payload["inputs"] = run.names;
+  if (run.actor) {
+    run.result = kActorSubmit[run.refs.size()](*run.actor, run.payload.dump(), run.refs);
+  } else {
+    FreeHeldResources(h, run.resources, run.want);
+    run.result = kSubmit[run.refs.size()](run.payload.dump(), run.refs, run.resources,
+                                          run.request.value("instance", std::string("stage")));
+  }
+  h->tasks++;
+  // First only the result's header comes back (the RunStats or the error),
+  // cut off beside the result by a small task (Ray schedules a task near
+  // its large arguments); the output follows only if it is fetched.
+  auto head = ray::Task(&FrameHead);
+  head.SetName("stagekit_frame_head");
+  head.SetResources({{"CPU", 0.01}});
+  run.awaited = head.Remote(run.result);
+  run.awaiting_head = true;
+  h->helper_tasks++;
+  run.phase = StageRun::Phase::kRunning;
+}
+
+// The awaited object of a running stage is ready: its header (or, when the
+// header task failed, its result). Moves the stage on: done, to be fetched,
+// to be tried again, or (header task failed) awaiting the result itself.
+void OnReady(stagekit_ray_bridge* h, StageRun& run) {
+  std::shared_ptr<Bytes> frame;
+  try {
+    frame = ray::Get(run.awaited, 100);
+  } catch (const ray::internal::RayTimeoutException&) {
+    return;  // not here after all: next round
+  } catch (const ray::internal::RayException&) {
+    // When the stage task fails (its worker or node died), Ray's C++ worker
+    // still runs the header task on the error and reports a decoding failure
+    // of its own; the stage's result itself then says what happened.
+    if (run.awaiting_head) {
+      run.awaiting_head = false;
+      run.awaited = run.result;  // copy-assign: never move-construct a reference
+      return;
+    }
+    try {
+      throw;
+    } catch (const ray::internal::RayActorException& e) {
+      Retry(h, run, std::string("its warm actor died (") + e.what() + ")");
+    } catch (const ray::internal::RayWorkerException& e) {
+      Retry(h, run, std::string("its worker died (") + e.what() + ")");
+    } catch (const ray::internal::UnreconstructableException& e) {
+      Retry(h, run, std::string("its result was lost with its node (") + e.what() + ")");
+    } catch (const ray::internal::RayTaskException& e) {
+      if (run.actor) DiscardActor(h, *run.actor);
+      run.actor.reset();
+      FinishError(h, run, kInternal,
+                  run.label + ": the Ray task failed outside the stage: " + e.what() +
+                      " (is libstagekit_ray.so loadable on every node?)");
+      run.phase = StageRun::Phase::kDone;
+    } catch (const ray::internal::RayException& e) {
+      Retry(h, run, std::string("Ray reported: ") + e.what());
+    }
+    return;
+  }
+  const std::size_t header = FrameHeaderSize(*frame);
+  if (header == 0) {
+    // Not our frame: Ray's C++ Get decodes some system errors (a node that
+    // died, for one) as if they were the task's value. Treat it as a system
+    // failure, like a dead worker.
+    std::string head;
+    for (std::size_t i = 0; i < frame->size() && head.size() < 80; ++i) {
+      char c = (*frame)[i];
+      if (c >= 32 && c < 127) head.push_back(c);
+    }
+    Retry(h, run, "Ray returned an error the C++ API cannot decode (\"" + head + "\")");
+    return;
+  }
+  json status =
+      json::parse(frame->begin() + 8, frame->begin() + static_cast<std::ptrdiff_t>(header));
+  Unwant(h, run.want);
+  if (run.actor) {
+    ReleaseActor(h, run.warm_key, *run.actor);
+    if (status.contains("metrics") && status["metrics"].contains("warm")) {
+      status["metrics"]["warm"]["actor"] = Hex(run.actor->ID());
+      status["metrics"]["warm"]["new_actor"] = run.fresh_actor;
+    }
+    run.actor.reset();
+  }
+  if (status.contains("error")) {
+    // The stage's own failure: never retried. Its code is in the JSON.
+    Finish(h, run, kStageFailed, std::move(status));
+    run.phase = StageRun::Phase::kDone;
+    return;
+  }
+  run.status = std::move(status);
+  if (run.fetch) {
+    run.phase = StageRun::Phase::kFetching;
+    return;
+  }
+  h->outputs_remote++;
+  h->bytes_remote += run.status.value("bytes_out", std::uint64_t{0});
+  Succeed(h, run);
+  run.phase = StageRun::Phase::kDone;
+}
+
+// A fetch thread: writes the outputs the driver asked for, a few at a time,
+// so that the loop never waits for bytes.
+void FetchLoop(stagekit_ray_bridge* h) {
+  for (;;) {
+    std::unique_ptr<StageRun> run;
+    {
+      std::unique_lock<std::mutex> lock(h->loop_mu);
+      h->fetch_cv.wait(lock, [h] { return h->closing.load() || !h->to_fetch.empty(); });
+      if (h->closing.load()) return;
+      run = std::move(h->to_fetch.front());
+      h->to_fetch.pop_front();
+    }
+    const std::uint64_t size = run->status.value("bytes_out", std::uint64_t{0});
+    const std::string digest = run->status.value("output_digest", "");
+    std::string error;
+    bool lost = false;
+    int rc = size > run->window ? FetchInWindows(h, run->result, run->output, size, run->window,
+                                                 digest, error, lost)
+                                : FetchWhole(h, run->result, run->output, digest, error, lost);
+    if (rc == 0) {
+      h->outputs_fetched++;
+      Succeed(h, *run);
+      run->phase = StageRun::Phase::kDone;
+    } else if (lost) {
+      Retry(h, *run, "its output was lost before the driver had it (" + error + ")");
+    } else {
+      FinishError(h, *run, rc, run->label + ": " + error);
+      run->phase = StageRun::Phase::kDone;
+    }
+    if (run->phase == StageRun::Phase::kDone) continue;
+    std::lock_guard<std::mutex> lock(h->loop_mu);
+    h->submitted.push_back(std::move(run));  // to be tried again
+    h->loop_cv.notify_all();
+  }
+}
+
+// The driver's loop: starts attempts, awaits every running stage's header at
+// once with ray::Wait, enforces timeouts and Ctrl-C, and hands outputs to be
+// fetched to the fetch threads. One thread, however many stages run.
+void Loop(stagekit_ray_bridge* h) {
+  std::vector<std::unique_ptr<StageRun>> runs;  // starting or running
+  auto* runtime = ray::internal::GetRayRuntime().get();
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(h->loop_mu);
+      if (h->closing.load()) return;
+      while (!h->submitted.empty()) {
+        runs.push_back(std::move(h->submitted.front()));
+        h->submitted.pop_front();
+      }
+    }
+    const bool interrupted = stagekit_interrupted() != 0;
+    const auto now = Clock::now();
+    bool waiting = false;  // a stage waits for an actor or a retry
+    for (auto& run : runs) {
+      const bool late =
+          run->timeout_ms > 0 && now - run->start > std::chrono::milliseconds(run->timeout_ms);
+      if (interrupted) {
+        if (run->actor) DiscardActor(h, *run->actor);
+        run->actor.reset();
+        FinishError(h, *run, kInterrupted, run->label + " was interrupted while running on Ray");
+        run->phase = StageRun::Phase::kDone;
+      } else if (late && run->actor) {
+        // Unlike a task, an actor can be stopped: kill it (a new one replaces it).
+        DiscardActor(h, *run->actor);
+        run->actor.reset();
+        FinishError(h, *run, kTimeout,
+                    run->label + " timed out after " + std::to_string(run->timeout_ms) +
+                        "ms on Ray; its warm actor was killed and will be replaced");
+        run->phase = StageRun::Phase::kDone;
+      } else if (late) {
+        FinishError(h, *run, kTimeout,
+                    run->label + " timed out after " + std::to_string(run->timeout_ms) +
+                        "ms on Ray (the C++ API cannot cancel the task; it runs until it ends "
+                        "or its cluster stops)");
+        run->phase = StageRun::Phase::kDone;
+      } else if (run->phase == StageRun::Phase::kStarting) {
+        if (run->not_before <= now) StartAttempt(h, *run);
+        if (run->phase == StageRun::Phase::kStarting) waiting = true;
+      }
+    }
+    std::vector<std::string> ids;
+    std::vector<StageRun*> running;
+    for (auto& run : runs) {
+      if (run->phase != StageRun::Phase::kRunning) continue;
+      ids.push_back(run->awaited.ID());
+      running.push_back(run.get());
+    }
+    if (!ids.empty()) {
+      std::vector<bool> ready;
+      try {
+        // Block until one is ready (or a short while passed, to notice
+        // Ctrl-C, timeouts and new stages), then take every one ready now.
+        ready = runtime->Wait(ids, 1, waiting ? 10 : 50);
+        if (std::find(ready.begin(), ready.end(), true) != ready.end() && ids.size() > 1)
+          ready = runtime->Wait(ids, static_cast<int>(ids.size()), 0);
+      } catch (const std::exception&) {
+        ready.assign(ids.size(), true);  // let Get say what is wrong with each
+      }
+      for (std::size_t i = 0; i < running.size() && i < ready.size(); ++i) {
+        if (ready[i]) OnReady(h, *running[i]);
+      }
+    }
+    std::vector<std::unique_ptr<StageRun>> fetch;
+    for (auto& run : runs) {
+      if (run->phase == StageRun::Phase::kFetching) fetch.push_back(std::move(run));
+    }
+    runs.erase(std::remove_if(runs.begin(), runs.end(),
+                              [](const std::unique_ptr<StageRun>& r) {
+                                return r == nullptr || r->phase == StageRun::Phase::kDone;
+                              }),
+               runs.end());
+    std::unique_lock<std::mutex> lock(h->loop_mu);
+    for (auto& run : fetch) h->to_fetch.push_back(std::move(run));
+    if (!fetch.empty()) h->fetch_cv.notify_all();
+    if (ids.empty() && !h->closing.load()) {
+      h->loop_cv.wait_for(lock, std::chrono::milliseconds(waiting ? 10 : 50),
+                          [h] { return h->closing.load() || !h->submitted.empty(); });
+    }
+  }
+}
+
+void Submit(stagekit_ray_bridge* h, std::unique_ptr<StageRun> run) {
+  std::lock_guard<std::mutex> lock(h->loop_mu);
+  if (!h->loop.joinable()) {
+    h->loop = std::thread(Loop, h);
+    for (int i = 0; i < kFetchThreads; ++i) h->fetchers.emplace_back(FetchLoop, h);
+  }
+  h->submitted.push_back(std::move(run));
+  h->loop_cv.notify_all();
+}
+
+// Checks what a stage asks for before it is submitted: an error JSON, or
+// null when it can go.
+json Refuse(const json& request) {
+  const json& inputs = request.at("inputs");
+  if (inputs.size() > kMaxInputs) {
+    return ErrorJson(kInputError, Label(request) + " has " + std::to_string(inputs.size()) +
+                                      " inputs; the ray executor passes at most " +
+                                      std::to_string(kMaxInputs) +
+                                      " per stage: merge inputs in an intermediate stage");
+  }
+  return nullptr;
 }
 
 }  // namespace
@@ -1154,11 +1344,58 @@ int stagekit_ray_bridge_open(const char* config, size_t config_len, stagekit_ray
   }
 }
 
-int stagekit_ray_bridge_run(stagekit_ray_bridge* handle, const char* request, size_t request_len,
+int stagekit_ray_bridge_submit(stagekit_ray_bridge* h, uint64_t ticket, const char* request,
+                               size_t request_len, const char* task, size_t task_len) {
+  try {
+    json req = json::parse(std::string(request, request_len));
+    if (json refused = Refuse(req); !refused.is_null()) {
+      std::lock_guard<std::mutex> lock(h->done_mu);
+      h->done_any.push_back(Completion(
+          ticket, refused["error"].value("code", "") == "input_error" ? kInputError : kInternal,
+          refused));
+      h->done_cv.notify_all();
+      return 0;
+    }
+    Submit(h, NewRun(ticket, false, std::move(req), json::parse(std::string(task, task_len))));
+    return 0;
+  } catch (const std::exception& e) {
+    std::lock_guard<std::mutex> lock(h->done_mu);
+    h->done_any.push_back(Completion(
+        ticket, kInternal, ErrorJson(kInternal, std::string("ray executor: ") + e.what())));
+    h->done_cv.notify_all();
+    return 0;
+  }
+}
+
+int stagekit_ray_bridge_wait(stagekit_ray_bridge* h, int timeout_ms, char** out, size_t* out_len) {
+  json done = json::array();
+  {
+    std::unique_lock<std::mutex> lock(h->done_mu);
+    h->done_cv.wait_for(lock, std::chrono::milliseconds(std::max(0, timeout_ms)),
+                        [h] { return !h->done_any.empty(); });
+    while (!h->done_any.empty()) {
+      done.push_back(std::move(h->done_any.front()));
+      h->done_any.pop_front();
+    }
+  }
+  return Emit(done.dump(), 0, out, out_len);
+}
+
+int stagekit_ray_bridge_run(stagekit_ray_bridge* h, const char* request, size_t request_len,
                             const char* task, size_t task_len, char** out, size_t* out_len) {
   try {
-    return RunStage(handle, json::parse(std::string(request, request_len)),
-                    json::parse(std::string(task, task_len)), out, out_len);
+    json req = json::parse(std::string(request, request_len));
+    if (json refused = Refuse(req); !refused.is_null()) {
+      return Emit(refused.dump(), kInputError, out, out_len);
+    }
+    const std::uint64_t ticket = h->next_sync_ticket++;
+    Submit(h, NewRun(ticket, true, std::move(req), json::parse(std::string(task, task_len))));
+    std::unique_lock<std::mutex> lock(h->done_mu);
+    h->done_cv.wait(lock, [h, ticket] { return h->done_sync.count(ticket) != 0; });
+    json done = std::move(h->done_sync[ticket]);
+    h->done_sync.erase(ticket);
+    lock.unlock();
+    return Emit(done["reply"].dump(), done["rc"].get<int>(), out, out_len);
   } catch (const std::exception& e) {
     return EmitError(kInternal, std::string("ray executor: ") + e.what(), out, out_len);
   }
@@ -1190,6 +1427,16 @@ int stagekit_ray_bridge_stats(stagekit_ray_bridge* h, char** out, size_t* out_le
 
 void stagekit_ray_bridge_close(stagekit_ray_bridge* handle) {
   if (handle == nullptr) return;
+  {
+    std::lock_guard<std::mutex> lock(handle->loop_mu);
+    handle->closing = true;
+  }
+  handle->loop_cv.notify_all();
+  handle->fetch_cv.notify_all();
+  if (handle->loop.joinable()) handle->loop.join();
+  for (std::thread& t : handle->fetchers) t.join();
+  handle->submitted.clear();
+  handle->to_fetch.clear();
   {
     std::lock_guard<std::mutex> lock(handle->mu);
     handle->inputs.clear();  // release the object references before the driver goes

@@ -11,6 +11,21 @@ void RequestInterrupt() noexcept { g_interrupted.store(true, std::memory_order_r
 bool Interrupted() noexcept { return g_interrupted.load(std::memory_order_relaxed); }
 void ResetInterrupt() noexcept { g_interrupted.store(false, std::memory_order_relaxed); }
 
+void StageExecutor::Submit(std::uint64_t ticket, const StageRequest& request,
+                           const StageOptions& options) {
+  StageCompletion done;
+  done.ticket = ticket;
+  done.stats = Run(request, options);
+  completed_.push_back(std::move(done));
+}
+
+std::vector<StageCompletion> StageExecutor::AwaitCompletions(
+    std::chrono::milliseconds /*timeout*/) {
+  std::vector<StageCompletion> done;
+  done.swap(completed_);
+  return done;
+}
+
 Result<RunStats> InProcessExecutor::Run(const StageRequest& request,
                                         const StageOptions& /*options*/) {
   if (request.executor == name()) return Invoke(request, registry_);

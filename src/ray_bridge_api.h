@@ -7,6 +7,7 @@
 #define STAGEKIT_SRC_RAY_BRIDGE_API_H_
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -30,6 +31,18 @@ typedef int (*stagekit_ray_bridge_open_fn)(const char* config, size_t config_len
 typedef int (*stagekit_ray_bridge_run_fn)(stagekit_ray_bridge* handle, const char* request,
                                           size_t request_len, const char* task, size_t task_len,
                                           char** out, size_t* out_len);
+/* The asynchronous form of _run: starts the stage and returns at once (0).
+ * Its completion, {"ticket": ticket, "rc": N, "reply": RunStats or error
+ * JSON}, comes back from _wait. One driver thread awaits every running stage
+ * with ray::Wait, and a few more fetch outputs; none is parked per stage.
+ * Thread-safe. */
+typedef int (*stagekit_ray_bridge_submit_fn)(stagekit_ray_bridge* handle, uint64_t ticket,
+                                             const char* request, size_t request_len,
+                                             const char* task, size_t task_len);
+/* Waits up to timeout_ms for a submitted stage to finish; *out is a JSON
+ * array of the completions since the last call (possibly empty). */
+typedef int (*stagekit_ray_bridge_wait_fn)(stagekit_ray_bridge* handle, int timeout_ms, char** out,
+                                           size_t* out_len);
 /* {"objects_put": N, "bytes_put": N, "tasks_submitted": N, "system_retries": N,
  *  "actors_started": N, "actors_alive": N} */
 typedef int (*stagekit_ray_bridge_stats_fn)(stagekit_ray_bridge* handle, char** out,

@@ -149,6 +149,8 @@ struct RayExecutor::Bridge {
   stagekit_ray_bridge* bridge = nullptr;
   stagekit_ray_bridge_open_fn open = nullptr;
   stagekit_ray_bridge_run_fn run = nullptr;
+  stagekit_ray_bridge_submit_fn submit = nullptr;
+  stagekit_ray_bridge_wait_fn wait = nullptr;
   stagekit_ray_bridge_stats_fn stats = nullptr;
   stagekit_ray_bridge_close_fn close = nullptr;
 };
@@ -439,11 +441,16 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
       dlsym(bridge->handle, "stagekit_ray_bridge_open"));
   bridge->run = reinterpret_cast<stagekit_ray_bridge_run_fn>(
       dlsym(bridge->handle, "stagekit_ray_bridge_run"));
+  bridge->submit = reinterpret_cast<stagekit_ray_bridge_submit_fn>(
+      dlsym(bridge->handle, "stagekit_ray_bridge_submit"));
+  bridge->wait = reinterpret_cast<stagekit_ray_bridge_wait_fn>(
+      dlsym(bridge->handle, "stagekit_ray_bridge_wait"));
   bridge->stats = reinterpret_cast<stagekit_ray_bridge_stats_fn>(
       dlsym(bridge->handle, "stagekit_ray_bridge_stats"));
   bridge->close = reinterpret_cast<stagekit_ray_bridge_close_fn>(
       dlsym(bridge->handle, "stagekit_ray_bridge_close"));
-  if (!bridge->open || !bridge->run || !bridge->stats || !bridge->close) {
+  if (!bridge->open || !bridge->run || !bridge->submit || !bridge->wait || !bridge->stats ||
+      !bridge->close) {
     return Status(Code::kRayUnavailable,
                   "the Ray bridge " + options.bridge.string() + " is from another version");
   }
@@ -542,7 +549,8 @@ int ActorCapacity(const Json& resources, const Json& nodes) {
 }
 }  // namespace
 
-Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOptions& options) {
+Result<RayExecutor::Prepared> RayExecutor::Prepare(const StageRequest& request,
+                                                   const StageOptions& options) {
   StageRequest req = request;
   req.executor = "ray";
   if (req.instance.empty()) req.instance = req.stage;
@@ -590,16 +598,67 @@ Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOption
       task_json["cold"] = true;
     }
   }
-  std::string task = CanonicalJson(task_json);
-  std::string body = CanonicalJson(req.ToJson());
-  char* out = nullptr;
-  std::size_t len = 0;
-  bridge_->run(bridge_->bridge, body.data(), body.size(), task.data(), task.size(), &out, &len);
-  Json reply = Json::parse(std::string(out == nullptr ? "" : out, len), nullptr, false);
-  stagekit_free(out);
-  if (reply.is_discarded())
+  Prepared prepared;
+  prepared.task = CanonicalJson(task_json);
+  prepared.request = CanonicalJson(req.ToJson());
+  prepared.label = label;
+  return prepared;
+}
+
+namespace {
+Result<RunStats> FromReply(const Json& reply, const std::string& label) {
+  if (reply.is_discarded() || !reply.is_object())
     return Status(Code::kInternal, label + ": unreadable reply from the Ray bridge");
   return RunStatsOrErrorFromJson(reply);
+}
+}  // namespace
+
+Result<RunStats> RayExecutor::Run(const StageRequest& request, const StageOptions& options) {
+  auto prepared = Prepare(request, options);
+  if (!prepared.ok()) return prepared.status();
+  char* out = nullptr;
+  std::size_t len = 0;
+  bridge_->run(bridge_->bridge, prepared->request.data(), prepared->request.size(),
+               prepared->task.data(), prepared->task.size(), &out, &len);
+  Json reply = Json::parse(std::string(out == nullptr ? "" : out, len), nullptr, false);
+  stagekit_free(out);
+  return FromReply(reply, prepared->label);
+}
+
+void RayExecutor::Submit(std::uint64_t ticket, const StageRequest& request,
+                         const StageOptions& options) {
+  auto prepared = Prepare(request, options);
+  if (!prepared.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    StageCompletion refused;
+    refused.ticket = ticket;
+    refused.stats = prepared.status();
+    refused_.push_back(std::move(refused));
+    return;
+  }
+  bridge_->submit(bridge_->bridge, ticket, prepared->request.data(), prepared->request.size(),
+                  prepared->task.data(), prepared->task.size());
+}
+
+std::vector<StageCompletion> RayExecutor::AwaitCompletions(std::chrono::milliseconds timeout) {
+  std::vector<StageCompletion> done;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    done.swap(refused_);
+  }
+  char* out = nullptr;
+  std::size_t len = 0;
+  bridge_->wait(bridge_->bridge, done.empty() ? static_cast<int>(timeout.count()) : 0, &out, &len);
+  Json replies = Json::parse(std::string(out == nullptr ? "" : out, len), nullptr, false);
+  stagekit_free(out);
+  if (!replies.is_array()) return done;
+  for (const Json& r : replies) {
+    StageCompletion c;
+    c.ticket = r.value("ticket", std::uint64_t{0});
+    c.stats = FromReply(r.contains("reply") ? r["reply"] : Json(), "a stage");
+    done.push_back(std::move(c));
+  }
+  return done;
 }
 
 }  // namespace stagekit

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <random>
 #include <set>
@@ -15,6 +16,9 @@
 namespace stagekit {
 
 namespace fs = std::filesystem;
+
+// Threads a synchronous executor's run uses at most, whatever --jobs says.
+constexpr std::size_t kMaxSchedulerThreads = 4096;
 
 std::string_view StageStateName(StageState state) {
   switch (state) {
@@ -203,79 +207,144 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
     return digests;
   };
 
+  // Stops the run (with the lock held): Ctrl-C, or a failed before_launch
+  // hook. True when the run may go on launching.
+  auto may_launch = [&]() {
+    if (!stop && Interrupted()) {
+      stop = true;
+      failure = Status(Code::kInterrupted, "interrupted; running stages were stopped");
+      cv.notify_all();
+    }
+    if (!stop && !ready.empty() && options.before_launch) {
+      if (Status s = options.before_launch(); !s.ok()) {
+        stop = true;
+        failure = std::move(s);
+        cv.notify_all();
+      }
+    }
+    return !stop && !ready.empty();
+  };
+  // Takes the next ready stage (lock held, released while the cache is
+  // asked): marks it running in `slot`, and says whether the cache had it.
+  struct Launch {
+    std::size_t i = 0;
+    std::string token;  // the stage's cache key, taken before it runs
+    std::optional<RunStats> hit;
+  };
+  auto launch = [&](int slot, std::unique_lock<std::mutex>& lock) {
+    if (options.order_seed != 0 && ready.size() > 1) {
+      std::swap(ready.front(), ready[shuffle() % ready.size()]);
+    }
+    Launch l;
+    l.i = ready.front();
+    ready.pop_front();
+    ++running;
+    StageOutcome& outcome = result.stages[l.i];
+    outcome.state = StageState::kRunning;
+    outcome.slot = slot;
+    outcome.start_s = seconds();
+    if (options.cache != nullptr && cacheable[l.i]) {
+      const std::map<std::string, std::string> upstream = upstream_digests(l.i);
+      lock.unlock();
+      l.token = options.cache->Prepare(pipeline.stages[l.i], requests[l.i], upstream);
+      if (options.lookup_cache && !l.token.empty()) {
+        l.hit = options.cache->Lookup(pipeline.stages[l.i], requests[l.i], l.token);
+      }
+      lock.lock();
+    }
+    if (!l.hit && options.observer != nullptr)
+      options.observer->OnStageStarted(pipeline.stages[l.i]);
+    return l;
+  };
+  // Records a stage's end (lock held, released while the cache stores it)
+  // and readies the stages that waited only for it.
+  auto settle = [&](const Launch& l, Result<RunStats> stats, std::unique_lock<std::mutex>& lock) {
+    const std::size_t i = l.i;
+    StageOutcome& outcome = result.stages[i];
+    if (l.hit) {
+      outcome.cached = true;
+    } else if (options.cache != nullptr && !l.token.empty()) {
+      lock.unlock();
+      options.cache->Store(pipeline.stages[i], requests[i], l.token,
+                           stats.ok() ? &*stats : nullptr);
+      lock.lock();
+    }
+    --running;
+    outcome.end_s = seconds();
+    if (stats.ok()) {
+      outcome.state = StageState::kSucceeded;
+      outcome.stats = std::move(stats).value();
+      for (std::size_t u : users[i]) {
+        if (--waiting_on[u] == 0) ready.push_back(u);
+      }
+    } else {
+      outcome.state = StageState::kFailed;
+      outcome.status = stats.status();
+      if (!stop) {
+        stop = true;
+        failure = stats.status();
+        result.failed_stage = pipeline.stages[i].name;
+      }
+    }
+    if (options.observer != nullptr) options.observer->OnStageFinished(pipeline.stages[i], outcome);
+    cv.notify_all();
+  };
+
+  if (executor.asynchronous()) {
+    // One thread: up to --jobs stages submitted, their completions awaited
+    // together. Slots are reused lowest first, as threads would be.
+    std::unique_lock<std::mutex> lock(mu);
+    const std::size_t jobs = static_cast<std::size_t>(std::max(options.jobs, 1));
+    std::set<int> free_slots;
+    for (std::size_t t = 0; t < std::min(jobs, n); ++t) free_slots.insert(static_cast<int>(t));
+    std::map<std::uint64_t, Launch> in_flight;
+    std::uint64_t next_ticket = 1;
+    for (;;) {
+      while (!free_slots.empty() && may_launch()) {
+        const int slot = *free_slots.begin();
+        Launch l = launch(slot, lock);
+        if (l.hit) {
+          RunStats hit = *l.hit;
+          settle(l, std::move(hit), lock);
+          continue;
+        }
+        free_slots.erase(slot);
+        const std::uint64_t ticket = next_ticket++;
+        lock.unlock();
+        executor.Submit(ticket, requests[l.i], stage_options[l.i]);
+        lock.lock();
+        in_flight.emplace(ticket, std::move(l));
+      }
+      if (in_flight.empty()) break;  // nothing can start and nothing will finish
+      lock.unlock();
+      std::vector<StageCompletion> done = executor.AwaitCompletions(std::chrono::milliseconds(100));
+      lock.lock();
+      for (StageCompletion& c : done) {
+        auto it = in_flight.find(c.ticket);
+        if (it == in_flight.end()) continue;
+        Launch l = std::move(it->second);
+        in_flight.erase(it);
+        free_slots.insert(result.stages[l.i].slot);
+        settle(l, std::move(c.stats), lock);
+      }
+    }
+    return finish(failure);
+  }
+
   auto worker = [&](int slot) {
     std::unique_lock<std::mutex> lock(mu);
     for (;;) {
-      if (!stop && Interrupted()) {
-        stop = true;
-        failure = Status(Code::kInterrupted, "interrupted; running stages were stopped");
-        cv.notify_all();
-      }
-      if (!stop && !ready.empty() && options.before_launch) {
-        if (Status s = options.before_launch(); !s.ok()) {
-          stop = true;
-          failure = std::move(s);
-          cv.notify_all();
-          continue;
-        }
-      }
-      if (!stop && !ready.empty()) {
-        if (options.order_seed != 0 && ready.size() > 1) {
-          std::swap(ready.front(), ready[shuffle() % ready.size()]);
-        }
-        std::size_t i = ready.front();
-        ready.pop_front();
-        ++running;
-        StageOutcome& outcome = result.stages[i];
-        outcome.state = StageState::kRunning;
-        outcome.slot = slot;
-        outcome.start_s = seconds();
-        const std::map<std::string, std::string> upstream =
-            options.cache != nullptr ? upstream_digests(i) : std::map<std::string, std::string>{};
-        std::optional<RunStats> hit;
-        std::string token;  // the stage's cache key, taken before it runs
-        if (options.cache != nullptr && cacheable[i]) {
-          lock.unlock();
-          token = options.cache->Prepare(pipeline.stages[i], requests[i], upstream);
-          if (options.lookup_cache && !token.empty()) {
-            hit = options.cache->Lookup(pipeline.stages[i], requests[i], token);
-          }
-          lock.lock();
-        }
+      if (may_launch()) {
+        Launch l = launch(slot, lock);
         Result<RunStats> stats = Status(Code::kInternal, "not run");
-        if (hit) {
-          outcome.cached = true;
-          stats = std::move(*hit);
+        if (l.hit) {
+          stats = *l.hit;
         } else {
-          if (options.observer != nullptr) options.observer->OnStageStarted(pipeline.stages[i]);
           lock.unlock();
-          stats = executor.Run(requests[i], stage_options[i]);
-          if (options.cache != nullptr && !token.empty()) {
-            options.cache->Store(pipeline.stages[i], requests[i], token,
-                                 stats.ok() ? &*stats : nullptr);
-          }
+          stats = executor.Run(requests[l.i], stage_options[l.i]);
           lock.lock();
         }
-        --running;
-        outcome.end_s = seconds();
-        if (stats.ok()) {
-          outcome.state = StageState::kSucceeded;
-          outcome.stats = std::move(stats).value();
-          for (std::size_t u : users[i]) {
-            if (--waiting_on[u] == 0) ready.push_back(u);
-          }
-        } else {
-          outcome.state = StageState::kFailed;
-          outcome.status = stats.status();
-          if (!stop) {
-            stop = true;
-            failure = stats.status();
-            result.failed_stage = pipeline.stages[i].name;
-          }
-        }
-        if (options.observer != nullptr)
-          options.observer->OnStageFinished(pipeline.stages[i], outcome);
-        cv.notify_all();
+        settle(l, std::move(stats), lock);
         continue;
       }
       if (running == 0) break;  // nothing can start and nothing will finish
@@ -285,7 +354,8 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
   };
 
   const std::size_t threads = std::max<std::size_t>(
-      1, std::min<std::size_t>(static_cast<std::size_t>(std::max(options.jobs, 1)), n));
+      1, std::min<std::size_t>(
+             {static_cast<std::size_t>(std::max(options.jobs, 1)), n, kMaxSchedulerThreads}));
   std::vector<std::thread> pool;
   pool.reserve(threads - 1);
   for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(worker, static_cast<int>(t));

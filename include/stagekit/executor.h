@@ -53,6 +53,13 @@ struct StageOptions {
   int readers = 0;
 };
 
+// A stage an asynchronous executor finished: the ticket it was submitted
+// under, and what Run() would have returned.
+struct StageCompletion {
+  std::uint64_t ticket = 0;
+  Result<RunStats> stats = Status(Code::kInternal, "not run");
+};
+
 // The interface every transport implements. Run() may be called from several
 // threads at once.
 class StageExecutor {
@@ -64,6 +71,24 @@ class StageExecutor {
   // folder only when fetched (StageOptions::fetch_output); false when every
   // output is a file there as soon as its stage succeeded.
   virtual bool outputs_stay_remote() const { return false; }
+
+  // Submit-then-complete, for executors that await many stages at once
+  // without a thread each (Ray: one loop and ray::Wait over every running
+  // stage). When asynchronous(), the scheduler starts stages with Submit()
+  // and collects them with AwaitCompletions(), from one thread; --jobs then
+  // costs no driver thread per stage. The defaults run the stage in Submit()
+  // itself, through Run().
+  virtual bool asynchronous() const { return false; }
+  // Starts a stage; its result comes back from AwaitCompletions() under
+  // `ticket`, which the caller chooses and never reuses while it runs.
+  virtual void Submit(std::uint64_t ticket, const StageRequest& request,
+                      const StageOptions& options);
+  // Waits up to `timeout` for a submitted stage to finish; returns every one
+  // that has (none when the time ran out).
+  virtual std::vector<StageCompletion> AwaitCompletions(std::chrono::milliseconds timeout);
+
+ private:
+  std::vector<StageCompletion> completed_;  // by the default Submit()
 };
 
 // Calls Invoke() in the calling thread.

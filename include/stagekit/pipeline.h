@@ -152,7 +152,10 @@ class StageCache {
 };
 
 struct RunOptions {
-  int jobs = 1;  // stages in flight at once
+  // Stages in flight at once. An asynchronous executor (Ray) has them all
+  // awaited by the calling thread; the others get a thread per stage in
+  // flight, at most 4096.
+  int jobs = 1;
   RunObserver* observer = nullptr;
   // Asked before each stage is launched (one call at a time); a non-OK
   // Status launches nothing more, lets running stages finish and becomes the

@@ -65,6 +65,12 @@ class RayExecutor final : public StageExecutor {
   // stay on the cluster.
   Result<RunStats> Run(const StageRequest& request, const StageOptions& options) override;
   bool outputs_stay_remote() const override { return true; }
+  // Stages submitted here are awaited together by one driver thread (see
+  // ray_bridge_api.h): --jobs can be in the thousands.
+  bool asynchronous() const override { return true; }
+  void Submit(std::uint64_t ticket, const StageRequest& request,
+              const StageOptions& options) override;
+  std::vector<StageCompletion> AwaitCompletions(std::chrono::milliseconds timeout) override;
 
   const std::string& address() const { return address_; }
   bool private_head() const { return head_pid_ > 0; }
@@ -78,7 +84,12 @@ class RayExecutor final : public StageExecutor {
 
  private:
   struct Bridge;
+  struct Prepared {
+    std::string request, task, label;  // the bridge's request and task JSON
+  };
   RayExecutor() = default;
+  // Checks a stage (resources, feasibility) and says what the bridge gets.
+  Result<Prepared> Prepare(const StageRequest& request, const StageOptions& options);
   Status RefreshNodes();
 
   RayOptions options_;
@@ -89,6 +100,7 @@ class RayExecutor final : public StageExecutor {
   int reaper_fd_ = -1;
   std::unique_ptr<Bridge> bridge_;
   mutable std::mutex mu_;
+  std::vector<StageCompletion> refused_;  // submitted stages refused before the bridge
   Json nodes_;
   std::chrono::steady_clock::time_point nodes_at_;
 };

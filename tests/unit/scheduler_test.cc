@@ -2,9 +2,11 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include "stagekit/pipeline.h"
 #include "unit/test_util.h"
@@ -121,6 +123,120 @@ TEST(SchedulerTest, LetsRunningStagesFinishAfterAFailure) {
   EXPECT_EQ(r.stages[1].state, StageState::kSucceeded);  // was running, finished
   EXPECT_EQ(r.stages.back().state, StageState::kNotRun);
   EXPECT_LT(ex.started_.size(), 6u);
+}
+
+// An asynchronous executor: Submit() only queues, AwaitCompletions() ends up
+// to `batch_` queued stages at a time, oldest first. Records the threads it
+// was called from and how many stages were in flight at once.
+class AsyncFake : public StageExecutor {
+ public:
+  std::string_view name() const override { return "async-fake"; }
+  Result<RunStats> Run(const StageRequest&, const StageOptions&) override {
+    ADD_FAILURE() << "an asynchronous executor's Run() was called";
+    return Status(Code::kInternal, "not here");
+  }
+  bool asynchronous() const override { return true; }
+  void Submit(std::uint64_t ticket, const StageRequest& req, const StageOptions&) override {
+    threads_.insert(std::this_thread::get_id());
+    for (const auto& [in, path] : req.inputs) {
+      if (finished_.count(path.filename().string()) == 0)
+        violations_.push_back(req.instance + " submitted before its input " + path.string());
+    }
+    if (!tickets_.insert(ticket).second) violations_.push_back("ticket reused while in flight");
+    queued_.push_back({ticket, req});
+    started_.push_back(req.instance);
+    max_in_flight_ = std::max(max_in_flight_, queued_.size());
+  }
+  std::vector<StageCompletion> AwaitCompletions(std::chrono::milliseconds) override {
+    threads_.insert(std::this_thread::get_id());
+    std::vector<StageCompletion> done;
+    while (!queued_.empty() && done.size() < batch_) {
+      auto [ticket, req] = queued_.front();
+      queued_.pop_front();
+      tickets_.erase(ticket);
+      StageCompletion c;
+      c.ticket = ticket;
+      if (fail_.count(req.instance) != 0) {
+        c.stats = Status(Code::kStageFailed, "stage '" + req.instance + "' failed: planned");
+      } else {
+        RunStats s;
+        s.stage = req.stage;
+        s.output_digest = "sha256:fake";
+        c.stats = s;
+        finished_.insert(req.output.filename().string());
+      }
+      done.push_back(std::move(c));
+    }
+    return done;
+  }
+
+  std::size_t batch_ = 1000000, max_in_flight_ = 0;
+  std::deque<std::pair<std::uint64_t, StageRequest>> queued_;
+  std::set<std::uint64_t> tickets_;
+  std::set<std::thread::id> threads_;
+  std::vector<std::string> started_;
+  std::set<std::string> finished_, fail_;
+  std::vector<std::string> violations_;
+};
+
+TEST(SchedulerAsync, TenThousandStagesInFlightAreAwaitedByTheCallingThreadAlone) {
+  TempDir dir;
+  AsyncFake ex;
+  RunOptions options;
+  options.jobs = 10000;
+  RunResult r = RunPipeline(FanOut(20000), dir / "out", ex, options);
+  ASSERT_TRUE(r.status.ok()) << r.status.message();
+  EXPECT_EQ(ex.max_in_flight_, 10000u);
+  EXPECT_EQ(ex.threads_, (std::set<std::thread::id>{std::this_thread::get_id()}));
+  EXPECT_TRUE(ex.violations_.empty()) << ex.violations_[0];
+  EXPECT_EQ(ex.started_.size(), 20001u);
+  EXPECT_EQ(ex.started_.back(), "r");
+  for (const StageOutcome& o : r.stages) {
+    EXPECT_EQ(o.state, StageState::kSucceeded) << o.name;
+    EXPECT_GE(o.slot, 0);
+    EXPECT_LT(o.slot, 10000);
+  }
+}
+
+TEST(SchedulerAsync, AFailureLetsTheStagesInFlightFinishAndLaunchesNothingMore) {
+  TempDir dir;
+  AsyncFake ex;
+  ex.batch_ = 1;  // m0 fails while m1 is in flight
+  ex.fail_ = {"m0"};
+  RunOptions options;
+  options.jobs = 2;
+  RunResult r = RunPipeline(FanOut(5), dir / "out", ex, options);
+  EXPECT_EQ(r.status.code(), Code::kStageFailed);
+  EXPECT_EQ(r.failed_stage, "m0");
+  EXPECT_EQ(ex.started_, (std::vector<std::string>{"m0", "m1"}));
+  EXPECT_EQ(r.stages[1].state, StageState::kSucceeded);
+  for (std::size_t i : {2u, 3u, 4u, 5u}) EXPECT_EQ(r.stages[i].state, StageState::kNotRun) << i;
+  // Two in flight used the two slots.
+  EXPECT_NE(r.stages[0].slot, r.stages[1].slot);
+}
+
+TEST(SchedulerAsync, OneJobRunsInPipelineOrderAndSlotsAreReused) {
+  TempDir dir;
+  AsyncFake ex;
+  RunOptions options;
+  options.jobs = 1;
+  RunResult r = RunPipeline(FanOut(3), dir / "out", ex, options);
+  ASSERT_TRUE(r.status.ok()) << r.status.message();
+  EXPECT_EQ(ex.max_in_flight_, 1u);
+  EXPECT_EQ(ex.started_, (std::vector<std::string>{"m0", "m1", "m2", "r"}));
+  for (const StageOutcome& o : r.stages) EXPECT_EQ(o.slot, 0) << o.name;
+}
+
+TEST(SchedulerAsync, InterruptStopsLaunching) {
+  TempDir dir;
+  AsyncFake ex;
+  RequestInterrupt();
+  RunOptions options;
+  options.jobs = 4;
+  RunResult r = RunPipeline(FanOut(3), dir / "out", ex, options);
+  ResetInterrupt();
+  EXPECT_EQ(r.status.code(), Code::kInterrupted);
+  EXPECT_TRUE(ex.started_.empty());
 }
 
 struct CountingObserver : RunObserver {

@@ -64,8 +64,11 @@ Result<Pipeline> LoadPipelineWithLibraries(const std::string& file, const Librar
 }
 
 void ExecOptions::AddTo(CLI::App* cmd, bool parity) {
-  cmd->add_option("-j,--jobs", jobs, "Stages run at once (default: one per CPU)")
-      ->check(CLI::Range(1, 4096));
+  cmd->add_option("-j,--jobs", jobs,
+                  "Stages run at once, up to 100000 (default: one per CPU; on Ray, the "
+                  "cluster's CPUs). On Ray one driver thread awaits them all; the local "
+                  "executors use a thread per stage, at most 4096")
+      ->check(CLI::Range(1, 100000));
   cmd->add_option("-o,--out", out,
                   parity ? "Output directory; each executor writes to OUT/<executor> "
                            "(default: stagekit-out/<pipeline>/parity)"
