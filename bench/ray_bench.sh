@@ -3,7 +3,12 @@
 #  1. dispatch overhead per no-op stage: stagekit (-j 1, stages in a row) next to
 #     a plain Python @ray.remote no-op and the seed's Python run_stage pattern;
 #  2. throughput: 1,000 no-op stages through `stagekit run --executor ray`;
-#  3. speedup of a CPU-bound 32-stage fan-out against the in-process executor with one job.
+#  3. speedup of a CPU-bound 32-stage fan-out against the in-process executor with one job;
+#  4. dispatch with many stages in flight: 1,000 no-op stages -j 64, next to
+#     1,000 Python tasks submitted at once;
+#  5. 10,000 no-op stages -j 1000 and -j 2: the driver's peak threads and RSS;
+#  6. the data plane: 8 x 128 MiB fan-in and a chain of 4 x 512 MiB, -e ray
+#     --outputs final next to -e inprocess and plain Python Ray passing refs.
 # Usage: bash bench/ray_bench.sh [BUILD_DIR]   (default build/bench; needs a Ray build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,4 +85,45 @@ inproc=$(for r in 1 2 3; do $stagekit run "$work/fan.yaml" -j 1 --json --out "$w
 ray=$(for r in 1 2 3; do $stagekit run "$work/fan.yaml" -e ray --address "$address" --json --out "$work/f-ray$r" | wall; done | sort -g | sed -n 2p)
 cmp -s "$work/f-in1/s0.out" "$work/f-ray1/s0.out" && echo "outputs identical"
 awk -v a="$inproc" -v b="$ray" 'BEGIN {printf "in-process -j 1: %.2f s, ray: %.2f s, speedup %.2fx (medians of 3)\n", a, b, a/b}'
+done
+
+echo "== 4. dispatch with many in flight: 1,000 no-op stages -j 64"
+for r in 1 2 3; do
+  $stagekit run "$work/noop1000.yaml" -e ray --address "$address" -j 64 --json --out "$work/j$r" | wall
+done | sort -g | sed -n 2p | awk '{printf "stagekit -j 64: %.3f ms/stage (1000 in %.2f s, median of 3)\n", $1, $1}'
+"$bin/python" bench/ray_dataplane.py "$address" batch 1000 3 |
+  "$bin/python" -c 'import json,sys; print("plain Python, 1000 tasks submitted at once: %.3f ms/task" % (json.load(sys.stdin)["per_task_s"]*1000))'
+
+echo "== 5. 10,000 no-op stages: driver threads and peak RSS"
+noop_pipeline 10000 "$work/noop10000.yaml"
+for j in 1000 2; do
+  /usr/bin/time -f "%M" -o "$work/rss" $stagekit run "$work/noop10000.yaml" -e ray --address "$address" -j $j --json --out "$work/k$j" >"$work/k$j.json" &
+  sleep 1
+  pid=$(pgrep -n -f "noop10000.yaml -e ray --address $address -j $j" || true)
+  peak=0
+  while kill -0 "$pid" 2>/dev/null; do
+    t=$(awk '/^Threads:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    (( t > peak )) && peak=$t
+    sleep 0.2
+  done
+  wait
+  awk -v j=$j -v p=$peak -v rss="$(cat "$work/rss")" -v w="$("$bin/python" -c 'import json; print(json.load(open("'"$work/k$j.json"'"))["wall_s"])')" \
+    'BEGIN {printf "-j %-5s %.1f s, peak driver threads %d, peak RSS %.0f MiB\n", j, w, p, rss/1024}'
+done
+
+echo "== 6. the data plane: -e ray --outputs final vs -e inprocess vs plain Python Ray"
+{ echo "libraries: [$PWD/$build/tests/stages/libstagekit_test_stages.so]"; echo "stages:"
+  for ((i = 0; i < 8; i++)); do echo "  - {name: g$i, stage: test.fill, kwargs: {bytes: 134217728, seed: $i}}"; done
+  echo "  - name: reduce"; echo "    stage: test.sizes"; echo "    inputs:"
+  for ((i = 0; i < 8; i++)); do echo "      i$i: {from: g$i}"; done; } >"$work/fanin.yaml"
+{ echo "libraries: [$PWD/$build/tests/stages/libstagekit_test_stages.so]"; echo "stages:"
+  echo "  - {name: c0, stage: test.fill, kwargs: {bytes: 536870912, seed: 1}}"
+  for i in 1 2 3; do echo "  - {name: c$i, stage: test.copy, inputs: {in: {from: c$((i-1))}}}"; done; } >"$work/chain.yaml"
+for shape in fanin chain; do
+  inproc=$(for r in 1 2 3; do $stagekit run "$work/$shape.yaml" -j 2 --json --out "$work/$shape-in" | wall; rm -rf "$work/$shape-in"; done | sort -g | sed -n 2p)
+  ray=$(for r in 1 2 3; do $stagekit run "$work/$shape.yaml" -e ray --address "$address" -j 2 --outputs final --json --out "$work/$shape-ray" | wall; rm -rf "$work/$shape-ray"; done | sort -g | sed -n 2p)
+  if [[ $shape == fanin ]]; then args="fanin 8 128 3"; else args="chain 4 512 3"; fi
+  py=$("$bin/python" bench/ray_dataplane.py "$address" $args | "$bin/python" -c 'import json,sys; print(json.load(sys.stdin)["wall_s"])')
+  awk -v s=$shape -v a="$inproc" -v b="$ray" -v c="$py" \
+    'BEGIN {printf "%-6s inprocess -j 2 %.2f s, ray --outputs final %.2f s (%.2fx), plain Python Ray %.2f s (medians of 3)\n", s, a, b, b/a, c}'
 done

@@ -132,10 +132,24 @@ void Checksum(stagekit::StageContext& ctx) {
   ctx.WriteOutput(std::to_string(bytes.size()) + " " + std::to_string(sum) + "\n");
 }
 
+// One line per input: its name, size and position-weighted checksum. A
+// reduce that reads everything and writes little, for data-plane benchmarks.
+void Sizes(stagekit::StageContext& ctx) {
+  std::string out;
+  for (const auto& [name, path] : ctx.inputs()) {
+    std::string bytes = ctx.ReadInput(name);
+    std::uint64_t sum = 0;
+    for (char c : bytes) sum = sum * 31 + static_cast<unsigned char>(c);
+    out += name + " " + std::to_string(bytes.size()) + " " + std::to_string(sum) + "\n";
+  }
+  ctx.WriteOutput(out);
+}
+
 }  // namespace
 
 STAGEKIT_STAGE("test.pid_sleep", PidSleep);
 STAGEKIT_STAGE("test.checksum", Checksum);
+STAGEKIT_STAGE("test.sizes", Sizes);
 STAGEKIT_STAGE("test.copy", Copy);
 STAGEKIT_STAGE("test.concat", Concat);
 STAGEKIT_STAGE("test.fill", Fill);
