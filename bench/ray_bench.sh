@@ -10,6 +10,7 @@
 #  6. the data plane: 8 x 128 MiB fan-in and a chain of 4 x 512 MiB, -e ray
 #     --outputs final next to -e inprocess and plain Python Ray passing refs.
 # Usage: bash bench/ray_bench.sh [BUILD_DIR]   (default build/bench; needs a Ray build)
+#        SECTIONS="4 6" bash bench/ray_bench.sh   runs only those sections
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build/bench}
@@ -47,12 +48,15 @@ wait $head_sid || { cat "$work/head.log"; exit 1; }
 address=$(cat "$work/ray/ray_current_cluster")
 echo "cluster: $address (2 CPUs)"
 
+sections=" ${SECTIONS:-1 2 3 4 5 6} "
+want() { [[ $sections == *" $1 "* ]]; }
 noop_pipeline() {  # N FILE
   { echo "libraries: [$PWD/$build/tests/stages/libstagekit_test_stages.so]"; echo "stages:"
     for ((i = 0; i < $1; i++)); do echo "  - {name: n$i, stage: test.noop}"; done; } >"$2"
 }
 wall() { "$bin/python" -c 'import json,sys; print(json.load(sys.stdin)["wall_s"])'; }
 
+if want 1; then
 echo "== 1. dispatch overhead per no-op stage (sequential)"
 # The slope between 100 and 300 stages in a row (-j 1): what one more stage
 # costs, without the one-off start of the job's C++ workers (the Python
@@ -70,6 +74,8 @@ awk -v a="$t100" -v b="$t300" 'BEGIN {printf "stagekit ray executor: %.3f ms/sta
 "$bin/python" bench/ray_baselines.py "$address" 200 5 |
   "$bin/python" -c 'import json,sys; d=json.load(sys.stdin); print("plain Python @ray.remote: %.3f ms/call\nseed run_stage pattern:   %.3f ms/call" % (d["plain_python_task_s"]*1000, d["seed_run_stage_s"]*1000))'
 
+fi
+if want 2; then
 echo "== 2. throughput: 1,000 no-op stages"
 noop_pipeline 1000 "$work/noop1000.yaml"
 for r in 1 2 3; do
@@ -77,6 +83,8 @@ for r in 1 2 3; do
 done | sort -g | sed -n 2p | awk '{printf "1000 stages in %.2f s: %.0f stages/s (median of 3)\n", $1, 1000/$1}'
 
 # 40M samples take about 0.2 s, 200M about 1 s on these machines.
+fi
+if want 3; then
 for samples in 40000000 200000000; do
 echo "== 3. CPU-bound fan-out, 32 stages of $samples samples: in-process -j 1 vs ray"
 { echo "libraries: [$PWD/$build/lib/stagekit/stages/libstagekit_examples.so]"; echo "job: {seed: 1}"; echo "stages:"
@@ -87,13 +95,18 @@ cmp -s "$work/f-in1/s0.out" "$work/f-ray1/s0.out" && echo "outputs identical"
 awk -v a="$inproc" -v b="$ray" 'BEGIN {printf "in-process -j 1: %.2f s, ray: %.2f s, speedup %.2fx (medians of 3)\n", a, b, a/b}'
 done
 
+fi
+if want 4; then
 echo "== 4. dispatch with many in flight: 1,000 no-op stages -j 64"
+noop_pipeline 1000 "$work/noop1000.yaml"
 for r in 1 2 3; do
   $stagekit run "$work/noop1000.yaml" -e ray --address "$address" -j 64 --json --out "$work/j$r" | wall
 done | sort -g | sed -n 2p | awk '{printf "stagekit -j 64: %.3f ms/stage (1000 in %.2f s, median of 3)\n", $1, $1}'
 "$bin/python" bench/ray_dataplane.py "$address" batch 1000 3 |
   "$bin/python" -c 'import json,sys; print("plain Python, 1000 tasks submitted at once: %.3f ms/task" % (json.load(sys.stdin)["per_task_s"]*1000))'
 
+fi
+if want 5; then
 echo "== 5. 10,000 no-op stages: driver threads and peak RSS"
 noop_pipeline 10000 "$work/noop10000.yaml"
 for j in 1000 2; do
@@ -111,6 +124,8 @@ for j in 1000 2; do
     'BEGIN {printf "-j %-5s %.1f s, peak driver threads %d, peak RSS %.0f MiB\n", j, w, p, rss/1024}'
 done
 
+fi
+if want 6; then
 echo "== 6. the data plane: -e ray --outputs final vs -e inprocess vs plain Python Ray"
 { echo "libraries: [$PWD/$build/tests/stages/libstagekit_test_stages.so]"; echo "stages:"
   for ((i = 0; i < 8; i++)); do echo "  - {name: g$i, stage: test.fill, kwargs: {bytes: 134217728, seed: $i}}"; done
@@ -127,3 +142,4 @@ for shape in fanin chain; do
   awk -v s=$shape -v a="$inproc" -v b="$ray" -v c="$py" \
     'BEGIN {printf "%-6s inprocess -j 2 %.2f s, ray --outputs final %.2f s (%.2fx), plain Python Ray %.2f s (medians of 3)\n", s, a, b, b/a, c}'
 done
+fi

@@ -32,7 +32,8 @@ def noop():
 
 @ray.remote(num_cpus=1)
 def fill(seed, size):
-    return random.Random(seed).randbytes(size)
+    r = random.Random(seed)
+    return b"".join(r.randbytes(min(64 << 20, size - at)) for at in range(0, size, 64 << 20))
 
 
 @ray.remote(num_cpus=1)

@@ -1092,7 +1092,8 @@ void StartAttempt(stagekit_ray_bridge* h, StageRun& run) {
   // its large arguments); the output follows only if it is fetched.
   auto head = ray::Task(&FrameHead);
   head.SetName("stagekit_frame_head");
-  head.SetResources({{"CPU", 0.01}});
+  // No resources at all (a zero is refused): a header task never waits for a CPU that queued stages
+  // hold.
   run.awaited = head.Remote(run.result);
   run.awaiting_head = true;
   h->helper_tasks++;
@@ -1194,9 +1195,14 @@ void FetchLoop(stagekit_ray_bridge* h) {
     const std::string digest = run->status.value("output_digest", "");
     std::string error;
     bool lost = false;
-    int rc = size > run->window ? FetchInWindows(h, run->result, run->output, size, run->window,
-                                                 digest, error, lost)
-                                : FetchWhole(h, run->result, run->output, digest, error, lost);
+    int rc = kInternal;
+    try {
+      rc = size > run->window
+               ? FetchInWindows(h, run->result, run->output, size, run->window, digest, error, lost)
+               : FetchWhole(h, run->result, run->output, digest, error, lost);
+    } catch (const std::exception& e) {
+      error = std::string("the fetch failed: ") + e.what();
+    }
     if (rc == 0) {
       h->outputs_fetched++;
       Succeed(h, *run);
@@ -1211,6 +1217,19 @@ void FetchLoop(stagekit_ray_bridge* h) {
     std::lock_guard<std::mutex> lock(h->loop_mu);
     h->submitted.push_back(std::move(run));  // to be tried again
     h->loop_cv.notify_all();
+  }
+}
+
+// Runs one step of a stage; an exception (Ray refusing a task, say) fails
+// that stage instead of ending the driver: the loop thread must never throw.
+void Guarded(stagekit_ray_bridge* h, StageRun& run, void (*step)(stagekit_ray_bridge*, StageRun&)) {
+  try {
+    step(h, run);
+  } catch (const std::exception& e) {
+    if (run.actor) ReleaseActor(h, run.warm_key, *run.actor);
+    run.actor.reset();
+    FinishError(h, run, kInternal, run.label + ": the ray executor failed: " + e.what());
+    run.phase = StageRun::Phase::kDone;
   }
 }
 
@@ -1255,7 +1274,7 @@ void Loop(stagekit_ray_bridge* h) {
                         "or its cluster stops)");
         run->phase = StageRun::Phase::kDone;
       } else if (run->phase == StageRun::Phase::kStarting) {
-        if (run->not_before <= now) StartAttempt(h, *run);
+        if (run->not_before <= now) Guarded(h, *run, StartAttempt);
         if (run->phase == StageRun::Phase::kStarting) waiting = true;
       }
     }
@@ -1278,7 +1297,7 @@ void Loop(stagekit_ray_bridge* h) {
         ready.assign(ids.size(), true);  // let Get say what is wrong with each
       }
       for (std::size_t i = 0; i < running.size() && i < ready.size(); ++i) {
-        if (ready[i]) OnReady(h, *running[i]);
+        if (ready[i]) Guarded(h, *running[i], OnReady);
       }
     }
     std::vector<std::unique_ptr<StageRun>> fetch;
