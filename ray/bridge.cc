@@ -26,11 +26,13 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -486,6 +488,16 @@ struct Produced {
   int readers_left = 0;  // stages still to read it; released at zero
 };
 
+// How to make a stage's output again, should its result be lost with its
+// node: the stage's task as it was submitted. Ray's C++ API cannot ask Ray
+// to re-execute a task (no max_retries), so the bridge keeps its lineage.
+struct Recipe {
+  json payload;  // the task's payload, less its input names
+  std::unordered_map<std::string, double> resources;
+  std::string instance;
+  json inputs;  // input name -> path, as in the request
+};
+
 using Clock = std::chrono::steady_clock;
 constexpr int kFetchThreads = 4;  // outputs fetched at once
 
@@ -515,6 +527,9 @@ struct StageRun {
   bool awaiting_head = true;
   json status;  // its RunStats, once its header arrived
   std::string last_failure;
+  // The last attempt failed as if an input result was lost: the next one
+  // makes its inputs passed by reference again from their recipes.
+  bool remake_inputs = false;
 };
 
 struct stagekit_ray_bridge {
@@ -537,12 +552,15 @@ struct stagekit_ray_bridge {
   std::mutex mu;
   std::map<InputKey, ray::ObjectRef<Bytes>> inputs;
   std::map<std::string, Produced> produced;  // by output path, guarded by mu
+  // Every output of this run that other stages read, by path: kept for the
+  // whole run (about the size of the stage's request), guarded by mu.
+  std::map<std::string, std::shared_ptr<const Recipe>> recipes;
   std::atomic<std::uint64_t> objects_put{0}, bytes_put{0}, tasks{0}, retries{0};
   // The data plane: outputs fetched into the output folder and their bytes,
   // outputs left on the cluster, and inputs passed by reference.
   std::atomic<std::uint64_t> outputs_fetched{0}, bytes_fetched{0}, outputs_remote{0},
       bytes_remote{0}, inputs_by_reference{0}, bytes_by_reference{0}, windows_fetched{0},
-      results_released{0}, helper_tasks{0};
+      results_released{0}, helper_tasks{0}, results_remade{0};
   // Warm actors: idle ones by key; every live one, to kill on close. An actor
   // serves one stage at a time; a key has at most as many actors as stages
   // at once, and no more than the cluster can hold (max_actors).
@@ -953,10 +971,27 @@ void Succeed(stagekit_ray_bridge* h, StageRun& run) {
       made.bytes = bytes_out;
       made.readers_left = readers;
       h->produced[run.output] = made;
+      auto recipe = std::make_shared<Recipe>();
+      recipe->payload = run.payload;
+      recipe->payload.erase("inputs");
+      // A warm stage is made again in a plain task, set up for that task.
+      if (!run.warm_key.empty()) recipe->payload["cold"] = true;
+      recipe->resources = run.resources;
+      recipe->instance = run.request.value("instance", std::string("stage"));
+      recipe->inputs = run.request.at("inputs");
+      h->recipes[run.output] = std::move(recipe);
     }
   }
   run.status["attempt"] = run.attempt;
   Finish(h, run, 0, std::move(run.status));
+}
+
+bool LooksLost(const std::string& failure) {
+  for (const char* word : {"lost", "Lost", "LOST", "OwnerDied", "owner died", "OWNER_DIED",
+                           "unreconstructable", "Unreconstructable", "UNRECONSTRUCTABLE"}) {
+    if (failure.find(word) != std::string::npos) return true;
+  }
+  return false;
 }
 
 // An attempt failed for a reason of the system's (a dead worker, node or
@@ -968,6 +1003,9 @@ void Retry(stagekit_ray_bridge* h, StageRun& run, std::string failure) {
     DiscardActor(h, *run.actor);
     run.actor.reset();
   }
+  // A result Ray lost (with its node, or its owner) may be an input's: the
+  // next attempt makes the inputs it got by reference again.
+  run.remake_inputs = run.remake_inputs || LooksLost(failure);
   run.last_failure = std::move(failure);
   h->retries++;
   if (run.attempt < run.max_attempts) {
@@ -1022,6 +1060,66 @@ std::unique_ptr<StageRun> NewRun(std::uint64_t ticket, bool sync, json request, 
   return run;
 }
 
+ray::ObjectRef<Bytes> SubmitTask(const json& payload,
+                                 const std::vector<ray::ObjectRef<Bytes>>& refs,
+                                 const Resources& resources, const std::string& name) {
+  static const auto kSubmit = SubmitTable(std::make_index_sequence<kMaxInputs + 1>{});
+  return kSubmit[refs.size()](payload.dump(), refs, resources, name);
+}
+
+// Makes the output at `path` again from its recipe, and its own inputs
+// passed by reference before it, however far up (each once per call, in
+// `made`): the tasks are submitted at once, each with its inputs' new
+// results as arguments, and Ray runs them in order. False when a recipe or
+// an input file is missing.
+bool Remake(stagekit_ray_bridge* h, const std::string& path,
+            std::map<std::string, ray::ObjectRef<Bytes>>& made, ray::ObjectRef<Bytes>& result,
+            std::string& error) {
+  if (auto it = made.find(path); it != made.end()) {
+    result = it->second;
+    return true;
+  }
+  std::shared_ptr<const Recipe> recipe;
+  {
+    std::lock_guard<std::mutex> lock(h->mu);
+    auto it = h->recipes.find(path);
+    if (it != h->recipes.end()) recipe = it->second;
+  }
+  if (!recipe) {
+    error = "no recipe to make '" + path + "' again";
+    return false;
+  }
+  std::vector<ray::ObjectRef<Bytes>> refs;
+  json names = json::array();
+  for (const auto& [name, in_json] : recipe->inputs.items()) {
+    const std::string in = in_json.get<std::string>();
+    refs.emplace_back();
+    struct stat st {};
+    bool has_recipe;
+    {
+      std::lock_guard<std::mutex> lock(h->mu);
+      has_recipe = h->recipes.count(in) != 0;
+    }
+    if (has_recipe && ::stat(in.c_str(), &st) != 0) {
+      if (!Remake(h, in, made, refs.back(), error)) return false;
+      names.push_back(json::array({name, Basename(in), true}));
+    } else {
+      if (!InputRef(h, in, refs.back(), error)) return false;
+      names.push_back(json::array({name, Basename(in)}));
+    }
+  }
+  json payload = recipe->payload;
+  payload["inputs"] = names;
+  result = SubmitTask(payload, refs, recipe->resources, recipe->instance);
+  h->tasks++;
+  h->results_remade++;
+  made.emplace(path, result);
+  std::lock_guard<std::mutex> lock(h->mu);
+  auto it = h->produced.find(path);
+  if (it != h->produced.end()) it->second.frame = result;  // later readers get the new one
+  return true;
+}
+
 // The inputs of an attempt: another stage's result of this run by reference
 // (Ray resolves it on the node that runs the stage), a file put once
 // otherwise. After a failed attempt a file in place is preferred: the result
@@ -1030,6 +1128,7 @@ bool GatherInputs(stagekit_ray_bridge* h, StageRun& run, std::string& error) {
   run.refs.clear();
   run.names = json::array();
   const bool prefer_files = run.attempt > 1;
+  std::map<std::string, ray::ObjectRef<Bytes>> remade;
   for (const auto& [name, path_json] : run.request.at("inputs").items()) {  // sorted by name
     const std::string path = path_json.get<std::string>();
     std::optional<Produced> made;
@@ -1042,6 +1141,11 @@ bool GatherInputs(stagekit_ray_bridge* h, StageRun& run, std::string& error) {
     if (made && !(prefer_files && ::stat(path.c_str(), &st) == 0)) {
       run.refs.emplace_back();
       run.refs.back() = made->frame;
+      if (run.remake_inputs && !Remake(h, path, remade, run.refs.back(), error)) {
+        error =
+            "input '" + name + "' of " + run.label + " was lost and cannot be made again: " + error;
+        return false;
+      }
       run.names.push_back(json::array({name, Basename(path), true}));
       h->inputs_by_reference++;
       h->bytes_by_reference += made->bytes;
@@ -1061,7 +1165,6 @@ bool GatherInputs(stagekit_ray_bridge* h, StageRun& run, std::string& error) {
 // header task beside its result. Leaves the stage starting when its warm
 // actor is busy; finishes it when its inputs cannot be had.
 void StartAttempt(stagekit_ray_bridge* h, StageRun& run) {
-  static const auto kSubmit = SubmitTable(std::make_index_sequence<kMaxInputs + 1>{});
   static const auto kActorSubmit = ActorSubmitTable(std::make_index_sequence<kMaxWarmInputs + 1>{});
   if (!run.warm_key.empty()) {
     run.actor =
@@ -1083,8 +1186,8 @@ void StartAttempt(stagekit_ray_bridge* h, StageRun& run) {
     run.result = kActorSubmit[run.refs.size()](*run.actor, run.payload.dump(), run.refs);
   } else {
     FreeHeldResources(h, run.resources, run.want);
-    run.result = kSubmit[run.refs.size()](run.payload.dump(), run.refs, run.resources,
-                                          run.request.value("instance", std::string("stage")));
+    run.result = SubmitTask(run.payload, run.refs, run.resources,
+                            run.request.value("instance", std::string("stage")));
   }
   h->tasks++;
   // First only the result's header comes back (the RunStats or the error),
@@ -1127,6 +1230,17 @@ void OnReady(stagekit_ray_bridge* h, StageRun& run) {
     } catch (const ray::internal::UnreconstructableException& e) {
       Retry(h, run, std::string("its result was lost with its node (") + e.what() + ")");
     } catch (const ray::internal::RayTaskException& e) {
+      // An input Ray could not make again reaches the task as an error
+      // object, which the C++ worker fails to decode as bytes.
+      const std::string what = e.what();
+      bool by_reference = false;
+      for (const auto& entry : run.names) by_reference |= entry.size() > 2 && entry[2].get<bool>();
+      if (by_reference && what.find("msgpack") != std::string::npos) {
+        Retry(h, run,
+              "an input it got by reference was lost (the task got an error in its place: " + what +
+                  ")");
+        return;
+      }
       if (run.actor) DiscardActor(h, *run.actor);
       run.actor.reset();
       FinishError(h, run, kInternal,
@@ -1437,6 +1551,7 @@ int stagekit_ray_bridge_stats(stagekit_ray_bridge* h, char** out, size_t* out_le
             {"bytes_fetched", h->bytes_fetched.load()},
             {"windows_fetched", h->windows_fetched.load()},
             {"results_released", h->results_released.load()},
+            {"results_remade", h->results_remade.load()},
             {"outputs_left_on_cluster", h->outputs_remote.load()},
             {"bytes_left_on_cluster", h->bytes_remote.load()},
             {"inputs_by_reference", h->inputs_by_reference.load()},
@@ -1460,6 +1575,7 @@ void stagekit_ray_bridge_close(stagekit_ray_bridge* handle) {
     std::lock_guard<std::mutex> lock(handle->mu);
     handle->inputs.clear();  // release the object references before the driver goes
     handle->produced.clear();
+    handle->recipes.clear();
   }
   std::map<std::string, WarmHandle> actors;
   {

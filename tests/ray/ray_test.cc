@@ -579,6 +579,75 @@ TEST_F(RayTwoNodes, BigInputGoesIntoTheObjectStoreOnce) {
 }
 
 // Last: it takes the second node away.
+// Ray makes a lost result again by itself only while the task that made it
+// has a retry left (Ray's C++ API submits every task with one, and cannot
+// set more). Here the producer's first worker is killed (Ray retries it:
+// the retry is used up), then its node is stopped before the reader starts,
+// and node 4 offers resource `lineage` instead. The reader's attempt fails on
+// the lost input; the next one makes the producer again from its recipe, and
+// the output is what test.sizes makes of the producer's bytes.
+TEST_F(RayTwoNodes, AnIntermediateLostWithItsNodeIsMadeAgain) {
+  Node node3 = StartNode(
+      {"--address=" + address_, "--node-ip-address=127.0.0.3", "--temp-dir=" + ray_tmp_ + "/node3",
+       "--num-cpus=1", "--resources={\"lineage\": 1}", "--object-store-memory=100000000"},
+      dir_->path() / "node3.log");
+  fs::path made_pids = dir_->path() / "pids-made", wait_pids = dir_->path() / "pids-wait";
+  fs::create_directories(made_pids);
+  fs::create_directories(wait_pids);
+  const std::string on_head =
+      ", resources: {custom: {\"node:" + address_.substr(0, address_.find(':')) + "\": 0.01}}";
+  // 3 MiB: above Ray's 100 KiB inline limit, so the result lives in node 3's object store.
+  fs::path p = Pipeline(
+      "lineage",
+      "  - {name: made, stage: test.pid_sleep, kwargs: {seconds: 2, pad: 3145728, pid_dir: " +
+          made_pids.string() +
+          "}, resources: {custom: {lineage: 1}}}\n"
+          "  - {name: wait, stage: test.pid_sleep, kwargs: {seconds: 14, pid_dir: " +
+          wait_pids.string() + "}" + on_head +
+          "}\n"
+          "  - {name: read, stage: test.sizes, inputs: {a: {from: made}, b: {from: wait}}" +
+          on_head + "}\n");
+  CommandResult r;
+  std::thread cli([&] { r = Run(p, {"-j", "3", "--outputs", "final"}); });
+  auto wait_for_pids = [](const fs::path& dir, std::size_t n) {
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+    while (ListFiles(dir).size() < n && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return ListFiles(dir);
+  };
+  std::vector<std::string> first = wait_for_pids(made_pids, 1);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(::kill(static_cast<pid_t>(std::stol(ReadFile(made_pids / first[0]))), SIGKILL), 0);
+  ASSERT_EQ(wait_for_pids(made_pids, 2).size(), 2u) << "Ray did not retry the killed producer";
+  // The retried producer sleeps 2 s; then its node goes, and another offers `lineage`.
+  std::this_thread::sleep_for(std::chrono::seconds(4));
+  StopProcessSession(node3.sid, std::chrono::seconds(1));
+  Node node4 = StartNode(
+      {"--address=" + address_, "--node-ip-address=127.0.0.4", "--temp-dir=" + ray_tmp_ + "/node4",
+       "--num-cpus=1", "--resources={\"lineage\": 1}", "--object-store-memory=100000000"},
+      dir_->path() / "node4.log");
+  cli.join();
+  StopProcessSession(node4.sid, std::chrono::seconds(1));
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["stages"][0]["stats"]["node"], node3.node_name) << summary.dump(2);
+  EXPECT_GE(summary["ray"]["stats"]["results_remade"], 1) << summary.dump(2);
+  EXPECT_GE(summary["stages"][2]["stats"]["attempt"], 2);
+  EXPECT_EQ(ListFiles(made_pids).size(), 3u);  // two runs on node 3, one on node 4
+  // What test.sizes makes of the two outputs, as in-process would.
+  auto line = [](const std::string& name, const std::string& text, std::size_t pad) {
+    std::string bytes = text;
+    while (bytes.size() < pad) bytes += text;
+    std::uint64_t sum = 0;
+    for (char c : bytes) sum = sum * 31 + static_cast<unsigned char>(c);
+    return name + " " + std::to_string(bytes.size()) + " " + std::to_string(sum) + "\n";
+  };
+  EXPECT_EQ(ReadFile(dir_->path() / "out" / "lineage" / "read.out"),
+            line("a", "slept for made\n", 3145728) + line("b", "slept for wait\n", 0));
+  EXPECT_FALSE(fs::exists(dir_->path() / "out" / "lineage" / "made.out"));  // never fetched
+}
+
 TEST_F(RayTwoNodes, StagesOfAStoppedNodeAreRescheduled) {
   fs::path pid_dir = dir_->path() / "pids-node";
   fs::create_directories(pid_dir);

@@ -84,7 +84,12 @@ void PidSleep(stagekit::StageContext& ctx) {
   }
   if (ctx.kwargs().value("ignore_term", false)) ::signal(SIGTERM, SIG_IGN);
   std::this_thread::sleep_for(std::chrono::duration<double>(ctx.kwargs().value("seconds", 1.0)));
-  ctx.WriteOutput(ctx.kwargs().value("text", "slept for " + ctx.instance() + "\n"));
+  std::string text = ctx.kwargs().value("text", "slept for " + ctx.instance() + "\n");
+  // {pad: N}: the text repeated to N bytes, for an output too big for Ray to inline.
+  const std::size_t pad = ctx.kwargs().value("pad", std::size_t{0});
+  std::string out = text;
+  while (!text.empty() && out.size() < pad) out += text;
+  ctx.WriteOutput(out);
 }
 
 // kwargs.bytes pseudo-random bytes from kwargs.seed, written in 1 MiB pieces
