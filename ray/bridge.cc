@@ -1353,10 +1353,15 @@ void Guarded(stagekit_ray_bridge* h, StageRun& run, void (*step)(stagekit_ray_br
 void Loop(stagekit_ray_bridge* h) {
   std::vector<std::unique_ptr<StageRun>> runs;  // starting or running
   auto* runtime = ray::internal::GetRayRuntime().get();
+  // Whether the last round moved anything on: the scheduler then submits
+  // the stages that waited for it within moments, and a long wait would
+  // hold them up (no new submission can end a Wait).
+  bool busy = false;
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(h->loop_mu);
       if (h->closing.load()) return;
+      busy = busy || !h->submitted.empty();
       while (!h->submitted.empty()) {
         runs.push_back(std::move(h->submitted.front()));
         h->submitted.pop_front();
@@ -1404,7 +1409,8 @@ void Loop(stagekit_ray_bridge* h) {
       try {
         // Block until one is ready (or a short while passed, to notice
         // Ctrl-C, timeouts and new stages), then take every one ready now.
-        ready = runtime->Wait(ids, 1, waiting ? 10 : 50);
+        ready = runtime->Wait(ids, 1, busy ? 2 : 10);
+        busy = false;
         if (std::find(ready.begin(), ready.end(), true) != ready.end() && ids.size() > 1)
           ready = runtime->Wait(ids, static_cast<int>(ids.size()), 0);
       } catch (const std::exception&) {
@@ -1418,6 +1424,8 @@ void Loop(stagekit_ray_bridge* h) {
     for (auto& run : runs) {
       if (run->phase == StageRun::Phase::kFetching) fetch.push_back(std::move(run));
     }
+    for (const auto& run : runs)
+      busy = busy || run == nullptr || run->phase == StageRun::Phase::kDone;
     runs.erase(std::remove_if(runs.begin(), runs.end(),
                               [](const std::unique_ptr<StageRun>& r) {
                                 return r == nullptr || r->phase == StageRun::Phase::kDone;
@@ -1427,7 +1435,7 @@ void Loop(stagekit_ray_bridge* h) {
     for (auto& run : fetch) h->to_fetch.push_back(std::move(run));
     if (!fetch.empty()) h->fetch_cv.notify_all();
     if (ids.empty() && !h->closing.load()) {
-      h->loop_cv.wait_for(lock, std::chrono::milliseconds(waiting ? 10 : 50),
+      h->loop_cv.wait_for(lock, std::chrono::milliseconds(waiting ? 5 : 10),
                           [h] { return h->closing.load() || !h->submitted.empty(); });
     }
   }
