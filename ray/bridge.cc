@@ -1190,6 +1190,7 @@ void StartAttempt(stagekit_ray_bridge* h, StageRun& run) {
                             run.request.value("instance", std::string("stage")));
   }
   h->tasks++;
+  if (run.attempt == 1) run.start = Clock::now();
   // First only the result's header comes back (the RunStats or the error),
   // cut off beside the result by a small task (Ray schedules a task near
   // its large arguments); the output follows only if it is fetched.
@@ -1371,8 +1372,10 @@ void Loop(stagekit_ray_bridge* h) {
     const auto now = Clock::now();
     bool waiting = false;  // a stage waits for an actor or a retry
     for (auto& run : runs) {
-      const bool late =
-          run->timeout_ms > 0 && now - run->start > std::chrono::milliseconds(run->timeout_ms);
+      // The stage's time runs from its first submission: waiting for a busy
+      // warm actor before that is queueing, not running.
+      const bool late = run->timeout_ms > 0 && run->attempt > 0 &&
+                        now - run->start > std::chrono::milliseconds(run->timeout_ms);
       if (interrupted) {
         if (run->actor) DiscardActor(h, *run->actor);
         run->actor.reset();
@@ -1385,6 +1388,12 @@ void Loop(stagekit_ray_bridge* h) {
         FinishError(h, *run, kTimeout,
                     run->label + " timed out after " + std::to_string(run->timeout_ms) +
                         "ms on Ray; its warm actor was killed and will be replaced");
+        run->phase = StageRun::Phase::kDone;
+      } else if (late && run->phase == StageRun::Phase::kStarting) {
+        FinishError(h, *run, kTimeout,
+                    run->label + " timed out after " + std::to_string(run->timeout_ms) +
+                        "ms on Ray while waiting to be tried again (attempt " +
+                        std::to_string(run->attempt) + " failed: " + run->last_failure + ")");
         run->phase = StageRun::Phase::kDone;
       } else if (late) {
         FinishError(h, *run, kTimeout,

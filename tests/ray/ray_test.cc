@@ -683,5 +683,18 @@ TEST_F(RayTwoNodes, StagesOfAStoppedNodeAreRescheduled) {
   EXPECT_TRUE(ProcessesWith(ray_tmp_ + "/node2").empty());
 }
 
+// A stage's timeout runs from its submission, and one past it fails the run
+// with exit 8, naming the stage, and publishes nothing, while the task itself
+// (which the C++ API cannot cancel) runs on to its end.
+TEST_F(RayTwoNodes, AStagePastItsTimeoutFailsTheRunWithExit8) {
+  fs::path p = Pipeline("late", "  - {name: slow, stage: test.sleep, kwargs: {seconds: 4}}\n");
+  CommandResult r = Run(p, {"--timeout", "1s"});
+  EXPECT_EQ(r.exit_code, 8) << Show(r);
+  EXPECT_NE(r.err.find("stage 'slow' (test.sleep) timed out after 1000ms on Ray"),
+            std::string::npos)
+      << r.err;
+  EXPECT_FALSE(fs::exists(dir_->path() / "out" / "late" / "slow.out"));
+}
+
 }  // namespace
 }  // namespace stagekit
