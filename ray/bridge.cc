@@ -513,7 +513,7 @@ struct StageRun {
   std::uint64_t window = 32ull << 20;
   int max_attempts = 3, max_actors = 0;
   long timeout_ms = 0;
-  Clock::time_point start, not_before;
+  Clock::time_point start, not_before;  // start: its first submission (for its timeout)
   enum class Phase { kStarting, kRunning, kFetching, kDone } phase = Phase::kStarting;
   int attempt = 0;                          // of the attempt running, or last run
   std::vector<ray::ObjectRef<Bytes>> refs;  // its inputs
@@ -1056,7 +1056,6 @@ std::unique_ptr<StageRun> NewRun(std::uint64_t ticket, bool sync, json request, 
   if (task.value("cold", false)) run->payload["cold"] = true;
   run->request = std::move(request);
   run->task = std::move(task);
-  run->start = Clock::now();
   return run;
 }
 
@@ -1500,9 +1499,7 @@ int stagekit_ray_bridge_submit(stagekit_ray_bridge* h, uint64_t ticket, const ch
     json req = json::parse(std::string(request, request_len));
     if (json refused = Refuse(req); !refused.is_null()) {
       std::lock_guard<std::mutex> lock(h->done_mu);
-      h->done_any.push_back(Completion(
-          ticket, refused["error"].value("code", "") == "input_error" ? kInputError : kInternal,
-          refused));
+      h->done_any.push_back(Completion(ticket, kInputError, refused));  // Refuse: input errors only
       h->done_cv.notify_all();
       return 0;
     }
