@@ -468,8 +468,10 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
   std::string reply(out == nullptr ? "" : out, len);
   stagekit_free(out);
   if (rc != 0) {
+    // The driver could not join the cluster: unavailable, like an
+    // unreachable one (exit 12), not a fault of stagekit's.
     auto err = RunStatsOrErrorFromJson(Json::parse(reply, nullptr, false));
-    return Status(Code::kInternal, err.status().message());
+    return Status(Code::kRayUnavailable, err.status().message());
   }
   ex->bridge_ = std::move(bridge);
   return ex;
@@ -487,7 +489,7 @@ Status RayExecutor::RefreshNodes() {
     std::size_t line = err.rfind('\n', last == std::string::npos ? 0 : last);
     std::string why =
         err.empty() ? "no answer" : err.substr(line == std::string::npos ? 0 : line + 1);
-    return Status(Code::kInternal,
+    return Status(Code::kRayUnavailable,
                   "cannot reach the Ray cluster at " + address_ + ": " + why +
                       (private_head() ? ""
                                       : "; check --address / RAY_ADDRESS and, if the cluster "

@@ -46,7 +46,8 @@ bool RayAvailable(std::string* why = nullptr);
 class RayExecutor final : public StageExecutor {
  public:
   // kRayUnavailable when Ray is not installed or the bridge is missing;
-  // kInternal when the cluster cannot be started or reached.
+  // kRayUnavailable when the cluster cannot be reached or joined, kInternal when a private
+  // head cannot be started.
   static Result<std::unique_ptr<RayExecutor>> Open(RayOptions options);
   ~RayExecutor() override;
   RayExecutor(const RayExecutor&) = delete;
