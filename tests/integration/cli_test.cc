@@ -19,7 +19,7 @@ using testing::WriteFile;
 
 const std::string kExamples = STAGEKIT_SOURCE_DIR "/examples";
 
-// Exit codes documented in `stagekit --help` and the README.
+// Exit codes documented in `stagekit --help` and docs/exit-codes.md.
 enum Exit {
   kOk = 0,
   kStage = 1,
