@@ -13,9 +13,11 @@
 // entry point, stagekit_invoke_json().
 #include <fcntl.h>
 #include <ftw.h>
+#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/vfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -142,6 +144,8 @@ constexpr int kInternal = 70;
 constexpr int kInterrupted = 130;
 constexpr char kMagic[4] = {'S', 'K', 'R', '1'};
 constexpr std::size_t kMaxInputs = 48;
+// The most one object can hold: msgpack writes a bin's length in 32 bits.
+constexpr std::uint64_t kMaxObjectBytes = 0xffffffffull;
 
 const char* CodeName(int code) {
   switch (code) {
@@ -445,9 +449,18 @@ Blob RunImpl(const std::string& payload, const std::vector<const Blob*>& inputs)
       stats["node"] = NodeName();
       // The output is read straight in behind the header: one copy.
       frame = Frame(stats.dump(), nullptr);
-      if (!ReadFileInto(output, frame, frame.size()))
+      struct stat st {};
+      if (::stat(output.c_str(), &st) == 0 &&
+          frame.size() + static_cast<std::uint64_t>(st.st_size) > kMaxObjectBytes) {
+        frame = ErrorFrame(kOutputError, "the output is " + std::to_string(st.st_size) +
+                                             " bytes; a Ray object carries at most 4 GiB - 1 "
+                                             "(msgpack's limit in Ray's C++ API): split the "
+                                             "stage's output (on Ray node " +
+                                             NodeName() + ")");
+      } else if (!ReadFileInto(output, frame, frame.size())) {
         throw std::runtime_error("cannot read back the output: " +
                                  std::string(std::strerror(errno)));
+      }
     }
     ::nftw(scratch.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
     return Blob(std::move(frame));
@@ -550,9 +563,91 @@ class StagekitOutputReader {
   Blob frame_;
 };
 
+// Uploads a stage's output (its result's bytes after the header) to S3 from
+// the node it runs on, which Ray picks for holding the result: no byte
+// crosses to the driver. The node's own `aws` ($STAGEKIT_AWS, else `aws` on
+// its PATH) with the node's own credentials. `spec` is {"uri", "endpoint"}.
+// Returns a frame whose header is {"node", "seconds"} or an error.
+Blob UploadOutput(std::string spec, Blob frame) {
+  std::string scratch;
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    const json p = json::parse(spec);
+    const std::string uri = p.at("uri").get<std::string>();
+    const std::size_t header = FrameHeaderSize(frame);
+    if (header == 0) return Blob(ErrorFrame(kInternal, "the result to upload is not a stage's"));
+    const std::size_t size = frame.size() - header;
+    std::string tmpl = ScratchRoot(size) + "/stagekit-upload-XXXXXX";
+    if (::mkdtemp(tmpl.data()) == nullptr)
+      throw std::runtime_error(std::string("cannot create a scratch directory: ") +
+                               std::strerror(errno));
+    scratch = tmpl;
+    const std::string file = scratch + "/" + Basename(uri);
+    const std::string log = scratch + "/aws.log";
+    int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || !WriteAll(fd, frame.data() + header, size)) {
+      std::string err = std::strerror(errno);
+      if (fd >= 0) ::close(fd);
+      throw std::runtime_error("cannot write the output to upload: " + err);
+    }
+    ::close(fd);
+    const char* aws_env = std::getenv("STAGEKIT_AWS");
+    std::vector<std::string> args = {aws_env != nullptr && *aws_env != '\0' ? aws_env : "aws",
+                                     "s3",
+                                     "cp",
+                                     "--no-progress",
+                                     "--only-show-errors",
+                                     file,
+                                     uri};
+    const std::string endpoint = p.value("endpoint", "");
+    if (!endpoint.empty()) {
+      args.push_back("--endpoint-url");
+      args.push_back(endpoint);
+    }
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
+    pid_t pid = -1;
+    const int spawned = ::posix_spawnp(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (spawned != 0) {
+      throw std::runtime_error("cannot run `" + args[0] + "` (" + std::strerror(spawned) +
+                               "): install the AWS CLI on every node, or set STAGEKIT_AWS there");
+    }
+    int wstatus = 0;
+    while (::waitpid(pid, &wstatus, 0) < 0 && errno == EINTR) {
+    }
+    Bytes out;
+    ReadFile(log, out);
+    std::string said(out.begin(), out.end());
+    while (!said.empty() && (said.back() == '\n' || said.back() == ' ')) said.pop_back();
+    if (said.size() > 1000) said = "..." + said.substr(said.size() - 1000);
+    ::nftw(scratch.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
+    scratch.clear();
+    if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
+      const std::string how = WIFEXITED(wstatus) ? "exit " + std::to_string(WEXITSTATUS(wstatus))
+                                                 : "signal " + std::to_string(WTERMSIG(wstatus));
+      return Blob(ErrorFrame(kOutputError, "`aws s3 cp` to " + uri + " failed on Ray node " +
+                                               NodeName() + " (" + how + "): " + said));
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return Blob(Frame(json{{"node", NodeName()}, {"seconds", seconds}}.dump(), nullptr));
+  } catch (const std::exception& e) {
+    if (!scratch.empty()) ::nftw(scratch.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
+    return Blob(ErrorFrame(kOutputError, "uploading on Ray node " + NodeName() + ": " + e.what()));
+  }
+}
+
 bool RegisterFrameHead() {
   auto& functions = ray::internal::FunctionManager::Instance();
   functions.RegisterRemoteFunction("stagekit_frame_head", &FrameHead);
+  functions.RegisterRemoteFunction("stagekit_upload_output", &UploadOutput);
   functions.RegisterRemoteFunction("StagekitOutputReader::FactoryCreate",
                                    &StagekitOutputReader::FactoryCreate);
   functions.RegisterRemoteFunction("&StagekitOutputReader::Read", &StagekitOutputReader::Read);
@@ -673,6 +768,10 @@ struct StageRun {
   Resources resources;
   bool fetch = true;
   std::uint64_t window = 32ull << 20;
+  // s3:// location its output goes to from the node that holds it, and the
+  // S3 endpoint; uploading: what is awaited is that upload.
+  std::string artifact, s3_endpoint;
+  bool uploading = false;
   int max_attempts = 3, max_actors = 0;
   long timeout_ms = 0;
   Clock::time_point start, not_before;  // start: its first submission (for its timeout)
@@ -722,7 +821,8 @@ struct stagekit_ray_bridge {
   // outputs left on the cluster, and inputs passed by reference.
   std::atomic<std::uint64_t> outputs_fetched{0}, bytes_fetched{0}, outputs_remote{0},
       bytes_remote{0}, inputs_by_reference{0}, bytes_by_reference{0}, windows_fetched{0},
-      results_released{0}, helper_tasks{0}, results_remade{0};
+      results_released{0}, helper_tasks{0}, results_remade{0}, outputs_uploaded{0},
+      bytes_uploaded{0}, uploads_failed{0};
   // Warm actors: idle ones by key; every live one, to kill on close. An actor
   // serves one stage at a time; a key has at most as many actors as stages
   // at once, and no more than the cluster can hold (max_actors).
@@ -757,6 +857,12 @@ bool InputRef(stagekit_ray_bridge* h, const std::string& path, ray::ObjectRef<Bl
   if (it != h->inputs.end()) {
     ref = it->second;
     return true;
+  }
+  if (static_cast<std::uint64_t>(st.st_size) > kMaxObjectBytes) {
+    error = "input file '" + path + "' is " + std::to_string(st.st_size) +
+            " bytes; a Ray object carries at most 4 GiB - 1 (msgpack's limit in Ray's C++ API): "
+            "split it, or read it from shared storage by path";
+    return false;
   }
   Bytes bytes;
   if (!ReadFile(path, bytes)) {
@@ -1203,6 +1309,8 @@ std::unique_ptr<StageRun> NewRun(std::uint64_t ticket, bool sync, json request, 
   for (const auto& [name, amount] : task.at("resources").items())
     run->resources[name] = amount.get<double>();
   run->fetch = task.value("fetch", true);
+  run->artifact = task.value("artifact", std::string());
+  run->s3_endpoint = task.value("s3_endpoint", std::string());
   run->window = std::max<std::uint64_t>(1, task.value("fetch_window", std::uint64_t{32} << 20));
   run->max_attempts = std::max(1, task.value("max_attempts", 3));
   run->max_actors = task.value("max_actors", 0);
@@ -1364,10 +1472,75 @@ void StartAttempt(stagekit_ray_bridge* h, StageRun& run) {
   run.phase = StageRun::Phase::kRunning;
 }
 
+// A stage whose output is made (and uploaded, if asked): to be fetched, or
+// done.
+void FetchOrSucceed(stagekit_ray_bridge* h, StageRun& run) {
+  if (run.fetch) {
+    run.phase = StageRun::Phase::kFetching;
+    return;
+  }
+  h->outputs_remote++;
+  h->bytes_remote += run.status.value("bytes_out", std::uint64_t{0});
+  Succeed(h, run);
+  run.phase = StageRun::Phase::kDone;
+}
+
+// Uploads a made output to its artifact location from the node that holds
+// it: a task with no resources and the result as its argument, which Ray
+// leases on the node where the bytes are. The stage stays running until the
+// upload ends, so that the run's end means its artifacts are in place.
+void StartUpload(stagekit_ray_bridge* h, StageRun& run) {
+  auto upload = ray::Task(&UploadOutput);
+  upload.SetName("stagekit_upload_output");
+  run.awaited =
+      upload.Remote(json{{"uri", run.artifact}, {"endpoint", run.s3_endpoint}}.dump(), run.result);
+  run.uploading = true;
+  h->helper_tasks++;
+}
+
+// The upload ended: how is recorded in the stage's RunStats ("artifact");
+// a failed upload does not fail the stage (its output is made and
+// correct), the run reports it.
+void OnUploaded(stagekit_ray_bridge* h, StageRun& run) {
+  json artifact = {{"uri", run.artifact}};
+  try {
+    std::shared_ptr<Blob> frame = ray::Get(run.awaited, 100);
+    const std::size_t header = FrameHeaderSize(*frame);
+    json said = header == 0
+                    ? json()
+                    : json::parse(frame->data() + 8, frame->data() + header, nullptr, false);
+    if (!said.is_object()) {
+      artifact["error"] = "the upload task returned no status";
+    } else if (said.contains("error")) {
+      artifact["error"] = said["error"].value("message", std::string("failed"));
+    } else {
+      artifact["node"] = said.value("node", std::string());
+      artifact["seconds"] = said.value("seconds", 0.0);
+    }
+  } catch (const ray::internal::RayTimeoutException&) {
+    return;  // not here after all: next round
+  } catch (const ray::internal::RayException& e) {
+    artifact["error"] = std::string("the upload task failed: ") + e.what();
+  }
+  run.uploading = false;
+  if (artifact.contains("error")) {
+    h->uploads_failed++;
+  } else {
+    h->outputs_uploaded++;
+    h->bytes_uploaded += run.status.value("bytes_out", std::uint64_t{0});
+  }
+  run.status["artifact"] = std::move(artifact);
+  FetchOrSucceed(h, run);
+}
+
 // The awaited object of a running stage is ready: its header (or, when the
 // header task failed, its result). Moves the stage on: done, to be fetched,
 // to be tried again, or (header task failed) awaiting the result itself.
 void OnReady(stagekit_ray_bridge* h, StageRun& run) {
+  if (run.uploading) {
+    OnUploaded(h, run);
+    return;
+  }
   std::shared_ptr<Blob> frame;
   try {
     frame = ray::Get(run.awaited, 100);
@@ -1443,14 +1616,11 @@ void OnReady(stagekit_ray_bridge* h, StageRun& run) {
     return;
   }
   run.status = std::move(status);
-  if (run.fetch) {
-    run.phase = StageRun::Phase::kFetching;
+  if (!run.artifact.empty()) {
+    StartUpload(h, run);
     return;
   }
-  h->outputs_remote++;
-  h->bytes_remote += run.status.value("bytes_out", std::uint64_t{0});
-  Succeed(h, run);
-  run.phase = StageRun::Phase::kDone;
+  FetchOrSucceed(h, run);
 }
 
 // A fetch thread: writes the outputs the driver asked for, a few at a time,
@@ -1533,7 +1703,7 @@ void Loop(stagekit_ray_bridge* h) {
     for (auto& run : runs) {
       // The stage's time runs from its first submission: waiting for a busy
       // warm actor before that is queueing, not running.
-      const bool late = run->timeout_ms > 0 && run->attempt > 0 &&
+      const bool late = run->timeout_ms > 0 && run->attempt > 0 && !run->uploading &&
                         now - run->start > std::chrono::milliseconds(run->timeout_ms);
       if (interrupted) {
         if (run->actor) DiscardActor(h, *run->actor);
@@ -1726,6 +1896,9 @@ int stagekit_ray_bridge_stats(stagekit_ray_bridge* h, char** out, size_t* out_le
             {"windows_fetched", h->windows_fetched.load()},
             {"results_released", h->results_released.load()},
             {"results_remade", h->results_remade.load()},
+            {"outputs_uploaded_from_nodes", h->outputs_uploaded.load()},
+            {"bytes_uploaded_from_nodes", h->bytes_uploaded.load()},
+            {"uploads_failed", h->uploads_failed.load()},
             {"outputs_left_on_cluster", h->outputs_remote.load()},
             {"bytes_left_on_cluster", h->bytes_remote.load()},
             {"inputs_by_reference", h->inputs_by_reference.load()},

@@ -589,6 +589,10 @@ Result<RayExecutor::Prepared> RayExecutor::Prepare(const StageRequest& request,
                     {"fetch", options.fetch_output},
                     {"fetch_window", options_.fetch_window_bytes},
                     {"readers", options.readers}};
+  if (!options.artifact.empty()) {
+    task_json["artifact"] = options.artifact;
+    if (!options_.s3_endpoint.empty()) task_json["s3_endpoint"] = options_.s3_endpoint;
+  }
   // A warm stage runs on a warm actor per instance key and resources (or, with
   // STAGEKIT_WARM=0, cold in a plain task). The driver knows a stage is warm
   // only when it loaded the stage's library, as the CLI does.

@@ -6,6 +6,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -120,6 +121,13 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
       cacheable[i] = stage_options[i].fetch_output;
       result.stages[i].fetched = stage_options[i].fetch_output;
       stage_options[i].readers = static_cast<int>(users[i].size());
+      if (remote && !options.artifacts.empty()) {
+        std::string uri = options.artifacts;
+        while (uri.size() > 5 && uri.back() == '/') uri.pop_back();
+        fs::path rel = fs::path(result.stages[i].output).lexically_relative(out_dir);
+        if (rel.empty() || *rel.begin() == "..") rel = fs::path(result.stages[i].output).filename();
+        stage_options[i].artifact = uri + "/" + rel.generic_string();
+      }
     }
   }
 
@@ -265,8 +273,13 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
       outcome.cached = true;
     } else if (options.cache != nullptr && !l.token.empty()) {
       lock.unlock();
-      options.cache->Store(pipeline.stages[i], requests[i], l.token,
-                           stats.ok() ? &*stats : nullptr);
+      // Where this run uploaded the output is this run's news, not the output's.
+      std::optional<RunStats> kept;
+      if (stats.ok()) {
+        kept = *stats;
+        kept->artifact = nullptr;
+      }
+      options.cache->Store(pipeline.stages[i], requests[i], l.token, kept ? &*kept : nullptr);
       lock.lock();
     }
     --running;

@@ -103,10 +103,12 @@ Result<JobSpec> JobSpec::FromJson(const Json& json) {
 }
 
 Json RunStats::ToJson() const {
-  return Json{{"stage", stage},       {"executor", executor},   {"attempt", attempt},
-              {"host", host},         {"node", node},           {"wall_s", wall_s},
-              {"bytes_in", bytes_in}, {"bytes_out", bytes_out}, {"output_digest", output_digest},
-              {"metrics", metrics}};
+  Json j{{"stage", stage},       {"executor", executor},   {"attempt", attempt},
+         {"host", host},         {"node", node},           {"wall_s", wall_s},
+         {"bytes_in", bytes_in}, {"bytes_out", bytes_out}, {"output_digest", output_digest},
+         {"metrics", metrics}};
+  if (artifact.is_object()) j["artifact"] = artifact;
+  return j;
 }
 
 Result<RunStats> RunStats::FromJson(const Json& json) {
@@ -122,6 +124,8 @@ Result<RunStats> RunStats::FromJson(const Json& json) {
   r.UInt64("bytes_out", s.bytes_out);
   r.String("output_digest", s.output_digest, true);
   r.Object("metrics", s.metrics);
+  if (json.is_object() && json.contains("artifact") && json["artifact"].is_object())
+    s.artifact = json["artifact"];
   if (!r.ok()) return r.status();
   return s;
 }

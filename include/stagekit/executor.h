@@ -51,6 +51,11 @@ struct StageOptions {
   // How many stages of the run read this output. An executor that keeps
   // outputs remote releases one once that many readers have succeeded.
   int readers = 0;
+  // s3://BUCKET/KEY: an executor that keeps outputs remote uploads the
+  // output there from the node that holds it, once the stage succeeded, and
+  // says how it went in RunStats::artifact. Empty: no upload. The local
+  // executors ignore it (their outputs are files the driver syncs).
+  std::string artifact;
 };
 
 // A stage an asynchronous executor finished: the ticket it was submitted

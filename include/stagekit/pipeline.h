@@ -173,6 +173,11 @@ struct RunOptions {
   // Local executors write every output whatever this says.
   enum class Outputs { kAll, kFinal, kNone };
   Outputs outputs = Outputs::kAll;
+  // s3://BUCKET[/PREFIX]: with an executor that keeps outputs remote, every
+  // stage's output is uploaded from the node that made it to
+  // ARTIFACTS/<its path below the output folder> as soon as it is made
+  // (StageOptions::artifact). Empty, or a local executor: nothing here.
+  std::string artifacts;
 };
 
 // "all" / "final" / "none" and back; nullopt for anything else.

@@ -30,6 +30,11 @@ struct RayOptions {
   // The most of one output the driver holds when it fetches it: a larger
   // output is read in windows of this size by a reader beside it.
   std::uint64_t fetch_window_bytes = 32ull << 20;
+  // The S3-compatible endpoint (http://host:port) the nodes upload artifacts
+  // to (StageOptions::artifact); empty: AWS itself. Each node runs its own
+  // `aws` ($STAGEKIT_AWS there, else `aws` on its PATH) with its own
+  // credentials (instance role, environment or ~/.aws): none leave the driver.
+  std::string s3_endpoint;
   // Private head only:
   int num_cpus = 0;                      // 0: every CPU of this machine
   std::uint64_t object_store_bytes = 0;  // 0: 512 MiB

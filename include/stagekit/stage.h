@@ -65,6 +65,10 @@ struct RunStats {
   std::uint64_t bytes_out = 0;    // output size
   std::string output_digest;      // "sha256:<64 hex>"
   Json metrics = Json::object();  // whatever the stage reported via SetMetric
+  // Where the executor uploaded the output from the node that made it
+  // (StageOptions::artifact): {"uri", "node", "seconds"}, or {"uri",
+  // "error"} when that upload failed; null when there was none.
+  Json artifact = nullptr;
 
   Json ToJson() const;
   static Result<RunStats> FromJson(const Json& json);

@@ -2,7 +2,9 @@
 
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include "process.h"
 #include "tools/package.h"
@@ -66,6 +68,45 @@ Status S3Upload(const fs::path& dir, const std::string& uri, const S3Options& op
   return RunAws(
       AwsArgs(options, {"s3", "sync", "--no-progress", "--only-show-errors", dir.string(), uri}),
       Code::kOutputError, "syncing " + dir.string() + " to " + uri);
+}
+
+Status S3UploadExcept(const fs::path& dir, const std::string& uri, const S3Options& options,
+                      const std::set<std::string>& skip) {
+  if (skip.empty()) return S3Upload(dir, uri, options);
+  if (Status s = CheckS3Uri(uri); !s.ok()) return s;
+  const char* tmp = std::getenv("TMPDIR");
+  std::string tmpl =
+      std::string(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") + "/stagekit-sync-XXXXXX";
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    return Status(Code::kOutputError, "cannot create a temporary directory to sync " +
+                                          dir.string() + " from: " + std::strerror(errno) +
+                                          "; set TMPDIR to a writable directory");
+  }
+  const fs::path links = tmpl;
+  std::error_code ec;
+  const fs::path base = fs::absolute(dir, ec);
+  Status status;
+  std::size_t left = 0;
+  for (auto it = fs::recursive_directory_iterator(base, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+    if (!it->is_regular_file(ec)) continue;
+    const fs::path rel = it->path().lexically_relative(base);
+    if (skip.count(rel.generic_string()) != 0) continue;
+    fs::create_directories((links / rel).parent_path(), ec);
+    if (!ec) fs::create_symlink(it->path(), links / rel, ec);
+    if (ec) break;
+    ++left;
+  }
+  if (ec) {
+    status = Status(Code::kOutputError,
+                    "cannot list what to sync from " + dir.string() + ": " + ec.message());
+  } else if (left > 0) {
+    status = RunAws(AwsArgs(options, {"s3", "sync", "--no-progress", "--only-show-errors",
+                                      "--follow-symlinks", links.string(), uri}),
+                    Code::kOutputError, "syncing " + dir.string() + " to " + uri);
+  }
+  fs::remove_all(links, ec);
+  return status;
 }
 
 Status S3Fetch(const std::string& uri, const fs::path& dir, const S3Options& options,

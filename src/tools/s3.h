@@ -5,6 +5,7 @@
 #define STAGEKIT_TOOLS_S3_H_
 
 #include <filesystem>
+#include <set>
 #include <string>
 
 #include "stagekit/status.h"
@@ -25,6 +26,12 @@ Status CheckS3Uri(const std::string& uri);
 // Uploads every file below `dir` to `uri`. kOutputError with the CLI's
 // message on failure.
 Status S3Upload(const std::filesystem::path& dir, const std::string& uri, const S3Options& options);
+
+// As S3Upload, less the files whose paths relative to `dir` are in `skip`
+// (uploaded already, from the nodes that made them): those left are synced
+// through a temporary tree of links to them.
+Status S3UploadExcept(const std::filesystem::path& dir, const std::string& uri,
+                      const S3Options& options, const std::set<std::string>& skip);
 
 // Downloads everything below `uri` into the new directory `dir`: written
 // beside it and renamed into place, so `dir` is complete or absent.

@@ -194,6 +194,73 @@ TEST_F(RayJobs, WordcountJobArtifactsAreByteIdenticalToALocalRun) {
   EXPECT_EQ(again.exit_code, 7) << Show(again);
 }
 
+// With artifacts, every output goes to S3 from the node that made it (node 2,
+// in its own mount namespace), none through the driver: with --outputs none
+// the driver fetches nothing and only the run's record leaves from it. (The
+// outputs are megabytes: Ray returns a result under 100 KiB inline to the
+// driver, and its upload then runs wherever Ray leases it.)
+TEST_F(RayJobs, ArtifactsLeaveFromTheNodeThatMadeThemNotThroughTheDriver) {
+  const std::string uri = std::string("s3://") + kBucket + "/from-nodes/run1";
+  const std::string pinned = ", resources: {custom: {\"vm:x\": 1}}}\n";
+  fs::path p = Project(
+      "nodeup", "  - {name: a, stage: test.fill, kwargs: {bytes: 3000000, seed: 5}" + pinned +
+                    "  - {name: b, stage: test.copy, inputs: {in: {from: a}}" + pinned +
+                    "  - {name: c, stage: test.concat, inputs: {x: {from: a}, y: {from: b}}" +
+                    pinned);
+  std::string gcs = ReadFile(ray_tmp_ + "/ray_current_cluster");
+  while (!gcs.empty() && gcs.back() == '\n') gcs.pop_back();
+  TempDir local;
+  CommandResult r = RunCli({"run", p.string(), "-e", "ray", "--address", gcs, "--outputs", "none",
+                            "--artifacts", uri, "--json", "--out", (local / "ray").string()});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["data"]["bytes_fetched"], 0u) << summary["data"].dump(1);
+  EXPECT_EQ(summary["ray"]["stats"]["bytes_fetched"], 0u) << summary["ray"].dump(1);
+  EXPECT_EQ(summary["ray"]["stats"]["outputs_uploaded_from_nodes"], 3u) << summary["ray"].dump(1);
+  EXPECT_EQ(summary["artifacts"]["synced"], true) << summary["artifacts"].dump(1);
+  EXPECT_EQ(summary["artifacts"]["from_nodes"]["outputs"], 3u) << summary["artifacts"].dump(1);
+  std::uint64_t produced = 0;
+  for (const Json& st : summary["stages"]) {
+    // Made on node 2 and uploaded from there.
+    EXPECT_EQ(st["stats"]["node"], node2_.node_name) << st.dump(1);
+    EXPECT_EQ(st["stats"]["artifact"]["node"], node2_.node_name) << st.dump(1);
+    EXPECT_EQ(st["stats"]["artifact"]["uri"], uri + "/" + st["name"].get<std::string>() + ".out")
+        << st.dump(1);
+    produced += st["stats"]["bytes_out"].get<std::uint64_t>();
+  }
+  EXPECT_EQ(summary["data"]["by_node"][node2_.node_name]["bytes_uploaded"], produced)
+      << summary["data"].dump(1);
+  EXPECT_EQ(ListFiles(local / "ray"), std::vector<std::string>{".stagekit-run.json"});
+
+  // What landed is byte for byte what an in-process run makes, and the run's
+  // record came along from the driver.
+  CommandResult in = RunCli({"run", p.string(), "--out", (local / "in").string(), "-q"});
+  ASSERT_EQ(in.exit_code, 0) << Show(in);
+  CommandResult fetch = RunCli({"fetch", uri, (local / "fetched").string()});
+  ASSERT_EQ(fetch.exit_code, 0) << Show(fetch);
+  EXPECT_EQ(Outputs(local / "fetched"), Outputs(local / "in"));
+  EXPECT_EQ(Outputs(local / "fetched").size(), 3u);
+  EXPECT_TRUE(fs::exists(local / "fetched" / ".stagekit-run.json"));
+
+  // A bucket that is not there: the stages succeed, each says why its
+  // upload failed, and the run ends with exit 7 (outputs not synced).
+  CommandResult bad =
+      RunCli({"run", p.string(), "-e", "ray", "--address", gcs, "--outputs", "none", "--artifacts",
+              "s3://no-such-bucket/x", "--json", "--out", (local / "bad").string()});
+  EXPECT_EQ(bad.exit_code, 7) << Show(bad);
+  EXPECT_NE(bad.err.find("3 output(s) left on the cluster could not be uploaded"),
+            std::string::npos)
+      << Show(bad);
+  Json failed = Json::parse(bad.out);
+  EXPECT_EQ(failed["status"], "succeeded");
+  EXPECT_EQ(failed["artifacts"]["synced"], false) << failed["artifacts"].dump(1);
+  EXPECT_EQ(failed["artifacts"]["from_nodes"]["failed"], 3u) << failed["artifacts"].dump(1);
+  for (const Json& st : failed["stages"]) {
+    EXPECT_NE(st["stats"]["artifact"].value("error", "").find("NoSuchBucket"), std::string::npos)
+        << st.dump(1);
+  }
+}
+
 TEST_F(RayJobs, TheSameTreeIsUploadedOnce) {
   fs::path p = Project("twice", "  - {name: copy, stage: test.copy, inputs: {in: data/in.txt}}\n");
   CommandResult first = Submit({p.string(), "--json"});

@@ -57,6 +57,7 @@ struct RayCliOptions {
   std::string address;
   int attempts = 3;
   int fetch_window_mib = 32;
+  std::string s3_endpoint;  // where nodes upload artifacts (not a flag: run's --endpoint-url)
   void AddTo(CLI::App* cmd);
 };
 

@@ -129,6 +129,7 @@ Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
     options.libraries = libraries;
     options.max_attempts = ray.attempts;
     options.fetch_window_bytes = static_cast<std::uint64_t>(ray.fetch_window_mib) << 20;
+    options.s3_endpoint = ray.s3_endpoint;
     auto ex = RayExecutor::Open(options);
     if (!ex.ok()) return ex.status();
     return std::unique_ptr<StageExecutor>(std::move(ex).value());
@@ -188,13 +189,21 @@ Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_v
   // of it the driver fetched into the output folder (cached stages ran
   // nowhere and are not counted).
   Json by_node = Json::object();
-  std::uint64_t fetched = 0, left = 0, outputs_fetched = 0, outputs_left = 0;
+  std::uint64_t fetched = 0, left = 0, outputs_fetched = 0, outputs_left = 0, uploaded = 0;
   for (const StageOutcome& o : result.stages) {
     if (!o.stats || o.cached) continue;
     Json& n = by_node[o.stats->node.empty() ? o.stats->host : o.stats->node];
     if (n.is_null()) n = {{"stages", 0}, {"bytes_produced", 0}, {"bytes_fetched", 0}};
     n["stages"] = n["stages"].get<std::uint64_t>() + 1;
     n["bytes_produced"] = n["bytes_produced"].get<std::uint64_t>() + o.stats->bytes_out;
+    const Json& artifact = o.stats->artifact;
+    if (artifact.is_object() && artifact.contains("node") && !artifact.contains("error")) {
+      // Usually the node that made it (Ray runs the upload beside the bytes).
+      Json& u = by_node[artifact["node"].get<std::string>()];
+      if (u.is_null()) u = {{"stages", 0}, {"bytes_produced", 0}, {"bytes_fetched", 0}};
+      u["bytes_uploaded"] = u.value("bytes_uploaded", std::uint64_t{0}) + o.stats->bytes_out;
+      uploaded += o.stats->bytes_out;
+    }
     if (o.fetched) {
       n["bytes_fetched"] = n["bytes_fetched"].get<std::uint64_t>() + o.stats->bytes_out;
       fetched += o.stats->bytes_out;
@@ -208,7 +217,8 @@ Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_v
             {"outputs_fetched", outputs_fetched},
             {"bytes_fetched", fetched},
             {"outputs_left_on_cluster", outputs_left},
-            {"bytes_left_on_cluster", left}};
+            {"bytes_left_on_cluster", left},
+            {"bytes_uploaded_from_nodes", uploaded}};
   return Json{
       {"pipeline", pipeline.name},
       {"file", pipeline.file.string()},

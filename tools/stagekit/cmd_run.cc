@@ -1,9 +1,13 @@
 // stagekit run PIPELINE: run every stage of a pipeline on one executor.
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <mutex>
+#include <set>
+#include <string>
+#include <vector>
 
 #include "cli.h"
 #include "stagekit/cache.h"
@@ -111,6 +115,41 @@ struct RunCost {
   std::chrono::steady_clock::time_point steady = std::chrono::steady_clock::now();
 };
 
+// What nodes uploaded themselves (RunStats::artifact) in this run: the
+// outputs' paths relative to the output folder, their bytes, and a message
+// for each upload that failed on a node and that the driver cannot make up
+// for (it did not fetch the output).
+struct NodeUploads {
+  std::set<std::string> uploaded;
+  std::uint64_t bytes = 0;
+  std::vector<std::string> failed;
+};
+
+NodeUploads CollectNodeUploads(const RunResult& result, const std::filesystem::path& out_dir) {
+  NodeUploads nodes;
+  std::error_code ec;
+  const auto base = std::filesystem::absolute(out_dir, ec).lexically_normal();
+  for (const StageOutcome& o : result.stages) {
+    if (o.state != StageState::kSucceeded || o.cached || !o.stats) continue;
+    const Json& a = o.stats->artifact;
+    if (!a.is_object()) continue;
+    if (a.contains("error")) {
+      if (!o.fetched) {
+        nodes.failed.push_back(
+            "stage '" + o.name +
+            "' could not upload its output from its node: " + a["error"].get<std::string>());
+      }
+      continue;
+    }
+    nodes.uploaded.insert(std::filesystem::absolute(o.output, ec)
+                              .lexically_normal()
+                              .lexically_relative(base)
+                              .generic_string());
+    nodes.bytes += o.stats->bytes_out;
+  }
+  return nodes;
+}
+
 Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& cost);
 
 Status Run(const RunCommand& cmd) {
@@ -181,15 +220,18 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
       std::cerr << "stagekit: warning: " << opened.status().message() << "\n";
     }
   }
+  const tools::S3Options s3 = tools::S3OptionsFromEnvironment(cmd.endpoint_url);
+  RayCliOptions ray_options = cmd.ray;
+  ray_options.s3_endpoint = s3.endpoint_url;
   Result<std::unique_ptr<StageExecutor>> executor = Status(Code::kInternal, "no executor");
   if (cmd.executor == "ray" && cmd.resume && cache != nullptr && cmd.budget < 0 &&
       AllCached(*cache, *pipeline)) {
     // Nothing should need to run: start (or attach to) a cluster only if a
     // stage misses after all, e.g. because its cache entry went bad.
     executor = std::unique_ptr<StageExecutor>(std::make_unique<LazyExecutor>(
-        cmd.executor, [&] { return MakeExecutor(cmd.executor, libraries, cmd.ray); }));
+        cmd.executor, [&] { return MakeExecutor(cmd.executor, libraries, ray_options); }));
   } else {
-    executor = MakeExecutor(cmd.executor, libraries, cmd.ray);
+    executor = MakeExecutor(cmd.executor, libraries, ray_options);
   }
   if (!executor.ok()) return executor.status();
   const auto* ray = dynamic_cast<const RayExecutor*>(executor->get());
@@ -216,6 +258,10 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
   options.cache = cache.get();
   options.lookup_cache = cmd.resume && cache != nullptr;
   options.outputs = ParseOutputs(cmd.outputs).value_or(RunOptions::Outputs::kAll);
+  // On Ray, each output goes to S3 from the node that made it as it is made;
+  // the driver then syncs only what no node uploaded (the run's record,
+  // outputs restored from the cache, uploads that failed but were fetched).
+  options.artifacts = artifacts;
   if (cmd.budget >= 0) {
     // Launch a stage only if the run's cost so far, plus one more stage of
     // the mean length at the cluster's hourly rate, stays within the budget.
@@ -260,23 +306,42 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
     // Best effort: the record of the run sits beside its outputs.
     (void)WriteFileAtomically(out_dir / ".stagekit-run.json", summary.dump(2) + "\n");
   }
-  // Artifacts leave only from a complete run: the outputs (and the record of
-  // the run) are on this machine, where the driver wrote them.
+  // The driver's share of the artifacts leaves only from a complete run:
+  // what it holds in the output folder, less what nodes uploaded.
   Status sync;
-  if (result.status.ok() && !artifacts.empty()) {
-    const auto start = std::chrono::steady_clock::now();
-    sync = tools::S3Upload(out_dir, artifacts, tools::S3OptionsFromEnvironment(cmd.endpoint_url));
-    summary["artifacts"]["synced"] = sync.ok();
-    summary["artifacts"]["seconds"] =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (!sync.ok()) summary["artifacts"]["error"] = sync.message();
-  } else if (!artifacts.empty()) {
-    summary["artifacts"]["synced"] = false;
+  if (!artifacts.empty()) {
+    NodeUploads nodes = CollectNodeUploads(result, out_dir);
+    if ((*executor)->outputs_stay_remote()) {
+      summary["artifacts"]["from_nodes"] = {{"outputs", nodes.uploaded.size()},
+                                            {"bytes", nodes.bytes},
+                                            {"failed", nodes.failed.size()}};
+    }
+    if (result.status.ok()) {
+      const auto start = std::chrono::steady_clock::now();
+      sync = tools::S3UploadExcept(out_dir, artifacts, s3, nodes.uploaded);
+      if (!nodes.failed.empty()) {
+        // Not fetched and not uploaded: those outputs ended with the run.
+        sync = Status(Code::kOutputError,
+                      std::to_string(nodes.failed.size()) +
+                          " output(s) left on the cluster could not be uploaded and are gone "
+                          "with the run (rerun with --outputs all to keep a copy here); " +
+                          nodes.failed.front() + (sync.ok() ? "" : "; and " + sync.message()));
+      }
+      summary["artifacts"]["synced"] = sync.ok();
+      summary["artifacts"]["seconds"] =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (!sync.ok()) summary["artifacts"]["error"] = sync.message();
+    } else {
+      summary["artifacts"]["synced"] = false;
+    }
   }
   const Status report = cmd.report.Write(summary, cmd.exec.quiet || cmd.exec.json);
   if (cmd.exec.json) std::cout << summary.dump(2) << std::endl;
   if (!sync.ok()) {
-    return Status(sync.code(), "the run succeeded and its outputs are in " + out_dir.string() +
+    bool fetched = false;
+    for (const StageOutcome& o : result.stages) fetched = fetched || o.fetched;
+    return Status(sync.code(), "the run succeeded" +
+                                   (fetched ? " and its outputs are in " + out_dir.string() : "") +
                                    ", but " + sync.message());
   }
   if (!report.ok()) {
@@ -326,8 +391,10 @@ void SetRunCommand(CLI::App& app, Action& action) {
   cmd->libs.AddTo(sub);
   cmd->ray.AddTo(sub);
   sub->add_option("--artifacts", cmd->artifacts,
-                  "After a successful run, sync the output directory to this S3 location with "
-                  "`aws s3 sync` (default: the pipeline's `artifacts:`)")
+                  "Upload the outputs to this S3 location (default: the pipeline's `artifacts:`). "
+                  "Local executors: `aws s3 sync` of the output directory after a successful "
+                  "run. Ray: each output from the node that made it, as soon as it is made; the "
+                  "driver syncs the rest of the output directory after a successful run")
       ->type_name("s3://BUCKET/PREFIX");
   sub->add_flag("--no-artifacts", cmd->no_artifacts, "Do not sync the outputs anywhere");
   sub->add_option("--outputs", cmd->outputs,
