@@ -424,6 +424,37 @@ TEST_F(RayTwoNodes, TheCacheIsSharedByAllExecutors) {
   EXPECT_EQ(ReadFile(back / "second.out"), ReadFile(on_ray / "second.out"));
 }
 
+// --resume on Ray: a restored output is put into the object store once and
+// every stage that reads it gets it by reference.
+TEST_F(RayTwoNodes, AResumedOutputIsPutOnceAndReadByReference) {
+  const fs::path cache = dir_->path() / "resume-ref-cache";
+  WriteFile(dir_->path() / "resume-ref-in.txt", std::string(300000, 'r'));
+  const std::string first = "  - {name: first, stage: test.copy, inputs: {in: " +
+                            (dir_->path() / "resume-ref-in.txt").string() + "}}\n";
+  fs::path p = Pipeline("resumeref", first);
+  CommandResult r = RunCli({"run", p.string(), "--cache-dir", cache.string(), "--json", "--out",
+                            (dir_->path() / "out" / "resumeref-local").string()});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  // The same pipeline grows two readers of `first`: only they run.
+  p = Pipeline("resumeref",
+               first +
+                   "  - {name: sum, stage: test.checksum, inputs: {in: {from: first}}}\n"
+                   "  - {name: both, stage: test.concat, inputs: {a: {from: first}}}\n");
+  r = Run(p, {"--resume", "--cache-dir", cache.string()});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  EXPECT_EQ(summary["stages"][0]["cached"], true) << r.out;
+  EXPECT_EQ(summary["stages"][1]["cached"], false) << r.out;
+  EXPECT_EQ(summary["ray"]["stats"]["objects_put"], 1u) << summary["ray"].dump(1);
+  EXPECT_EQ(summary["ray"]["stats"]["bytes_put"], 300000u) << summary["ray"].dump(1);
+  const fs::path out = dir_->path() / "out" / "resumeref";
+  CommandResult in = RunCli({"run", p.string(), "--no-cache", "-q", "--out",
+                             (dir_->path() / "out" / "resumeref-in").string()});
+  ASSERT_EQ(in.exit_code, 0) << Show(in);
+  for (const char* f : {"first.out", "sum.out", "both.out"})
+    EXPECT_EQ(ReadFile(out / f), ReadFile(dir_->path() / "out" / "resumeref-in" / f)) << f;
+}
+
 TEST_F(RayTwoNodes, InfeasibleRequestFailsFastNamingTheResource) {
   fs::path p =
       Pipeline("infeasible",
