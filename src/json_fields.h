@@ -37,6 +37,20 @@ class FieldReader {
   Status status_;
 };
 
+// How much JSON a reader of untrusted text accepts.
+struct JsonLimits {
+  std::size_t max_bytes = std::size_t{64} << 20;
+  int max_depth = 256;  // arrays and objects inside one another
+};
+
+// Parses `text` as JSON, refusing with `code` text longer than max_bytes or
+// nested deeper than max_depth, or not JSON at all (with the position):
+// "<what>: ...". The depth is checked while parsing (nlohmann's parser keeps
+// its own stack), before anything walks the document recursively: a stage
+// request with kwargs 200,000 levels deep crashed the runner.
+Result<Json> ParseJsonWithin(std::string_view text, std::string_view what, Code code,
+                             const JsonLimits& limits = {});
+
 }  // namespace stagekit::internal
 
 #endif  // STAGEKIT_SRC_JSON_FIELDS_H_

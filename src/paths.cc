@@ -24,16 +24,31 @@ fs::path LibraryPath() {
 
 fs::path LibraryDir() { return LibraryPath().parent_path(); }
 
-fs::path DefaultRunner() {
-  if (const char* env = std::getenv("STAGEKIT_RUNNER"); env != nullptr && *env != '\0') return env;
+namespace {
+// `name` beside the current executable, or in the binary directory beside
+// this library; empty when neither has it.
+fs::path Installed(const char* name) {
   std::error_code ec;
   fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec && self.filename() == "stagekit") return self;
+  if (!ec && self.filename() == name) return self;
+  if (!ec && fs::exists(self.parent_path() / name, ec)) return self.parent_path() / name;
   for (const char* rel : {STAGEKIT_LIBDIR_TO_BINDIR, "../bin"}) {
-    fs::path candidate = (LibraryDir() / rel / "stagekit").lexically_normal();
+    fs::path candidate = (LibraryDir() / rel / name).lexically_normal();
     if (fs::exists(candidate, ec)) return candidate;
   }
-  return "stagekit";  // from PATH
+  return {};
+}
+}  // namespace
+
+fs::path DefaultCli() {
+  fs::path cli = Installed("stagekit");
+  return cli.empty() ? fs::path("stagekit") : cli;  // from PATH
+}
+
+fs::path DefaultRunner() {
+  if (const char* env = std::getenv("STAGEKIT_RUNNER"); env != nullptr && *env != '\0') return env;
+  fs::path lean = Installed("stagekit-stage");
+  return lean.empty() ? DefaultCli() : lean;
 }
 
 }  // namespace internal

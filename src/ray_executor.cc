@@ -317,7 +317,7 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
   std::string why;
   if (options.bridge.empty()) options.bridge = DefaultBridge();
   if (options.bin_dir.empty()) options.bin_dir = DefaultBinDir();
-  if (options.runner.empty()) options.runner = internal::DefaultRunner();
+  if (options.runner.empty()) options.runner = internal::DefaultCli();
   std::error_code ec;
   if (!fs::exists(options.bridge, ec)) {
     return Status(Code::kRayUnavailable,
@@ -409,7 +409,7 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
     if (!reaper_started.ok()) {
       StopProcessSession(started->pid, std::chrono::seconds(2));
       return Status(Code::kInternal, reaper_started.status().message() +
-                                         " (set STAGEKIT_RUNNER to the stagekit binary)");
+                                         " (is the stagekit binary installed beside libstagekit?)");
     }
     ex->reaper_pid_ = reaper_started->pid;
     ex->reaper_fd_ = reaper_started->stdin_fd;

@@ -270,9 +270,9 @@ Result<RunStats> SubprocessExecutor::RunFresh(const StageRequest& req,
 
   internal::ChildResult c = internal::RunChild(spec);
   if (!c.spawn_status.ok()) {
-    return Status(Code::kInternal, "cannot run " + Label(req) +
-                                       " in a subprocess: " + c.spawn_status.message() +
-                                       " (set STAGEKIT_RUNNER to the stagekit binary)");
+    return Status(Code::kInternal,
+                  "cannot run " + Label(req) + " in a subprocess: " + c.spawn_status.message() +
+                      " (set STAGEKIT_RUNNER to stagekit-stage or the stagekit binary)");
   }
   bool success = c.exited && c.exit_code == 0;
 
@@ -313,9 +313,10 @@ Result<RunStats> SubprocessExecutor::RunOnce(const StageRequest& req, const Stag
   for (;;) {
     auto acquired = children_->Acquire();
     if (!acquired.ok()) {
-      return Status(Code::kInternal, "cannot run " + Label(req) + " in a persistent subprocess: " +
-                                         acquired.status().message() +
-                                         " (set STAGEKIT_RUNNER to the stagekit binary)");
+      return Status(Code::kInternal,
+                    "cannot run " + Label(req) +
+                        " in a persistent subprocess: " + acquired.status().message() +
+                        " (set STAGEKIT_RUNNER to stagekit-stage or the stagekit binary)");
     }
     child = std::move(acquired).value();
     ::ftruncate(child->err.get(), 0);

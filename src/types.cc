@@ -180,19 +180,60 @@ Result<StageRequest> StageRequest::FromJson(const Json& json) {
 }
 
 Result<StageRequest> StageRequest::Parse(std::string_view json_text) {
-  Json json = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded()) {
-    // Re-parse with exceptions for the position of the error.
-    try {
-      Json ignored = Json::parse(json_text);
-      (void)ignored;
-    } catch (const Json::parse_error& e) {
-      return Status(Code::kBadRequest, std::string("request is not valid JSON: ") + e.what());
-    }
-    return Status(Code::kBadRequest, "request is not valid JSON");
-  }
-  return FromJson(json);
+  auto json = internal::ParseJsonWithin(json_text, "request", Code::kBadRequest);
+  if (!json.ok()) return json.status();
+  return FromJson(*json);
 }
+
+namespace internal {
+
+Result<Json> ParseJsonWithin(std::string_view text, std::string_view what, Code code,
+                             const JsonLimits& limits) {
+  if (text.size() > limits.max_bytes) {
+    return Status(code, std::string(what) + " is " + std::to_string(text.size()) +
+                            " bytes; at most " + std::to_string(limits.max_bytes) +
+                            " are accepted");
+  }
+  // First a pass that only counts depth (nothing is built), then the parse.
+  struct DepthCheck : nlohmann::json_sax<Json> {
+    int depth = 0, max = 0;
+    bool too_deep = false;
+    std::string error;
+    bool Enter() {
+      too_deep = ++depth > max;
+      return !too_deep;
+    }
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override { return Enter(); }
+    bool key(string_t&) override { return true; }
+    bool end_object() override { return --depth, true; }
+    bool start_array(std::size_t) override { return Enter(); }
+    bool end_array() override { return --depth, true; }
+    bool parse_error(std::size_t, const std::string&,
+                     const nlohmann::detail::exception& e) override {
+      error = e.what();
+      return false;
+    }
+  } check;
+  check.max = limits.max_depth;
+  if (!Json::sax_parse(text, &check)) {
+    if (check.too_deep) {
+      return Status(code, std::string(what) + " is nested more than " +
+                              std::to_string(limits.max_depth) +
+                              " levels deep (arrays and objects); flatten it");
+    }
+    return Status(code, std::string(what) + " is not valid JSON: " + check.error);
+  }
+  return Json::parse(text);
+}
+
+}  // namespace internal
 
 Json ErrorToJson(const Status& status) {
   return Json{{"error", {{"code", CodeName(status.code())}, {"message", status.message()}}}};

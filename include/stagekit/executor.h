@@ -127,8 +127,9 @@ class InProcessExecutor final : public StageExecutor {
 class SubprocessExecutor final : public StageExecutor {
  public:
   struct Options {
-    // The stagekit binary. Empty: $STAGEKIT_RUNNER, else the current
-    // executable when it is stagekit, else `stagekit` next to libstagekit.
+    // The stage runner. Empty: $STAGEKIT_RUNNER, else the lean runner
+    // `stagekit-stage` beside the current executable or libstagekit, else
+    // the stagekit command line (`stagekit stage` speaks the same protocol).
     std::filesystem::path runner;
     std::vector<std::filesystem::path> libraries;  // passed as --stages
     // Timeout policy: SIGTERM at the deadline, SIGKILL `kill_grace` later.

@@ -42,7 +42,7 @@ struct RayOptions {
   // Where things are; empty means the default.
   std::filesystem::path bridge;   // libstagekit_ray.so next to libstagekit.so
   std::filesystem::path bin_dir;  // `ray` and `python`: $STAGEKIT_RAY_BIN_DIR, else the build's Ray
-  std::filesystem::path runner;   // the stagekit binary (for the reaper), as for SubprocessExecutor
+  std::filesystem::path runner;   // the stagekit binary (for the reaper): beside libstagekit
 };
 
 // Whether the ray executor can be used; when not, `why` says how to fix it.

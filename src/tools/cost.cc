@@ -12,6 +12,7 @@
 #include <fstream>
 
 #include "fd.h"
+#include "json_fields.h"
 
 namespace fs = std::filesystem;
 
@@ -150,9 +151,9 @@ Result<std::vector<Json>> ReadCostLog(const fs::path& log, int* bad_lines) {
   }
   for (std::string line; std::getline(in, line);) {
     if (line.empty()) continue;
-    Json j = Json::parse(line, nullptr, false);
-    if (j.is_object()) {
-      records.push_back(std::move(j));
+    auto j = internal::ParseJsonWithin(line, "a cost record", Code::kInputError);
+    if (j.ok() && j->is_object()) {
+      records.push_back(std::move(j).value());
     } else if (bad_lines != nullptr) {
       ++*bad_lines;
     }

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <vector>
 
+#include "json_fields.h"
 #include "stagekit/version.h"
 #include "tools/package.h"
 
@@ -770,14 +771,21 @@ Result<Json> LoadReportSource(const fs::path& path) {
                                          " does not exist; give a run's output directory (with its "
                                          ".stagekit-run.json) or a summary JSON file");
   }
+  // A run record of 100,000 stages is about 100 MB: 1 GiB is far past any.
+  internal::JsonLimits limits;
+  limits.max_bytes = std::size_t{1} << 30;
+  const auto size = fs::file_size(file, ec);
+  if (!ec && size > limits.max_bytes) {
+    return Status(Code::kInputError, file.string() + " is " + std::to_string(size) +
+                                         " bytes; a run record is read up to 1 GiB");
+  }
   std::ifstream in(file, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
   if (!in && !in.eof()) return Status(Code::kInputError, "cannot read " + file.string());
-  Json doc = Json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded()) {
-    return Status(Code::kInputError, file.string() + " is not valid JSON");
-  }
+  auto parsed = internal::ParseJsonWithin(ss.str(), file.string(), Code::kInputError, limits);
+  if (!parsed.ok()) return parsed.status();
+  Json doc = std::move(parsed).value();
   if (!IsRunSummary(doc) && !IsParityDocument(doc)) {
     return Status(Code::kInputError,
                   file.string() +

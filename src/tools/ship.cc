@@ -218,7 +218,7 @@ Result<ShipPlan> PlanShip(const ShipOptions& options) {
     };
     fs::path self = fs::read_symlink("/proc/self/exe", ec);
     fs::path runtime = internal::LibraryPath();
-    if (self.filename() != "stagekit") self = internal::DefaultRunner();
+    if (self.filename() != "stagekit") self = internal::DefaultCli();
     if (Status s = add_runtime(self, kShipBinary, "stagekit driver"); !s.ok()) return s;
     if (Status s =
             add_runtime(runtime, std::string(kShipLibDir) + "/" + runtime.filename().string(),

@@ -178,6 +178,21 @@ TEST_F(CliTest, MissingInputIsNamed) {
   }
 }
 
+// Both runners refuse a request nested past the limit with a protocol line
+// and exit 6 (they died of a stack overflow before).
+TEST_F(CliTest, ADeeplyNestedRequestIsRefused) {
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  const std::string request =
+      R"({"stage": "test.noop", "output": "/tmp/x", "kwargs": {"x": )" + deep + "}}";
+  for (const std::string& runner :
+       {std::string(STAGEKIT_CLI), STAGEKIT_CLI + std::string("-stage")}) {
+    CommandResult r = testing::RunCommand(
+        {runner, "stage", "test.noop", "--stages", STAGEKIT_TEST_STAGES}, request);
+    EXPECT_EQ(r.exit_code, kRequest) << runner << Show(r);
+    EXPECT_NE(r.out.find("nested more than 256 levels"), std::string::npos) << runner << Show(r);
+  }
+}
+
 TEST_F(CliTest, MalformedRequestJson) {
   CommandResult r =
       RunCli({"stage", "test.copy", "--stages", STAGEKIT_TEST_STAGES}, {}, "{\"stage\": ");

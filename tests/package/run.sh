@@ -96,6 +96,7 @@ say "installing $BUILD_DIR into $PREFIX"
 run "$TMP/install.log" "$CMAKE" --install "$BUILD_DIR" --prefix "$PREFIX"
 STAGEKIT=$PREFIX/bin/stagekit
 [[ -x $STAGEKIT ]] || die "no executable bin/stagekit in the install tree"
+[[ -x $PREFIX/bin/stagekit-stage ]] || die "no lean stage runner bin/stagekit-stage in the install tree"
 config=$(find "$PREFIX" -name stagekitConfig.cmake -path '*/cmake/stagekit/*' | head -n 1)
 [[ -n $config ]] || die "no stagekitConfig.cmake in the install tree"
 libstagekit=$(find "$PREFIX" -name 'libstagekit.so.*' -type f | head -n 1)
@@ -168,10 +169,10 @@ read -r _ _ digest digest_file < <(grep '^driver: digest ' "$TMP/driver.log") ||
   die "RunStats.output_digest $digest is not the sha256 of $digest_file"
 ok "consumer_driver: all checks passed; its RunStats digest matches sha256sum"
 read -r _ _ runner < <(grep '^driver: runner ' "$TMP/driver.log") || die "consumer_driver printed no runner line"
-[[ $runner == /* && $(realpath "$runner") == "$(realpath "$STAGEKIT")" ]] ||
-  die "SubprocessExecutor's default runner in a library user is '$runner', not the installed $STAGEKIT" \
-      "(it looks for <dir of libstagekit>/../bin/stagekit)"
-ok "SubprocessExecutor's default runner is the installed bin/stagekit"
+[[ $runner == /* && $(realpath "$runner") == "$(realpath "$PREFIX/bin/stagekit-stage")" ]] ||
+  die "SubprocessExecutor's default runner in a library user is '$runner', not the installed" \
+      "$PREFIX/bin/stagekit-stage (it looks for <dir of libstagekit>/../bin/stagekit-stage)"
+ok "SubprocessExecutor's default runner is the installed lean bin/stagekit-stage"
 
 # ---- 4. the installed CLI ----------------------------------------------------
 cd "$TMP"  # nothing may land in the source tree

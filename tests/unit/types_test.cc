@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include "json_fields.h"
 #include "stagekit/executor.h"
 #include "stagekit/invoke.h"
 #include "stagekit/stage.h"
@@ -71,6 +72,30 @@ TEST(StageRequestTest, ParsesAndRoundTrips) {
   EXPECT_EQ(back->instance, "s");  // defaults to the stage name
   EXPECT_EQ(back->inputs.at("a"), "/x/a.txt");
   EXPECT_EQ(back->kwargs, req.kwargs);
+}
+
+// Nesting is refused while parsing, before anything walks the document
+// recursively: kwargs 200,000 levels deep used to crash the runner.
+TEST(StageRequestTest, DeepOrHugeRequestsAreRefusedNotCrashedOn) {
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  auto r = StageRequest::Parse(R"({"stage": "s", "output": "o", "kwargs": {"x": )" + deep + "}}");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kBadRequest);
+  EXPECT_NE(r.status().message().find("nested more than 256 levels"), std::string::npos)
+      << r.status().message();
+  // 255 levels inside the request object still pass.
+  const std::string ok_depth = std::string(254, '[') + std::string(254, ']');
+  auto fine =
+      StageRequest::Parse(R"({"stage": "s", "output": "o", "kwargs": {"x": )" + ok_depth + "}}");
+  EXPECT_TRUE(fine.ok()) << fine.status().message();
+
+  internal::JsonLimits small;
+  small.max_bytes = 10;
+  auto big = internal::ParseJsonWithin("[1, 2, 3, 4, 5]", "a list", Code::kInputError, small);
+  ASSERT_FALSE(big.ok());
+  EXPECT_EQ(big.status().code(), Code::kInputError);
+  EXPECT_NE(big.status().message().find("a list is 15 bytes; at most 10"), std::string::npos)
+      << big.status().message();
 }
 
 TEST(StageRequestTest, MalformedRequestsSayWhatIsWrong) {

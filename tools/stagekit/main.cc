@@ -6,26 +6,11 @@
 #include <iostream>
 
 #include "cli.h"
+#include "stage_server.h"
 #include "stagekit/executor.h"
 #include "stagekit/version.h"
 
 namespace {
-
-void OnSignal(int /*sig*/) { stagekit::RequestInterrupt(); }
-
-void InstallSignalHandlers() {
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigemptyset(&sa.sa_mask);
-  // A second Ctrl-C gets the default action: stop at once.
-  sa.sa_flags = SA_RESETHAND;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  // A closed terminal or a lost SSH session: stop as for SIGTERM (children
-  // stopped, run summary and cost record written), not die half-way.
-  sigaction(SIGHUP, &sa, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-}
 
 constexpr const char* kExitCodes = R"(Exit codes:
   0 success              1 a stage failed           2 usage error
@@ -69,7 +54,7 @@ int main(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : static_cast<int>(stagekit::Code::kUsage);
   }
-  InstallSignalHandlers();
+  stagekit::internal::InstallInterruptHandlers();
   stagekit::Status status;
   try {
     status = action();
