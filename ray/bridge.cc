@@ -43,6 +43,7 @@
 #include <ray/api.h>
 #include <nlohmann/json.hpp>
 
+#include "frame.h"
 #include "ray_bridge_api.h"
 #include "stagekit/c_api.h"
 
@@ -142,7 +143,6 @@ constexpr int kOutputError = 7;
 constexpr int kTimeout = 8;
 constexpr int kInternal = 70;
 constexpr int kInterrupted = 130;
-constexpr char kMagic[4] = {'S', 'K', 'R', '1'};
 constexpr std::size_t kMaxInputs = 48;
 // The most one object can hold: msgpack writes a bin's length in 32 bits.
 constexpr std::uint64_t kMaxObjectBytes = 0xffffffffull;
@@ -221,45 +221,22 @@ std::string Basename(const std::string& path) {
 // ---------------------------------------------------------------------------
 // Worker side
 
-// A frame: magic, 4-byte little-endian length of the status JSON, the status
-// JSON (RunStats or an error), then the output bytes.
-Bytes Frame(const std::string& status, const Bytes* output) {
-  const std::size_t out_size = output == nullptr ? 0 : output->size();
-  Bytes frame(8 + status.size() + out_size);
-  std::memcpy(frame.data(), kMagic, sizeof(kMagic));
-  auto n = static_cast<std::uint32_t>(status.size());
-  for (int i = 0; i < 4; ++i) frame[4 + i] = static_cast<char>((n >> (8 * i)) & 0xff);
-  if (!status.empty()) std::memcpy(frame.data() + 8, status.data(), status.size());
-  if (out_size > 0) std::memcpy(frame.data() + 8 + status.size(), output->data(), out_size);
-  return frame;
-}
+// A frame (ray/frame.h) with `status` and no output bytes.
+Bytes Frame(const std::string& status, std::nullptr_t) { return stagekit::frame::Encode(status); }
 
 Bytes ErrorFrame(int code, const std::string& message) {
   return Frame(ErrorJson(code, message).dump(), nullptr);
 }
 
-// The size of a frame's header (magic, length, status JSON), or 0 when the
-// `size` bytes at `data` are not one of ours (or the length field runs past
-// them).
 std::size_t FrameHeaderSize(const char* data, std::size_t size) {
-  if (size < 8 || std::memcmp(data, kMagic, 4) != 0) return 0;
-  std::uint32_t n = 0;
-  for (int i = 0; i < 4; ++i)
-    n |= static_cast<std::uint32_t>(static_cast<unsigned char>(data[4 + i])) << (8 * i);
-  return 8 + static_cast<std::size_t>(n) <= size ? 8 + n : 0;
+  return stagekit::frame::HeaderSize(data, size);
 }
 
 std::size_t FrameHeaderSize(const Blob& frame) {
   return FrameHeaderSize(frame.data(), frame.size());
 }
 
-// What the header task keeps of an object: a frame's header, or the first
-// 64 KiB of anything else.
-Bytes KeepHead(const char* data, std::size_t size) {
-  std::size_t keep = FrameHeaderSize(data, size);
-  if (keep == 0) keep = std::min<std::size_t>(size, 64 << 10);
-  return Bytes(data, data + keep);
-}
+Bytes KeepHead(const char* data, std::size_t size) { return stagekit::frame::KeepHead(data, size); }
 
 // Run beside a stage's result when the driver does not fetch the output: the
 // result's header alone (its RunStats or error), so that only those bytes
@@ -791,6 +768,9 @@ struct StageRun {
   // The last attempt failed as if an input result was lost: the next one
   // makes its inputs passed by reference again from their recipes.
   bool remake_inputs = false;
+  // Its inputs' results were released (once, whatever retries follow), and
+  // the driver was told its output is made before the fetch (see Made()).
+  bool inputs_released = false, told_made = false;
 };
 
 struct stagekit_ray_bridge {
@@ -1215,12 +1195,14 @@ void FinishError(stagekit_ray_bridge* h, StageRun& run, int code, const std::str
   Finish(h, run, code, ErrorJson(code, message));
 }
 
-// The last step of a stage that succeeded: its inputs' results are released
-// once their last reader is done, its own result is kept for its readers.
-void Succeed(stagekit_ray_bridge* h, StageRun& run) {
+// A stage's output is made: its inputs' results are released once their
+// last reader is done (once per stage, whatever retries follow), and its own
+// result is kept for its readers, with its recipe.
+void Made(stagekit_ray_bridge* h, StageRun& run) {
   const std::uint64_t bytes_out = run.status.value("bytes_out", std::uint64_t{0});
-  {
-    std::lock_guard<std::mutex> lock(h->mu);
+  std::lock_guard<std::mutex> lock(h->mu);
+  if (!run.inputs_released) {
+    run.inputs_released = true;
     const json& inputs = run.request.at("inputs");
     for (const auto& entry : run.names) {
       if (entry.size() < 3 || !entry[2].get<bool>()) continue;
@@ -1231,25 +1213,30 @@ void Succeed(stagekit_ray_bridge* h, StageRun& run) {
         h->results_released++;
       }
     }
-    const int readers = run.task.value("readers", 0);
-    if (readers > 0) {
-      Produced made;
-      made.frame = run.result;  // copy: the bridge never move-constructs a reference
-      made.node = run.status.value("node", "");
-      made.bytes = bytes_out;
-      made.readers_left = readers;
-      h->produced[run.output] = made;
-      auto recipe = std::make_shared<Recipe>();
-      recipe->payload = run.payload;
-      recipe->payload.erase("inputs");
-      // A warm stage is made again in a plain task, set up for that task.
-      if (!run.warm_key.empty()) recipe->payload["cold"] = true;
-      recipe->resources = run.resources;
-      recipe->instance = run.request.value("instance", std::string("stage"));
-      recipe->inputs = run.request.at("inputs");
-      h->recipes[run.output] = std::move(recipe);
-    }
   }
+  const int readers = run.task.value("readers", 0);
+  if (readers > 0) {
+    Produced made;
+    made.frame = run.result;  // copy: the bridge never move-constructs a reference
+    made.node = run.status.value("node", "");
+    made.bytes = bytes_out;
+    made.readers_left = readers;
+    h->produced[run.output] = made;
+    auto recipe = std::make_shared<Recipe>();
+    recipe->payload = run.payload;
+    recipe->payload.erase("inputs");
+    // A warm stage is made again in a plain task, set up for that task.
+    if (!run.warm_key.empty()) recipe->payload["cold"] = true;
+    recipe->resources = run.resources;
+    recipe->instance = run.request.value("instance", std::string("stage"));
+    recipe->inputs = run.request.at("inputs");
+    h->recipes[run.output] = std::move(recipe);
+  }
+}
+
+// The last step of a stage that succeeded (its output fetched, if asked).
+void Succeed(stagekit_ray_bridge* h, StageRun& run) {
+  Made(h, run);
   run.status["attempt"] = run.attempt;
   Finish(h, run, 0, std::move(run.status));
 }
@@ -1476,6 +1463,23 @@ void StartAttempt(stagekit_ray_bridge* h, StageRun& run) {
 // done.
 void FetchOrSucceed(stagekit_ray_bridge* h, StageRun& run) {
   if (run.fetch) {
+    // Its readers need not wait for the driver's copy: they get the result
+    // by reference. The scheduler hears "made" now and the end later.
+    if (!run.sync && run.task.value("readers", 0) > 0) {
+      Made(h, run);
+      if (!run.told_made) {
+        run.told_made = true;
+        json made = run.status;
+        made["attempt"] = run.attempt;
+        {
+          std::lock_guard<std::mutex> lock(h->done_mu);
+          json c = Completion(run.ticket, 0, std::move(made));
+          c["made_only"] = true;
+          h->done_any.push_back(std::move(c));
+        }
+        h->done_cv.notify_all();
+      }
+    }
     run.phase = StageRun::Phase::kFetching;
     return;
   }

@@ -693,6 +693,12 @@ Result<CacheKeyParts> DiskCache::KeyParts(const PipelineStage& stage, const JobS
 
 std::string DiskCache::Prepare(const PipelineStage& stage, const StageRequest& request,
                                const std::map<std::string, std::string>& upstream) {
+  return PrepareByReference(stage, request, upstream, {});
+}
+
+std::string DiskCache::PrepareByReference(const PipelineStage& stage, const StageRequest& request,
+                                          const std::map<std::string, std::string>& upstream,
+                                          const std::set<std::string>& by_reference) {
   Impl::Pending pending;
   // The files as they are before they are hashed: if one changes later, the
   // output is not stored under this key.
@@ -712,6 +718,11 @@ std::string DiskCache::Prepare(const PipelineStage& stage, const StageRequest& r
   // since. Its producer's store remembered the file, so this costs a stat.
   for (const auto& [name, ref] : stage.inputs) {
     if (ref.from_stage.empty()) continue;
+    // Read from the executor's store, not from its file: its digest is it.
+    if (by_reference.count(name) != 0) {
+      if (upstream.count(name) == 0) return "";
+      continue;
+    }
     auto path = request.inputs.find(name);
     if (path == request.inputs.end()) return "";
     struct stat st {};

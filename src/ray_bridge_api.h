@@ -40,7 +40,10 @@ typedef int (*stagekit_ray_bridge_submit_fn)(stagekit_ray_bridge* handle, uint64
                                              const char* request, size_t request_len,
                                              const char* task, size_t task_len);
 /* Waits up to timeout_ms for a submitted stage to finish; *out is a JSON
- * array of the completions since the last call (possibly empty). */
+ * array of the completions since the last call (possibly empty). A stage
+ * whose output other stages read and the driver fetches first comes back
+ * with "made_only": true once its output is made (its RunStats, readable by
+ * reference), then again, without it, once the fetch ended. */
 typedef int (*stagekit_ray_bridge_wait_fn)(stagekit_ray_bridge* handle, int timeout_ms, char** out,
                                            size_t* out_len);
 /* {"objects_put": N, "bytes_put": N, "tasks_submitted": N, "system_retries": N,

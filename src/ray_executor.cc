@@ -661,6 +661,7 @@ std::vector<StageCompletion> RayExecutor::AwaitCompletions(std::chrono::millisec
   for (const Json& r : replies) {
     StageCompletion c;
     c.ticket = r.value("ticket", std::uint64_t{0});
+    c.made_only = r.value("made_only", false);
     c.stats = FromReply(r.contains("reply") ? r["reply"] : Json(), "a stage");
     done.push_back(std::move(c));
   }

@@ -253,8 +253,19 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
     outcome.start_s = seconds();
     if (options.cache != nullptr && cacheable[l.i]) {
       const std::map<std::string, std::string> upstream = upstream_digests(l.i);
+      // Inputs whose producers were released early (made, still fetched):
+      // the stage reads them by reference, their files may be stale.
+      std::set<std::string> by_reference;
+      for (const auto& [name, ref] : pipeline.stages[l.i].inputs) {
+        if (ref.from_stage.empty()) continue;
+        if (result.stages[index.at(ref.from_stage)].state != StageState::kSucceeded)
+          by_reference.insert(name);
+      }
       lock.unlock();
-      l.token = options.cache->Prepare(pipeline.stages[l.i], requests[l.i], upstream);
+      l.token = by_reference.empty()
+                    ? options.cache->Prepare(pipeline.stages[l.i], requests[l.i], upstream)
+                    : options.cache->PrepareByReference(pipeline.stages[l.i], requests[l.i],
+                                                        upstream, by_reference);
       if (options.lookup_cache && !l.token.empty()) {
         l.hit = options.cache->Lookup(pipeline.stages[l.i], requests[l.i], l.token);
       }
@@ -266,6 +277,16 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
   };
   // Records a stage's end (lock held, released while the cache stores it)
   // and readies the stages that waited only for it.
+  // Readers of a stage its executor said was made before it ended (its
+  // output on its way to the driver): readied already, not again.
+  std::vector<bool> readers_released(n, false);
+  auto release_readers = [&](std::size_t i) {
+    if (readers_released[i]) return;
+    readers_released[i] = true;
+    for (std::size_t u : users[i]) {
+      if (--waiting_on[u] == 0) ready.push_back(u);
+    }
+  };
   auto settle = [&](const Launch& l, Result<RunStats> stats, std::unique_lock<std::mutex>& lock) {
     const std::size_t i = l.i;
     StageOutcome& outcome = result.stages[i];
@@ -287,9 +308,7 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
     if (stats.ok()) {
       outcome.state = StageState::kSucceeded;
       outcome.stats = std::move(stats).value();
-      for (std::size_t u : users[i]) {
-        if (--waiting_on[u] == 0) ready.push_back(u);
-      }
+      release_readers(i);
     } else {
       outcome.state = StageState::kFailed;
       outcome.status = stats.status();
@@ -335,6 +354,15 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
       for (StageCompletion& c : done) {
         auto it = in_flight.find(c.ticket);
         if (it == in_flight.end()) continue;
+        if (c.made_only) {
+          // Its readers start on the result by reference while the driver
+          // fetches its copy; the stage keeps its slot until then.
+          if (c.stats.ok() && !stop) {
+            result.stages[it->second.i].stats = *c.stats;  // its digest keys its readers' cache
+            release_readers(it->second.i);
+          }
+          continue;
+        }
         Launch l = std::move(it->second);
         in_flight.erase(it);
         free_slots.insert(result.stages[l.i].slot);

@@ -136,6 +136,9 @@ class DiskCache final : public StageCache {
 
   std::string Prepare(const PipelineStage& stage, const StageRequest& request,
                       const std::map<std::string, std::string>& upstream) override;
+  std::string PrepareByReference(const PipelineStage& stage, const StageRequest& request,
+                                 const std::map<std::string, std::string>& upstream,
+                                 const std::set<std::string>& by_reference) override;
   std::optional<RunStats> Lookup(const PipelineStage& stage, const StageRequest& request,
                                  const std::string& token) override;
   // Stores nothing when an input file changed (inode, size or mtime) between

@@ -63,6 +63,11 @@ struct StageOptions {
 struct StageCompletion {
   std::uint64_t ticket = 0;
   Result<RunStats> stats = Status(Code::kInternal, "not run");
+  // The output is made and stages that read it may start (they get it by
+  // reference), but the stage is not done: the driver's copy is still on its
+  // way, and a completion without this flag for the same ticket follows.
+  // Only for an output with readers (StageOptions::readers) that is fetched.
+  bool made_only = false;
 };
 
 // The interface every transport implements. Run() may be called from several

@@ -25,6 +25,7 @@
 #include <functional>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -140,6 +141,17 @@ class StageCache {
   // that output's digest ("sha256:<hex>"), so that it need not be hashed again.
   virtual std::string Prepare(const PipelineStage& stage, const StageRequest& request,
                               const std::map<std::string, std::string>& upstream) = 0;
+  // As Prepare, for a stage launched while the outputs it reads by the names
+  // in `by_reference` are not files yet (Ray: it reads them from the object
+  // store while the driver still fetches its copies): those are keyed on
+  // their digest in `upstream` alone, never on the file at their path. The
+  // default keys nothing (the stage is neither restored nor stored).
+  virtual std::string PrepareByReference(const PipelineStage& /*stage*/,
+                                         const StageRequest& /*request*/,
+                                         const std::map<std::string, std::string>& /*upstream*/,
+                                         const std::set<std::string>& /*by_reference*/) {
+    return "";
+  }
   // When an entry matches, restores its output at request.output and returns
   // the RunStats recorded when it was made; nullopt otherwise.
   virtual std::optional<RunStats> Lookup(const PipelineStage& stage, const StageRequest& request,

@@ -455,6 +455,29 @@ TEST_F(RayTwoNodes, AResumedOutputIsPutOnceAndReadByReference) {
     EXPECT_EQ(ReadFile(out / f), ReadFile(dir_->path() / "out" / "resumeref-in" / f)) << f;
 }
 
+// A reader starts on its input's result by reference as soon as that is
+// made, not once the driver has its own copy: here the driver fetches 48 MiB
+// in 1 MiB windows while the reader already runs.
+TEST_F(RayTwoNodes, ReadersDoNotWaitForTheDriversCopy) {
+  fs::path p = Pipeline("earlyreaders",
+                        "  - {name: big, stage: test.fill, kwargs: {bytes: 50331648, seed: 3}}\n"
+                        "  - {name: sum, stage: test.checksum, inputs: {in: {from: big}}}\n");
+  CommandResult r = Run(p, {"--fetch-window", "1"});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  Json summary = Json::parse(r.out);
+  const Json& big = summary["stages"][0];
+  const Json& sum = summary["stages"][1];
+  EXPECT_LT(sum["start_s"].get<double>(), big["end_s"].get<double>()) << summary["stages"].dump(1);
+  EXPECT_EQ(summary["ray"]["stats"]["inputs_by_reference"], 1u) << summary["ray"].dump(1);
+  EXPECT_GE(summary["ray"]["stats"]["windows_fetched"], 48u) << summary["ray"].dump(1);
+  const fs::path in = dir_->path() / "out" / "earlyreaders-in";
+  CommandResult local = RunCli({"run", p.string(), "--no-cache", "-q", "--out", in.string()});
+  ASSERT_EQ(local.exit_code, 0) << Show(local);
+  const fs::path out = dir_->path() / "out" / "earlyreaders";
+  EXPECT_EQ(ReadFile(out / "sum.out"), ReadFile(in / "sum.out"));
+  EXPECT_EQ(ReadFile(out / "big.out"), ReadFile(in / "big.out"));
+}
+
 TEST_F(RayTwoNodes, InfeasibleRequestFailsFastNamingTheResource) {
   fs::path p =
       Pipeline("infeasible",
