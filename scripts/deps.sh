@@ -13,6 +13,7 @@ packages=(
   fortunes                                                      # the word-count example's corpus
   chromium                                                      # the HTML report's browser test
   faketime libfaketime                                          # the audit's clock perturbation
+  clang libclang-rt-14-dev                                      # libFuzzer targets (scripts/fuzz.sh)
 )
 
 missing=()

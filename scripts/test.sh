@@ -3,7 +3,7 @@
 # Ray in .venv), then build and run every test: the CI build (warnings are
 # errors) with unit, integration, package and real-Ray tests (local clusters
 # the tests start and stop themselves), the unit and integration tests under
-# ASan+UBSan, and the unit tests under TSan.
+# ASan+UBSan, the unit tests under TSan, and each fuzz target for a few seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
@@ -30,3 +30,6 @@ for preset in asan tsan ci; do
   echo "== ctest: $preset"
   ctest --preset "$preset" -j "$jobs"
 done
+# The libFuzzer targets, a few seconds each from their seed corpora (a
+# regression check; long campaigns: bash scripts/fuzz.sh 600).
+bash scripts/fuzz.sh "${STAGEKIT_FUZZ_SECONDS:-5}"

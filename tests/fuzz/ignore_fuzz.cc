@@ -1,0 +1,23 @@
+// Fuzz target: the ignore-pattern compiler (.gitignore/.rayignore lines to
+// PCRE2). Input: pattern lines, a NUL, then paths to match, one per line.
+// Property: no crash, no sanitizer report, no exception.
+#include <cstddef>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "tools/ignore.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  const std::size_t nul = text.find('\0');
+  std::vector<std::string> lines;
+  std::istringstream patterns(text.substr(0, nul));
+  for (std::string line; std::getline(patterns, line);) lines.push_back(line);
+  auto set = stagekit::tools::PatternSet::Compile(lines, "fuzz");
+  if (!set.ok()) return 0;
+  std::istringstream paths(nul == std::string::npos ? "a/b.txt\n.\nx" : text.substr(nul + 1));
+  for (std::string path; std::getline(paths, path);) (*set)->Match(path);
+  return 0;
+}
