@@ -383,44 +383,69 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
                            "--dashboard-agent-grpc-port",
                            "--runtime-env-agent-port",
                            "--ray-client-server-port"};
-    std::vector<int> ports = internal::FreePorts(std::size(flags));
-    if (ports.size() != std::size(flags)) {
-      return Status(Code::kInternal, "cannot find free ports for a private Ray head");
-    }
-    for (std::size_t i = 0; i < ports.size(); ++i) {
-      argv.push_back(std::string(flags[i]) + "=" + std::to_string(ports[i]));
-    }
-    argv.insert(argv.end(), options.head_args.begin(), options.head_args.end());
-    internal::SpawnSpec head;
-    head.argv = argv;
-    head.new_session = true;
-    head.log_path = (ex->temp_dir_ / "ray-start.log").string();
-    auto started = internal::Spawn(head);
-    if (!started.ok()) return started.status();
-    ex->head_pid_ = started->pid;
-    // The reaper stops the head's whole session when our end of its stdin
-    // closes: on close, or when this process dies however it dies.
-    internal::SpawnSpec reaper;
-    reaper.argv = {options.runner.string(),      "ray-reaper", "--session",
-                   std::to_string(started->pid), "--temp-dir", ex->temp_dir_.string()};
-    reaper.new_session = true;
-    reaper.stdin_pipe = true;
-    auto reaper_started = internal::Spawn(reaper);
-    if (!reaper_started.ok()) {
-      StopProcessSession(started->pid, std::chrono::seconds(2));
-      return Status(Code::kInternal, reaper_started.status().message() +
-                                         " (is the stagekit binary installed beside libstagekit?)");
-    }
-    ex->reaper_pid_ = reaper_started->pid;
-    ex->reaper_fd_ = reaper_started->stdin_fd;
-    int rc = internal::WaitFor(started->pid, std::chrono::minutes(3));
-    std::string address = ReadSmallFile(ex->temp_dir_ / "ray_current_cluster");
-    if (rc != 0 || address.empty()) {
+    // A head that times out while starting (its GCS too slow to answer on a
+    // loaded machine: "The current node timed out during startup") is
+    // stopped and started once more, on fresh ports.
+    for (int attempt = 1;; ++attempt) {
+      std::vector<int> ports = internal::FreePorts(std::size(flags));
+      if (ports.size() != std::size(flags)) {
+        return Status(Code::kInternal, "cannot find free ports for a private Ray head");
+      }
+      std::vector<std::string> args = argv;
+      for (std::size_t i = 0; i < ports.size(); ++i) {
+        args.push_back(std::string(flags[i]) + "=" + std::to_string(ports[i]));
+      }
+      args.insert(args.end(), options.head_args.begin(), options.head_args.end());
+      internal::SpawnSpec head;
+      head.argv = args;
+      head.new_session = true;
+      head.log_path = (ex->temp_dir_ / "ray-start.log").string();
+      auto started = internal::Spawn(head);
+      if (!started.ok()) return started.status();
+      ex->head_pid_ = started->pid;
+      // The reaper stops the head's whole session when our end of its stdin
+      // closes: on close, or when this process dies however it dies.
+      internal::SpawnSpec reaper;
+      reaper.argv = {options.runner.string(),      "ray-reaper", "--session",
+                     std::to_string(started->pid), "--temp-dir", ex->temp_dir_.string()};
+      reaper.new_session = true;
+      reaper.stdin_pipe = true;
+      auto reaper_started = internal::Spawn(reaper);
+      if (!reaper_started.ok()) {
+        StopProcessSession(started->pid, std::chrono::seconds(2));
+        return Status(Code::kInternal,
+                      reaper_started.status().message() +
+                          " (is the stagekit binary installed beside libstagekit?)");
+      }
+      ex->reaper_pid_ = reaper_started->pid;
+      ex->reaper_fd_ = reaper_started->stdin_fd;
+      int rc = internal::WaitFor(started->pid, std::chrono::minutes(3));
+      std::string address = ReadSmallFile(ex->temp_dir_ / "ray_current_cluster");
+      if (rc == 0 && !address.empty()) {
+        ex->address_ = address;
+        break;
+      }
       std::string log = ReadSmallFile(ex->temp_dir_ / "ray-start.log");
+      if (attempt == 1 && log.find("timed out during startup") != std::string::npos) {
+        ::close(ex->reaper_fd_);  // the reaper stops what the first try left
+        internal::WaitFor(ex->reaper_pid_, std::chrono::minutes(1));
+        ex->reaper_fd_ = -1;
+        ex->reaper_pid_ = -1;
+        ex->head_pid_ = -1;
+        // The reaper removed the temp dir with the token in it: make both again.
+        std::error_code again;
+        fs::create_directories(ex->temp_dir_, again);
+        fs::permissions(ex->temp_dir_, fs::perms::owner_all, again);
+        {
+          std::ofstream out(token);
+          out << RandomHex(32);
+        }
+        fs::permissions(token, fs::perms::owner_read | fs::perms::owner_write, again);
+        continue;
+      }
       return Status(Code::kInternal, "`ray start --head` failed (exit " + std::to_string(rc) +
                                          "):\n" + internal::Tail(log, 2000));
     }
-    ex->address_ = address;
   }
 
   if (Status s = ex->RefreshNodes(); !s.ok()) return s;

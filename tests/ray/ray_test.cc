@@ -85,6 +85,33 @@ TEST(RayPrivateHead, AFailedRunStopsTheHeadToo) {
   EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "a failed run left the private head running";
 }
 
+// A `ray start --head` that times out while starting (seen once in CI under
+// load: "The current node timed out during startup") is tried once more, with
+// a fresh token, and the run goes on.
+TEST(RayPrivateHead, AHeadThatTimesOutStartingIsStartedOnceMore) {
+  TempDir dir;
+  const fs::path bin = dir / "bin";
+  const fs::path marker = dir / "failed-once";
+  fs::create_directories(bin);
+  WriteFile(bin / "python", "#!/bin/sh\nexec '" + (kRayBin / "python").string() + "' \"$@\"\n");
+  WriteFile(bin / "ray", "#!/bin/sh\nif [ ! -e '" + marker.string() + "' ]; then\n  touch '" +
+                             marker.string() +
+                             "'\n  echo 'Exception: The current node timed out during startup.' "
+                             ">&2\n  exit 1\nfi\nexec '" +
+                             (kRayBin / "ray").string() + "' \"$@\"\n");
+  for (const char* f : {"python", "ray"})
+    fs::permissions(bin / f, fs::perms::owner_all, fs::perm_options::add);
+  WriteFile(dir / "p.yaml",
+            "libraries: [" STAGEKIT_TEST_STAGES "]\nstages:\n  - {name: n, stage: test.noop}\n");
+  ::setenv("STAGEKIT_RAY_BIN_DIR", bin.c_str(), 1);
+  CommandResult r =
+      RunCli({"run", (dir / "p.yaml").string(), "-e", "ray", "--out", (dir / "o").string()});
+  ::unsetenv("STAGEKIT_RAY_BIN_DIR");
+  EXPECT_EQ(r.exit_code, 0) << Show(r);
+  EXPECT_TRUE(fs::exists(marker)) << "the first start did not fail";
+  EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "a head was left running";
+}
+
 TEST(RayPrivateHead, CtrlCStopsTheRunAndTheHead) {
   TempDir dir;
   WriteFile(dir / "p.yaml",
