@@ -74,11 +74,9 @@ struct FrameHeadArg {
   Bytes head;
   FrameHeadArg() = default;
   // Only for Ray's compile-time check that a Blob reference may be passed.
-  FrameHeadArg(const Blob& blob);  // NOLINT(google-explicit-constructor)
+  FrameHeadArg(const Blob& blob)  // NOLINT(google-explicit-constructor)
+      : head(stagekit::frame::KeepHead(blob.data(), blob.size())) {}
 };
-
-// A frame's header, or the first 64 KiB of an object that is not a frame.
-Bytes HeadOf(const char* data, std::size_t size);
 
 }  // namespace stagekit_ray
 
@@ -115,9 +113,9 @@ MSGPACK_API_VERSION_NAMESPACE(MSGPACK_DEFAULT_API_NS) {
     const msgpack::object& operator()(const msgpack::object& o,
                                       stagekit_ray::FrameHeadArg& v) const {
       if (o.type == msgpack::type::BIN) {
-        v.head = stagekit_ray::HeadOf(o.via.bin.ptr, o.via.bin.size);
+        v.head = stagekit::frame::KeepHead(o.via.bin.ptr, o.via.bin.size);
       } else if (o.type == msgpack::type::STR) {
-        v.head = stagekit_ray::HeadOf(o.via.str.ptr, o.via.str.size);
+        v.head = stagekit::frame::KeepHead(o.via.str.ptr, o.via.str.size);
       } else {
         throw msgpack::type_error();
       }
@@ -192,25 +190,35 @@ bool WriteAll(int fd, const char* data, std::size_t n) {
   return true;
 }
 
-bool ReadFile(const std::string& path, Bytes& out) {
+// Reads the file at `path` into `frame` after its first `at` bytes.
+bool ReadFileInto(const std::string& path, Bytes& frame, std::size_t at) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return false;
   struct stat st {};
-  // st_size is a hint only: files under /proc report 0.
-  out.clear();
-  out.reserve(::fstat(fd, &st) == 0 && st.st_size > 0 ? static_cast<std::size_t>(st.st_size)
-                                                      : 4096);
-  char chunk[1 << 16];
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    return false;
+  }
+  frame.resize(at + static_cast<std::size_t>(st.st_size));
+  std::size_t got = at;
   bool ok = true;
   for (;;) {
-    ssize_t r = ::read(fd, chunk, sizeof(chunk));
+    if (got == frame.size()) frame.resize(frame.size() + (1 << 16));  // it grew meanwhile
+    ssize_t r = ::read(fd, frame.data() + got, frame.size() - got);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) ok = false;
     if (r <= 0) break;
-    out.insert(out.end(), chunk, chunk + r);
+    got += static_cast<std::size_t>(r);
   }
   ::close(fd);
+  frame.resize(got);
   return ok;
+}
+
+// The whole file at `path` (st_size is only a hint: files under /proc say 0).
+bool ReadFile(const std::string& path, Bytes& out) {
+  out.clear();
+  return ReadFileInto(path, out, 0);
 }
 
 std::string Basename(const std::string& path) {
@@ -236,21 +244,10 @@ std::size_t FrameHeaderSize(const Blob& frame) {
   return FrameHeaderSize(frame.data(), frame.size());
 }
 
-Bytes KeepHead(const char* data, std::size_t size) { return stagekit::frame::KeepHead(data, size); }
-
 // Run beside a stage's result when the driver does not fetch the output: the
 // result's header alone (its RunStats or error), so that only those bytes
 // reach the driver. Its argument is decoded without copying the output.
 Blob FrameHead(FrameHeadArg frame) { return Blob(std::move(frame.head)); }
-
-}  // namespace
-
-namespace stagekit_ray {
-Bytes HeadOf(const char* data, std::size_t size) { return KeepHead(data, size); }
-FrameHeadArg::FrameHeadArg(const Blob& blob) : head(HeadOf(blob.data(), blob.size())) {}
-}  // namespace stagekit_ray
-
-namespace {
 
 // "host:<node manager port>": which raylet this worker belongs to. The C++
 // worker gets the port as a command line flag and no node id in its
@@ -326,31 +323,6 @@ std::string ScratchRoot(std::uint64_t input_bytes) {
   if (TmpfsFree("/dev/shm") >= need && MemoryAvailable() >= need) return "/dev/shm";
   const char* tmp = std::getenv("TMPDIR");
   return tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
-}
-
-// Reads the file at `path` into `frame` after its first `at` bytes.
-bool ReadFileInto(const std::string& path, Bytes& frame, std::size_t at) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    return false;
-  }
-  frame.resize(at + static_cast<std::size_t>(st.st_size));
-  std::size_t got = at;
-  bool ok = true;
-  for (;;) {
-    if (got == frame.size()) frame.resize(frame.size() + (1 << 16));  // it grew meanwhile
-    ssize_t r = ::read(fd, frame.data() + got, frame.size() - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) ok = false;
-    if (r <= 0) break;
-    got += static_cast<std::size_t>(r);
-  }
-  ::close(fd);
-  frame.resize(got);
-  return ok;
 }
 
 Blob RunImpl(const std::string& payload, const std::vector<const Blob*>& inputs) {

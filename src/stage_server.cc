@@ -154,13 +154,7 @@ Status RunStageServer(const StageServerOptions& cmd) {
     return Status(Code::kInternal, "cannot set up the protocol stream");
   }
   auto reply = [protocol](const std::string& line) {
-    std::string text = line + "\n";
-    std::size_t done = 0;
-    while (done < text.size()) {
-      ssize_t n = ::write(protocol, text.data() + done, text.size() - done);
-      if (n <= 0) break;
-      done += static_cast<std::size_t>(n);
-    }
+    WriteLine(protocol, line);
     ::close(protocol);
   };
   auto fail = [&](const Status& s) {
