@@ -9,13 +9,25 @@
 #  5. 10,000 no-op stages -j 1000 and -j 2: the driver's peak threads and RSS;
 #  6. the data plane: 8 x 128 MiB fan-in and a chain of 4 x 512 MiB, -e ray
 #     --outputs final next to -e inprocess and plain Python Ray passing refs.
-# Usage: bash bench/ray_bench.sh [BUILD_DIR]   (default build/bench; needs a Ray build)
+# Usage: bash bench/ray_bench.sh [BUILD_DIR]   (default build/bench, Release)
 #        SECTIONS="4 6" bash bench/ray_bench.sh   runs only those sections
+# It configures and builds what it runs (the CLI, the runner, the Ray bridge,
+# the test and example stage libraries) in BUILD_DIR, from a fresh clone too;
+# Ray comes from .venv (bash scripts/ray.sh makes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build/bench}
 stagekit=$build/bin/stagekit
 bin=.venv/bin
+[[ -x $bin/ray ]] || { echo "ray_bench.sh: no Ray in $bin; run bash scripts/ray.sh first" >&2; exit 1; }
+echo "== configure and build ($build, Release)"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSTAGEKIT_BUILD_TESTS=ON -DSTAGEKIT_BUILD_EXAMPLES=ON \
+  -DSTAGEKIT_RAY=ON >/dev/null
+cmake --build "$build" -j "${JOBS:-2}" --target stagekit_cli stagekit_stage_runner stagekit_ray \
+  stagekit_test_stages stagekit_examples >/dev/null
+for f in "$stagekit" "$build/tests/stages/libstagekit_test_stages.so" "$build/lib/libstagekit_ray.so"; do
+  [[ -e $f ]] || { echo "ray_bench.sh: missing $f after the build" >&2; exit 1; }
+done
 # Outputs on tmpfs: on ext4, creating files right after many deletions costs
 # milliseconds (the inode allocator scans recently deleted inodes), which would
 # swamp the per-stage numbers; see bench/run.sh. The workers scratch there too

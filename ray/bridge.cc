@@ -46,6 +46,7 @@
 #include "frame.h"
 #include "ray_bridge_api.h"
 #include "stagekit/c_api.h"
+#include "util/text.h"
 
 namespace stagekit_ray {
 
@@ -325,6 +326,69 @@ std::string ScratchRoot(std::uint64_t input_bytes) {
   return tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
 }
 
+// Writes each input into its own folder under `scratch` (equal basenames stay
+// apart); returns {name: path} for the request. An input passed by reference
+// is another stage's result: a frame whose bytes after the header are that
+// stage's output. Throws what went wrong.
+json MaterializeInputs(const std::string& scratch, const json& names,
+                       const std::vector<const Blob*>& inputs, std::uint64_t input_bytes) {
+  json in = json::object();
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    std::string dir = scratch + "/in" + std::to_string(i);
+    std::string path = dir + "/" + names[i][1].get<std::string>();
+    const char* data = inputs[i]->data();
+    std::size_t size = inputs[i]->size();
+    if (names[i].size() > 2 && names[i][2].get<bool>()) {
+      std::size_t header = FrameHeaderSize(*inputs[i]);
+      if (header == 0) {
+        throw std::runtime_error("input '" + names[i][0].get<std::string>() +
+                                 "' came by reference but is not a stage result");
+      }
+      data += header;
+      size -= header;
+    }
+    int fd = -1;
+    if (::mkdir(dir.c_str(), 0700) == 0)
+      fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0 || !WriteAll(fd, data, size)) {
+      std::string err = std::strerror(errno);
+      if (fd >= 0) ::close(fd);
+      throw std::runtime_error("cannot materialise input '" + names[i][0].get<std::string>() +
+                               "' in " + ScratchRoot(input_bytes) + ": " + err);
+    }
+    ::close(fd);
+    in[names[i][0].get<std::string>()] = path;
+  }
+  return in;
+}
+
+// The task's result: the stage's reply (rc, `status`) as the frame's header
+// and, on success, the output file read straight in behind it (one copy).
+Bytes ResultFrame(int rc, const std::string& status, const std::string& output) {
+  if (rc != 0) {
+    json err = json::parse(status);
+    err["error"]["message"] =
+        err["error"]["message"].get<std::string>() + " (on Ray node " + NodeName() + ")";
+    return Frame(err.dump(), nullptr);
+  }
+  json stats = json::parse(status);
+  stats["node"] = NodeName();
+  Bytes frame = Frame(stats.dump(), nullptr);
+  struct stat st {};
+  if (::stat(output.c_str(), &st) == 0 &&
+      frame.size() + static_cast<std::uint64_t>(st.st_size) > kMaxObjectBytes) {
+    return ErrorFrame(kOutputError, "the output is " + std::to_string(st.st_size) +
+                                        " bytes; a Ray object carries at most 4 GiB - 1 "
+                                        "(msgpack's limit in Ray's C++ API): split the "
+                                        "stage's output (on Ray node " +
+                                        NodeName() + ")");
+  }
+  if (!ReadFileInto(output, frame, frame.size())) {
+    throw std::runtime_error("cannot read back the output: " + std::string(std::strerror(errno)));
+  }
+  return frame;
+}
+
 Blob RunImpl(const std::string& payload, const std::vector<const Blob*>& inputs) {
   std::string scratch;
   try {
@@ -341,38 +405,7 @@ Blob RunImpl(const std::string& payload, const std::vector<const Blob*>& inputs)
     }
     scratch = tmpl;
     json request = p.at("request");
-    const json& names = p.at("inputs");
-    json in = json::object();
-    for (std::size_t i = 0; i < inputs.size(); ++i) {
-      // One directory per input keeps equal basenames apart.
-      std::string dir = scratch + "/in" + std::to_string(i);
-      std::string path = dir + "/" + names[i][1].get<std::string>();
-      // An input passed by reference is another stage's result: a frame
-      // whose bytes after the header are that stage's output.
-      const char* data = inputs[i]->data();
-      std::size_t size = inputs[i]->size();
-      if (names[i].size() > 2 && names[i][2].get<bool>()) {
-        std::size_t header = FrameHeaderSize(*inputs[i]);
-        if (header == 0) {
-          throw std::runtime_error("input '" + names[i][0].get<std::string>() +
-                                   "' came by reference but is not a stage result");
-        }
-        data += header;
-        size -= header;
-      }
-      int fd = -1;
-      if (::mkdir(dir.c_str(), 0700) == 0)
-        fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-      if (fd < 0 || !WriteAll(fd, data, size)) {
-        std::string err = std::strerror(errno);
-        if (fd >= 0) ::close(fd);
-        throw std::runtime_error("cannot materialise input '" + names[i][0].get<std::string>() +
-                                 "' in " + ScratchRoot(input_bytes) + ": " + err);
-      }
-      ::close(fd);
-      in[names[i][0].get<std::string>()] = path;
-    }
-    request["inputs"] = in;
+    request["inputs"] = MaterializeInputs(scratch, p.at("inputs"), inputs, input_bytes);
     std::string out_dir = scratch + "/out";
     ::mkdir(out_dir.c_str(), 0700);
     std::string output = out_dir + "/" + p.at("output_name").get<std::string>();
@@ -387,30 +420,7 @@ Blob RunImpl(const std::string& payload, const std::vector<const Blob*>& inputs)
                                        &reply, &reply_len);
     std::string status(reply == nullptr ? "" : reply, reply_len);
     stagekit_free(reply);
-    Bytes frame;
-    if (rc != 0) {
-      json err = json::parse(status);
-      err["error"]["message"] =
-          err["error"]["message"].get<std::string>() + " (on Ray node " + NodeName() + ")";
-      frame = Frame(err.dump(), nullptr);
-    } else {
-      json stats = json::parse(status);
-      stats["node"] = NodeName();
-      // The output is read straight in behind the header: one copy.
-      frame = Frame(stats.dump(), nullptr);
-      struct stat st {};
-      if (::stat(output.c_str(), &st) == 0 &&
-          frame.size() + static_cast<std::uint64_t>(st.st_size) > kMaxObjectBytes) {
-        frame = ErrorFrame(kOutputError, "the output is " + std::to_string(st.st_size) +
-                                             " bytes; a Ray object carries at most 4 GiB - 1 "
-                                             "(msgpack's limit in Ray's C++ API): split the "
-                                             "stage's output (on Ray node " +
-                                             NodeName() + ")");
-      } else if (!ReadFileInto(output, frame, frame.size())) {
-        throw std::runtime_error("cannot read back the output: " +
-                                 std::string(std::strerror(errno)));
-      }
-    }
+    Bytes frame = ResultFrame(rc, status, output);
     ::nftw(scratch.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
     return Blob(std::move(frame));
   } catch (const std::exception& e) {
@@ -659,16 +669,6 @@ ray::ObjectRef<Blob> ActorSubmit(WarmHandle& actor, const std::string& payload,
 template <std::size_t... N>
 std::array<ActorSubmitFn, sizeof...(N)> ActorSubmitTable(std::index_sequence<N...>) {
   return {&ActorSubmit<N>...};
-}
-
-std::string Hex(const std::string& bytes) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) {
-    out.push_back(kHex[c >> 4]);
-    out.push_back(kHex[c & 15]);
-  }
-  return out;
 }
 
 struct InputKey {
@@ -1512,6 +1512,8 @@ void OnUploaded(stagekit_ray_bridge* h, StageRun& run) {
 // The awaited object of a running stage is ready: its header (or, when the
 // header task failed, its result). Moves the stage on: done, to be fetched,
 // to be tried again, or (header task failed) awaiting the result itself.
+// Kept in one piece (a little over 80 lines): each branch is one transition
+// of the stage's state machine, and they read best side by side.
 void OnReady(stagekit_ray_bridge* h, StageRun& run) {
   if (run.uploading) {
     OnUploaded(h, run);
@@ -1580,7 +1582,7 @@ void OnReady(stagekit_ray_bridge* h, StageRun& run) {
   if (run.actor) {
     ReleaseActor(h, run.warm_key, *run.actor);
     if (status.contains("metrics") && status["metrics"].contains("warm")) {
-      status["metrics"]["warm"]["actor"] = Hex(run.actor->ID());
+      status["metrics"]["warm"]["actor"] = stagekit::util::Hex(run.actor->ID());
       status["metrics"]["warm"]["new_actor"] = run.fresh_actor;
     }
     run.actor.reset();
@@ -1656,99 +1658,126 @@ void Guarded(stagekit_ray_bridge* h, StageRun& run, void (*step)(stagekit_ray_br
 // The driver's loop: starts attempts, awaits every running stage's header at
 // once with ray::Wait, enforces timeouts and Ctrl-C, and hands outputs to be
 // fetched to the fetch threads. One thread, however many stages run.
+// Moves newly submitted stages into `runs`; false once the bridge closes.
+bool TakeSubmitted(stagekit_ray_bridge* h, std::vector<std::unique_ptr<StageRun>>& runs,
+                   bool& busy) {
+  std::unique_lock<std::mutex> lock(h->loop_mu);
+  if (h->closing.load()) return false;
+  busy = busy || !h->submitted.empty();
+  while (!h->submitted.empty()) {
+    runs.push_back(std::move(h->submitted.front()));
+    h->submitted.pop_front();
+  }
+  return true;
+}
+
+// Ends what was interrupted or ran past its time, and starts the attempts
+// that are due; true when a stage still waits for an actor or a retry.
+bool StopOrStart(stagekit_ray_bridge* h, std::vector<std::unique_ptr<StageRun>>& runs) {
+  const bool interrupted = stagekit_interrupted() != 0;
+  const auto now = Clock::now();
+  bool waiting = false;
+  for (auto& run : runs) {
+    // The stage's time runs from its first submission: waiting for a busy
+    // warm actor before that is queueing, not running.
+    const bool late = run->timeout_ms > 0 && run->attempt > 0 && !run->uploading &&
+                      now - run->start > std::chrono::milliseconds(run->timeout_ms);
+    if (interrupted) {
+      if (run->actor) DiscardActor(h, *run->actor);
+      run->actor.reset();
+      FinishError(h, *run, kInterrupted, run->label + " was interrupted while running on Ray");
+      run->phase = StageRun::Phase::kDone;
+    } else if (late && run->actor) {
+      // Unlike a task, an actor can be stopped: kill it (a new one replaces it).
+      DiscardActor(h, *run->actor);
+      run->actor.reset();
+      FinishError(h, *run, kTimeout,
+                  run->label + " timed out after " + std::to_string(run->timeout_ms) +
+                      "ms on Ray; its warm actor was killed and will be replaced");
+      run->phase = StageRun::Phase::kDone;
+    } else if (late && run->phase == StageRun::Phase::kStarting) {
+      FinishError(h, *run, kTimeout,
+                  run->label + " timed out after " + std::to_string(run->timeout_ms) +
+                      "ms on Ray while waiting to be tried again (attempt " +
+                      std::to_string(run->attempt) + " failed: " + run->last_failure + ")");
+      run->phase = StageRun::Phase::kDone;
+    } else if (late) {
+      FinishError(h, *run, kTimeout,
+                  run->label + " timed out after " + std::to_string(run->timeout_ms) +
+                      "ms on Ray (the C++ API cannot cancel the task; it runs until it ends "
+                      "or its cluster stops)");
+      run->phase = StageRun::Phase::kDone;
+    } else if (run->phase == StageRun::Phase::kStarting) {
+      if (run->not_before <= now) Guarded(h, *run, StartAttempt);
+      if (run->phase == StageRun::Phase::kStarting) waiting = true;
+    }
+  }
+  return waiting;
+}
+
+// One ray::Wait over every running stage's awaited object, then OnReady for
+// each that is ready; false when nothing was running.
+bool AwaitReady(stagekit_ray_bridge* h, std::vector<std::unique_ptr<StageRun>>& runs, bool& busy) {
+  std::vector<std::string> ids;
+  std::vector<StageRun*> running;
+  for (auto& run : runs) {
+    if (run->phase != StageRun::Phase::kRunning) continue;
+    ids.push_back(run->awaited.ID());
+    running.push_back(run.get());
+  }
+  if (ids.empty()) return false;
+  auto* runtime = ray::internal::GetRayRuntime().get();
+  std::vector<bool> ready;
+  try {
+    // Block until one is ready (or a short while passed, to notice
+    // Ctrl-C, timeouts and new stages), then take every one ready now.
+    ready = runtime->Wait(ids, 1, busy ? 2 : 10);
+    busy = false;
+    if (std::find(ready.begin(), ready.end(), true) != ready.end() && ids.size() > 1)
+      ready = runtime->Wait(ids, static_cast<int>(ids.size()), 0);
+  } catch (const std::exception&) {
+    ready.assign(ids.size(), true);  // let Get say what is wrong with each
+  }
+  for (std::size_t i = 0; i < running.size() && i < ready.size(); ++i) {
+    if (ready[i]) Guarded(h, *running[i], OnReady);
+  }
+  return true;
+}
+
+// Hands the stages whose outputs are to be fetched to the fetchers and drops
+// the finished ones; a round that finished something is busy.
+void HandOver(stagekit_ray_bridge* h, std::vector<std::unique_ptr<StageRun>>& runs, bool& busy,
+              std::unique_lock<std::mutex>& lock) {
+  std::vector<std::unique_ptr<StageRun>> fetch;
+  for (auto& run : runs) {
+    if (run->phase == StageRun::Phase::kFetching) fetch.push_back(std::move(run));
+  }
+  for (const auto& run : runs)
+    busy = busy || run == nullptr || run->phase == StageRun::Phase::kDone;
+  runs.erase(std::remove_if(runs.begin(), runs.end(),
+                            [](const std::unique_ptr<StageRun>& r) {
+                              return r == nullptr || r->phase == StageRun::Phase::kDone;
+                            }),
+             runs.end());
+  lock.lock();
+  for (auto& run : fetch) h->to_fetch.push_back(std::move(run));
+  if (!fetch.empty()) h->fetch_cv.notify_all();
+}
+
+// The bridge's one driver thread: every stage in flight, from submission to
+// its result, without a thread per stage.
 void Loop(stagekit_ray_bridge* h) {
   std::vector<std::unique_ptr<StageRun>> runs;  // starting or running
-  auto* runtime = ray::internal::GetRayRuntime().get();
   // Whether the last round moved anything on: the scheduler then submits
   // the stages that waited for it within moments, and a long wait would
   // hold them up (no new submission can end a Wait).
   bool busy = false;
-  for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(h->loop_mu);
-      if (h->closing.load()) return;
-      busy = busy || !h->submitted.empty();
-      while (!h->submitted.empty()) {
-        runs.push_back(std::move(h->submitted.front()));
-        h->submitted.pop_front();
-      }
-    }
-    const bool interrupted = stagekit_interrupted() != 0;
-    const auto now = Clock::now();
-    bool waiting = false;  // a stage waits for an actor or a retry
-    for (auto& run : runs) {
-      // The stage's time runs from its first submission: waiting for a busy
-      // warm actor before that is queueing, not running.
-      const bool late = run->timeout_ms > 0 && run->attempt > 0 && !run->uploading &&
-                        now - run->start > std::chrono::milliseconds(run->timeout_ms);
-      if (interrupted) {
-        if (run->actor) DiscardActor(h, *run->actor);
-        run->actor.reset();
-        FinishError(h, *run, kInterrupted, run->label + " was interrupted while running on Ray");
-        run->phase = StageRun::Phase::kDone;
-      } else if (late && run->actor) {
-        // Unlike a task, an actor can be stopped: kill it (a new one replaces it).
-        DiscardActor(h, *run->actor);
-        run->actor.reset();
-        FinishError(h, *run, kTimeout,
-                    run->label + " timed out after " + std::to_string(run->timeout_ms) +
-                        "ms on Ray; its warm actor was killed and will be replaced");
-        run->phase = StageRun::Phase::kDone;
-      } else if (late && run->phase == StageRun::Phase::kStarting) {
-        FinishError(h, *run, kTimeout,
-                    run->label + " timed out after " + std::to_string(run->timeout_ms) +
-                        "ms on Ray while waiting to be tried again (attempt " +
-                        std::to_string(run->attempt) + " failed: " + run->last_failure + ")");
-        run->phase = StageRun::Phase::kDone;
-      } else if (late) {
-        FinishError(h, *run, kTimeout,
-                    run->label + " timed out after " + std::to_string(run->timeout_ms) +
-                        "ms on Ray (the C++ API cannot cancel the task; it runs until it ends "
-                        "or its cluster stops)");
-        run->phase = StageRun::Phase::kDone;
-      } else if (run->phase == StageRun::Phase::kStarting) {
-        if (run->not_before <= now) Guarded(h, *run, StartAttempt);
-        if (run->phase == StageRun::Phase::kStarting) waiting = true;
-      }
-    }
-    std::vector<std::string> ids;
-    std::vector<StageRun*> running;
-    for (auto& run : runs) {
-      if (run->phase != StageRun::Phase::kRunning) continue;
-      ids.push_back(run->awaited.ID());
-      running.push_back(run.get());
-    }
-    if (!ids.empty()) {
-      std::vector<bool> ready;
-      try {
-        // Block until one is ready (or a short while passed, to notice
-        // Ctrl-C, timeouts and new stages), then take every one ready now.
-        ready = runtime->Wait(ids, 1, busy ? 2 : 10);
-        busy = false;
-        if (std::find(ready.begin(), ready.end(), true) != ready.end() && ids.size() > 1)
-          ready = runtime->Wait(ids, static_cast<int>(ids.size()), 0);
-      } catch (const std::exception&) {
-        ready.assign(ids.size(), true);  // let Get say what is wrong with each
-      }
-      for (std::size_t i = 0; i < running.size() && i < ready.size(); ++i) {
-        if (ready[i]) Guarded(h, *running[i], OnReady);
-      }
-    }
-    std::vector<std::unique_ptr<StageRun>> fetch;
-    for (auto& run : runs) {
-      if (run->phase == StageRun::Phase::kFetching) fetch.push_back(std::move(run));
-    }
-    for (const auto& run : runs)
-      busy = busy || run == nullptr || run->phase == StageRun::Phase::kDone;
-    runs.erase(std::remove_if(runs.begin(), runs.end(),
-                              [](const std::unique_ptr<StageRun>& r) {
-                                return r == nullptr || r->phase == StageRun::Phase::kDone;
-                              }),
-               runs.end());
-    std::unique_lock<std::mutex> lock(h->loop_mu);
-    for (auto& run : fetch) h->to_fetch.push_back(std::move(run));
-    if (!fetch.empty()) h->fetch_cv.notify_all();
-    if (ids.empty() && !h->closing.load()) {
+  while (TakeSubmitted(h, runs, busy)) {
+    const bool waiting = StopOrStart(h, runs);
+    const bool awaited = AwaitReady(h, runs, busy);
+    std::unique_lock<std::mutex> lock(h->loop_mu, std::defer_lock);
+    HandOver(h, runs, busy, lock);
+    if (!awaited && !h->closing.load()) {
       h->loop_cv.wait_for(lock, std::chrono::milliseconds(waiting ? 5 : 10),
                           [h] { return h->closing.load() || !h->submitted.empty(); });
     }

@@ -9,11 +9,11 @@
 #include <cerrno>
 #include <filesystem>
 
-#include "files.h"
-#include "sha256.h"
 #include "stagekit/executor.h"
 #include "stagekit/invoke.h"
 #include "stagekit/version.h"
+#include "util/digest.h"
+#include "util/files.h"
 #include "warm.h"
 
 namespace {
@@ -51,7 +51,7 @@ extern "C" int stagekit_invoke_json_warm(const char* request, size_t request_len
       return EmitStatus(Status(Code::kBadRequest, "request is NULL"), out, out_len);
     auto req = stagekit::StageRequest::Parse(std::string_view(request, request_len));
     if (!req.ok()) return EmitStatus(req.status(), out, out_len);
-    auto stats = stagekit::internal::InvokeWarm(*req, stagekit::Registry::Global(), warm != 0);
+    auto stats = stagekit::InvokeWarm(*req, stagekit::Registry::Global(), warm != 0);
     if (!stats.ok()) return EmitStatus(stats.status(), out, out_len);
     return Emit(stats->Canonical(), 0, out, out_len);
   } catch (const std::exception& e) {
@@ -77,7 +77,7 @@ extern "C" int stagekit_load_library(const char* path, char** out, size_t* out_l
 extern "C" int stagekit_interrupted(void) { return stagekit::Interrupted() ? 1 : 0; }
 
 extern "C" void stagekit_sha256_hex(const char* data, size_t len, char out[65]) {
-  std::string hex = stagekit::internal::HexDigest(stagekit::internal::Sha256(
+  std::string hex = stagekit::util::HexDigest(stagekit::util::Sha256(
       std::string_view(data == nullptr ? "" : data, data == nullptr ? 0 : len)));
   std::memcpy(out, hex.c_str(), 65);
 }
@@ -88,20 +88,20 @@ extern "C" int stagekit_write_output(const char* path, const char* data, size_t 
     namespace fs = std::filesystem;
     using stagekit::Code;
     using stagekit::Status;
-    namespace internal = stagekit::internal;
+    namespace util = stagekit::util;
     const fs::path target = path == nullptr ? "" : path;
     const std::string what = "output '" + target.string() + "'";
-    if (Status s = internal::CheckReplaceable(target, what); !s.ok()) {
+    if (Status s = util::CheckReplaceable(target, what); !s.ok()) {
       return EmitStatus(s, out, out_len);
     }
-    auto made = internal::CreateTempBeside(target);
+    auto made = util::CreateTempBeside(target);
     if (!made.ok()) return EmitStatus(made.status(), out, out_len);
     auto& [fd, tmp] = *made;
-    Status s = internal::WriteAllFd(fd.get(), data == nullptr ? "" : data, len, tmp);
+    Status s = util::WriteAllFd(fd.get(), data == nullptr ? "" : data, len, tmp);
     if (::close(fd.Release()) != 0 && s.ok()) {
       s = Status(Code::kOutputError, "cannot write " + tmp.string() + ": " + std::strerror(errno));
     }
-    if (s.ok()) s = internal::PublishFile(tmp, target, what);
+    if (s.ok()) s = util::PublishFile(tmp, target, what);
     if (!s.ok()) {
       std::error_code ec;
       fs::remove(tmp, ec);
@@ -117,19 +117,19 @@ extern "C" int stagekit_write_output(const char* path, const char* data, size_t 
 struct stagekit_output {
   std::filesystem::path target;
   std::filesystem::path temp;
-  stagekit::internal::UniqueFd fd;
-  stagekit::internal::Sha256Stream hash;
+  stagekit::util::UniqueFd fd;
+  stagekit::util::Sha256Stream hash;
 };
 
 extern "C" stagekit_output* stagekit_output_begin(const char* path, char** out, size_t* out_len) {
   try {
     const std::filesystem::path target = path == nullptr ? "" : path;
     const std::string what = "output '" + target.string() + "'";
-    if (stagekit::Status s = stagekit::internal::CheckReplaceable(target, what); !s.ok()) {
+    if (stagekit::Status s = stagekit::util::CheckReplaceable(target, what); !s.ok()) {
       EmitStatus(s, out, out_len);
       return nullptr;
     }
-    auto made = stagekit::internal::CreateTempBeside(target);
+    auto made = stagekit::util::CreateTempBeside(target);
     if (!made.ok()) {
       EmitStatus(made.status(), out, out_len);
       return nullptr;
@@ -149,7 +149,7 @@ extern "C" stagekit_output* stagekit_output_begin(const char* path, char** out, 
 extern "C" int stagekit_output_append(stagekit_output* h, const char* data, size_t len, char** out,
                                       size_t* out_len) {
   h->hash.Update(std::string_view(data == nullptr ? "" : data, data == nullptr ? 0 : len));
-  stagekit::Status s = stagekit::internal::WriteAllFd(h->fd.get(), data, len, h->temp);
+  stagekit::Status s = stagekit::util::WriteAllFd(h->fd.get(), data, len, h->temp);
   if (!s.ok()) return EmitStatus(s, out, out_len);
   return 0;
 }
@@ -171,13 +171,13 @@ extern "C" int stagekit_output_commit(stagekit_output* h, const char* expected_d
     s = Status(Code::kOutputError,
                "cannot write " + h->temp.string() + ": " + std::strerror(errno));
   }
-  const std::string got = "sha256:" + stagekit::internal::HexDigest(h->hash.Final());
+  const std::string got = "sha256:" + stagekit::util::HexDigest(h->hash.Final());
   if (s.ok() && expected_digest != nullptr && got != expected_digest) {
     s = Status(Code::kOutputError, "output '" + h->target.string() + "' arrived as " + got +
                                        ", not " + expected_digest);
   }
   if (s.ok()) {
-    s = stagekit::internal::PublishFile(h->temp, h->target, "output '" + h->target.string() + "'");
+    s = stagekit::util::PublishFile(h->temp, h->target, "output '" + h->target.string() + "'");
   }
   if (!s.ok()) {
     stagekit_output_abort(h);

@@ -2,7 +2,6 @@
 #include "stagekit/cache.h"
 
 #include <fcntl.h>
-#include <nettle/sha2.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,17 +17,18 @@
 #include <set>
 #include <tuple>
 
-#include "fd.h"
-#include "files.h"
-#include "sha256.h"
+#include "util/digest.h"
+#include "util/fd.h"
+#include "util/files.h"
+#include "util/text.h"
 
 namespace stagekit {
 
 namespace fs = std::filesystem;
-using internal::IsTempName;
-using internal::UniqueFd;
-using internal::WriteAllFd;
-using internal::WriteFileAtomically;
+using util::IsTempName;
+using util::UniqueFd;
+using util::WriteAllFd;
+using util::WriteFileAtomically;
 
 namespace {
 
@@ -55,40 +55,9 @@ std::string ShortDigest(const std::string& digest) {
 
 std::string Quote(const std::string& s) { return "'" + s + "'"; }
 
-std::string IsoTime(std::time_t t) {
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
-std::string HexOf(const std::uint8_t* digest) {
-  internal::Sha256Digest d;
-  std::memcpy(d.data(), digest, d.size());
-  return internal::HexDigest(d);
-}
-
 // nullopt when the file does not exist; kInputError on other errors.
 Result<std::optional<std::string>> ReadSmallFile(const fs::path& path) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) {
-    if (errno == ENOENT || errno == ENOTDIR) return std::optional<std::string>();
-    return Status(Code::kInputError, "cannot read " + path.string() + ": " + std::strerror(errno));
-  }
-  std::string text;
-  char buf[1 << 14];
-  for (;;) {
-    ssize_t n = ::read(fd.get(), buf, sizeof buf);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Status(Code::kInputError,
-                    "cannot read " + path.string() + ": " + std::strerror(errno));
-    }
-    if (n == 0) break;
-    text.append(buf, static_cast<std::size_t>(n));
-  }
-  return std::optional<std::string>(std::move(text));
+  return util::ReadFileIfExists(path);
 }
 
 struct Copied {
@@ -100,13 +69,12 @@ struct Copied {
 // `made`), hashing the bytes as they pass. On error the temporary is removed.
 Result<Copied> CopyHashing(int in, const fs::path& from, const fs::path& target, mode_t mode,
                            fs::path* made) {
-  auto temp = internal::CreateTempBeside(target, mode);
+  auto temp = util::CreateTempBeside(target, mode);
   if (!temp.ok()) return temp.status();
   UniqueFd out = std::move(temp->first);
   const fs::path to = std::move(temp->second);
   *made = to;
-  sha256_ctx ctx;
-  sha256_init(&ctx);
+  util::Sha256Stream hash;
   Copied copied;
   std::vector<char> buf(1 << 16);
   Status status;
@@ -119,7 +87,7 @@ Result<Copied> CopyHashing(int in, const fs::path& from, const fs::path& target,
       break;
     }
     if (n == 0) break;
-    sha256_update(&ctx, static_cast<std::size_t>(n), reinterpret_cast<std::uint8_t*>(buf.data()));
+    hash.Update(std::string_view(buf.data(), static_cast<std::size_t>(n)));
     copied.size += static_cast<std::uint64_t>(n);
     status = WriteAllFd(out.get(), buf.data(), static_cast<std::size_t>(n), to);
     if (!status.ok()) break;
@@ -133,9 +101,7 @@ Result<Copied> CopyHashing(int in, const fs::path& from, const fs::path& target,
     fs::remove(to, ec);
     return status;
   }
-  std::uint8_t digest[SHA256_DIGEST_SIZE];
-  sha256_digest(&ctx, sizeof digest, digest);
-  copied.digest = std::string(kSha256Prefix) + HexOf(digest);
+  copied.digest = std::string(kSha256Prefix) + util::HexDigest(hash.Final());
   return copied;
 }
 
@@ -186,9 +152,9 @@ Result<std::string> FileDigest(const fs::path& path) {
   ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
   // Keyed by what was opened and hashed, not by the stat above.
   const FileId id = IdOf(path, st);
-  auto hashed = internal::Sha256Fd(fd.get(), path);
+  auto hashed = util::Sha256Fd(fd.get(), path);
   if (!hashed.ok()) return hashed.status();
-  std::string digest = std::string(kSha256Prefix) + internal::HexDigest(hashed->first);
+  std::string digest = std::string(kSha256Prefix) + util::HexDigest(hashed->first);
   std::lock_guard<std::mutex> lock(g_file_mu);
   FileDigests()[id] = digest;
   return digest;
@@ -226,7 +192,7 @@ std::string PointerName(const std::string& pipeline, const std::string& instance
   std::string id = pipeline;
   id.push_back('\0');
   id += instance;
-  return internal::HexDigest(internal::Sha256(id)) + ".json";
+  return util::HexDigest(util::Sha256(id)) + ".json";
 }
 
 }  // namespace
@@ -267,7 +233,7 @@ Result<CacheKeyParts> CacheKeyParts::FromJson(const Json& json) {
 }
 
 std::string CacheKeyParts::Key() const {
-  return internal::HexDigest(internal::Sha256(CanonicalJson(Hashed())));
+  return util::HexDigest(util::Sha256(CanonicalJson(Hashed())));
 }
 
 std::vector<std::string> DescribeKeyChange(const CacheKeyParts& before, const CacheKeyParts& now) {
@@ -528,7 +494,7 @@ struct DiskCache::Impl {
            {"instance", parts.instance},
            {"key", key},
            {"parts", parts.ToJson()},
-           {"updated", IsoTime(std::time(nullptr))}};
+           {"updated", util::IsoTime(std::chrono::system_clock::now())}};
     if (Status s = WriteFileAtomically(PointerPath(parts.instance), j.dump(1) + "\n"); !s.ok()) {
       Warn(s.message());
     }
@@ -543,8 +509,8 @@ struct DiskCache::Impl {
         static_cast<std::uint64_t>(st.st_size) != size) {
       return false;
     }
-    auto hashed = internal::Sha256Fd(fd.get(), path);
-    if (!hashed.ok() || std::string(kSha256Prefix) + internal::HexDigest(hashed->first) != digest) {
+    auto hashed = util::Sha256Fd(fd.get(), path);
+    if (!hashed.ok() || std::string(kSha256Prefix) + util::HexDigest(hashed->first) != digest) {
       return false;
     }
     RememberDigest(path, st, digest);
@@ -591,7 +557,7 @@ struct DiskCache::Impl {
     // reads it next is keyed on these bytes without hashing them again.
     struct stat st {};
     const bool known = ::stat(tmp.c_str(), &st) == 0;
-    if (Status s = internal::PublishFile(tmp, output, "cannot restore stage " + Quote(instance));
+    if (Status s = util::PublishFile(tmp, output, "cannot restore stage " + Quote(instance));
         !s.ok()) {
       fs::remove(tmp, ec);
       Warn(s.message() + "; the stage will run");
@@ -626,9 +592,9 @@ struct DiskCache::Impl {
     // Content-addressed: same name, same bytes (a restore verifies them). One
     // of the wrong size is replaced.
     if (fs::file_size(blob, ec) == size && !ec) {
-      auto hashed = internal::Sha256Fd(in.get(), output);
+      auto hashed = util::Sha256Fd(in.get(), output);
       if (!hashed.ok()) return hashed.status();
-      const std::string now = std::string(kSha256Prefix) + internal::HexDigest(hashed->first);
+      const std::string now = std::string(kSha256Prefix) + util::HexDigest(hashed->first);
       if (now != digest) return changed(now);
       RememberDigest(output, st, digest);
       return size;
@@ -677,13 +643,7 @@ Result<std::unique_ptr<DiskCache>> DiskCache::Open(const fs::path& dir, Options 
 
 fs::path DiskCache::DefaultDir() {
   if (const char* env = std::getenv("STAGEKIT_CACHE_DIR"); env != nullptr && *env) return env;
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg) {
-    return fs::path(xdg) / "stagekit";
-  }
-  if (const char* home = std::getenv("HOME"); home != nullptr && *home) {
-    return fs::path(home) / ".cache" / "stagekit";
-  }
-  return fs::temp_directory_path() / "stagekit-cache";
+  return util::UserCacheDir();
 }
 
 Result<CacheKeyParts> DiskCache::KeyParts(const PipelineStage& stage, const JobSpec& job,
@@ -810,7 +770,7 @@ void DiskCache::Store(const PipelineStage& stage, const StageRequest& request,
              {"output", {{"digest", stats.output_digest}, {"size", *size}}},
              {"stats", stats.ToJson()},
              {"pipeline", impl_->options.pipeline},
-             {"created", IsoTime(now)},
+             {"created", util::IsoTime(std::chrono::system_clock::from_time_t(now))},
              {"created_unix", static_cast<std::int64_t>(now)}};
   const fs::path path = impl_->EntryPath(key);
   Status s = impl_->EnsureDir(path.parent_path());
@@ -935,14 +895,21 @@ Result<CacheUsage> DiskCache::Usage() const {
   return u;
 }
 
-Result<PruneReport> DiskCache::Prune(const PruneOptions& options) {
-  PruneReport report;
-  const auto now = std::chrono::system_clock::now();
-  const std::int64_t now_s =
-      std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
-  std::vector<fs::path> temps;
-  std::vector<EntryFile> entries;
-  ForEachFile(dir_ / "entries", [&](const fs::path& p) {
+namespace {
+
+// What a cache folder holds, as Prune sees it.
+struct CacheListing {
+  std::vector<EntryFile> entries;                  // oldest first
+  std::map<std::string, std::uint64_t> blob_size;  // hex -> bytes
+  std::uint64_t pointer_bytes = 0;
+  std::vector<fs::path> temps;  // temporaries of writers, in any of the folders
+};
+
+CacheListing ListCache(const fs::path& dir) {
+  CacheListing l;
+  auto& temps = l.temps;
+  auto& entries = l.entries;
+  ForEachFile(dir / "entries", [&](const fs::path& p) {
     if (IsTempName(p.filename().string())) return temps.push_back(p);
     EntryFile e;
     e.path = p;
@@ -962,27 +929,55 @@ Result<PruneReport> DiskCache::Prune(const PruneOptions& options) {
     }
     entries.push_back(std::move(e));
   });
-  std::map<std::string, std::uint64_t> blob_size;  // hex -> bytes
-  ForEachFile(dir_ / "blobs", [&](const fs::path& p) {
+  ForEachFile(dir / "blobs", [&](const fs::path& p) {
     const std::string name = p.filename().string();
     if (IsTempName(name)) return temps.push_back(p);
     std::error_code ec;
-    blob_size[name] = fs::file_size(p, ec);
+    l.blob_size[name] = fs::file_size(p, ec);
   });
-  std::uint64_t pointer_bytes = 0;
-  ForEachFile(dir_ / "last", [&](const fs::path& p) {
+  ForEachFile(dir / "last", [&](const fs::path& p) {
     if (IsTempName(p.filename().string())) return temps.push_back(p);
     std::error_code ec;
-    pointer_bytes += fs::file_size(p, ec);
+    l.pointer_bytes += fs::file_size(p, ec);
   });
-
   std::stable_sort(entries.begin(), entries.end(),
                    [](const EntryFile& a, const EntryFile& b) { return a.created < b.created; });
+  return l;
+}
+
+// Temporary files of writers that died: this host's, as soon as their
+// process is gone; other hosts' after an hour, far longer than any copy.
+void RemoveDeadWritersTemps(const std::vector<fs::path>& temps, PruneReport& report) {
+  for (const fs::path& t : temps) {
+    struct stat st {};
+    if (::lstat(t.c_str(), &st) != 0) continue;
+    const auto mtime = std::chrono::system_clock::time_point(
+        std::chrono::duration_cast<std::chrono::system_clock::duration>(
+            std::chrono::seconds(st.st_mtim.tv_sec) +
+            std::chrono::nanoseconds(st.st_mtim.tv_nsec)));
+    std::error_code ec;
+    if (util::IsStaleTemp(t.filename().string(), mtime, std::chrono::hours(1))) {
+      const std::uint64_t size = fs::file_size(t, ec);
+      if (fs::remove(t, ec)) report.bytes_freed += size;
+    }
+  }
+}
+
+}  // namespace
+
+Result<PruneReport> DiskCache::Prune(const PruneOptions& options) {
+  PruneReport report;
+  const auto now = std::chrono::system_clock::now();
+  const std::int64_t now_s =
+      std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+  CacheListing listing = ListCache(dir_);
+  std::vector<EntryFile>& entries = listing.entries;
+  std::map<std::string, std::uint64_t>& blob_size = listing.blob_size;
   std::map<std::string, int> refs;  // blob hex -> entries that keep it
   for (const EntryFile& e : entries) {
     if (!e.digest.empty()) ++refs[e.digest.substr(kSha256Prefix.size())];
   }
-  std::uint64_t total = pointer_bytes;
+  std::uint64_t total = listing.pointer_bytes;
   for (const EntryFile& e : entries) total += e.size;
   for (const auto& [hex, size] : blob_size) total += size;
   std::uint64_t blob_bytes_unreferenced = 0;
@@ -1022,21 +1017,7 @@ Result<PruneReport> DiskCache::Prune(const PruneOptions& options) {
       report.bytes_freed += size;
     }
   }
-  // Temporary files of writers that died: this host's, as soon as their
-  // process is gone; other hosts' after an hour, far longer than any copy.
-  for (const fs::path& t : temps) {
-    struct stat st {};
-    if (::lstat(t.c_str(), &st) != 0) continue;
-    const auto mtime = std::chrono::system_clock::time_point(
-        std::chrono::duration_cast<std::chrono::system_clock::duration>(
-            std::chrono::seconds(st.st_mtim.tv_sec) +
-            std::chrono::nanoseconds(st.st_mtim.tv_nsec)));
-    std::error_code ec;
-    if (internal::IsStaleTemp(t.filename().string(), mtime, std::chrono::hours(1))) {
-      const std::uint64_t size = fs::file_size(t, ec);
-      if (fs::remove(t, ec)) report.bytes_freed += size;
-    }
-  }
+  RemoveDeadWritersTemps(listing.temps, report);
   auto left = Usage();
   if (!left.ok()) return left.status();
   report.left = *left;

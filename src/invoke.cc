@@ -16,9 +16,9 @@
 
 #include <fcntl.h>
 
-#include "fd.h"
-#include "files.h"
-#include "sha256.h"
+#include "util/digest.h"
+#include "util/fd.h"
+#include "util/files.h"
 #include "warm.h"
 
 namespace stagekit {
@@ -27,11 +27,6 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string Errno() { return std::strerror(errno); }
-
-std::string StageLabel(const StageRequest& req) {
-  if (req.instance.empty() || req.instance == req.stage) return "stage '" + req.stage + "'";
-  return "stage '" + req.instance + "' (" + req.stage + ")";
-}
 
 Status UnknownStage(const StageRequest& req, const Registry& registry) {
   std::string message = "unknown stage '" + req.stage + "'";
@@ -52,7 +47,7 @@ Result<std::uint64_t> CheckInputs(const StageRequest& req) {
   std::uint64_t total = 0;
   for (const auto& [name, path] : req.inputs) {
     struct stat st {};
-    std::string where = "input '" + name + "' of " + StageLabel(req) + " ('" + path.string() + "')";
+    std::string where = "input '" + name + "' of " + req.Label() + " ('" + path.string() + "')";
     if (::stat(path.c_str(), &st) != 0) {
       return Status(Code::kInputError, where + " cannot be opened: " + Errno() +
                                            "; check the path or the stage that should produce it");
@@ -69,7 +64,7 @@ Status CheckOutputLocation(const StageRequest& req) {
   fs::path dir = req.output.parent_path();
   if (dir.empty()) dir = ".";
   struct stat st {};
-  std::string where = "output directory '" + dir.string() + "' of " + StageLabel(req);
+  std::string where = "output directory '" + dir.string() + "' of " + req.Label();
   if (::stat(dir.c_str(), &st) != 0) {
     return Status(Code::kOutputError, where + " cannot be used: " + Errno());
   }
@@ -79,7 +74,7 @@ Status CheckOutputLocation(const StageRequest& req) {
   }
   if (::stat(req.output.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
     return Status(Code::kOutputError,
-                  "output '" + req.output.string() + "' of " + StageLabel(req) + " is a directory");
+                  "output '" + req.output.string() + "' of " + req.Label() + " is a directory");
   }
   return OkStatus();
 }
@@ -89,7 +84,7 @@ Status CheckOutputLocation(const StageRequest& req) {
 Status Diagnose(const StageRequest& req) {
   for (const auto& [name, path] : req.inputs) {
     if (::access(path.c_str(), R_OK) != 0) {
-      return Status(Code::kInputError, "input '" + name + "' of " + StageLabel(req) + " ('" +
+      return Status(Code::kInputError, "input '" + name + "' of " + req.Label() + " ('" +
                                            path.string() + "') cannot be read: " + Errno());
     }
   }
@@ -277,9 +272,9 @@ bool IsWarmStage(const Registry& registry, const std::string& stage) {
   return e != nullptr && e->warm != nullptr;
 }
 
-std::size_t DropWarmInstances() { return Pool().Drop(); }
-
 }  // namespace internal
+
+std::size_t DropWarmInstances() { return Pool().Drop(); }
 
 void RemoveTempOutputs(const fs::path& output, long pid) {
   const std::string prefix = ".stagekit-tmp." + std::to_string(pid) + ".";
@@ -292,21 +287,56 @@ void RemoveTempOutputs(const fs::path& output, long pid) {
   }
 }
 
-const std::string& HostName() {
-  static const std::string host = [] {
-    char buf[256] = {};
-    if (::gethostname(buf, sizeof(buf) - 1) != 0) return std::string("unknown");
-    return std::string(buf);
-  }();
-  return host;
-}
+const std::string& HostName() { return util::HostName(); }
 
 Result<RunStats> Invoke(const StageRequest& req, const Registry& registry) {
-  return internal::InvokeWarm(req, registry, internal::WarmEnabled());
+  return InvokeWarm(req, registry, internal::WarmEnabled());
 }
 
-Result<RunStats> internal::InvokeWarm(const StageRequest& req, const Registry& registry,
-                                      bool warm) {
+namespace {
+
+// Calls the stage (warm or plain); the failure's text, or "" when it returned.
+std::string CallStage(const Registry::Entry& entry, const StageRequest& req, StageContext& ctx,
+                      bool warm, Json& warm_metrics) {
+  if (entry.warm != nullptr) return RunWarmStage(entry, req, ctx, warm, warm_metrics);
+  try {
+    entry.fn(ctx);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "threw an exception that is not a std::exception";
+  }
+  return std::string();
+}
+
+// The digest and size of the file the stage wrote at `temp`: kStageFailed
+// when it wrote none (or a link, or a folder), which is then removed.
+Result<std::pair<util::Sha256Digest, std::uint64_t>> HashStageOutput(const StageRequest& req,
+                                                                     const fs::path& temp) {
+  std::error_code ec;
+  // O_NOFOLLOW: a symlink is not an output.
+  util::UniqueFd fd(::open(temp.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  struct stat st {};
+  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    fd.Reset();
+    fs::remove_all(temp, ec);
+    if (Status why = Diagnose(req); !why.ok()) return why;
+    return Status(Code::kStageFailed, req.Label() + kNoOutput);
+  }
+  auto digest = st.st_size == 0 ? Result<std::pair<util::Sha256Digest, std::uint64_t>>(
+                                      std::make_pair(util::Sha256(""), std::uint64_t{0}))
+                                : util::Sha256Fd(fd.get(), temp);
+  fd.Reset();
+  if (!digest.ok()) {
+    fs::remove(temp, ec);
+    return Status(Code::kOutputError, req.Label() + ": " + digest.status().message());
+  }
+  return digest;
+}
+
+}  // namespace
+
+Result<RunStats> InvokeWarm(const StageRequest& req, const Registry& registry, bool warm) {
   const Registry::Entry* entry = registry.Find(req.stage);
   if (entry == nullptr) return UnknownStage(req, registry);
 
@@ -316,15 +346,15 @@ Result<RunStats> internal::InvokeWarm(const StageRequest& req, const Registry& r
   // The stage writes into a private folder beside the output (mode 0700, an
   // unpredictable name made with mkdir): nobody else can put a link where it
   // writes, and its file keeps the output's own name.
-  if (Status s = internal::CheckReplaceable(req.output, "output of " + StageLabel(req)); !s.ok()) {
+  if (Status s = util::CheckReplaceable(req.output, "output of " + req.Label()); !s.ok()) {
     return s;
   }
   fs::path out_dir = req.output.parent_path();
   if (out_dir.empty()) out_dir = ".";
-  auto scratch = internal::MakePrivateDir(out_dir);
+  auto scratch = util::MakePrivateDir(out_dir);
   if (!scratch.ok()) {
     if (Status why = CheckOutputLocation(req); !why.ok()) return why;
-    return Status(Code::kOutputError, StageLabel(req) + ": " + scratch.status().message());
+    return Status(Code::kOutputError, req.Label() + ": " + scratch.status().message());
   }
   struct RemoveScratch {
     fs::path dir;
@@ -338,45 +368,18 @@ Result<RunStats> internal::InvokeWarm(const StageRequest& req, const Registry& r
                    &req.job, &req.kwargs, req.threads);
 
   auto start = std::chrono::steady_clock::now();
-  std::string failure;
   Json warm_metrics;
-  if (entry->warm != nullptr) {
-    failure = RunWarmStage(*entry, req, ctx, warm, warm_metrics);
-  } else {
-    try {
-      entry->fn(ctx);
-    } catch (const std::exception& e) {
-      failure = e.what();
-    } catch (...) {
-      failure = "threw an exception that is not a std::exception";
-    }
-  }
+  const std::string failure = CallStage(*entry, req, ctx, warm, warm_metrics);
   double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-
-  std::error_code ec;
   if (!failure.empty()) {
+    std::error_code ec;
     fs::remove(temp, ec);
     if (Status why = Diagnose(req); !why.ok()) return why;
-    return Status(Code::kStageFailed, StageLabel(req) + " failed: " + failure);
+    return Status(Code::kStageFailed, req.Label() + " failed: " + failure);
   }
-  // O_NOFOLLOW: a symlink is not an output.
-  internal::UniqueFd fd(::open(temp.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-  struct stat st {};
-  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    fd.Reset();
-    fs::remove_all(temp, ec);
-    if (Status why = Diagnose(req); !why.ok()) return why;
-    return Status(Code::kStageFailed, StageLabel(req) + kNoOutput);
-  }
-  auto digest = st.st_size == 0 ? Result<std::pair<internal::Sha256Digest, std::uint64_t>>(
-                                      std::make_pair(internal::Sha256(""), std::uint64_t{0}))
-                                : internal::Sha256Fd(fd.get(), temp);
-  fd.Reset();
-  if (!digest.ok()) {
-    fs::remove(temp, ec);
-    return Status(Code::kOutputError, StageLabel(req) + ": " + digest.status().message());
-  }
-  if (Status s = internal::PublishFile(temp, req.output, "output of " + StageLabel(req)); !s.ok()) {
+  auto digest = HashStageOutput(req, temp);
+  if (!digest.ok()) return digest.status();
+  if (Status s = util::PublishFile(temp, req.output, "output of " + req.Label()); !s.ok()) {
     if (Status why = CheckOutputLocation(req); !why.ok()) return why;
     return s;
   }
@@ -390,7 +393,7 @@ Result<RunStats> internal::InvokeWarm(const StageRequest& req, const Registry& r
   stats.wall_s = wall_s;
   stats.bytes_in = *bytes_in;
   stats.bytes_out = digest->second;
-  stats.output_digest = "sha256:" + internal::HexDigest(digest->first);
+  stats.output_digest = "sha256:" + util::HexDigest(digest->first);
   stats.metrics = ctx.metrics();
   if (!warm_metrics.is_null()) stats.metrics["warm"] = std::move(warm_metrics);
   return stats;

@@ -4,15 +4,13 @@
 
 #include <cstdlib>
 
-#include "paths.h"
 #include "stagekit/pipeline.h"
+#include "stagekit/runner.h"
 #include "stagekit/version.h"
 
 namespace stagekit {
 
 namespace fs = std::filesystem;
-
-namespace internal {
 
 fs::path LibraryPath() {
   Dl_info info{};
@@ -51,13 +49,11 @@ fs::path DefaultRunner() {
   return lean.empty() ? DefaultCli() : lean;
 }
 
-}  // namespace internal
-
 std::vector<fs::path> DefaultStageDirs() {
   // Stage libraries install to <libdir>/stagekit/stages in the build tree and
   // in every install layout.
   std::error_code ec;
-  fs::path dir = internal::LibraryDir() / "stagekit" / "stages";
+  fs::path dir = stagekit::LibraryDir() / "stagekit" / "stages";
   if (fs::is_directory(dir, ec)) return {dir};
   return {};
 }

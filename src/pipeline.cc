@@ -184,8 +184,30 @@ class Parser {
     return Json(nullptr);
   }
 
+  // Parses a pipeline file: its top-level keys, the job, then the stages in dependency order.
   Result<Pipeline> Parse(std::string_view text) {
     YAML::Node loaded;
+    if (Status s = LoadRoot(text, loaded); !s.ok()) return s;
+    const YAML::Node root = loaded;
+    Pipeline p;
+    p.file = file_;
+    p.name = file_.stem().string();
+    if (Status s = ParseHeader(root, p); !s.ok()) return s;
+    if (const YAML::Node job = root["job"]) {
+      if (Status s = ParseJob(job, p.job); !s.ok()) return s;
+    }
+    if (p.job.name.empty()) p.job.name = p.name;
+    std::vector<PipelineStage> parsed;
+    if (Status s = ParseStages(root, parsed); !s.ok()) return s;
+    auto ordered = TopologicalOrder(std::move(parsed));
+    if (!ordered.ok()) return ordered.status();
+    p.stages = std::move(ordered).value();
+    return p;
+  }
+
+ private:
+  // Loads the YAML text into `loaded`; rejects a syntax error, an empty file or unknown keys.
+  Status LoadRoot(std::string_view text, YAML::Node& loaded) const {
     try {
       loaded = YAML::Load(std::string(text));
     } catch (const YAML::ParserException& e) {
@@ -197,14 +219,12 @@ class Parser {
     if (!root.IsDefined() || root.IsNull()) {
       return Error(YAML::Mark::null_mark(), "the pipeline file is empty");
     }
-    if (Status s = CheckKeys(root, "pipeline",
-                             {"name", "description", "libraries", "job", "artifacts", "stages"});
-        !s.ok()) {
-      return s;
-    }
-    Pipeline p;
-    p.file = file_;
-    p.name = file_.stem().string();
+    return CheckKeys(root, "pipeline",
+                     {"name", "description", "libraries", "job", "artifacts", "stages"});
+  }
+
+  // Reads the top-level 'name', 'libraries' and 'artifacts' into `p`.
+  Status ParseHeader(const YAML::Node& root, Pipeline& p) const {
     if (root["name"]) {
       auto n = String(root["name"], "name");
       if (!n.ok()) return n.status();
@@ -227,38 +247,43 @@ class Parser {
       }
       p.artifacts = *a;
     }
-    if (const YAML::Node job = root["job"]) {
-      if (Status s = CheckKeys(job, "job", {"name", "seed", "params"}); !s.ok()) return s;
-      if (job["name"]) {
-        auto n = String(job["name"], "job.name");
-        if (!n.ok()) return n.status();
-        p.job.name = *n;
-      }
-      if (job["seed"]) {
-        std::uint64_t seed = 0;
-        if (!job["seed"].IsScalar() ||
-            job["seed"].Scalar().find_first_not_of("0123456789") != std::string::npos ||
-            !YAML::convert<std::uint64_t>::decode(job["seed"], seed)) {
-          return Error(job["seed"], "job.seed must be a whole number from 0 to 2^64-1");
-        }
-        p.job.seed = seed;
-      }
-      if (job["params"]) {
-        if (!job["params"].IsMap()) return Error(job["params"], "job.params must be a mapping");
-        auto params = ToJson(job["params"], "job.params");
-        if (!params.ok()) return params.status();
-        p.job.params = std::move(params).value();
-      }
-    }
-    if (p.job.name.empty()) p.job.name = p.name;
+    return OkStatus();
+  }
 
+  // Reads the 'job' mapping (name, seed, params) into `job_spec`.
+  Status ParseJob(const YAML::Node& job, JobSpec& job_spec) const {
+    if (Status s = CheckKeys(job, "job", {"name", "seed", "params"}); !s.ok()) return s;
+    if (job["name"]) {
+      auto n = String(job["name"], "job.name");
+      if (!n.ok()) return n.status();
+      job_spec.name = *n;
+    }
+    if (job["seed"]) {
+      std::uint64_t seed = 0;
+      if (!job["seed"].IsScalar() ||
+          job["seed"].Scalar().find_first_not_of("0123456789") != std::string::npos ||
+          !YAML::convert<std::uint64_t>::decode(job["seed"], seed)) {
+        return Error(job["seed"], "job.seed must be a whole number from 0 to 2^64-1");
+      }
+      job_spec.seed = seed;
+    }
+    if (job["params"]) {
+      if (!job["params"].IsMap()) return Error(job["params"], "job.params must be a mapping");
+      auto params = ToJson(job["params"], "job.params");
+      if (!params.ok()) return params.status();
+      job_spec.params = std::move(params).value();
+    }
+    return OkStatus();
+  }
+
+  // Parses the 'stages' list into `parsed`, checking names, outputs and 'from' across stages.
+  Status ParseStages(const YAML::Node& root, std::vector<PipelineStage>& parsed) {
     const YAML::Node stages = root["stages"];
     if (!stages || !stages.IsSequence() || stages.size() == 0) {
       return Error(stages ? stages.Mark() : root.Mark(), "'stages' must be a non-empty list");
     }
     std::map<std::string, YAML::Mark> names;
     std::map<std::string, YAML::Mark> outputs;
-    std::vector<PipelineStage> parsed;
     for (const auto& node : stages) {
       auto st = ParseStage(node);
       if (!st.ok()) return st.status();
@@ -274,7 +299,12 @@ class Parser {
       }
       parsed.push_back(std::move(st).value());
     }
-    // An output that is a folder of another ("d" and "d/e") cannot be both.
+    if (Status s = CheckNestedOutputs(outputs); !s.ok()) return s;
+    return CheckInputSources(parsed, names);
+  }
+
+  // An output that is a folder of another ("d" and "d/e") cannot be both.
+  Status CheckNestedOutputs(const std::map<std::string, YAML::Mark>& outputs) const {
     for (auto it = outputs.begin(); it != outputs.end(); ++it) {
       const std::string dir = it->first + "/";
       auto next = outputs.lower_bound(dir);
@@ -284,6 +314,12 @@ class Parser {
                                        "), which is a file; rename one of them");
       }
     }
+    return OkStatus();
+  }
+
+  // Checks that every input's 'from' names a stage of the pipeline.
+  Status CheckInputSources(const std::vector<PipelineStage>& parsed,
+                           const std::map<std::string, YAML::Mark>& names) const {
     for (const PipelineStage& st : parsed) {
       for (const auto& [input, ref] : st.inputs) {
         if (!ref.from_stage.empty() && names.count(ref.from_stage) == 0) {
@@ -293,13 +329,10 @@ class Parser {
         }
       }
     }
-    auto ordered = TopologicalOrder(std::move(parsed));
-    if (!ordered.ok()) return ordered.status();
-    p.stages = std::move(ordered).value();
-    return p;
+    return OkStatus();
   }
 
- private:
+  // Parses one entry of 'stages', key by key, into a PipelineStage.
   Result<PipelineStage> ParseStage(const YAML::Node& node) {
     if (Status s = CheckKeys(
             node, "stage",
@@ -309,6 +342,33 @@ class Parser {
     }
     PipelineStage st;
     st.line = node.Mark().line + 1;
+    if (Status s = ParseStageName(node, st); !s.ok()) return s;
+    std::string where = "stage '" + st.name + "'";
+    if (!node["stage"]) return Error(node, where + ": missing 'stage' (the registered stage name)");
+    auto reg = String(node["stage"], where + ": 'stage'");
+    if (!reg.ok()) return reg.status();
+    st.stage = *reg;
+
+    if (const YAML::Node inputs = node["inputs"]) {
+      if (Status s = ParseInputs(inputs, where, st); !s.ok()) return s;
+    }
+    if (Status s = ParseOutput(node, where, st); !s.ok()) return s;
+    if (node["kwargs"]) {
+      if (!node["kwargs"].IsMap())
+        return Error(node["kwargs"], where + ": kwargs must be a mapping");
+      auto kw = ToJson(node["kwargs"], where + ": kwargs");
+      if (!kw.ok()) return kw.status();
+      st.kwargs = std::move(kw).value();
+    }
+    if (const YAML::Node res = node["resources"]) {
+      if (Status s = ParseResources(res, where, st.options.resources); !s.ok()) return s;
+    }
+    if (Status s = ParseKeepAndTimeout(node, where, st); !s.ok()) return s;
+    return st;
+  }
+
+  // Reads the stage's required 'name': 1 to 200 of [A-Za-z0-9_.-], not '.' or '..'.
+  Status ParseStageName(const YAML::Node& node, PipelineStage& st) const {
     if (!node["name"]) return Error(node, "stage: missing 'name'");
     auto name = String(node["name"], "stage name");
     if (!name.ok()) return name.status();
@@ -322,60 +382,67 @@ class Parser {
                                      "' must be 1 to 200 letters, digits, '_', '.', '-', and "
                                      "not '.' or '..'");
     }
-    std::string where = "stage '" + st.name + "'";
-    if (!node["stage"]) return Error(node, where + ": missing 'stage' (the registered stage name)");
-    auto reg = String(node["stage"], where + ": 'stage'");
-    if (!reg.ok()) return reg.status();
-    st.stage = *reg;
+    return OkStatus();
+  }
 
-    if (const YAML::Node inputs = node["inputs"]) {
-      if (!inputs.IsMap())
-        return Error(inputs, where + ": inputs must be a mapping of name to file");
-      std::set<std::string> seen;
-      for (const auto& kv : inputs) {
-        std::string in = kv.first.Scalar();
-        if (std::string why = ControlBytes(in); !why.empty() || in.empty()) {
-          return Error(kv.first, where + ": an input name " + (in.empty() ? "is empty" : why));
-        }
-        if (!seen.insert(in).second)
-          return Error(kv.first, where + ": input '" + in + "' appears twice");
-        InputRef ref;
-        const YAML::Node& v = kv.second;
-        if (v.IsScalar()) {
-          ref.file = v.Scalar();
-        } else if (v.IsMap()) {
-          if (Status s = CheckKeys(v, where + " input '" + in + "'", {"from", "file"}); !s.ok())
-            return s;
-          if (v["from"] && v["file"])
-            return Error(v, where + ": input '" + in + "' has both 'from' and 'file'");
-          if (v["from"]) {
-            auto from = String(v["from"], where + ": 'from'");
-            if (!from.ok()) return from.status();
-            ref.from_stage = *from;
-            if (ref.from_stage == st.name) {
-              return Error(v["from"],
-                           where + ": input '" + in + "' comes from the stage itself (a cycle)");
-            }
-          } else if (v["file"]) {
-            auto file = String(v["file"], where + ": 'file'");
-            if (!file.ok()) return file.status();
-            ref.file = *file;
-          } else {
-            return Error(v, where + ": input '" + in + "' needs 'from' or 'file'");
-          }
-        } else {
-          return Error(v, where + ": input '" + in + "' must be a path or {from: STAGE}");
-        }
-        if (ref.from_stage.empty()) {
-          if (ref.file.empty()) return Error(v, where + ": input '" + in + "' has an empty path");
-          if (std::string why = ControlBytes(ref.file.string()); !why.empty()) {
-            return Error(v, where + ": the path of input '" + in + "' " + why);
-          }
-          ref.file = (file_.parent_path() / ref.file).lexically_normal();
-        }
-        st.inputs.emplace(in, std::move(ref));
+  // Reads the 'inputs' mapping (name to file or {from: STAGE}) into st.inputs.
+  Status ParseInputs(const YAML::Node& inputs, const std::string& where, PipelineStage& st) const {
+    if (!inputs.IsMap()) return Error(inputs, where + ": inputs must be a mapping of name to file");
+    std::set<std::string> seen;
+    for (const auto& kv : inputs) {
+      std::string in = kv.first.Scalar();
+      if (std::string why = ControlBytes(in); !why.empty() || in.empty()) {
+        return Error(kv.first, where + ": an input name " + (in.empty() ? "is empty" : why));
       }
+      if (!seen.insert(in).second)
+        return Error(kv.first, where + ": input '" + in + "' appears twice");
+      InputRef ref;
+      if (Status s = ParseInputRef(kv.second, in, where, st.name, ref); !s.ok()) return s;
+      st.inputs.emplace(in, std::move(ref));
     }
+    return OkStatus();
+  }
+
+  // Reads input `in`'s value `v` (a path, {from: STAGE} or {file: PATH}) into `ref`.
+  Status ParseInputRef(const YAML::Node& v, const std::string& in, const std::string& where,
+                       const std::string& stage_name, InputRef& ref) const {
+    if (v.IsScalar()) {
+      ref.file = v.Scalar();
+    } else if (v.IsMap()) {
+      if (Status s = CheckKeys(v, where + " input '" + in + "'", {"from", "file"}); !s.ok())
+        return s;
+      if (v["from"] && v["file"])
+        return Error(v, where + ": input '" + in + "' has both 'from' and 'file'");
+      if (v["from"]) {
+        auto from = String(v["from"], where + ": 'from'");
+        if (!from.ok()) return from.status();
+        ref.from_stage = *from;
+        if (ref.from_stage == stage_name) {
+          return Error(v["from"],
+                       where + ": input '" + in + "' comes from the stage itself (a cycle)");
+        }
+      } else if (v["file"]) {
+        auto file = String(v["file"], where + ": 'file'");
+        if (!file.ok()) return file.status();
+        ref.file = *file;
+      } else {
+        return Error(v, where + ": input '" + in + "' needs 'from' or 'file'");
+      }
+    } else {
+      return Error(v, where + ": input '" + in + "' must be a path or {from: STAGE}");
+    }
+    if (ref.from_stage.empty()) {
+      if (ref.file.empty()) return Error(v, where + ": input '" + in + "' has an empty path");
+      if (std::string why = ControlBytes(ref.file.string()); !why.empty()) {
+        return Error(v, where + ": the path of input '" + in + "' " + why);
+      }
+      ref.file = (file_.parent_path() / ref.file).lexically_normal();
+    }
+    return OkStatus();
+  }
+
+  // Sets st.output from 'output', or to the default NAME.out, rejecting a bad path.
+  Status ParseOutput(const YAML::Node& node, const std::string& where, PipelineStage& st) const {
     st.output = st.name + ".out";
     if (!node["output"]) {
       if (std::string why = BadOutputPath(st.output); !why.empty()) {
@@ -394,46 +461,47 @@ class Parser {
       }
       st.output = *out;
     }
-    if (node["kwargs"]) {
-      if (!node["kwargs"].IsMap())
-        return Error(node["kwargs"], where + ": kwargs must be a mapping");
-      auto kw = ToJson(node["kwargs"], where + ": kwargs");
-      if (!kw.ok()) return kw.status();
-      st.kwargs = std::move(kw).value();
+    return OkStatus();
+  }
+
+  // Reads the 'resources' mapping (cpus, gpus, memory, custom) into `r` and validates it.
+  Status ParseResources(const YAML::Node& res, const std::string& where, Resources& r) const {
+    if (Status s = CheckKeys(res, where + ": resources", {"cpus", "gpus", "memory", "custom"});
+        !s.ok()) {
+      return s;
     }
-    if (const YAML::Node res = node["resources"]) {
-      if (Status s = CheckKeys(res, where + ": resources", {"cpus", "gpus", "memory", "custom"});
-          !s.ok()) {
-        return s;
-      }
-      Resources& r = st.options.resources;
-      if (res["cpus"]) {
-        auto v = Number(res["cpus"], where + ": cpus");
+    if (res["cpus"]) {
+      auto v = Number(res["cpus"], where + ": cpus");
+      if (!v.ok()) return v.status();
+      r.cpus = *v;
+    }
+    if (res["gpus"]) {
+      auto v = Number(res["gpus"], where + ": gpus");
+      if (!v.ok()) return v.status();
+      r.gpus = *v;
+    }
+    if (res["memory"]) {
+      auto v = ParseBytes(res["memory"].IsScalar() ? res["memory"].Scalar() : "");
+      if (!v.ok()) return Error(res["memory"], where + ": memory: " + v.status().message());
+      r.memory_bytes = *v;
+    }
+    if (const YAML::Node custom = res["custom"]) {
+      if (!custom.IsMap()) return Error(custom, where + ": custom resources must be a mapping");
+      for (const auto& kv : custom) {
+        auto v = Number(kv.second, where + ": resource '" + kv.first.Scalar() + "'");
         if (!v.ok()) return v.status();
-        r.cpus = *v;
-      }
-      if (res["gpus"]) {
-        auto v = Number(res["gpus"], where + ": gpus");
-        if (!v.ok()) return v.status();
-        r.gpus = *v;
-      }
-      if (res["memory"]) {
-        auto v = ParseBytes(res["memory"].IsScalar() ? res["memory"].Scalar() : "");
-        if (!v.ok()) return Error(res["memory"], where + ": memory: " + v.status().message());
-        r.memory_bytes = *v;
-      }
-      if (const YAML::Node custom = res["custom"]) {
-        if (!custom.IsMap()) return Error(custom, where + ": custom resources must be a mapping");
-        for (const auto& kv : custom) {
-          auto v = Number(kv.second, where + ": resource '" + kv.first.Scalar() + "'");
-          if (!v.ok()) return v.status();
-          if (!r.custom.emplace(kv.first.Scalar(), *v).second) {
-            return Error(kv.first, where + ": resource '" + kv.first.Scalar() + "' appears twice");
-          }
+        if (!r.custom.emplace(kv.first.Scalar(), *v).second) {
+          return Error(kv.first, where + ": resource '" + kv.first.Scalar() + "' appears twice");
         }
       }
-      if (Status s = r.Validate(); !s.ok()) return Error(res, where + ": " + s.message());
     }
+    if (Status s = r.Validate(); !s.ok()) return Error(res, where + ": " + s.message());
+    return OkStatus();
+  }
+
+  // Reads the optional 'keep' (true or false) and 'timeout' (a duration) into `st`.
+  Status ParseKeepAndTimeout(const YAML::Node& node, const std::string& where,
+                             PipelineStage& st) const {
     if (const YAML::Node keep = node["keep"]) {
       const std::string v = keep.IsScalar() ? keep.Scalar() : "";
       if (v == "true") {
@@ -449,7 +517,7 @@ class Parser {
       if (!t.ok()) return Error(node["timeout"], where + ": timeout: " + t.status().message());
       st.options.timeout = *t;
     }
-    return st;
+    return OkStatus();
   }
 
   // Kahn's algorithm, keeping declaration order among ready stages; on a

@@ -19,10 +19,13 @@
 #include <sstream>
 #include <thread>
 
-#include "paths.h"
-#include "process.h"
 #include "ray_bridge_api.h"
 #include "stagekit/c_api.h"
+#include "stagekit/executor.h"
+#include "stagekit/runner.h"
+#include "util/files.h"
+#include "util/process.h"
+#include "util/text.h"
 #include "warm.h"
 
 namespace stagekit {
@@ -30,7 +33,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path DefaultBridge() { return internal::LibraryDir() / "libstagekit_ray.so"; }
+fs::path DefaultBridge() { return stagekit::LibraryDir() / "libstagekit_ray.so"; }
 
 fs::path DefaultBinDir() {
   if (const char* env = std::getenv("STAGEKIT_RAY_BIN_DIR"); env != nullptr && *env != '\0')
@@ -46,26 +49,10 @@ constexpr const char* kInstallHint =
     "install it with `bash scripts/ray.sh` and rebuild (cmake finds .venv), or set "
     "STAGEKIT_RAY_BIN_DIR to the bin directory of an environment with ray[default] and ray-cpp";
 
-std::string RandomHex(std::size_t bytes) {
-  std::ifstream urandom("/dev/urandom", std::ios::binary);
-  std::string raw(bytes, '\0');
-  urandom.read(raw.data(), static_cast<std::streamsize>(bytes));
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : raw) {
-    out.push_back(kHex[c >> 4]);
-    out.push_back(kHex[c & 15]);
-  }
-  return out;
-}
-
+// The file without trailing white space; "" when it cannot be read.
 std::string ReadSmallFile(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream buf;
-  buf << in.rdbuf();
-  std::string s = buf.str();
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
+  auto text = util::ReadFile(path);
+  return text.ok() ? util::Trim(*text) : std::string();
 }
 
 // Asks the cluster for its alive nodes through Ray's public Python API: the
@@ -108,12 +95,12 @@ std::string FormatResources(const Json& resources, bool skip_internal) {
 class QuietRayInfo {
  public:
   QuietRayInfo() {
-    internal::SpawnSpec filter;
+    util::SpawnSpec filter;
     filter.argv = {"/bin/sh", "-c",
                    "exec grep -v --line-buffered -E "
                    "'^\\[[0-9-]+ [0-9:,]+ I [0-9]+ [0-9]+\\] ' >&2"};
     filter.stdin_pipe = true;
-    auto spawned = internal::Spawn(filter);
+    auto spawned = util::Spawn(filter);
     if (!spawned.ok()) return;  // no filter: Ray's lines go through unfiltered
     saved_stderr_ = ::dup(STDERR_FILENO);
     pid_ = spawned->pid;
@@ -135,7 +122,7 @@ class QuietRayInfo {
       ::close(saved_stderr_);
       saved_stderr_ = -1;
     }
-    if (pid_ > 0) internal::WaitFor(pid_, std::chrono::seconds(5));
+    if (pid_ > 0) util::WaitFor(pid_, std::chrono::seconds(5));
     pid_ = -1;
   }
   int saved_stderr_ = -1;
@@ -257,8 +244,8 @@ int StopProcessSession(pid_t sid, std::chrono::milliseconds grace) {
       char* end = nullptr;
       long pid = std::strtol(e->d_name, &end, 10);
       if (*end != '\0' || pid <= 0) continue;
-      std::ifstream in("/proc/" + std::string(e->d_name) + "/stat");
-      std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+      auto read = util::ReadFile("/proc/" + std::string(e->d_name) + "/stat", 1 << 16);
+      const std::string stat = read.ok() ? std::move(read).value() : std::string();
       std::size_t open = stat.find('('), close = stat.rfind(')');
       if (open == std::string::npos || close == std::string::npos) continue;
       std::istringstream rest(stat.substr(close + 2));
@@ -313,11 +300,159 @@ int StopProcessSession(pid_t sid, std::chrono::milliseconds grace) {
   return signalled;
 }
 
+// A Ray head of this process's own: its own temp dir, free ports, token
+// authentication and session, and a reaper that stops the head's whole
+// session when this process closes it or dies, however it dies.
+struct RayExecutor::PrivateHead {
+  fs::path temp_dir;
+  pid_t head_pid = -1;  // session id of the head's processes
+  pid_t reaper_pid = -1;
+  int reaper_fd = -1;
+
+  // Starts a head for `options` and says its GCS address ("ip:port").
+  static Result<std::unique_ptr<PrivateHead>> Start(const RayOptions& options,
+                                                    std::string* address);
+  ~PrivateHead() { Stop(); }
+
+ private:
+  // A new token (no newline: the C++ token loader does not strip it), owner-only.
+  void WriteToken() const;
+  // `ray start --head` and its reaper, once: the address, or "" when the head
+  // timed out starting (which is worth one more try), or an error.
+  Result<std::string> StartOnce(const RayOptions& options);
+  void Stop();
+};
+
+Result<std::unique_ptr<RayExecutor::PrivateHead>> RayExecutor::PrivateHead::Start(
+    const RayOptions& options, std::string* address) {
+  std::string tmpl = "/tmp/skray-XXXXXX";  // short: Ray puts Unix sockets below it
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    return Status(Code::kInternal,
+                  std::string("cannot create a temp dir for Ray: ") + std::strerror(errno));
+  }
+  auto head = std::make_unique<PrivateHead>();
+  head->temp_dir = tmpl;
+  head->WriteToken();
+  // Ray's default for local clusters is token authentication; the raylet
+  // hands these on to its workers, and the C++ and Python drivers read them.
+  const fs::path token = head->temp_dir / "auth_token";
+  ::setenv("RAY_AUTH_MODE", "token", 1);
+  ::setenv("RAY_AUTH_TOKEN_PATH", token.c_str(), 1);
+  ::setenv("RAY_USAGE_STATS_ENABLED", "0", 1);
+  // A head that times out while starting (its GCS too slow to answer on a
+  // loaded machine: "The current node timed out during startup") is
+  // stopped and started once more, on fresh ports.
+  for (int attempt = 1; attempt <= 2; ++attempt) {
+    auto started = head->StartOnce(options);
+    if (!started.ok()) return started.status();
+    if (!started->empty()) {
+      *address = *started;
+      return head;
+    }
+    head->Stop();
+    // The reaper removed the temp dir with the token in it: make both again.
+    std::error_code again;
+    fs::create_directories(head->temp_dir, again);
+    fs::permissions(head->temp_dir, fs::perms::owner_all, again);
+    head->WriteToken();
+  }
+  return Status(Code::kInternal,
+                "`ray start --head` timed out during startup twice:\n" +
+                    util::Tail(ReadSmallFile(head->temp_dir / "ray-start.log"), 2000));
+}
+
+void RayExecutor::PrivateHead::WriteToken() const {
+  const fs::path token = temp_dir / "auth_token";
+  {
+    std::ofstream out(token);
+    out << util::RandomHex(32);
+  }
+  std::error_code ec;
+  fs::permissions(token, fs::perms::owner_read | fs::perms::owner_write, ec);
+}
+
+Result<std::string> RayExecutor::PrivateHead::StartOnce(const RayOptions& options) {
+  const int cpus = options.num_cpus > 0
+                       ? options.num_cpus
+                       : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const std::uint64_t store =
+      options.object_store_bytes > 0 ? options.object_store_bytes : (512ull << 20);
+  std::vector<std::string> args = {(options.bin_dir / "ray").string(),
+                                   "start",
+                                   "--head",
+                                   "--temp-dir=" + temp_dir.string(),
+                                   "--disable-usage-stats",
+                                   "--include-dashboard=false",
+                                   "--num-cpus=" + std::to_string(cpus),
+                                   "--object-store-memory=" + std::to_string(store),
+                                   "--min-worker-port=0",
+                                   "--max-worker-port=0"};
+  static constexpr const char* kPortFlags[] = {"--port",
+                                               "--node-manager-port",
+                                               "--object-manager-port",
+                                               "--metrics-export-port",
+                                               "--dashboard-agent-listen-port",
+                                               "--dashboard-agent-grpc-port",
+                                               "--runtime-env-agent-port",
+                                               "--ray-client-server-port"};
+  std::vector<int> ports = util::FreePorts(std::size(kPortFlags));
+  if (ports.size() != std::size(kPortFlags)) {
+    return Status(Code::kInternal, "cannot find free ports for a private Ray head");
+  }
+  for (std::size_t i = 0; i < ports.size(); ++i) {
+    args.push_back(std::string(kPortFlags[i]) + "=" + std::to_string(ports[i]));
+  }
+  args.insert(args.end(), options.head_args.begin(), options.head_args.end());
+  util::SpawnSpec spec;
+  spec.argv = args;
+  spec.new_session = true;
+  spec.log_path = (temp_dir / "ray-start.log").string();
+  auto started = util::Spawn(spec);
+  if (!started.ok()) return started.status();
+  head_pid = started->pid;
+  // The reaper stops the head's whole session when our end of its stdin
+  // closes: on close, or when this process dies however it dies.
+  util::SpawnSpec reaper;
+  reaper.argv = {options.runner.string(),      "ray-reaper", "--session",
+                 std::to_string(started->pid), "--temp-dir", temp_dir.string()};
+  reaper.new_session = true;
+  reaper.stdin_pipe = true;
+  auto reaper_started = util::Spawn(reaper);
+  if (!reaper_started.ok()) {
+    StopProcessSession(started->pid, std::chrono::seconds(2));
+    head_pid = -1;
+    return Status(Code::kInternal, reaper_started.status().message() +
+                                       " (is the stagekit binary installed beside libstagekit?)");
+  }
+  reaper_pid = reaper_started->pid;
+  reaper_fd = reaper_started->stdin_fd;
+  const int rc = util::WaitFor(started->pid, std::chrono::minutes(3));
+  std::string address = ReadSmallFile(temp_dir / "ray_current_cluster");
+  if (rc == 0 && !address.empty()) return address;
+  const std::string log = ReadSmallFile(temp_dir / "ray-start.log");
+  if (log.find("timed out during startup") != std::string::npos) return std::string();
+  return Status(Code::kInternal, "`ray start --head` failed (exit " + std::to_string(rc) + "):\n" +
+                                     util::Tail(log, 2000));
+}
+
+void RayExecutor::PrivateHead::Stop() {
+  if (reaper_fd >= 0) {
+    ::close(reaper_fd);  // the reaper stops the head's session and removes temp_dir
+    util::WaitFor(reaper_pid, std::chrono::minutes(1));
+  } else if (head_pid > 0) {
+    StopProcessSession(head_pid, std::chrono::seconds(2));
+  }
+  reaper_fd = -1;
+  reaper_pid = -1;
+  head_pid = -1;
+}
+
+bool RayExecutor::private_head() const { return head_ != nullptr; }
+
 Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
-  std::string why;
   if (options.bridge.empty()) options.bridge = DefaultBridge();
   if (options.bin_dir.empty()) options.bin_dir = DefaultBinDir();
-  if (options.runner.empty()) options.runner = internal::DefaultCli();
+  if (options.runner.empty()) options.runner = stagekit::DefaultCli();
   std::error_code ec;
   if (!fs::exists(options.bridge, ec)) {
     return Status(Code::kRayUnavailable,
@@ -331,7 +466,6 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
   }
   std::unique_ptr<RayExecutor> ex(new RayExecutor());
   ex->options_ = options;
-
   ex->address_ = options.address;
   if (ex->address_.empty()) {
     if (const char* env = std::getenv("RAY_ADDRESS"); env != nullptr) ex->address_ = env;
@@ -342,123 +476,25 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
                                     "GCS directly: give ip:port (port 6379 by default)");
   }
   if (ex->address_.empty()) {
-    // A private head: own temp dir, free ports, token auth, its own session.
-    std::string tmpl = "/tmp/skray-XXXXXX";  // short: Ray puts Unix sockets below it
-    if (::mkdtemp(tmpl.data()) == nullptr) {
-      return Status(Code::kInternal,
-                    std::string("cannot create a temp dir for Ray: ") + std::strerror(errno));
-    }
-    ex->temp_dir_ = tmpl;
-    fs::path token = ex->temp_dir_ / "auth_token";
-    {
-      std::ofstream out(token);
-      out << RandomHex(32);  // no newline: the C++ token loader does not strip it
-    }
-    fs::permissions(token, fs::perms::owner_read | fs::perms::owner_write, ec);
-    // Ray's default for local clusters is token authentication; the raylet
-    // hands these on to its workers, and the C++ and Python drivers read them.
-    ::setenv("RAY_AUTH_MODE", "token", 1);
-    ::setenv("RAY_AUTH_TOKEN_PATH", token.c_str(), 1);
-    ::setenv("RAY_USAGE_STATS_ENABLED", "0", 1);
-    int cpus = options.num_cpus > 0
-                   ? options.num_cpus
-                   : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-    std::uint64_t store =
-        options.object_store_bytes > 0 ? options.object_store_bytes : (512ull << 20);
-    std::vector<std::string> argv = {(options.bin_dir / "ray").string(),
-                                     "start",
-                                     "--head",
-                                     "--temp-dir=" + ex->temp_dir_.string(),
-                                     "--disable-usage-stats",
-                                     "--include-dashboard=false",
-                                     "--num-cpus=" + std::to_string(cpus),
-                                     "--object-store-memory=" + std::to_string(store),
-                                     "--min-worker-port=0",
-                                     "--max-worker-port=0"};
-    const char* flags[] = {"--port",
-                           "--node-manager-port",
-                           "--object-manager-port",
-                           "--metrics-export-port",
-                           "--dashboard-agent-listen-port",
-                           "--dashboard-agent-grpc-port",
-                           "--runtime-env-agent-port",
-                           "--ray-client-server-port"};
-    // A head that times out while starting (its GCS too slow to answer on a
-    // loaded machine: "The current node timed out during startup") is
-    // stopped and started once more, on fresh ports.
-    for (int attempt = 1;; ++attempt) {
-      std::vector<int> ports = internal::FreePorts(std::size(flags));
-      if (ports.size() != std::size(flags)) {
-        return Status(Code::kInternal, "cannot find free ports for a private Ray head");
-      }
-      std::vector<std::string> args = argv;
-      for (std::size_t i = 0; i < ports.size(); ++i) {
-        args.push_back(std::string(flags[i]) + "=" + std::to_string(ports[i]));
-      }
-      args.insert(args.end(), options.head_args.begin(), options.head_args.end());
-      internal::SpawnSpec head;
-      head.argv = args;
-      head.new_session = true;
-      head.log_path = (ex->temp_dir_ / "ray-start.log").string();
-      auto started = internal::Spawn(head);
-      if (!started.ok()) return started.status();
-      ex->head_pid_ = started->pid;
-      // The reaper stops the head's whole session when our end of its stdin
-      // closes: on close, or when this process dies however it dies.
-      internal::SpawnSpec reaper;
-      reaper.argv = {options.runner.string(),      "ray-reaper", "--session",
-                     std::to_string(started->pid), "--temp-dir", ex->temp_dir_.string()};
-      reaper.new_session = true;
-      reaper.stdin_pipe = true;
-      auto reaper_started = internal::Spawn(reaper);
-      if (!reaper_started.ok()) {
-        StopProcessSession(started->pid, std::chrono::seconds(2));
-        return Status(Code::kInternal,
-                      reaper_started.status().message() +
-                          " (is the stagekit binary installed beside libstagekit?)");
-      }
-      ex->reaper_pid_ = reaper_started->pid;
-      ex->reaper_fd_ = reaper_started->stdin_fd;
-      int rc = internal::WaitFor(started->pid, std::chrono::minutes(3));
-      std::string address = ReadSmallFile(ex->temp_dir_ / "ray_current_cluster");
-      if (rc == 0 && !address.empty()) {
-        ex->address_ = address;
-        break;
-      }
-      std::string log = ReadSmallFile(ex->temp_dir_ / "ray-start.log");
-      if (attempt == 1 && log.find("timed out during startup") != std::string::npos) {
-        ::close(ex->reaper_fd_);  // the reaper stops what the first try left
-        internal::WaitFor(ex->reaper_pid_, std::chrono::minutes(1));
-        ex->reaper_fd_ = -1;
-        ex->reaper_pid_ = -1;
-        ex->head_pid_ = -1;
-        // The reaper removed the temp dir with the token in it: make both again.
-        std::error_code again;
-        fs::create_directories(ex->temp_dir_, again);
-        fs::permissions(ex->temp_dir_, fs::perms::owner_all, again);
-        {
-          std::ofstream out(token);
-          out << RandomHex(32);
-        }
-        fs::permissions(token, fs::perms::owner_read | fs::perms::owner_write, again);
-        continue;
-      }
-      return Status(Code::kInternal, "`ray start --head` failed (exit " + std::to_string(rc) +
-                                         "):\n" + internal::Tail(log, 2000));
-    }
+    auto head = PrivateHead::Start(options, &ex->address_);
+    if (!head.ok()) return head.status();
+    ex->head_ = std::move(head).value();
   }
-
   if (Status s = ex->RefreshNodes(); !s.ok()) return s;
+  if (Status s = ex->OpenBridge(); !s.ok()) return s;
+  return ex;
+}
 
+Status RayExecutor::OpenBridge() {
   // Ray's C++ core logs INFO lines to stderr by default; keep the terminal for stagekit.
   ::setenv("RAY_BACKEND_LOG_LEVEL", "warning", 0);
   // Load the bridge only now: Ray reads its authentication settings from the
-  // environment when it is loaded, and the private head sets them above.
+  // environment when it is loaded, and the private head sets them.
   auto bridge = std::make_unique<Bridge>();
-  bridge->handle = dlopen(options.bridge.c_str(), RTLD_NOW | RTLD_LOCAL);
+  bridge->handle = dlopen(options_.bridge.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (bridge->handle == nullptr) {
     const char* err = dlerror();
-    return Status(Code::kRayUnavailable, "cannot load the Ray bridge " + options.bridge.string() +
+    return Status(Code::kRayUnavailable, "cannot load the Ray bridge " + options_.bridge.string() +
                                              ": " + (err != nullptr ? err : "unknown error") +
                                              "; " + kInstallHint);
   }
@@ -477,12 +513,11 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
   if (!bridge->open || !bridge->run || !bridge->submit || !bridge->wait || !bridge->stats ||
       !bridge->close) {
     return Status(Code::kRayUnavailable,
-                  "the Ray bridge " + options.bridge.string() + " is from another version");
+                  "the Ray bridge " + options_.bridge.string() + " is from another version");
   }
-
   std::string config =
-      CanonicalJson({{"address", ex->address_},
-                     {"code_search_path", Json::array({fs::absolute(options.bridge).string()})}});
+      CanonicalJson({{"address", address_},
+                     {"code_search_path", Json::array({fs::absolute(options_.bridge).string()})}});
   char* out = nullptr;
   std::size_t len = 0;
   int rc;
@@ -498,15 +533,16 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
     auto err = RunStatsOrErrorFromJson(Json::parse(reply, nullptr, false));
     return Status(Code::kRayUnavailable, err.status().message());
   }
-  ex->bridge_ = std::move(bridge);
-  return ex;
+  bridge_ = std::move(bridge);
+  return OkStatus();
 }
 
 Status RayExecutor::RefreshNodes() {
-  internal::ChildSpec query;
+  util::ChildSpec query;
   query.argv = {(options_.bin_dir / "python").string(), "-c", kNodeQuery, address_};
   query.timeout = std::chrono::seconds(60);
-  internal::ChildResult r = internal::RunChild(query);
+  query.cancelled = Interrupted;
+  util::ChildResult r = util::RunChild(query);
   Json nodes = Json::parse(r.out, nullptr, false);
   if (!r.exited || r.exit_code != 0 || !nodes.is_array()) {
     std::string err = r.err;
@@ -529,12 +565,7 @@ Status RayExecutor::RefreshNodes() {
 
 RayExecutor::~RayExecutor() {
   if (bridge_ && bridge_->bridge != nullptr) bridge_->close(bridge_->bridge);
-  if (reaper_fd_ >= 0) {
-    ::close(reaper_fd_);  // the reaper stops the private head now
-    internal::WaitFor(reaper_pid_, std::chrono::minutes(1));
-  } else if (head_pid_ > 0) {
-    StopProcessSession(head_pid_, std::chrono::seconds(2));
-  }
+  head_.reset();  // the driver has left the cluster: its private head can stop
 }
 
 Json RayExecutor::Stats() const {
@@ -550,6 +581,13 @@ Json RayExecutor::Stats() const {
 Json RayExecutor::Nodes() const {
   std::lock_guard<std::mutex> lock(mu_);
   return nodes_;
+}
+
+Json RayExecutor::Describe() const {
+  return {{"address", address()},
+          {"private_head", private_head()},
+          {"nodes", Nodes()},
+          {"stats", Stats()}};
 }
 
 namespace {
@@ -581,9 +619,7 @@ Result<RayExecutor::Prepared> RayExecutor::Prepare(const StageRequest& request,
   StageRequest req = request;
   req.executor = "ray";
   if (req.instance.empty()) req.instance = req.stage;
-  const std::string label = req.instance == req.stage
-                                ? "stage '" + req.stage + "'"
-                                : "stage '" + req.instance + "' (" + req.stage + ")";
+  const std::string label = req.Label();
   if (Status s = options.resources.Validate(); !s.ok())
     return Status(s.code(), label + ": " + s.message());
   Json resources = RayResources(options.resources);

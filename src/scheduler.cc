@@ -11,8 +11,9 @@
 #include <set>
 #include <thread>
 
-#include "files.h"
 #include "stagekit/pipeline.h"
+#include "util/files.h"
+#include "util/threads.h"
 
 namespace stagekit {
 
@@ -188,7 +189,7 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
                                                    "; choose another --out directory"));
     }
     // What a killed or crashed earlier run left there (its process is gone).
-    internal::RemoveStaleTemps(requests[i].output.parent_path());
+    util::RemoveStaleTemps(requests[i].output.parent_path());
   }
 
   std::mutex mu;
@@ -397,11 +398,7 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
   const std::size_t threads = std::max<std::size_t>(
       1, std::min<std::size_t>(
              {static_cast<std::size_t>(std::max(options.jobs, 1)), n, kMaxSchedulerThreads}));
-  std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  for (std::size_t t = 1; t < threads; ++t) pool.emplace_back(worker, static_cast<int>(t));
-  worker(0);
-  for (std::thread& t : pool) t.join();
+  util::RunOnThreads(threads, [&](std::size_t t) { worker(static_cast<int>(t)); });
   return finish(failure);
 }
 

@@ -1,4 +1,4 @@
-#include "stage_server.h"
+#include "stagekit/runner.h"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -11,12 +11,12 @@
 #include <iterator>
 #include <thread>
 
-#include "json_fields.h"
 #include "stagekit/executor.h"
 #include "stagekit/invoke.h"
 #include "stagekit/stage.h"
+#include "util/json_fields.h"
 
-namespace stagekit::internal {
+namespace stagekit {
 
 const char* const kStageServerUsage =
     "stage (NAME | --serve) [--exit-with-parent] [--stages LIBRARY]...";
@@ -104,13 +104,14 @@ Status ServeStages(const StageServerOptions& cmd) {
   for (;;) {
     std::size_t nl = buf.find('\n');
     if (nl == std::string::npos) {
-      if (buf.size() > JsonLimits().max_bytes) {
+      if (buf.size() > util::JsonLimits().max_bytes) {
         // A line longer than any request may be: say so, and stop (the
         // stream can no longer be trusted to be in step).
-        WriteLine(protocol, CanonicalJson(ErrorToJson(Status(
-                                Code::kBadRequest, "request is more than " +
-                                                       std::to_string(JsonLimits().max_bytes) +
-                                                       " bytes without a line end"))));
+        WriteLine(protocol,
+                  CanonicalJson(ErrorToJson(
+                      Status(Code::kBadRequest, "request is more than " +
+                                                    std::to_string(util::JsonLimits().max_bytes) +
+                                                    " bytes without a line end"))));
         break;
       }
       ssize_t n = ::read(in, chunk, sizeof(chunk));
@@ -165,7 +166,7 @@ Status RunStageServer(const StageServerOptions& cmd) {
   if (Status s = LoadLibraries(cmd.libraries); !s.ok()) return fail(s);
 
   // At most one byte past the limit is read: enough to refuse more.
-  const JsonLimits limits;
+  const util::JsonLimits limits;
   std::string input;
   char chunk[65536];
   while (input.size() <= limits.max_bytes) {
@@ -174,7 +175,7 @@ Status RunStageServer(const StageServerOptions& cmd) {
     if (n <= 0) break;
     input.append(chunk, static_cast<std::size_t>(n));
   }
-  auto parsed = ParseJsonWithin(input, "request", Code::kBadRequest, limits);
+  auto parsed = util::ParseJsonWithin(input, "request", Code::kBadRequest, limits);
   if (!parsed.ok()) return fail(parsed.status());
   const Json& json = *parsed;
   auto request = StageRequest::FromJson(json);
@@ -192,4 +193,4 @@ Status RunStageServer(const StageServerOptions& cmd) {
   return OkStatus();
 }
 
-}  // namespace stagekit::internal
+}  // namespace stagekit

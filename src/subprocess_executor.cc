@@ -13,11 +13,12 @@
 #include <mutex>
 #include <thread>
 
-#include "fd.h"
-#include "files.h"
-#include "paths.h"
-#include "process.h"
 #include "stagekit/executor.h"
+#include "stagekit/runner.h"
+#include "util/fd.h"
+#include "util/files.h"
+#include "util/process.h"
+#include "util/text.h"
 #include "warm.h"
 
 namespace stagekit {
@@ -32,19 +33,9 @@ std::string_view LastLine(std::string_view out) {
   return nl == std::string_view::npos ? out : out.substr(nl + 1);
 }
 
-std::string Label(const StageRequest& req) {
-  if (req.instance.empty() || req.instance == req.stage) return "stage '" + req.stage + "'";
-  return "stage '" + req.instance + "' (" + req.stage + ")";
-}
-
-std::string Tails(const internal::ChildResult& c, std::size_t max) {
-  return "\n  stdout tail:\n" + internal::Tail(c.out, max) + "\n  stderr tail:\n" +
-         internal::Tail(c.err, max);
-}
-
-std::string FormatMs(std::chrono::milliseconds ms) {
-  if (ms.count() % 1000 == 0) return std::to_string(ms.count() / 1000) + "s";
-  return std::to_string(ms.count()) + "ms";
+std::string Tails(const util::ChildResult& c, std::size_t max) {
+  return "\n  stdout tail:\n" + util::Tail(c.out, max) + "\n  stderr tail:\n" +
+         util::Tail(c.err, max);
 }
 
 using Clock = std::chrono::steady_clock;
@@ -55,14 +46,14 @@ using Clock = std::chrono::steady_clock;
 // before each request, so a failure can show what that request printed.
 struct Child {
   pid_t pid = -1;
-  internal::UniqueFd sock;
-  internal::UniqueFd err;
+  util::UniqueFd sock;
+  util::UniqueFd err;
   std::string pending;  // bytes read past the last reply line (none, normally)
   int served = 0;       // requests answered
 };
 
 // A temp file nobody else can open, for a child's stderr.
-internal::UniqueFd StderrFile() {
+util::UniqueFd StderrFile() {
   const char* tmp = std::getenv("TMPDIR");
   std::string dir = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
   int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_APPEND | O_CLOEXEC, 0600);
@@ -71,7 +62,7 @@ internal::UniqueFd StderrFile() {
     fd = ::mkostemp(tmpl.data(), O_APPEND | O_CLOEXEC);
     if (fd >= 0) ::unlink(tmpl.c_str());
   }
-  return internal::UniqueFd(fd);
+  return util::UniqueFd(fd);
 }
 
 std::string ReadTail(int fd, std::size_t max) {
@@ -164,7 +155,7 @@ class SubprocessExecutor::Children {
       return Status(Code::kInternal, std::string("socketpair: ") + std::strerror(errno));
     }
     c->sock.Reset(pair[0]);
-    internal::UniqueFd theirs(pair[1]);
+    util::UniqueFd theirs(pair[1]);
     c->err = StderrFile();
     if (!c->err) {
       return Status(Code::kInternal,
@@ -186,7 +177,7 @@ class SubprocessExecutor::Children {
     posix_spawn_file_actions_adddup2(&actions, theirs.get(), 1);
     posix_spawn_file_actions_adddup2(&actions, c->err.get(), 2);
     // Its own process group: a stop reaches its children too.
-    int rc = internal::SpawnProcess(args, &actions, POSIX_SPAWN_SETPGROUP, &c->pid);
+    int rc = util::SpawnProcess(args, &actions, POSIX_SPAWN_SETPGROUP, &c->pid);
     posix_spawn_file_actions_destroy(&actions);
     if (rc != 0) {
       return Status(Code::kInternal, "cannot start '" + args[0] + "': " + std::strerror(rc));
@@ -205,7 +196,7 @@ class SubprocessExecutor::Children {
 };
 
 SubprocessExecutor::SubprocessExecutor(Options options) : options_(std::move(options)) {
-  if (options_.runner.empty()) options_.runner = internal::DefaultRunner();
+  if (options_.runner.empty()) options_.runner = stagekit::DefaultRunner();
   children_ = std::make_unique<Children>(options_);
 }
 
@@ -220,14 +211,14 @@ Result<RunStats> SubprocessExecutor::Run(const StageRequest& request, const Stag
   if (req.instance.empty()) req.instance = req.stage;
   // The child writes into a folder of this process's; only this process
   // publishes, and only a success.
-  if (Status s = internal::CheckReplaceable(request.output, "output of " + Label(req)); !s.ok()) {
+  if (Status s = util::CheckReplaceable(request.output, "output of " + req.Label()); !s.ok()) {
     return s;
   }
   fs::path out_dir = request.output.parent_path();
   if (out_dir.empty()) out_dir = ".";
-  auto staging = internal::MakePrivateDir(out_dir);
+  auto staging = util::MakePrivateDir(out_dir);
   if (!staging.ok()) {
-    return Status(Code::kOutputError, Label(req) + ": " + staging.status().message() +
+    return Status(Code::kOutputError, req.Label() + ": " + staging.status().message() +
                                           "; check that the output folder is writable");
   }
   req.output = *staging / request.output.filename();
@@ -244,7 +235,7 @@ Result<RunStats> SubprocessExecutor::Run(const StageRequest& request, const Stag
   }
   Result<RunStats> stats = persistent ? RunOnce(req, options) : RunFresh(req, options);
   if (stats.ok()) {
-    if (Status s = internal::PublishFile(req.output, request.output, "output of " + Label(req));
+    if (Status s = util::PublishFile(req.output, request.output, "output of " + req.Label());
         !s.ok()) {
       stats = s;
     }
@@ -256,7 +247,7 @@ Result<RunStats> SubprocessExecutor::Run(const StageRequest& request, const Stag
 
 Result<RunStats> SubprocessExecutor::RunFresh(const StageRequest& req,
                                               const StageOptions& options) {
-  internal::ChildSpec spec;
+  util::ChildSpec spec;
   spec.argv = {options_.runner.string(), "stage", req.stage, "--exit-with-parent"};
   for (const fs::path& lib : options_.libraries) {
     spec.argv.push_back("--stages");
@@ -268,23 +259,24 @@ Result<RunStats> SubprocessExecutor::RunFresh(const StageRequest& req,
   spec.kill_grace = options_.kill_grace;
   spec.stderr_keep = std::max<std::size_t>(options_.tail_bytes * 4, 4096);
 
-  internal::ChildResult c = internal::RunChild(spec);
+  spec.cancelled = Interrupted;
+  util::ChildResult c = util::RunChild(spec);
   if (!c.spawn_status.ok()) {
     return Status(Code::kInternal,
-                  "cannot run " + Label(req) + " in a subprocess: " + c.spawn_status.message() +
+                  "cannot run " + req.Label() + " in a subprocess: " + c.spawn_status.message() +
                       " (set STAGEKIT_RUNNER to stagekit-stage or the stagekit binary)");
   }
   bool success = c.exited && c.exit_code == 0;
 
   if (c.timed_out) {
-    return Status(Code::kTimeout, Label(req) + " timed out after " + FormatMs(*options.timeout) +
-                                      " and was stopped (SIGTERM, then SIGKILL after " +
-                                      FormatMs(options_.kill_grace) +
-                                      "); raise its timeout or make it faster" +
-                                      Tails(c, options_.tail_bytes));
+    return Status(Code::kTimeout,
+                  req.Label() + " timed out after " + util::FormatMs(*options.timeout) +
+                      " and was stopped (SIGTERM, then SIGKILL after " +
+                      util::FormatMs(options_.kill_grace) +
+                      "); raise its timeout or make it faster" + Tails(c, options_.tail_bytes));
   }
   if (c.interrupted) {
-    return Status(Code::kInterrupted, Label(req) + " was stopped by an interrupt");
+    return Status(Code::kInterrupted, req.Label() + " was stopped by an interrupt");
   }
 
   // The child reports RunStats or a structured error as its last stdout line.
@@ -298,13 +290,32 @@ Result<RunStats> SubprocessExecutor::RunFresh(const StageRequest& req,
       return Status(stats.status().code(), message);
     }
   }
-  std::string how = c.term_signal != 0 ? "was killed by " + internal::SignalName(c.term_signal)
+  std::string how = c.term_signal != 0 ? "was killed by " + util::SignalName(c.term_signal)
                                        : "exited with code " + std::to_string(c.exit_code);
-  return Status(Code::kStageFailed, Label(req) + " (subprocess pid " + std::to_string(c.pid) +
+  return Status(Code::kStageFailed, req.Label() + " (subprocess pid " + std::to_string(c.pid) +
                                         ") " + how + " without reporting a result" +
                                         Tails(c, options_.tail_bytes));
 }
 
+namespace {
+
+// Writes all of `line` to the child; false when it is gone.
+bool SendLine(const Child& child, const std::string& line) {
+  for (std::size_t done = 0; done < line.size();) {
+    ssize_t n = ::send(child.sock.get(), line.data() + done, line.size() - done, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+}  // namespace
+
+// One request's exchange with a persistent child: it is long because every
+// way out decides the child's fate (reused, or discarded and stopped) while
+// holding it; the steps are sending, waiting for the reply line under the
+// timeout and interrupts, and reading the reply.
 Result<RunStats> SubprocessExecutor::RunOnce(const StageRequest& req, const StageOptions& options) {
   std::string line = CanonicalJson(req.ToJson());
   line.push_back('\n');
@@ -314,22 +325,13 @@ Result<RunStats> SubprocessExecutor::RunOnce(const StageRequest& req, const Stag
     auto acquired = children_->Acquire();
     if (!acquired.ok()) {
       return Status(Code::kInternal,
-                    "cannot run " + Label(req) +
+                    "cannot run " + req.Label() +
                         " in a persistent subprocess: " + acquired.status().message() +
                         " (set STAGEKIT_RUNNER to stagekit-stage or the stagekit binary)");
     }
     child = std::move(acquired).value();
     ::ftruncate(child->err.get(), 0);
-    sent = true;
-    for (std::size_t done = 0; done < line.size();) {
-      ssize_t n = ::send(child->sock.get(), line.data() + done, line.size() - done, MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        sent = false;
-        break;
-      }
-      done += static_cast<std::size_t>(n);
-    }
+    sent = SendLine(*child, line);
     if (sent || child->served == 0) break;
     // An idle child that died between requests never saw this one: replace it.
     int status = 0;
@@ -339,8 +341,7 @@ Result<RunStats> SubprocessExecutor::RunOnce(const StageRequest& req, const Stag
   const pid_t pid = child->pid;
   const std::size_t keep = std::max<std::size_t>(options_.tail_bytes * 4, 4096);
   auto stderr_tail = [&] {
-    return "\n  stderr tail:\n" +
-           internal::Tail(ReadTail(child->err.get(), keep), options_.tail_bytes);
+    return "\n  stderr tail:\n" + util::Tail(ReadTail(child->err.get(), keep), options_.tail_bytes);
   };
   // The end of a child: reap it, never reuse it (Run() removes what it wrote).
   auto lost = [&](Status status) {
@@ -355,7 +356,7 @@ Result<RunStats> SubprocessExecutor::RunOnce(const StageRequest& req, const Stag
   while (!eof && (nl = buf.find('\n')) == std::string::npos) {
     if (Interrupted()) {
       Stop(pid, options_.kill_grace);
-      return lost(Status(Code::kInterrupted, Label(req) + " was stopped by an interrupt"));
+      return lost(Status(Code::kInterrupted, req.Label() + " was stopped by an interrupt"));
     }
     int wait_ms = 100;
     if (options.timeout) {
@@ -363,12 +364,13 @@ Result<RunStats> SubprocessExecutor::RunOnce(const StageRequest& req, const Stag
                   std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
       if (left.count() <= 0) {
         Stop(pid, options_.kill_grace);
-        return lost(Status(
-            Code::kTimeout,
-            Label(req) + " timed out after " + FormatMs(*options.timeout) +
-                " and was stopped (SIGTERM, then SIGKILL after " + FormatMs(options_.kill_grace) +
-                "); its persistent subprocess (pid " + std::to_string(pid) +
-                ") was replaced; raise its timeout or make it faster" + stderr_tail()));
+        return lost(Status(Code::kTimeout,
+                           req.Label() + " timed out after " + util::FormatMs(*options.timeout) +
+                               " and was stopped (SIGTERM, then SIGKILL after " +
+                               util::FormatMs(options_.kill_grace) +
+                               "); its persistent subprocess (pid " + std::to_string(pid) +
+                               ") was replaced; raise its timeout or make it faster" +
+                               stderr_tail()));
       }
       wait_ms = static_cast<int>(std::min<long long>(wait_ms, left.count()));
     }
@@ -389,9 +391,9 @@ Result<RunStats> SubprocessExecutor::RunOnce(const StageRequest& req, const Stag
     if (!Reap(pid, std::chrono::seconds(5), &status)) status = Stop(pid, options_.kill_grace);
     ::kill(-pid, SIGKILL);
     std::string how = WIFSIGNALED(status)
-                          ? "was killed by " + internal::SignalName(WTERMSIG(status))
+                          ? "was killed by " + util::SignalName(WTERMSIG(status))
                           : "exited with code " + std::to_string(WEXITSTATUS(status));
-    return lost(Status(Code::kStageFailed, Label(req) + " (persistent subprocess pid " +
+    return lost(Status(Code::kStageFailed, req.Label() + " (persistent subprocess pid " +
                                                std::to_string(pid) + ") " + how +
                                                " without reporting a result" + stderr_tail()));
   }
@@ -400,7 +402,7 @@ Result<RunStats> SubprocessExecutor::RunOnce(const StageRequest& req, const Stag
   Json reply = Json::parse(reply_text, nullptr, /*allow_exceptions=*/false);
   if (reply.is_discarded() || !reply.is_object()) {
     Stop(pid, options_.kill_grace);
-    return lost(Status(Code::kInternal, Label(req) + ": persistent subprocess pid " +
+    return lost(Status(Code::kInternal, req.Label() + ": persistent subprocess pid " +
                                             std::to_string(pid) + " broke the protocol (\"" +
                                             reply_text.substr(0, 200) + "\")"));
   }

@@ -1,86 +1,19 @@
 // Canonical JSON and the plain-data types that cross executor boundaries.
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 
-#include "json_fields.h"
-#include "sha256.h"
 #include "stagekit/invoke.h"
 #include "stagekit/stage.h"
+#include "util/digest.h"
+#include "util/files.h"
+#include "util/json_fields.h"
 
 namespace stagekit {
 
-namespace internal {
-
-FieldReader::FieldReader(const Json& object, std::string context, Code code)
-    : object_(object), context_(std::move(context)), code_(code) {
-  if (!object_.is_object()) Fail("must be a JSON object");
-}
-
-void FieldReader::Fail(std::string message) {
-  if (status_.ok()) status_ = Status(code_, context_ + ": " + message);
-}
-
-const Json* FieldReader::Get(std::string_view key, bool required) {
-  if (!ok()) return nullptr;
-  auto it = object_.find(key);
-  if (it == object_.end()) {
-    if (required) Fail("missing required field '" + std::string(key) + "'");
-    return nullptr;
-  }
-  return &*it;
-}
-
-void FieldReader::String(std::string_view key, std::string& out, bool required) {
-  if (const Json* v = Get(key, required)) {
-    if (!v->is_string()) return Fail("'" + std::string(key) + "' must be a string");
-    out = v->get<std::string>();
-  }
-}
-
-void FieldReader::UInt64(std::string_view key, std::uint64_t& out) {
-  if (const Json* v = Get(key, false)) {
-    if (!v->is_number_unsigned()) {
-      return Fail("'" + std::string(key) + "' must be a non-negative integer");
-    }
-    out = v->get<std::uint64_t>();
-  }
-}
-
-void FieldReader::Int(std::string_view key, int& out) {
-  if (const Json* v = Get(key, false)) {
-    if (!v->is_number_integer()) return Fail("'" + std::string(key) + "' must be an integer");
-    out = v->get<int>();
-  }
-}
-
-void FieldReader::Double(std::string_view key, double& out) {
-  if (const Json* v = Get(key, false)) {
-    if (!v->is_number()) return Fail("'" + std::string(key) + "' must be a number");
-    out = v->get<double>();
-  }
-}
-
-void FieldReader::Object(std::string_view key, Json& out) {
-  if (const Json* v = Get(key, false)) {
-    if (!v->is_object()) return Fail("'" + std::string(key) + "' must be a JSON object");
-    out = *v;
-  }
-}
-
-void FieldReader::OnlyKeys(std::initializer_list<std::string_view> allowed) {
-  if (!ok()) return;
-  for (const auto& [key, value] : object_.items()) {
-    bool known = false;
-    for (std::string_view a : allowed) known = known || key == a;
-    if (!known) return Fail("unknown field '" + key + "'");
-  }
-}
-
-}  // namespace internal
-
-using internal::FieldReader;
+using util::FieldReader;
 
 std::string CanonicalJson(const Json& value) {
   // nlohmann::json keeps object keys in a std::map (sorted) and prints
@@ -180,60 +113,10 @@ Result<StageRequest> StageRequest::FromJson(const Json& json) {
 }
 
 Result<StageRequest> StageRequest::Parse(std::string_view json_text) {
-  auto json = internal::ParseJsonWithin(json_text, "request", Code::kBadRequest);
+  auto json = util::ParseJsonWithin(json_text, "request", Code::kBadRequest);
   if (!json.ok()) return json.status();
   return FromJson(*json);
 }
-
-namespace internal {
-
-Result<Json> ParseJsonWithin(std::string_view text, std::string_view what, Code code,
-                             const JsonLimits& limits) {
-  if (text.size() > limits.max_bytes) {
-    return Status(code, std::string(what) + " is " + std::to_string(text.size()) +
-                            " bytes; at most " + std::to_string(limits.max_bytes) +
-                            " are accepted");
-  }
-  // First a pass that only counts depth (nothing is built), then the parse.
-  struct DepthCheck : nlohmann::json_sax<Json> {
-    int depth = 0, max = 0;
-    bool too_deep = false;
-    std::string error;
-    bool Enter() {
-      too_deep = ++depth > max;
-      return !too_deep;
-    }
-    bool null() override { return true; }
-    bool boolean(bool) override { return true; }
-    bool number_integer(number_integer_t) override { return true; }
-    bool number_unsigned(number_unsigned_t) override { return true; }
-    bool number_float(number_float_t, const string_t&) override { return true; }
-    bool string(string_t&) override { return true; }
-    bool binary(binary_t&) override { return true; }
-    bool start_object(std::size_t) override { return Enter(); }
-    bool key(string_t&) override { return true; }
-    bool end_object() override { return --depth, true; }
-    bool start_array(std::size_t) override { return Enter(); }
-    bool end_array() override { return --depth, true; }
-    bool parse_error(std::size_t, const std::string&,
-                     const nlohmann::detail::exception& e) override {
-      error = e.what();
-      return false;
-    }
-  } check;
-  check.max = limits.max_depth;
-  if (!Json::sax_parse(text, &check)) {
-    if (check.too_deep) {
-      return Status(code, std::string(what) + " is nested more than " +
-                              std::to_string(limits.max_depth) +
-                              " levels deep (arrays and objects); flatten it");
-    }
-    return Status(code, std::string(what) + " is not valid JSON: " + check.error);
-  }
-  return Json::parse(text);
-}
-
-}  // namespace internal
 
 Json ErrorToJson(const Status& status) {
   return Json{{"error", {{"code", CodeName(status.code())}, {"message", status.message()}}}};
@@ -257,7 +140,7 @@ std::uint64_t DeriveSeed(const JobSpec& job, std::string_view instance_name) {
   std::string material = job.Canonical();
   material.push_back('\0');
   material.append(instance_name);
-  internal::Sha256Digest d = internal::Sha256(material);
+  util::Sha256Digest d = util::Sha256(material);
   std::uint64_t seed = 0;
   for (int i = 0; i < 8; ++i) seed = (seed << 8) | d[i];
   return seed;
@@ -293,16 +176,12 @@ const std::filesystem::path& StageContext::input(std::string_view name) const {
 }
 
 std::string StageContext::ReadInput(std::string_view name) const {
-  const std::filesystem::path& path = input(name);
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream buf;
-  if (!in || !(buf << in.rdbuf())) {
-    // An empty file makes operator<< set failbit without an error.
-    if (in && in.peek() == std::char_traits<char>::eof()) return std::string();
-    throw std::runtime_error("cannot read input '" + std::string(name) + "' (" + path.string() +
-                             "): " + std::strerror(errno));
+  // No size limit: a stage reads what its pipeline gives it.
+  auto bytes = util::ReadFile(input(name), std::numeric_limits<std::uint64_t>::max());
+  if (!bytes.ok()) {
+    throw std::runtime_error("input '" + std::string(name) + "': " + bytes.status().message());
   }
-  return std::move(buf).str();
+  return std::move(bytes).value();
 }
 
 void StageContext::WriteOutput(std::string_view bytes) const {

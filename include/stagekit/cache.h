@@ -35,6 +35,7 @@
 #include <string>
 #include <vector>
 
+#include "stagekit/export.h"
 #include "stagekit/pipeline.h"
 #include "stagekit/stage.h"
 #include "stagekit/status.h"
@@ -43,7 +44,7 @@ namespace stagekit {
 
 // Everything a cache key is made of, plus where each part came from (not
 // hashed) so that a change can be explained.
-struct CacheKeyParts {
+struct STAGEKIT_API CacheKeyParts {
   static constexpr int kFormat = 1;
   int format = kFormat;
   std::string stage;     // registered stage name
@@ -72,10 +73,11 @@ struct CacheKeyParts {
 // ("kwargs.min_length 2 -> 3", "input 'text' bytes changed sha256:ab12.. ->
 // sha256:cd34.. (corpus/a.txt)", "stage library changed ..."); empty when the
 // keys are equal.
-std::vector<std::string> DescribeKeyChange(const CacheKeyParts& before, const CacheKeyParts& now);
+STAGEKIT_API std::vector<std::string> DescribeKeyChange(const CacheKeyParts& before,
+                                                        const CacheKeyParts& now);
 
 // Why a stage of a pipeline would or would not run under `run --resume`.
-struct StageExplanation {
+struct STAGEKIT_API StageExplanation {
   std::string name;   // pipeline stage name
   std::string stage;  // registered stage name
   bool cached = false;
@@ -94,27 +96,27 @@ struct StageExplanation {
 };
 
 // Totals of a cache directory.
-struct CacheUsage {
+struct STAGEKIT_API CacheUsage {
   std::uint64_t entries = 0;
   std::uint64_t blobs = 0;
   std::uint64_t bytes = 0;  // blobs, entries and pointers together
 };
 
-struct PruneOptions {
+struct STAGEKIT_API PruneOptions {
   // Remove entries created longer ago than this.
   std::optional<std::chrono::seconds> older_than;
   // Then remove the oldest entries until the cache holds at most this many bytes.
   std::optional<std::uint64_t> max_bytes;
 };
 
-struct PruneReport {
+struct STAGEKIT_API PruneReport {
   std::uint64_t entries_removed = 0;
   std::uint64_t blobs_removed = 0;
   std::uint64_t bytes_freed = 0;
   CacheUsage left;
 };
 
-class DiskCache final : public StageCache {
+class STAGEKIT_API DiskCache final : public StageCache {
  public:
   struct Options {
     // Pipeline name, recorded in entries and naming the per-stage pointers.

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "stagekit/export.h"
 #include "stagekit/invoke.h"
 #include "stagekit/status.h"
 
@@ -19,7 +20,7 @@ namespace stagekit {
 
 // Placement hints. The Ray executor turns them into task resources; the local
 // executors validate and record them.
-struct Resources {
+struct STAGEKIT_API Resources {
   double cpus = 1;
   double gpus = 0;  // fractional allowed (0.01 co-locates, < 1)
   std::uint64_t memory_bytes = 0;
@@ -32,11 +33,11 @@ struct Resources {
 };
 
 // Parses "512MiB", "4GiB", "1.5GB", "1000" (bytes). kInvalidPipeline on error.
-Result<std::uint64_t> ParseBytes(std::string_view text);
+STAGEKIT_API Result<std::uint64_t> ParseBytes(std::string_view text);
 // Parses "30s", "5m", "250ms", "1h", "2.5" (seconds). kInvalidPipeline on error.
-Result<std::chrono::milliseconds> ParseDuration(std::string_view text);
+STAGEKIT_API Result<std::chrono::milliseconds> ParseDuration(std::string_view text);
 
-struct StageOptions {
+struct STAGEKIT_API StageOptions {
   Resources resources;
   // Enforced by the subprocess (and Ray) executors; the in-process executor
   // cannot stop a running function and only reports the overrun.
@@ -60,7 +61,7 @@ struct StageOptions {
 
 // A stage an asynchronous executor finished: the ticket it was submitted
 // under, and what Run() would have returned.
-struct StageCompletion {
+struct STAGEKIT_API StageCompletion {
   std::uint64_t ticket = 0;
   Result<RunStats> stats = Status(Code::kInternal, "not run");
   // The output is made and stages that read it may start (they get it by
@@ -72,7 +73,7 @@ struct StageCompletion {
 
 // The interface every transport implements. Run() may be called from several
 // threads at once.
-class StageExecutor {
+class STAGEKIT_API StageExecutor {
  public:
   virtual ~StageExecutor() = default;
   virtual std::string_view name() const = 0;
@@ -81,6 +82,13 @@ class StageExecutor {
   // folder only when fetched (StageOptions::fetch_output); false when every
   // output is a file there as soon as its stage succeeded.
   virtual bool outputs_stay_remote() const { return false; }
+
+  // The nodes stages run on, as [{"node": "ip:port", "resources": {"CPU":
+  // 4, ...}}]; empty for executors that run on this machine.
+  virtual Json Nodes() const { return Json::array(); }
+  // What a run summary records about the executor's back end (Ray: address,
+  // private head, nodes, counters); an empty object for the local ones.
+  virtual Json Describe() const { return Json::object(); }
 
   // Submit-then-complete, for executors that await many stages at once
   // without a thread each (Ray: one loop and ray::Wait over every running
@@ -102,7 +110,7 @@ class StageExecutor {
 };
 
 // Calls Invoke() in the calling thread.
-class InProcessExecutor final : public StageExecutor {
+class STAGEKIT_API InProcessExecutor final : public StageExecutor {
  public:
   explicit InProcessExecutor(const Registry& registry = Registry::Global()) : registry_(registry) {}
   std::string_view name() const override { return "inprocess"; }
@@ -129,7 +137,7 @@ class InProcessExecutor final : public StageExecutor {
 // when the child reported success in time. A child that outlives this process
 // (kill -9), times out, or is stopped by an interrupt can never replace an
 // output, in particular not one a later run wrote.
-class SubprocessExecutor final : public StageExecutor {
+class STAGEKIT_API SubprocessExecutor final : public StageExecutor {
  public:
   struct Options {
     // The stage runner. Empty: $STAGEKIT_RUNNER, else the lean runner
@@ -167,9 +175,9 @@ class SubprocessExecutor final : public StageExecutor {
 
 // Process-wide cancellation flag, set from a signal handler by the CLI.
 // Executors stop their children and schedulers stop launching once it is set.
-void RequestInterrupt() noexcept;
-bool Interrupted() noexcept;
-void ResetInterrupt() noexcept;
+STAGEKIT_API void RequestInterrupt() noexcept;
+STAGEKIT_API bool Interrupted() noexcept;
+STAGEKIT_API void ResetInterrupt() noexcept;
 
 }  // namespace stagekit
 

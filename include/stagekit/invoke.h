@@ -9,13 +9,14 @@
 #include <map>
 #include <string>
 
+#include "stagekit/export.h"
 #include "stagekit/stage.h"
 #include "stagekit/status.h"
 
 namespace stagekit {
 
 // Everything that crosses an executor boundary. Plain data, JSON on the wire.
-struct StageRequest {
+struct STAGEKIT_API StageRequest {
   std::string stage;     // registered stage name
   std::string instance;  // pipeline stage name; defaults to `stage`
   std::map<std::string, std::filesystem::path> inputs;
@@ -33,6 +34,13 @@ struct StageRequest {
   // kBadRequest with a message naming the offending field.
   static Result<StageRequest> FromJson(const Json& json);
   static Result<StageRequest> Parse(std::string_view json_text);
+
+  // How messages name the stage: "stage 'map_3' (wc.map)", or "stage 'wc.map'"
+  // when the instance is the registered name.
+  std::string Label() const {
+    if (instance.empty() || instance == stage) return "stage '" + stage + "'";
+    return "stage '" + instance + "' (" + stage + ")";
+  }
 };
 
 // Runs the stage named by the request:
@@ -44,20 +52,30 @@ struct StageRequest {
 // The stage writes into a private temporary folder beside request.output; its
 // file is renamed over the target only on success; on failure the temporary
 // is removed and any earlier file at request.output is left untouched.
-Result<RunStats> Invoke(const StageRequest& request, const Registry& registry = Registry::Global());
+STAGEKIT_API Result<RunStats> Invoke(const StageRequest& request,
+                                     const Registry& registry = Registry::Global());
+
+// Invoke() with warm stage instances on or off, whatever $STAGEKIT_WARM says:
+// a warm stage (STAGEKIT_WARM_STAGE) keeps one set-up instance per stage,
+// setup object and job in this process, reused by later requests.
+STAGEKIT_API Result<RunStats> InvokeWarm(const StageRequest& request, const Registry& registry,
+                                         bool warm);
+// Tears down every idle warm instance of this process (and restarts the
+// setup counts); returns how many.
+STAGEKIT_API std::size_t DropWarmInstances();
 
 // Removes every temporary file or folder that process `pid` may have left in
 // `output`'s folder (Invoke() writes into ".stagekit-tmp.<pid>.<random>.<host>/").
 // Executors that kill a child use it to clean up after it.
-void RemoveTempOutputs(const std::filesystem::path& output, long pid);
+STAGEKIT_API void RemoveTempOutputs(const std::filesystem::path& output, long pid);
 
 // {"error": {"code": "<CodeName>", "message": "..."}}
-Json ErrorToJson(const Status& status);
+STAGEKIT_API Json ErrorToJson(const Status& status);
 // Decodes either form: RunStats JSON or an ErrorToJson object.
-Result<RunStats> RunStatsOrErrorFromJson(const Json& json);
+STAGEKIT_API Result<RunStats> RunStatsOrErrorFromJson(const Json& json);
 
 // This machine's host name (cached).
-const std::string& HostName();
+STAGEKIT_API const std::string& HostName();
 
 }  // namespace stagekit
 

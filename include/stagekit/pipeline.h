@@ -30,17 +30,18 @@
 #include <vector>
 
 #include "stagekit/executor.h"
+#include "stagekit/export.h"
 #include "stagekit/invoke.h"
 #include "stagekit/status.h"
 
 namespace stagekit {
 
-struct InputRef {
+struct STAGEKIT_API InputRef {
   std::string from_stage;      // set when the input is another stage's output
   std::filesystem::path file;  // absolute, set when the input is a file
 };
 
-struct PipelineStage {
+struct STAGEKIT_API PipelineStage {
   std::string name;   // unique within the pipeline
   std::string stage;  // registered stage name
   std::map<std::string, InputRef> inputs;
@@ -53,7 +54,7 @@ struct PipelineStage {
   int line = 0;  // where it is declared
 };
 
-struct Pipeline {
+struct STAGEKIT_API Pipeline {
   std::filesystem::path file;  // absolute
   std::string name;
   std::vector<std::string> libraries;  // as written
@@ -73,36 +74,37 @@ struct Pipeline {
 // 1,000,000 values in one stage's kwargs (or the params), 10,000,000 in all
 // (kInvalidPipeline past any of them).
 inline constexpr std::uint64_t kMaxPipelineBytes = 64ull << 20;
-Result<Pipeline> LoadPipeline(const std::filesystem::path& file);
-Result<Pipeline> ParsePipeline(std::string_view yaml_text, const std::filesystem::path& file);
+STAGEKIT_API Result<Pipeline> LoadPipeline(const std::filesystem::path& file);
+STAGEKIT_API Result<Pipeline> ParsePipeline(std::string_view yaml_text,
+                                            const std::filesystem::path& file);
 
 // Turns library entries into paths: an entry with a '/' or ending in ".so" is a
 // path relative to the pipeline file; a bare name N is the first lib<N>.so (or
 // N.so) found in `search_dirs`. kLibraryError naming the places looked in.
-Result<std::vector<std::filesystem::path>> ResolveLibraries(
+STAGEKIT_API Result<std::vector<std::filesystem::path>> ResolveLibraries(
     const Pipeline& pipeline, const std::vector<std::filesystem::path>& search_dirs);
 
 // Applies a command-line placement override, "STAGE:KEY=VALUE[,KEY=VALUE...]":
 // STAGE is a stage name or "*" for every stage; KEY is cpus, gpus, memory
 // (e.g. 4GiB) or a custom resource name (e.g. vm:g4dn.2xlarge=1, 0 removes it).
 // kUsage naming the problem; unknown stage names included.
-Status ApplyResourceOverride(Pipeline& pipeline, std::string_view spec);
+STAGEKIT_API Status ApplyResourceOverride(Pipeline& pipeline, std::string_view spec);
 
 // The stage library directories of this stagekit installation
 // (<libdir>/stagekit/stages), for the build tree and the install tree.
-std::vector<std::filesystem::path> DefaultStageDirs();
+STAGEKIT_API std::vector<std::filesystem::path> DefaultStageDirs();
 
 // kUnknownStage (with suggestions) for the first stage whose registered name
 // is not in the registry.
-Status CheckStagesRegistered(const Pipeline& pipeline, const Registry& registry);
+STAGEKIT_API Status CheckStagesRegistered(const Pipeline& pipeline, const Registry& registry);
 
 // ---------------------------------------------------------------------------
 // Scheduling
 
 enum class StageState { kPending, kRunning, kSucceeded, kFailed, kNotRun };
-std::string_view StageStateName(StageState state);
+STAGEKIT_API std::string_view StageStateName(StageState state);
 
-struct StageOutcome {
+struct STAGEKIT_API StageOutcome {
   std::string name;
   StageState state = StageState::kPending;
   std::optional<RunStats> stats;
@@ -121,7 +123,7 @@ struct StageOutcome {
 
 // Hooks for progress displays and traces; called from scheduler threads, one
 // call at a time.
-class RunObserver {
+class STAGEKIT_API RunObserver {
  public:
   virtual ~RunObserver() = default;
   virtual void OnStageStarted(const PipelineStage& /*stage*/) {}
@@ -131,7 +133,7 @@ class RunObserver {
 // A store of stage outputs that the scheduler asks before it launches a stage
 // and tells after a stage succeeded (see stagekit/cache.h for the one on
 // disk). Called from scheduler threads, several at once.
-class StageCache {
+class STAGEKIT_API StageCache {
  public:
   virtual ~StageCache() = default;
   // Called before a stage is looked up or launched: computes its key from its
@@ -163,7 +165,7 @@ class StageCache {
                      const std::string& token, const RunStats* stats) = 0;
 };
 
-struct RunOptions {
+struct STAGEKIT_API RunOptions {
   // Stages in flight at once. An asynchronous executor (Ray) has them all
   // awaited by the calling thread; the others get a thread per stage in
   // flight, at most 4096.
@@ -193,10 +195,10 @@ struct RunOptions {
 };
 
 // "all" / "final" / "none" and back; nullopt for anything else.
-std::optional<RunOptions::Outputs> ParseOutputs(std::string_view text);
-std::string_view OutputsName(RunOptions::Outputs outputs);
+STAGEKIT_API std::optional<RunOptions::Outputs> ParseOutputs(std::string_view text);
+STAGEKIT_API std::string_view OutputsName(RunOptions::Outputs outputs);
 
-struct RunResult {
+struct STAGEKIT_API RunResult {
   Status status;  // the first failure, or OK
   std::string failed_stage;
   std::vector<StageOutcome> stages;  // pipeline order
@@ -207,8 +209,8 @@ struct RunResult {
 // first failure (or interrupt) it launches nothing more, lets running stages
 // finish, and returns that failure. Outputs go to out_dir/<stage.output>;
 // out_dir is created if needed (kOutputError if it cannot be).
-RunResult RunPipeline(const Pipeline& pipeline, const std::filesystem::path& out_dir,
-                      StageExecutor& executor, const RunOptions& options);
+STAGEKIT_API RunResult RunPipeline(const Pipeline& pipeline, const std::filesystem::path& out_dir,
+                                   StageExecutor& executor, const RunOptions& options);
 
 }  // namespace stagekit
 

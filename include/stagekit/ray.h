@@ -16,10 +16,11 @@
 #include <vector>
 
 #include "stagekit/executor.h"
+#include "stagekit/export.h"
 
 namespace stagekit {
 
-struct RayOptions {
+struct STAGEKIT_API RayOptions {
   // "ip:port" of a running cluster's GCS. Empty: $RAY_ADDRESS, and when that
   // is empty too, a private local head is started (own temp dir and ports,
   // usage stats off, token authentication on) and stopped again on close,
@@ -46,9 +47,9 @@ struct RayOptions {
 };
 
 // Whether the ray executor can be used; when not, `why` says how to fix it.
-bool RayAvailable(std::string* why = nullptr);
+STAGEKIT_API bool RayAvailable(std::string* why = nullptr);
 
-class RayExecutor final : public StageExecutor {
+class STAGEKIT_API RayExecutor final : public StageExecutor {
  public:
   // kRayUnavailable when Ray is not installed or the bridge is missing;
   // kRayUnavailable when the cluster cannot be reached or joined, kInternal when a private
@@ -79,17 +80,20 @@ class RayExecutor final : public StageExecutor {
   std::vector<StageCompletion> AwaitCompletions(std::chrono::milliseconds timeout) override;
 
   const std::string& address() const { return address_; }
-  bool private_head() const { return head_pid_ > 0; }
+  bool private_head() const;
   // {"objects_put", "bytes_put", "tasks_submitted", "system_retries",
   //  "actors_started", "actors_alive"}: warm stages run on Ray actors, one per
   //  instance key (stage, job spec, setup object, resources) and concurrent
   //  use, so never more than the run's --jobs per key; they are killed on close.
   Json Stats() const;
   // The alive nodes seen at open: [{"node": "ip:port", "resources": {...}}].
-  Json Nodes() const;
+  Json Nodes() const override;
+  // {"address", "private_head", "nodes", "stats"}.
+  Json Describe() const override;
 
  private:
   struct Bridge;
+  struct PrivateHead;
   struct Prepared {
     std::string request, task, label;  // the bridge's request and task JSON
   };
@@ -97,13 +101,12 @@ class RayExecutor final : public StageExecutor {
   // Checks a stage (resources, feasibility) and says what the bridge gets.
   Result<Prepared> Prepare(const StageRequest& request, const StageOptions& options);
   Status RefreshNodes();
+  // Loads the bridge library and joins the cluster at address_ through it.
+  Status OpenBridge();
 
   RayOptions options_;
   std::string address_;
-  std::filesystem::path temp_dir_;
-  pid_t head_pid_ = -1;  // session id of the private head's processes
-  pid_t reaper_pid_ = -1;
-  int reaper_fd_ = -1;
+  std::unique_ptr<PrivateHead> head_;  // when no address was given
   std::unique_ptr<Bridge> bridge_;
   mutable std::mutex mu_;
   std::vector<StageCompletion> refused_;  // submitted stages refused before the bridge
@@ -113,17 +116,17 @@ class RayExecutor final : public StageExecutor {
 
 // Ray's resource map for a stage: {"CPU": cpus, "GPU": gpus, "memory": bytes,
 // custom...}, leaving out zeros.
-Json RayResources(const Resources& resources);
+STAGEKIT_API Json RayResources(const Resources& resources);
 
 // OK when some node in `nodes` ([{"node", "resources"}]) has at least every
 // resource of `request`; else kInfeasible naming what is missing and what
 // the nodes offer.
-Status CheckFeasible(const Json& request, const Json& nodes, const std::string& label);
+STAGEKIT_API Status CheckFeasible(const Json& request, const Json& nodes, const std::string& label);
 
 // Stops every process of session `sid` the way `ray stop` orders it (raylets,
 // then the rest, then gcs_server): SIGTERM, then SIGKILL after `grace`.
 // Returns how many processes it signalled. Never touches other sessions.
-int StopProcessSession(pid_t sid, std::chrono::milliseconds grace);
+STAGEKIT_API int StopProcessSession(pid_t sid, std::chrono::milliseconds grace);
 
 }  // namespace stagekit
 

@@ -31,6 +31,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "stagekit/export.h"
 #include "stagekit/status.h"
 
 namespace stagekit {
@@ -40,10 +41,10 @@ using Json = nlohmann::json;
 // Serialises JSON canonically: object keys sorted, no whitespace, integers as
 // integers and floating point numbers in shortest round-trip form. The same
 // value always gives the same bytes.
-std::string CanonicalJson(const Json& value);
+STAGEKIT_API std::string CanonicalJson(const Json& value);
 
 // What a whole pipeline run is about. Part of every stage's request.
-struct JobSpec {
+struct STAGEKIT_API JobSpec {
   std::string name;
   std::uint64_t seed = 0;        // base of every stage's seed
   Json params = Json::object();  // free-form, shared by all stages
@@ -54,7 +55,7 @@ struct JobSpec {
 };
 
 // What one run of one stage did. Reported beside the output, never inside it.
-struct RunStats {
+struct STAGEKIT_API RunStats {
   std::string stage;              // registered stage name
   std::string executor;           // inprocess | subprocess | ray
   int attempt = 1;                // 1 for the first try
@@ -77,9 +78,9 @@ struct RunStats {
 
 // The deterministic seed of a stage: the first 8 bytes (big-endian) of
 // SHA-256(canonical job spec, NUL, stage instance name).
-std::uint64_t DeriveSeed(const JobSpec& job, std::string_view instance_name);
+STAGEKIT_API std::uint64_t DeriveSeed(const JobSpec& job, std::string_view instance_name);
 
-class StageContext {
+class STAGEKIT_API StageContext {
  public:
   StageContext(std::string stage, std::string instance,
                const std::map<std::string, std::filesystem::path>* inputs,
@@ -133,7 +134,7 @@ using StageFn = void (*)(StageContext&);
 // every use of the stage in a pipeline. Instances are keyed by (stage name,
 // canonical job spec, canonical setup object), so two uses of a stage that
 // differ here get separate instances.
-class WarmContext {
+class STAGEKIT_API WarmContext {
  public:
   WarmContext(std::string stage, const JobSpec* job, Json setup)
       : stage_(std::move(stage)), job_(job), setup_(std::move(setup)) {}
@@ -150,7 +151,7 @@ class WarmContext {
 };
 
 // The type-erased operations of a warm stage (see STAGEKIT_WARM_STAGE).
-struct WarmStageOps {
+struct STAGEKIT_API WarmStageOps {
   void* (*create)(const WarmContext&);  // the expensive setup; may throw
   void (*run)(void* instance, StageContext&);
   void (*destroy)(void* instance) noexcept;
@@ -160,7 +161,7 @@ struct WarmStageOps {
 // Maps stage names to functions. Registration never throws: a duplicate name
 // is recorded with both sites and reported by Problems() (and by library
 // loading), the first registration stays in effect.
-class Registry {
+class STAGEKIT_API Registry {
  public:
   struct Entry {
     std::string name;
@@ -199,22 +200,23 @@ class Registry {
 // initialisers, so pass Registry::Global() unless testing). Fails with
 // kLibraryError when the file cannot be loaded or when it registers a name that
 // is already registered.
-Status LoadStageLibrary(const std::filesystem::path& path, Registry& registry = Registry::Global());
+STAGEKIT_API Status LoadStageLibrary(const std::filesystem::path& path,
+                                     Registry& registry = Registry::Global());
 
 namespace internal {
-struct Registrar {
+struct STAGEKIT_API Registrar {
   Registrar(const char* name, StageFn fn, const char* file, int line) noexcept {
     Registry::Global().Add(name, fn, file, line);
   }
 };
-struct WarmRegistrar {
+struct STAGEKIT_API WarmRegistrar {
   WarmRegistrar(const char* name, StageFn cold, const WarmStageOps* warm, const char* file,
                 int line) noexcept {
     Registry::Global().AddWarm(name, cold, warm, file, line);
   }
 };
 
-Json WarmSetupOf(const Json& kwargs);
+STAGEKIT_API Json WarmSetupOf(const Json& kwargs);
 
 template <typename T>
 struct WarmOps {

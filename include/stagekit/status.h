@@ -8,9 +8,11 @@
 #define STAGEKIT_STATUS_H_
 
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
+#include "stagekit/export.h"
 
 namespace stagekit {
 
@@ -38,11 +40,11 @@ enum class Code : int {
 };
 
 // Stable lower_snake_case name of a code ("stage_failed"), used on the wire.
-std::string_view CodeName(Code code);
+STAGEKIT_API std::string_view CodeName(Code code);
 // Inverse of CodeName; unknown names map to kInternal.
-Code CodeFromName(std::string_view name);
+STAGEKIT_API Code CodeFromName(std::string_view name);
 
-class Status {
+class [[nodiscard]] STAGEKIT_API Status {
  public:
   Status() = default;
   Status(Code code, std::string message) : code_(code), message_(std::move(message)) {}
@@ -62,7 +64,7 @@ inline Status OkStatus() { return Status(); }
 
 // A value or a non-OK Status.
 template <typename T>
-class Result {
+class [[nodiscard]] Result {
  public:
   Result(T value)
       : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor): mirrors absl::StatusOr
@@ -72,15 +74,23 @@ class Result {
 
   bool ok() const { return status_.ok(); }
   const Status& status() const { return status_; }
-  const T& value() const& { return *value_; }
-  T& value() & { return *value_; }
-  T&& value() && { return std::move(*value_); }
-  const T& operator*() const& { return *value_; }
-  T& operator*() & { return *value_; }
-  const T* operator->() const { return &*value_; }
-  T* operator->() { return &*value_; }
+  // The value; on an error, std::logic_error with the status's message (a
+  // bug in the caller, who should have checked ok(), never undefined behaviour).
+  const T& value() const& { return Checked(), *value_; }
+  T& value() & { return Checked(), *value_; }
+  T&& value() && { return Checked(), std::move(*value_); }
+  const T& operator*() const& { return value(); }
+  T& operator*() & { return value(); }
+  const T* operator->() const { return &value(); }
+  T* operator->() { return &value(); }
 
  private:
+  void Checked() const {
+    if (!value_) {
+      throw std::logic_error("Result::value() on an error (" +
+                             std::string(CodeName(status_.code())) + "): " + status_.message());
+    }
+  }
   Status status_;
   std::optional<T> value_;
 };

@@ -4,11 +4,11 @@
 #include <cstdint>
 #include <string>
 
-#include "tools/cluster.h"
+#include "operate/cluster.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
-  auto spec = stagekit::tools::ParseClusterSpec(text, "fuzz.yaml");
+  auto spec = stagekit::operate::ParseClusterSpec(text, "fuzz.yaml");
   if (!spec.ok() && spec.status().message().empty()) __builtin_trap();
   return 0;
 }

@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <string>
 
-#include "tools/cost.h"
+#include "operate/cost.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   static const std::string path = "/tmp/stagekit-cost-fuzz-" + std::to_string(::getpid());
@@ -17,7 +17,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::fwrite(data, 1, size, f);
   std::fclose(f);
   int bad = 0;
-  auto records = stagekit::tools::ReadCostLog(path, &bad);
+  auto records = stagekit::operate::ReadCostLog(path, &bad);
   if (records.ok() && bad < 0) __builtin_trap();
   std::remove(path.c_str());
   return 0;

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "tools/ignore.h"
+#include "deploy/ignore.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
@@ -15,7 +15,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::vector<std::string> lines;
   std::istringstream patterns(text.substr(0, nul));
   for (std::string line; std::getline(patterns, line);) lines.push_back(line);
-  auto set = stagekit::tools::PatternSet::Compile(lines, "fuzz");
+  auto set = stagekit::deploy::PatternSet::Compile(lines, "fuzz");
   if (!set.ok()) return 0;
   std::istringstream paths(nul == std::string::npos ? "a/b.txt\n.\nx" : text.substr(nul + 1));
   for (std::string path; std::getline(paths, path);) (*set)->Match(path);

@@ -6,9 +6,9 @@
 #include <chrono>
 #include <thread>
 
-#include "process.h"
 #include "stagekit/stage.h"
 #include "unit/test_util.h"
+#include "util/process.h"
 
 namespace stagekit {
 namespace {
@@ -67,7 +67,7 @@ TEST(CostRecords, ASuccessfulRunLeavesACompleteRecord) {
 void InterruptLeavesARecord(int sig) {
   TempDir dir;
   fs::path p = SleepPipeline(dir, 2, 120);
-  internal::SpawnSpec spec;
+  util::SpawnSpec spec;
   spec.argv = {STAGEKIT_CLI,
                "run",
                p.string(),
@@ -80,7 +80,7 @@ void InterruptLeavesARecord(int sig) {
                "--cost-log",
                (dir / "cost.jsonl").string()};
   spec.log_path = (dir / "cli.log").string();
-  auto cli = internal::Spawn(spec);
+  auto cli = util::Spawn(spec);
   ASSERT_TRUE(cli.ok());
   bool started = false;
   for (int i = 0; i < 600 && !started; ++i) {
@@ -90,7 +90,7 @@ void InterruptLeavesARecord(int sig) {
   }
   ASSERT_TRUE(started) << ReadFile(dir / "cli.log");
   ::kill(cli->pid, sig);
-  EXPECT_EQ(internal::WaitFor(cli->pid, std::chrono::minutes(1)), 130) << ReadFile(dir / "cli.log");
+  EXPECT_EQ(util::WaitFor(cli->pid, std::chrono::minutes(1)), 130) << ReadFile(dir / "cli.log");
   auto records = Records(dir / "cost.jsonl");
   ASSERT_EQ(records.size(), 1u) << ReadFile(dir / "cli.log");
   EXPECT_EQ(records[0]["outcome"], "interrupted");

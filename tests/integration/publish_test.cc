@@ -9,9 +9,9 @@
 #include <fstream>
 #include <thread>
 
-#include "process.h"
 #include "stagekit/stage.h"
 #include "unit/test_util.h"
+#include "util/process.h"
 
 namespace stagekit {
 namespace {
@@ -70,11 +70,11 @@ TEST(Publishing, AKilledRunsStageNeverReplacesALaterRunsOutput) {
   // Run 1: its stage sleeps 3 s through SIGTERM; its driver is killed with
   // SIGKILL (nothing can be cleaned up) while the stage sleeps.
   fs::path p = SleepWrite(dir, "old", 3);
-  internal::SpawnSpec spec;
+  util::SpawnSpec spec;
   spec.argv = {STAGEKIT_CLI, "run",   p.string(),           "-e", "subprocess",
                "--no-cache", "--out", (dir / "o").string(), "-q"};
   spec.log_path = (dir / "cli.log").string();
-  auto cli = internal::Spawn(spec);
+  auto cli = util::Spawn(spec);
   ASSERT_TRUE(cli.ok());
   long stage_pid = 0;
   for (int i = 0; i < 600 && stage_pid == 0; ++i) {
@@ -83,7 +83,7 @@ TEST(Publishing, AKilledRunsStageNeverReplacesALaterRunsOutput) {
   }
   ASSERT_NE(stage_pid, 0) << ReadFile(dir / "cli.log");
   ::kill(cli->pid, SIGKILL);
-  internal::WaitFor(cli->pid, std::chrono::seconds(30));
+  util::WaitFor(cli->pid, std::chrono::seconds(30));
   // The orphaned stage notices that its run is gone and stops.
   bool gone = false;
   for (int i = 0; i < 100 && !gone; ++i) {

@@ -10,10 +10,10 @@
 #include <iostream>
 #include <thread>
 
-#include "process.h"
 #include "ray/cluster_util.h"
 #include "stagekit/ray.h"
 #include "unit/test_util.h"
+#include "util/process.h"
 
 namespace stagekit {
 namespace {
@@ -88,7 +88,7 @@ TEST_F(FakeAutoscaler, LaunchesTheNodeTypeAStageNeedsAndRemovesItWhenIdle) {
                                  "import ray._private.services as s; "
                                  "print(s.get_node_ip_address())"});
   ASSERT_EQ(ip.exit_code, 0) << Show(ip);
-  std::vector<int> ports = internal::FreePorts(1);
+  std::vector<int> ports = util::FreePorts(1);
   address_ = Trim(ip.out) + ":" + std::to_string(ports.at(0));
 
   const std::string vm = "vm:g4dn.xlarge";
@@ -122,15 +122,14 @@ TEST_F(FakeAutoscaler, LaunchesTheNodeTypeAStageNeedsAndRemovesItWhenIdle) {
                                    "--autoscaling-config=" + config.string()};
   std::vector<std::string> flags = testing::PortFlags(false);
   argv.insert(argv.end(), flags.begin(), flags.end());
-  internal::SpawnSpec spec;
+  util::SpawnSpec spec;
   spec.argv = argv;
   spec.new_session = true;
   spec.log_path = (dir_ / "head.log").string();
-  auto head = internal::Spawn(spec);
+  auto head = util::Spawn(spec);
   ASSERT_TRUE(head.ok()) << head.status().message();
   head_sid_ = head->pid;
-  ASSERT_EQ(internal::WaitFor(head->pid, std::chrono::minutes(2)), 0)
-      << ReadFile(dir_ / "head.log");
+  ASSERT_EQ(util::WaitFor(head->pid, std::chrono::minutes(2)), 0) << ReadFile(dir_ / "head.log");
   ::unsetenv("RAY_FAKE_CLUSTER");
   ::unsetenv("AUTOSCALER_UPDATE_INTERVAL_S");
   Json nodes = AliveNodes();

@@ -9,8 +9,8 @@
 #include <sstream>
 #include <thread>
 
-#include "process.h"
 #include "unit/test_util.h"
+#include "util/process.h"
 
 namespace stagekit::testing {
 
@@ -51,7 +51,7 @@ std::vector<std::string> PortFlags(bool head) {
                                     "--metrics-export-port",       "--dashboard-agent-listen-port",
                                     "--dashboard-agent-grpc-port", "--runtime-env-agent-port"};
   if (head) names.push_back("--port");
-  std::vector<int> ports = internal::FreePorts(names.size());
+  std::vector<int> ports = util::FreePorts(names.size());
   EXPECT_EQ(ports.size(), names.size());
   std::vector<std::string> flags = {"--min-worker-port=0", "--max-worker-port=0"};
   for (std::size_t i = 0; i < ports.size(); ++i)
@@ -70,11 +70,11 @@ Node StartNode(std::vector<std::string> args, const fs::path& log,
       PortFlags(std::find(args.begin(), args.end(), "--head") != args.end());
   argv.insert(argv.end(), ports.begin(), ports.end());
   argv.insert(argv.end(), args.begin(), args.end());
-  internal::SpawnSpec spec;
+  util::SpawnSpec spec;
   spec.argv = argv;
   spec.new_session = true;
   spec.log_path = log.string();
-  auto spawned = internal::Spawn(spec);
+  auto spawned = util::Spawn(spec);
   EXPECT_TRUE(spawned.ok()) << spawned.status().message();
   Node node;
   node.sid = spawned->pid;
@@ -88,7 +88,7 @@ Node StartNode(std::vector<std::string> args, const fs::path& log,
     }
     EXPECT_NE(ReadFile(log).find("Ray runtime started"), std::string::npos) << ReadFile(log);
   } else {
-    int rc = internal::WaitFor(spawned->pid, std::chrono::minutes(3));
+    int rc = util::WaitFor(spawned->pid, std::chrono::minutes(3));
     EXPECT_EQ(rc, 0) << ReadFile(log);
   }
   char host[256] = {};

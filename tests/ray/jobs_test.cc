@@ -11,11 +11,11 @@
 #include <set>
 #include <thread>
 
-#include "process.h"
 #include "ray/cluster_util.h"
 #include "stagekit/ray.h"
 #include "stagekit/stage.h"
 #include "unit/test_util.h"
+#include "util/process.h"
 
 namespace stagekit {
 namespace {
@@ -46,17 +46,17 @@ class RayJobs : public ::testing::Test {
     ::setenv("RAY_AUTH_TOKEN_PATH", (dir_->path() / "token").c_str(), 1);
     ::setenv("XDG_CACHE_HOME", (dir_->path() / "cache").c_str(), 1);  // the package cache
     // Credentials that exist only in this test, for the S3 server it starts.
-    const int s3_port = internal::FreePorts(1).at(0);
+    const int s3_port = util::FreePorts(1).at(0);
     ::setenv("AWS_ACCESS_KEY_ID", "stagekit-test-key", 1);
     ::setenv("AWS_SECRET_ACCESS_KEY", "stagekit-test-secret", 1);
     ::setenv("AWS_DEFAULT_REGION", "us-east-1", 1);
     ::setenv("AWS_ENDPOINT_URL", ("http://127.0.0.1:" + std::to_string(s3_port)).c_str(), 1);
-    internal::SpawnSpec moto;
+    util::SpawnSpec moto;
     moto.argv = {(kRayBin / "moto_server").string(), "-H", "127.0.0.1", "-p",
                  std::to_string(s3_port)};
     moto.new_session = true;
     moto.log_path = (dir_->path() / "moto.log").string();
-    auto spawned = internal::Spawn(moto);
+    auto spawned = util::Spawn(moto);
     ASSERT_TRUE(spawned.ok()) << spawned.status().message();
     moto_sid_ = spawned->pid;
     CommandResult mb;
@@ -71,7 +71,7 @@ class RayJobs : public ::testing::Test {
     std::string tmpl = "/tmp/skjobs-XXXXXX";  // short: Ray puts Unix sockets below it
     ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
     ray_tmp_ = tmpl;
-    const int dashboard = internal::FreePorts(1).at(0);
+    const int dashboard = util::FreePorts(1).at(0);
     address_ = "http://127.0.0.1:" + std::to_string(dashboard);
     head_ =
         StartNode({"--head", "--temp-dir=" + ray_tmp_, "--num-cpus=2", "--include-dashboard=true",
@@ -313,7 +313,7 @@ TEST_F(RayJobs, BadSubmissionsAreRefusedBeforeAnythingIsUploaded) {
     EXPECT_FALSE(fs::exists(PackageDir()) && !fs::is_empty(PackageDir())) << c.what;
   }
   // An unreachable dashboard and a wrong token: nothing written either.
-  const int closed = internal::FreePorts(1).at(0);
+  const int closed = util::FreePorts(1).at(0);
   CommandResult down =
       RunCli({"submit", p.string(), "--address", "http://127.0.0.1:" + std::to_string(closed)});
   EXPECT_EQ(down.exit_code, 12) << Show(down);
@@ -371,11 +371,11 @@ TEST_F(RayJobs, NoWaitThenStatusLogsAndStop) {
 std::pair<int, std::string> InterruptSubmit(const fs::path& p, const std::string& id,
                                             const std::string& address, const fs::path& log,
                                             const std::vector<std::string>& extra) {
-  internal::SpawnSpec spec;
+  util::SpawnSpec spec;
   spec.argv = {STAGEKIT_CLI, "submit", p.string(), "--address", address, "--submission-id", id};
   spec.argv.insert(spec.argv.end(), extra.begin(), extra.end());
   spec.log_path = log.string();
-  auto cli = internal::Spawn(spec);
+  auto cli = util::Spawn(spec);
   EXPECT_TRUE(cli.ok());
   if (!cli.ok()) return {-1, ""};
   bool running = false;
@@ -385,7 +385,7 @@ std::pair<int, std::string> InterruptSubmit(const fs::path& p, const std::string
   }
   EXPECT_TRUE(running) << ReadFile(log);
   ::kill(cli->pid, SIGINT);
-  int rc = internal::WaitFor(cli->pid, std::chrono::minutes(1));
+  int rc = util::WaitFor(cli->pid, std::chrono::minutes(1));
   return {rc, ReadFile(log)};
 }
 

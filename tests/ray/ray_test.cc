@@ -15,10 +15,10 @@
 #include <sstream>
 #include <thread>
 
-#include "process.h"
 #include "ray/cluster_util.h"
 #include "stagekit/ray.h"
 #include "unit/test_util.h"
+#include "util/process.h"
 
 namespace stagekit {
 namespace {
@@ -119,11 +119,11 @@ TEST(RayPrivateHead, CtrlCStopsTheRunAndTheHead) {
             "]\nstages:\n"
             "  - {name: long, stage: test.pid_sleep, kwargs: {seconds: 120, pid_dir: " +
                 dir.path().string() + "}}\n");
-  internal::SpawnSpec spec;
+  util::SpawnSpec spec;
   spec.argv = {STAGEKIT_CLI, "run",   (dir / "p.yaml").string(), "-e",
                "ray",        "--out", (dir / "o").string()};
   spec.log_path = (dir / "cli.log").string();
-  auto cli = internal::Spawn(spec);
+  auto cli = util::Spawn(spec);
   ASSERT_TRUE(cli.ok());
   auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
   bool started = false;
@@ -134,7 +134,7 @@ TEST(RayPrivateHead, CtrlCStopsTheRunAndTheHead) {
   }
   ASSERT_TRUE(started) << ReadFile(dir / "cli.log");
   ::kill(cli->pid, SIGINT);
-  int rc = internal::WaitFor(cli->pid, std::chrono::minutes(1));
+  int rc = util::WaitFor(cli->pid, std::chrono::minutes(1));
   EXPECT_EQ(rc, 130) << ReadFile(dir / "cli.log");
   EXPECT_NE(ReadFile(dir / "cli.log").find("interrupted"), std::string::npos)
       << ReadFile(dir / "cli.log");

@@ -2,9 +2,10 @@
 // shown, which perturbation a stage is blamed for, and the report.
 #include <gtest/gtest.h>
 
-#include "tools/audit.h"
+#include "analyse/audit.h"
 
-namespace stagekit::tools {
+namespace stagekit::analyse {
+
 namespace {
 
 TEST(AuditCompareBytes, IdenticalBytesHaveNoDifference) {
@@ -195,4 +196,4 @@ TEST(AuditReport, TableShowsTheVerdictsAndWhereTheBytesDiffer) {
 }
 
 }  // namespace
-}  // namespace stagekit::tools
+}  // namespace stagekit::analyse

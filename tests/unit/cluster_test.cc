@@ -1,7 +1,7 @@
 // `stagekit cluster`: specs and their errors, the autoscaler config, worker
 // start scripts, the SSM tunnel's commands, and the teardown order (against a
 // stub `ray` on PATH that records its calls).
-#include "tools/cluster.h"
+#include "operate/cluster.h"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -12,7 +12,8 @@
 
 #include "unit/test_util.h"
 
-namespace stagekit::tools {
+namespace stagekit::operate {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -391,4 +392,4 @@ TEST_F(ClusterDownTest, NeedsYes) {
 }
 
 }  // namespace
-}  // namespace stagekit::tools
+}  // namespace stagekit::operate

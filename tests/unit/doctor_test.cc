@@ -6,11 +6,12 @@
 #include <functional>
 #include <set>
 
-#include "tools/cluster.h"
-#include "tools/doctor.h"
+#include "operate/cluster.h"
+#include "operate/doctor.h"
 #include "unit/test_util.h"
 
-namespace stagekit::tools {
+namespace stagekit::operate {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -213,4 +214,4 @@ TEST(DoctorCli, ExitsNonZeroOnErrorsAndPrintsJson) {
 }
 
 }  // namespace
-}  // namespace stagekit::tools
+}  // namespace stagekit::operate

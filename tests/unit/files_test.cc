@@ -1,7 +1,7 @@
 // Writing files: temporaries nobody can predict or redirect, a publisher
 // that never replaces what is not a regular file, writes through to devices
 // and FIFOs, and the clean-up of what dead writers left.
-#include "files.h"
+#include "util/files.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -17,7 +17,7 @@
 
 #include "unit/test_util.h"
 
-namespace stagekit::internal {
+namespace stagekit::util {
 namespace {
 
 namespace fs = std::filesystem;
@@ -147,4 +147,4 @@ TEST(Files, WhatDeadWritersLeftIsRemovedAndWhatLiveOnesUseIsKept) {
 }
 
 }  // namespace
-}  // namespace stagekit::internal
+}  // namespace stagekit::util

@@ -2,11 +2,11 @@
 
 #include <stdexcept>
 
-#include "sha256.h"
 #include "stagekit/c_api.h"
 #include "stagekit/executor.h"
 #include "stagekit/invoke.h"
 #include "unit/test_util.h"
+#include "util/digest.h"
 
 namespace stagekit {
 namespace {
@@ -67,7 +67,7 @@ TEST_F(InvokeTest, RunsTheStageAndReportsStats) {
   EXPECT_EQ(stats->bytes_out, 6u);
   EXPECT_EQ(stats->host, HostName());
   EXPECT_GE(stats->wall_s, 0.0);
-  EXPECT_EQ(stats->output_digest, "sha256:" + internal::HexDigest(internal::Sha256("HELLO\n")));
+  EXPECT_EQ(stats->output_digest, "sha256:" + util::HexDigest(util::Sha256("HELLO\n")));
   EXPECT_EQ(stats->metrics, Json({{"chars", 6}}));
   EXPECT_EQ(g_seen_seed, DeriveSeed(JobSpec{"j", 7, Json::object()}, "inst"));
   EXPECT_EQ(ListFiles(dir_.path()), (std::vector<std::string>{"in.txt", "out.txt"}));

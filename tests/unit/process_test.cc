@@ -1,9 +1,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
-#include "process.h"
+#include "util/process.h"
 
-namespace stagekit::internal {
+namespace stagekit::util {
 namespace {
 
 ChildResult Sh(const std::string& script, std::optional<std::chrono::milliseconds> timeout = {},
@@ -84,4 +84,4 @@ TEST(TailTest, IndentsAndCutsOnLineBoundaries) {
 }
 
 }  // namespace
-}  // namespace stagekit::internal
+}  // namespace stagekit::util

@@ -9,10 +9,11 @@
 #include <string>
 #include <vector>
 
-#include "tools/report.h"
+#include "analyse/report.h"
 #include "unit/test_util.h"
 
-namespace stagekit::tools {
+namespace stagekit::analyse {
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -452,4 +453,4 @@ TEST(ReportCli, RunWritesReportsAndReportRemakesThemFromTheRecord) {
 }
 
 }  // namespace
-}  // namespace stagekit::tools
+}  // namespace stagekit::analyse

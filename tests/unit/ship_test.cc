@@ -15,12 +15,14 @@
 #include <utility>
 #include <vector>
 
-#include "tools/ignore.h"
-#include "tools/package.h"
-#include "tools/ship.h"
+#include "deploy/ignore.h"
+#include "deploy/package.h"
+#include "deploy/ship.h"
 #include "unit/test_util.h"
 
-namespace stagekit::tools {
+namespace stagekit::deploy {
+using namespace ::stagekit::util;  // NOLINT(google-build-using-namespace): helpers under test
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -973,4 +975,4 @@ TEST(ShipCliTest, AnEmptyFolderShips) {
 }
 
 }  // namespace
-}  // namespace stagekit::tools
+}  // namespace stagekit::deploy

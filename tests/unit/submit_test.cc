@@ -4,12 +4,15 @@
 
 #include <cstdlib>
 
-#include "tools/jobs.h"
-#include "tools/secrets.h"
-#include "tools/ship.h"
+#include "deploy/jobs.h"
+#include "deploy/secrets.h"
+#include "deploy/ship.h"
 #include "unit/test_util.h"
+#include "util/text.h"
 
-namespace stagekit::tools {
+namespace stagekit::deploy {
+using namespace ::stagekit::util;  // NOLINT(google-build-using-namespace): helpers under test
+
 namespace {
 
 using testing::TempDir;
@@ -166,12 +169,12 @@ TEST(ShipPipelineTest, NoAbsolutePathOfThisMachineIsShipped) {
 }
 
 TEST(ShellQuoteTest, QuotesOnlyWhatNeedsIt) {
-  EXPECT_EQ(ShellQuote("runs/stagekit-x_1.yaml"), "runs/stagekit-x_1.yaml");
-  EXPECT_EQ(ShellQuote("map_*:vm:x=1"), "'map_*:vm:x=1'");
-  EXPECT_EQ(ShellQuote("it's"), "'it'\\''s'");
-  EXPECT_EQ(ShellQuote(""), "''");
-  EXPECT_EQ(ShellQuote("a b;rm -rf /"), "'a b;rm -rf /'");
+  EXPECT_EQ(util::ShellQuote("runs/stagekit-x_1.yaml"), "runs/stagekit-x_1.yaml");
+  EXPECT_EQ(util::ShellQuote("map_*:vm:x=1"), "'map_*:vm:x=1'");
+  EXPECT_EQ(util::ShellQuote("it's"), "'it'\\''s'");
+  EXPECT_EQ(util::ShellQuote(""), "''");
+  EXPECT_EQ(util::ShellQuote("a b;rm -rf /"), "'a b;rm -rf /'");
 }
 
 }  // namespace
-}  // namespace stagekit::tools
+}  // namespace stagekit::deploy

@@ -8,7 +8,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "process.h"
+#include "util/process.h"
 
 namespace stagekit::testing {
 
@@ -67,11 +67,11 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::string
     full = {"/bin/sh", "-c", "cd \"$0\" && exec \"$@\"", cwd.string()};
     full.insert(full.end(), argv.begin(), argv.end());
   }
-  internal::ChildSpec spec;
+  util::ChildSpec spec;
   spec.argv = full;
   spec.stdin_data = stdin_data;
   spec.timeout = std::chrono::minutes(5);
-  internal::ChildResult r = internal::RunChild(spec);
+  util::ChildResult r = util::RunChild(spec);
   if (!r.spawn_status.ok()) throw std::runtime_error(r.spawn_status.message());
   CommandResult out;
   out.exit_code = r.exited ? r.exit_code : -1;

@@ -1,9 +1,9 @@
 #include <gtest/gtest.h>
 
-#include "json_fields.h"
 #include "stagekit/executor.h"
 #include "stagekit/invoke.h"
 #include "stagekit/stage.h"
+#include "util/json_fields.h"
 
 namespace stagekit {
 namespace {
@@ -89,9 +89,9 @@ TEST(StageRequestTest, DeepOrHugeRequestsAreRefusedNotCrashedOn) {
       StageRequest::Parse(R"({"stage": "s", "output": "o", "kwargs": {"x": )" + ok_depth + "}}");
   EXPECT_TRUE(fine.ok()) << fine.status().message();
 
-  internal::JsonLimits small;
+  util::JsonLimits small;
   small.max_bytes = 10;
-  auto big = internal::ParseJsonWithin("[1, 2, 3, 4, 5]", "a list", Code::kInputError, small);
+  auto big = util::ParseJsonWithin("[1, 2, 3, 4, 5]", "a list", Code::kInputError, small);
   ASSERT_FALSE(big.ok());
   EXPECT_EQ(big.status().code(), Code::kInputError);
   EXPECT_NE(big.status().message().find("a list is 15 bytes; at most 10"), std::string::npos)

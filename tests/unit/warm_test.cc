@@ -59,12 +59,12 @@ class WarmInProcessTest : public ::testing::Test {
                       internal::WarmOps<Model>::Get(false), __FILE__, __LINE__);
     registry_.AddWarm("t.shared", &internal::WarmOps<Model>::Cold,
                       internal::WarmOps<Model>::Get(true), __FILE__, __LINE__);
-    internal::DropWarmInstances();
+    DropWarmInstances();
     g_setups = 0;
     g_overlaps = 0;
     g_fail_setup = false;
   }
-  ~WarmInProcessTest() override { internal::DropWarmInstances(); }
+  ~WarmInProcessTest() override { DropWarmInstances(); }
   StageRequest Request(const std::string& stage, const std::string& instance,
                        Json kwargs = {{"setup", {{"seed", 3}}}}) {
     StageRequest r;
@@ -83,7 +83,7 @@ class WarmInProcessTest : public ::testing::Test {
 TEST_F(WarmInProcessTest, SetsUpOnceAcrossInvocationsAndMatchesAColdRun) {
   std::vector<std::string> warm_bytes;
   for (int i = 0; i < 12; ++i) {
-    auto r = internal::InvokeWarm(Request("t.model", "m" + std::to_string(i)), registry_, true);
+    auto r = InvokeWarm(Request("t.model", "m" + std::to_string(i)), registry_, true);
     ASSERT_TRUE(r.ok()) << r.status().message();
     const Json& w = r->metrics.at("warm");
     EXPECT_EQ(w["setups"], 1);
@@ -93,7 +93,7 @@ TEST_F(WarmInProcessTest, SetsUpOnceAcrossInvocationsAndMatchesAColdRun) {
   }
   EXPECT_EQ(g_setups, 1);
   for (int i = 0; i < 12; ++i) {
-    auto r = internal::InvokeWarm(Request("t.model", "m" + std::to_string(i)), registry_, false);
+    auto r = InvokeWarm(Request("t.model", "m" + std::to_string(i)), registry_, false);
     ASSERT_TRUE(r.ok()) << r.status().message();
     EXPECT_EQ(r->metrics["warm"]["mode"], "cold");
     EXPECT_EQ(ReadFile(dir_ / ("m" + std::to_string(i) + ".out")), warm_bytes[i]) << i;
@@ -104,17 +104,16 @@ TEST_F(WarmInProcessTest, SetsUpOnceAcrossInvocationsAndMatchesAColdRun) {
 }
 
 TEST_F(WarmInProcessTest, InstancesAreKeyedBySetupAndJob) {
-  ASSERT_TRUE(internal::InvokeWarm(Request("t.model", "a"), registry_, true).ok());
+  ASSERT_TRUE(InvokeWarm(Request("t.model", "a"), registry_, true).ok());
   ASSERT_TRUE(
-      internal::InvokeWarm(Request("t.model", "b", {{"setup", {{"seed", 4}}}}), registry_, true)
-          .ok());
+      InvokeWarm(Request("t.model", "b", {{"setup", {{"seed", 4}}}}), registry_, true).ok());
   StageRequest other_job = Request("t.model", "c");
   other_job.job.seed = 12;
-  ASSERT_TRUE(internal::InvokeWarm(other_job, registry_, true).ok());
+  ASSERT_TRUE(InvokeWarm(other_job, registry_, true).ok());
   // Other kwargs outside `setup` share the instance.
-  ASSERT_TRUE(internal::InvokeWarm(Request("t.model", "d", {{"setup", {{"seed", 3}}}, {"x", 1}}),
-                                   registry_, true)
-                  .ok());
+  ASSERT_TRUE(
+      InvokeWarm(Request("t.model", "d", {{"setup", {{"seed", 3}}}, {"x", 1}}), registry_, true)
+          .ok());
   EXPECT_EQ(g_setups, 3);
 }
 
@@ -126,8 +125,8 @@ TEST_F(WarmInProcessTest, ConcurrentCallersNeverShareAnInstance) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 6; ++i) {
         std::string name = "c" + std::to_string(t) + "_" + std::to_string(i);
-        auto r = internal::InvokeWarm(
-            Request("t.model", name, {{"setup", {{"seed", 3}}}, {"hold_ms", 2}}), registry_, true);
+        auto r = InvokeWarm(Request("t.model", name, {{"setup", {{"seed", 3}}}, {"hold_ms", 2}}),
+                            registry_, true);
         if (!r.ok()) ++failures;
       }
     });
@@ -145,7 +144,7 @@ TEST_F(WarmInProcessTest, AThreadSafeStageSharesOneInstance) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 4; ++i) {
         std::string name = "s" + std::to_string(t) + "_" + std::to_string(i);
-        EXPECT_TRUE(internal::InvokeWarm(Request("t.shared", name), registry_, true).ok());
+        EXPECT_TRUE(InvokeWarm(Request("t.shared", name), registry_, true).ok());
       }
     });
   }
@@ -156,7 +155,7 @@ TEST_F(WarmInProcessTest, AThreadSafeStageSharesOneInstance) {
 TEST_F(WarmInProcessTest, AFailedSetupFailsTheInvocationAndIsRetriedNextTime) {
   WriteFile(dir_ / "x.out", "old output");
   g_fail_setup = true;
-  auto r = internal::InvokeWarm(Request("t.model", "x"), registry_, true);
+  auto r = InvokeWarm(Request("t.model", "x"), registry_, true);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), Code::kStageFailed);
   EXPECT_EQ(r.status().message(),
@@ -164,7 +163,7 @@ TEST_F(WarmInProcessTest, AFailedSetupFailsTheInvocationAndIsRetriedNextTime) {
   EXPECT_EQ(ReadFile(dir_ / "x.out"), "old output");
   EXPECT_EQ(ListFiles(dir_.path()), std::vector<std::string>{"x.out"});  // no temp left
   g_fail_setup = false;
-  r = internal::InvokeWarm(Request("t.model", "x"), registry_, true);
+  r = InvokeWarm(Request("t.model", "x"), registry_, true);
   ASSERT_TRUE(r.ok()) << r.status().message();
   EXPECT_EQ(r->metrics["warm"]["reused"], false);
   EXPECT_EQ(g_setups, 1);
@@ -238,7 +237,7 @@ TEST_F(WarmSubprocessTest, OneChildSetsUpOnceAndMatchesInProcessCold) {
   EXPECT_EQ(executor_->children_started(), 1u);
   for (int i = 0; i < 8; ++i) {
     std::string sub = ReadFile(dir_ / ("e" + std::to_string(i) + ".out"));
-    auto cold = internal::InvokeWarm(Embed(i), Registry::Global(), false);
+    auto cold = InvokeWarm(Embed(i), Registry::Global(), false);
     ASSERT_TRUE(cold.ok()) << cold.status().message();
     EXPECT_EQ(ReadFile(dir_ / ("e" + std::to_string(i) + ".out")), sub) << i;
   }

@@ -12,11 +12,13 @@
 #include <thread>
 #include <vector>
 
-#include "process.h"
-#include "tools/watchdog.h"
+#include "operate/watchdog.h"
 #include "unit/test_util.h"
+#include "util/process.h"
 
-namespace stagekit::tools {
+namespace stagekit::operate {
+using namespace ::stagekit::util;  // NOLINT(google-build-using-namespace): helpers under test
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -327,7 +329,7 @@ TEST(WatchdogCli, HeadIdleWithAProbe) {
 TEST(WatchdogCli, HeadIdleUnreachableDashboardIsUnknown) {
   TempDir dir;
   fs::path marker = dir / "fired";
-  int port = internal::FreePorts(1).at(0);  // nothing listens there
+  int port = util::FreePorts(1).at(0);  // nothing listens there
   CommandResult r = RunCliFor(2,
                               {"watchdog", "head-idle", "--for", "100ms", "--interval", "50ms",
                                "--address", "http://127.0.0.1:" + std::to_string(port), "--then",
@@ -381,11 +383,11 @@ TEST(WatchdogCli, HeadIdleAgainstAStubDashboard) {
             R"( {"submission_id": "b", "type": "SUBMISSION", "status": "RUNNING"},)"
             R"( {"job_id": "03000000", "type": "DRIVER", "status": "RUNNING"}])");
   WriteFile(dir / "tasks.json", TasksAnswer(0));
-  internal::Spawned server = [&] {
-    internal::SpawnSpec spec;
+  util::Spawned server = [&] {
+    util::SpawnSpec spec;
     spec.argv = {"python3", (dir / "stub.py").string(), dir.path().string()};
     spec.new_session = true;
-    auto s = internal::Spawn(spec);
+    auto s = util::Spawn(spec);
     if (!s.ok()) throw std::runtime_error(s.status().message());
     return *s;
   }();
@@ -393,7 +395,7 @@ TEST(WatchdogCli, HeadIdleAgainstAStubDashboard) {
     pid_t pid;
     ~Stop() {
       ::kill(pid, SIGKILL);
-      internal::WaitFor(pid, std::chrono::seconds(10));
+      util::WaitFor(pid, std::chrono::seconds(10));
     }
   } stop{server.pid};
   for (int i = 0; i < 600 && !fs::exists(dir / "port"); ++i) {
@@ -589,4 +591,4 @@ TEST(WatchdogInstall, WritesTheUnitAndRejectsBadValues) {
 }
 
 }  // namespace
-}  // namespace stagekit::tools
+}  // namespace stagekit::operate

@@ -7,14 +7,14 @@
 #include <cstring>
 #include <string>
 
-#include "stage_server.h"
 #include "stagekit/executor.h"
+#include "stagekit/runner.h"
 
 namespace {
 
 int Usage(const char* why) {
   std::fprintf(stderr, "stagekit-stage: error: %s\nusage: stagekit-stage %s\n", why,
-               stagekit::internal::kStageServerUsage);
+               stagekit::kStageServerUsage);
   return static_cast<int>(stagekit::Code::kUsage);
 }
 
@@ -27,12 +27,12 @@ int main(int argc, char** argv) {
           "stagekit-stage: the subprocess executor's stage runner\nusage: stagekit-stage %s\n"
           "Reads a StageRequest (JSON) on stdin, replies with RunStats JSON (or {\"error\"}) "
           "on stdout;\n--serve reads one request per line until the end of stdin.\n",
-          stagekit::internal::kStageServerUsage);
+          stagekit::kStageServerUsage);
       return 0;
     }
     return Usage("the first argument must be `stage`");
   }
-  stagekit::internal::StageServerOptions options;
+  stagekit::StageServerOptions options;
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--serve") {
@@ -51,10 +51,10 @@ int main(int argc, char** argv) {
       return Usage(("unexpected argument '" + arg + "'").c_str());
     }
   }
-  stagekit::internal::InstallInterruptHandlers();
+  stagekit::InstallInterruptHandlers();
   stagekit::Status status;
   try {
-    status = stagekit::internal::RunStageServer(options);
+    status = stagekit::RunStageServer(options);
   } catch (const std::exception& e) {
     status = stagekit::Status(stagekit::Code::kInternal, e.what());
   }

@@ -11,11 +11,13 @@
 #include <string>
 #include <vector>
 
+#include "deploy/package.h"
+#include "deploy/ship.h"
+#include "operate/cost.h"
 #include "stagekit/pipeline.h"
 #include "stagekit/status.h"
-#include "tools/cost.h"
-#include "tools/package.h"
-#include "tools/ship.h"
+#include "util/files.h"
+#include "util/text.h"
 
 namespace stagekit::cli {
 
@@ -76,12 +78,12 @@ Status ApplyCommandLine(Pipeline& pipeline, const ExecOptions& exec);
 // The summary of one run (what --json prints and what is written beside the outputs).
 Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_view executor,
                 int jobs, const std::filesystem::path& out_dir);
-using tools::WriteFileAtomically;
+using util::WriteFileAtomically;
 
 // A progress display on a terminal, plain log lines otherwise, nothing with quiet.
 std::unique_ptr<RunObserver> MakeProgress(std::size_t total, bool quiet, std::string prefix);
 
-using tools::HumanBytes;
+using util::HumanBytes;
 std::string FirstLine(const std::string& text);
 
 // Packaging options shared by `ship` and `submit`.
@@ -99,13 +101,13 @@ struct ShipCli {
 };
 // Cost records and prices, shared by `run`, `submit` and `cost`.
 struct CostCli {
-  std::string log;                  // default: tools::DefaultCostLog()
+  std::string log;                  // default: operate::DefaultCostLog()
   std::string cluster;              // a cluster spec, for prices
   std::vector<std::string> prices;  // TYPE=USD
   bool no_record = false;
   void AddTo(CLI::App* cmd);
   std::filesystem::path Log() const;
-  Result<tools::PriceBook> Prices() const;
+  Result<operate::PriceBook> Prices() const;
 };
 
 // --report FILE.html / --trace FILE, shared by `run` and `parity` (see cmd_report.cc).
@@ -121,8 +123,8 @@ struct ReportCli {
 // Threads for hashing: one per CPU.
 int Threads();
 // A pipeline file (or a folder, shipped as it is) -> the package plan.
-Result<tools::ShipPlan> PlanFromCommandLine(const std::string& pipeline, const LibraryOptions& libs,
-                                            const ShipCli& cli);
+Result<deploy::ShipPlan> PlanFromCommandLine(const std::string& pipeline,
+                                             const LibraryOptions& libs, const ShipCli& cli);
 
 void SetRunCommand(CLI::App& app, Action& action);
 void SetShipCommand(CLI::App& app, Action& action);

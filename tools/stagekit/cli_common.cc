@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "stagekit/executor.h"
 #include "stagekit/ray.h"
+#include "util/text.h"
 
 namespace stagekit::cli {
 
@@ -88,11 +89,9 @@ void ExecOptions::AddTo(CLI::App* cmd, bool parity) {
 
 int ExecOptions::Jobs(const StageExecutor& executor) const {
   if (jobs > 0) return jobs;
-  if (const auto* ray = dynamic_cast<const RayExecutor*>(&executor)) {
-    double cpus = 0;
-    for (const Json& node : ray->Nodes()) cpus += node["resources"].value("CPU", 0.0);
-    if (cpus >= 1) return static_cast<int>(cpus);
-  }
+  double cpus = 0;
+  for (const Json& node : executor.Nodes()) cpus += node["resources"].value("CPU", 0.0);
+  if (cpus >= 1) return static_cast<int>(cpus);
   unsigned n = std::thread::hardware_concurrency();
   return n == 0 ? 1 : static_cast<int>(n);
 }
@@ -139,12 +138,7 @@ Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
 }
 
 void AddExecutorDetails(const StageExecutor& executor, Json& summary) {
-  if (const auto* ray = dynamic_cast<const RayExecutor*>(&executor)) {
-    summary["ray"] = {{"address", ray->address()},
-                      {"private_head", ray->private_head()},
-                      {"nodes", ray->Nodes()},
-                      {"stats", ray->Stats()}};
-  }
+  if (Json d = executor.Describe(); !d.empty()) summary[std::string(executor.name())] = d;
 }
 
 Status ApplyCommandLine(Pipeline& pipeline, const ExecOptions& exec) {
@@ -248,7 +242,7 @@ class LineProgress : public RunObserver {
     if (o.state == StageState::kSucceeded) {
       std::fprintf(stderr, "%s%s %s (%s) %.3fs %s\n", prefix_.c_str(),
                    o.cached ? "cached " : "ok     ", st.name.c_str(), st.stage.c_str(),
-                   o.stats->wall_s, HumanBytes(o.stats->bytes_out).c_str());
+                   o.stats->wall_s, util::HumanBytes(o.stats->bytes_out).c_str());
     } else {
       std::fprintf(stderr, "%sFAILED  %s (%s): %s\n", prefix_.c_str(), st.name.c_str(),
                    st.stage.c_str(), FirstLine(o.status.message()).c_str());

@@ -3,8 +3,8 @@
 #include <cstdio>
 #include <iostream>
 
+#include "analyse/audit.h"
 #include "cli.h"
-#include "tools/audit.h"
 
 namespace stagekit::cli {
 namespace {
@@ -38,7 +38,7 @@ Status Audit(const AuditCommand& cmd) {
 
   std::unique_ptr<RunObserver> progress =
       MakeProgress(pipeline->stages.size(), cmd.quiet, "[baseline] ");
-  tools::AuditOptions options;
+  analyse::AuditOptions options;
   options.only = cmd.only;
   options.libraries = libraries;
   options.other_executor = executor->get();
@@ -48,7 +48,7 @@ Status Audit(const AuditCommand& cmd) {
   if (!cmd.quiet) {
     options.log = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
   }
-  Result<tools::AuditReport> report = tools::RunAudit(*pipeline, options);
+  Result<analyse::AuditReport> report = analyse::RunAudit(*pipeline, options);
   progress.reset();
   if (!report.ok()) return report.status();
   if (cmd.json) {

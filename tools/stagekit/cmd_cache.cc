@@ -5,6 +5,7 @@
 
 #include "cli.h"
 #include "stagekit/cache.h"
+#include "util/text.h"
 
 namespace stagekit::cli {
 namespace {
@@ -102,7 +103,7 @@ Status Info(const CacheCommand& cmd) {
   }
   std::printf("cache:   %s\nentries: %llu\nblobs:   %llu\nsize:    %s\n", abs.c_str(),
               static_cast<unsigned long long>(usage.entries),
-              static_cast<unsigned long long>(usage.blobs), HumanBytes(usage.bytes).c_str());
+              static_cast<unsigned long long>(usage.blobs), util::HumanBytes(usage.bytes).c_str());
   return OkStatus();
 }
 
@@ -160,9 +161,9 @@ Status Prune(const CacheCommand& cmd) {
               static_cast<unsigned long long>(report->entries_removed),
               report->entries_removed == 1 ? "y" : "ies",
               static_cast<unsigned long long>(report->blobs_removed),
-              report->blobs_removed == 1 ? "" : "s", HumanBytes(report->bytes_freed).c_str(),
+              report->blobs_removed == 1 ? "" : "s", util::HumanBytes(report->bytes_freed).c_str(),
               static_cast<unsigned long long>(report->left.entries),
-              report->left.entries == 1 ? "y" : "ies", HumanBytes(report->left.bytes).c_str(),
+              report->left.entries == 1 ? "y" : "ies", util::HumanBytes(report->left.bytes).c_str(),
               (*cache)->dir().c_str());
   return OkStatus();
 }

@@ -34,9 +34,9 @@ Status Cost(const CostCommand& cmd) {
     return Status(Code::kUsage, "--since " + cmd.since + ": write a date like 2026-11-01 (UTC)");
   }
   int bad = 0;
-  auto records = tools::ReadCostLog(cmd.cost.Log(), &bad);
+  auto records = operate::ReadCostLog(cmd.cost.Log(), &bad);
   if (!records.ok()) return records.status();
-  Json summary = tools::SummarizeCost(*records, cmd.since);
+  Json summary = operate::SummarizeCost(*records, cmd.since);
   summary["log"] = cmd.cost.Log().string();
   summary["unreadable_lines"] = bad;
   if (cmd.json) {
@@ -83,18 +83,18 @@ void CostCli::AddTo(CLI::App* cmd) {
 }
 
 std::filesystem::path CostCli::Log() const {
-  return log.empty() ? tools::DefaultCostLog() : std::filesystem::path(log);
+  return log.empty() ? operate::DefaultCostLog() : std::filesystem::path(log);
 }
 
-Result<tools::PriceBook> CostCli::Prices() const {
-  tools::PriceBook book;
+Result<operate::PriceBook> CostCli::Prices() const {
+  operate::PriceBook book;
   if (!cluster.empty()) {
-    auto b = tools::PriceBookFromSpec(cluster);
+    auto b = operate::PriceBookFromSpec(cluster);
     if (!b.ok()) return b.status();
     book = *b;
   }
   for (const std::string& p : prices) {
-    if (Status s = tools::AddPrice(book, p); !s.ok()) return s;
+    if (Status s = operate::AddPrice(book, p); !s.ok()) return s;
   }
   return book;
 }

@@ -6,7 +6,7 @@
 #include <iostream>
 
 #include "cli.h"
-#include "tools/doctor.h"
+#include "operate/doctor.h"
 
 extern char** environ;
 
@@ -24,7 +24,7 @@ struct DoctorCommand {
 
 Status Doctor(const DoctorCommand& cmd) {
   if (cmd.list) {
-    for (const tools::Check& c : tools::DoctorChecks()) {
+    for (const operate::Check& c : operate::DoctorChecks()) {
       std::printf("%s %-24s %-7s %s\n", c.id, c.name, c.severity, c.about);
     }
     return OkStatus();
@@ -33,7 +33,7 @@ Status Doctor(const DoctorCommand& cmd) {
     return Status(Code::kUsage,
                   "give a PIPELINE, --cluster SPEC_OR_YAML or --runtime-env FILE to check");
   }
-  tools::DoctorOptions options;
+  operate::DoctorOptions options;
   options.pipeline = cmd.pipeline;
   options.cluster = cmd.cluster;
   options.runtime_env = cmd.runtime_env;
@@ -45,14 +45,14 @@ Status Doctor(const DoctorCommand& cmd) {
     size_t eq = kv.find('=');
     if (eq != std::string::npos) options.env[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
-  auto findings = tools::RunDoctor(options);
+  auto findings = operate::RunDoctor(options);
   if (!findings.ok()) return findings.status();
   int errors = 0, warnings = 0;
-  for (const tools::Finding& f : *findings) (f.severity == "error" ? errors : warnings)++;
+  for (const operate::Finding& f : *findings) (f.severity == "error" ? errors : warnings)++;
   if (cmd.json) {
-    std::cout << tools::FindingsJson(*findings).dump(2) << std::endl;
+    std::cout << operate::FindingsJson(*findings).dump(2) << std::endl;
   } else {
-    for (const tools::Finding& f : *findings) {
+    for (const operate::Finding& f : *findings) {
       std::cout << f.file << (f.line > 0 ? ":" + std::to_string(f.line) : "") << ": " << f.severity
                 << " " << f.id << " " << f.name << ": " << f.message << "\n    fix: " << f.fix
                 << "\n";

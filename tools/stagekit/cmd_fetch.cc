@@ -2,7 +2,7 @@
 #include <iostream>
 
 #include "cli.h"
-#include "tools/s3.h"
+#include "deploy/s3.h"
 
 namespace stagekit::cli {
 namespace {
@@ -16,8 +16,9 @@ struct FetchCommand {
 
 Status Fetch(const FetchCommand& cmd) {
   std::size_t files = 0;
-  if (Status s = tools::S3Fetch(cmd.uri, cmd.dir, tools::S3OptionsFromEnvironment(cmd.endpoint_url),
-                                cmd.overwrite, &files);
+  if (Status s =
+          deploy::S3Fetch(cmd.uri, cmd.dir, deploy::S3OptionsFromEnvironment(cmd.endpoint_url),
+                          cmd.overwrite, &files);
       !s.ok()) {
     return s;
   }

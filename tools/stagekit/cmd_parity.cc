@@ -10,9 +10,9 @@
 #include <fcntl.h>
 
 #include "cli.h"
-#include "fd.h"
-#include "sha256.h"
 #include "stagekit/ray.h"
+#include "util/digest.h"
+#include "util/fd.h"
 
 namespace stagekit::cli {
 namespace {
@@ -52,14 +52,16 @@ long long FirstDifference(const fs::path& a, const fs::path& b) {
 
 // "sha256:<hex>" of the file as it is on disk now, or "unreadable: why".
 std::string DigestOnDisk(const fs::path& path) {
-  internal::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  util::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!fd) return "unreadable: " + std::string(std::strerror(errno));
-  auto hashed = internal::Sha256Fd(fd.get(), path);
+  auto hashed = util::Sha256Fd(fd.get(), path);
   if (!hashed.ok()) return "unreadable: " + hashed.status().message();
-  return "sha256:" + internal::HexDigest(hashed->first);
+  return "sha256:" + util::HexDigest(hashed->first);
 }
 
-Status Parity(const ParityCommand& cmd) {
+// The executors to compare, from --executors or those installed; kUsage unless two or more, each
+// once.
+Result<std::vector<std::string>> ExecutorNames(const ParityCommand& cmd) {
   std::vector<std::string> names;
   std::string list = cmd.executors;
   if (cmd.executors_given && list.empty()) {
@@ -80,31 +82,36 @@ Status Parity(const ParityCommand& cmd) {
     return Status(Code::kUsage,
                   "--executors needs at least two executors, e.g. inprocess,subprocess");
   }
-  std::vector<fs::path> libraries;
-  Result<Pipeline> pipeline = LoadPipelineWithLibraries(cmd.pipeline, cmd.libs, libraries);
-  if (!pipeline.ok()) return pipeline.status();
-  if (Status s = ApplyCommandLine(*pipeline, cmd.exec); !s.ok()) return s;
+  return names;
+}
+
+// One executor per name, in the same order.
+Result<std::vector<std::unique_ptr<StageExecutor>>> MakeExecutors(
+    const std::vector<std::string>& names, const std::vector<fs::path>& libraries,
+    const RayCliOptions& ray) {
   std::vector<std::unique_ptr<StageExecutor>> executors;
   for (const std::string& name : names) {
-    auto ex = MakeExecutor(name, libraries, cmd.ray);
+    auto ex = MakeExecutor(name, libraries, ray);
     if (!ex.ok()) return ex.status();
     executors.push_back(std::move(ex).value());
   }
+  return executors;
+}
 
-  fs::path base = cmd.exec.out.empty() ? fs::path("stagekit-out") / pipeline->name / "parity"
-                                       : fs::path(cmd.exec.out);
-  const int jobs = cmd.exec.Jobs(*executors.back());
-  std::vector<RunResult> runs;
-  Json summaries = Json::object();
+// Runs the pipeline under each executor in turn; stops at the first run that fails, reporting it.
+Status RunUnderEach(const ParityCommand& cmd, const Pipeline& pipeline,
+                    const std::vector<std::string>& names,
+                    const std::vector<std::unique_ptr<StageExecutor>>& executors,
+                    const fs::path& base, int jobs, std::vector<RunResult>& runs, Json& summaries) {
   for (std::size_t e = 0; e < executors.size(); ++e) {
     std::unique_ptr<RunObserver> progress = MakeProgress(
-        pipeline->stages.size(), cmd.exec.quiet || cmd.exec.json, "[" + names[e] + "] ");
+        pipeline.stages.size(), cmd.exec.quiet || cmd.exec.json, "[" + names[e] + "] ");
     RunOptions options;
     options.jobs = jobs;
     options.observer = progress.get();
-    runs.push_back(RunPipeline(*pipeline, base / names[e], *executors[e], options));
+    runs.push_back(RunPipeline(pipeline, base / names[e], *executors[e], options));
     progress.reset();
-    summaries[names[e]] = RunSummary(*pipeline, runs.back(), names[e], jobs, base / names[e]);
+    summaries[names[e]] = RunSummary(pipeline, runs.back(), names[e], jobs, base / names[e]);
     AddExecutorDetails(*executors[e], summaries[names[e]]);
     if (!runs.back().status.ok()) {
       if (Status r =
@@ -119,13 +126,77 @@ Status Parity(const ParityCommand& cmd) {
                     "parity: the " + names[e] + " run failed: " + runs.back().status.message());
     }
   }
+  return OkStatus();
+}
 
-  // Compare every stage's output against the first executor's.
+// What comparing the outputs found: one row per stage, and the mismatches.
+struct Comparison {
   Json rows = Json::array();
   std::size_t mismatches = 0;
   std::string first_mismatch;
+};
+
+// One stage's output under every executor: its digests as on disk, and the verdict.
+struct StageDigests {
+  Json digests = Json::object();
+  std::string verdict = "identical";
+  std::vector<std::string> on_disk;
+};
+
+// Hashes stage i's output of each run as on disk now and flags one changed since its stage wrote
+// it.
+void CheckOnDisk(std::size_t i, const PipelineStage& st, const std::vector<std::string>& names,
+                 const std::vector<RunResult>& runs, StageDigests& d, Comparison& c) {
+  // The files are compared as they are on disk, not as the runs reported
+  // them: a file replaced after its stage wrote it (by the run record, by
+  // another process) is caught here.
+  for (std::size_t e = 0; e < names.size(); ++e) {
+    d.on_disk.push_back(DigestOnDisk(runs[e].stages[i].output));
+    const std::string& reported = runs[e].stages[i].stats->output_digest;
+    if (d.on_disk.back() != reported && d.verdict == "identical") {
+      d.verdict = "CHANGED";
+      ++c.mismatches;
+      if (c.first_mismatch.empty()) {
+        c.first_mismatch = "stage '" + st.name + "' output '" + st.output + "' of the " + names[e] +
+                           " run was changed after the stage wrote it (" + reported +
+                           ", the file " + runs[e].stages[i].output.string() + " now holds " +
+                           d.on_disk.back() + ")";
+      }
+      d.digests["changed_after_run"] = names[e];
+    }
+  }
+}
+
+// Records stage i's digests and compares each run's output with the first executor's.
+void CheckAcross(std::size_t i, const PipelineStage& st, const std::vector<std::string>& names,
+                 const std::vector<RunResult>& runs, StageDigests& d, Comparison& c) {
+  for (std::size_t e = 0; e < names.size(); ++e) {
+    const std::string& digest = d.on_disk[e];
+    d.digests[names[e]] = digest;
+    if (e > 0 && digest != d.on_disk[0] && d.verdict == "identical") {
+      long long offset = FirstDifference(runs[0].stages[i].output, runs[e].stages[i].output);
+      d.verdict = "DIFFERS";
+      ++c.mismatches;
+      if (c.first_mismatch.empty()) {
+        c.first_mismatch = "stage '" + st.name + "' output '" + st.output + "' differs between " +
+                           names[0] + " and " + names[e] + " at byte " + std::to_string(offset) +
+                           " (sizes " + std::to_string(runs[0].stages[i].stats->bytes_out) +
+                           " and " + std::to_string(runs[e].stages[i].stats->bytes_out) +
+                           "; files " + runs[0].stages[i].output.string() + " and " +
+                           runs[e].stages[i].output.string() + ")";
+      }
+      d.digests["first_difference"] = offset;
+    }
+  }
+}
+
+// Compares every stage's output against the first executor's, printing a table unless --json.
+Comparison CompareOutputs(const ParityCommand& cmd, const Pipeline& pipeline,
+                          const std::vector<std::string>& names,
+                          const std::vector<RunResult>& runs) {
+  Comparison c;
   std::size_t width = 5, out_width = 6;
-  for (const PipelineStage& st : pipeline->stages) {
+  for (const PipelineStage& st : pipeline.stages) {
     width = std::max(width, st.name.size());
     out_width = std::max(out_width, st.output.size());
   }
@@ -135,77 +206,71 @@ Status Parity(const ParityCommand& cmd) {
     for (const std::string& n : names) std::printf("  %-12s", n.c_str());
     std::printf("  RESULT\n");
   }
-  for (std::size_t i = 0; i < pipeline->stages.size(); ++i) {
-    const PipelineStage& st = pipeline->stages[i];
-    Json digests = Json::object();
-    std::string verdict = "identical";
-    // The files are compared as they are on disk, not as the runs reported
-    // them: a file replaced after its stage wrote it (by the run record, by
-    // another process) is caught here.
-    std::vector<std::string> on_disk;
-    for (std::size_t e = 0; e < names.size(); ++e) {
-      on_disk.push_back(DigestOnDisk(runs[e].stages[i].output));
-      const std::string& reported = runs[e].stages[i].stats->output_digest;
-      if (on_disk.back() != reported && verdict == "identical") {
-        verdict = "CHANGED";
-        ++mismatches;
-        if (first_mismatch.empty()) {
-          first_mismatch = "stage '" + st.name + "' output '" + st.output + "' of the " + names[e] +
-                           " run was changed after the stage wrote it (" + reported +
-                           ", the file " + runs[e].stages[i].output.string() + " now holds " +
-                           on_disk.back() + ")";
-        }
-        digests["changed_after_run"] = names[e];
-      }
-    }
-    for (std::size_t e = 0; e < names.size(); ++e) {
-      const std::string& d = on_disk[e];
-      digests[names[e]] = d;
-      if (e > 0 && d != on_disk[0] && verdict == "identical") {
-        long long offset = FirstDifference(runs[0].stages[i].output, runs[e].stages[i].output);
-        verdict = "DIFFERS";
-        ++mismatches;
-        if (first_mismatch.empty()) {
-          first_mismatch = "stage '" + st.name + "' output '" + st.output + "' differs between " +
-                           names[0] + " and " + names[e] + " at byte " + std::to_string(offset) +
-                           " (sizes " + std::to_string(runs[0].stages[i].stats->bytes_out) +
-                           " and " + std::to_string(runs[e].stages[i].stats->bytes_out) +
-                           "; files " + runs[0].stages[i].output.string() + " and " +
-                           runs[e].stages[i].output.string() + ")";
-        }
-        digests["first_difference"] = offset;
-      }
-    }
-    rows.push_back(
-        {{"stage", st.name}, {"output", st.output}, {"digests", digests}, {"result", verdict}});
+  for (std::size_t i = 0; i < pipeline.stages.size(); ++i) {
+    const PipelineStage& st = pipeline.stages[i];
+    StageDigests d;
+    CheckOnDisk(i, st, names, runs, d, c);
+    CheckAcross(i, st, names, runs, d, c);
+    c.rows.push_back(
+        {{"stage", st.name}, {"output", st.output}, {"digests", d.digests}, {"result", d.verdict}});
     if (!cmd.exec.json) {
       std::printf("%-*s  %-*s", static_cast<int>(width), st.name.c_str(),
                   static_cast<int>(out_width), st.output.c_str());
       for (std::size_t e = 0; e < names.size(); ++e) {
         // "sha256:" + the first 12 hex digits.
-        std::printf("  %-12s", on_disk[e].substr(7, 12).c_str());
+        std::printf("  %-12s", d.on_disk[e].substr(7, 12).c_str());
       }
-      std::printf("  %s\n", verdict.c_str());
+      std::printf("  %s\n", d.verdict.c_str());
     }
   }
+  return c;
+}
+
+// Prints the verdict and writes the report; kParityMismatch when any output differs.
+Status ReportParity(const ParityCommand& cmd, const std::vector<std::string>& names,
+                    const Comparison& c, const Json& summaries) {
   std::string joined;
   for (const std::string& n : names) joined += (joined.empty() ? "" : ", ") + n;
-  const Json doc{{"status", mismatches == 0 ? "identical" : "mismatch"},
+  const Json doc{{"status", c.mismatches == 0 ? "identical" : "mismatch"},
                  {"executors", names},
-                 {"outputs", rows},
+                 {"outputs", c.rows},
                  {"runs", summaries}};
   if (cmd.exec.json) {
     std::cout << doc.dump(2) << std::endl;
   } else {
-    std::printf("%zu outputs, %zu identical across %s\n", rows.size(), rows.size() - mismatches,
-                joined.c_str());
+    std::printf("%zu outputs, %zu identical across %s\n", c.rows.size(),
+                c.rows.size() - c.mismatches, joined.c_str());
   }
   if (Status s = cmd.report.Write(doc, cmd.exec.quiet || cmd.exec.json); !s.ok()) return s;
-  if (mismatches > 0) {
-    return Status(Code::kParityMismatch, "parity mismatch in " + std::to_string(mismatches) +
-                                             " output(s); first: " + first_mismatch);
+  if (c.mismatches > 0) {
+    return Status(Code::kParityMismatch, "parity mismatch in " + std::to_string(c.mismatches) +
+                                             " output(s); first: " + c.first_mismatch);
   }
   return OkStatus();
+}
+
+Status Parity(const ParityCommand& cmd) {
+  const Result<std::vector<std::string>> names = ExecutorNames(cmd);
+  if (!names.ok()) return names.status();
+  std::vector<fs::path> libraries;
+  Result<Pipeline> pipeline = LoadPipelineWithLibraries(cmd.pipeline, cmd.libs, libraries);
+  if (!pipeline.ok()) return pipeline.status();
+  if (Status s = ApplyCommandLine(*pipeline, cmd.exec); !s.ok()) return s;
+  Result<std::vector<std::unique_ptr<StageExecutor>>> executors =
+      MakeExecutors(*names, libraries, cmd.ray);
+  if (!executors.ok()) return executors.status();
+
+  fs::path base = cmd.exec.out.empty() ? fs::path("stagekit-out") / pipeline->name / "parity"
+                                       : fs::path(cmd.exec.out);
+  const int jobs = cmd.exec.Jobs(*executors->back());
+  std::vector<RunResult> runs;
+  Json summaries = Json::object();
+  if (Status s = RunUnderEach(cmd, *pipeline, *names, *executors, base, jobs, runs, summaries);
+      !s.ok()) {
+    return s;
+  }
+  const Comparison comparison = CompareOutputs(cmd, *pipeline, *names, runs);
+  return ReportParity(cmd, *names, comparison, summaries);
 }
 
 }  // namespace

@@ -3,8 +3,8 @@
 // --report/--trace options that `run` and `parity` share.
 #include <cstdio>
 
+#include "analyse/report.h"
 #include "cli.h"
-#include "tools/report.h"
 
 namespace stagekit::cli {
 
@@ -21,7 +21,7 @@ void ReportCli::AddTo(CLI::App* cmd) {
 
 Status ReportCli::Write(const Json& doc, bool quiet) const {
   if (html.empty() && trace.empty()) return OkStatus();
-  if (Status s = tools::WriteReports(doc, trace, html); !s.ok()) return s;
+  if (Status s = analyse::WriteReports(doc, trace, html); !s.ok()) return s;
   if (!quiet) {
     if (!html.empty()) std::fprintf(stderr, "stagekit: report in %s\n", html.c_str());
     if (!trace.empty()) std::fprintf(stderr, "stagekit: trace in %s\n", trace.c_str());
@@ -42,9 +42,9 @@ Status Report(const ReportCommand& cmd) {
   if (cmd.html.empty() && cmd.trace.empty()) {
     return Status(Code::kUsage, "nothing to write: give --html FILE.html and/or --trace FILE");
   }
-  Result<Json> doc = tools::LoadReportSource(cmd.source);
+  Result<Json> doc = analyse::LoadReportSource(cmd.source);
   if (!doc.ok()) return doc.status();
-  if (Status s = tools::WriteReports(*doc, cmd.trace, cmd.html); !s.ok()) return s;
+  if (Status s = analyse::WriteReports(*doc, cmd.trace, cmd.html); !s.ok()) return s;
   if (!cmd.quiet) {
     if (!cmd.html.empty()) std::fprintf(stderr, "stagekit: report in %s\n", cmd.html.c_str());
     if (!cmd.trace.empty()) std::fprintf(stderr, "stagekit: trace in %s\n", cmd.trace.c_str());

@@ -5,15 +5,17 @@
 #include <functional>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "cli.h"
+#include "deploy/s3.h"
+#include "operate/cost.h"
 #include "stagekit/cache.h"
 #include "stagekit/ray.h"
-#include "tools/cost.h"
-#include "tools/s3.h"
+#include "util/text.h"
 
 namespace stagekit::cli {
 namespace {
@@ -150,7 +152,7 @@ NodeUploads CollectNodeUploads(const RunResult& result, const std::filesystem::p
   return nodes;
 }
 
-Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& cost);
+Status RunInner(const RunCommand& cmd, const operate::PriceBook& prices, RunCost& cost);
 
 Status Run(const RunCommand& cmd) {
   auto prices = cmd.cost.Prices();
@@ -164,7 +166,7 @@ Status Run(const RunCommand& cmd) {
   Json node_seconds = Json::object();
   for (const auto& [type, count] : cost.nodes) node_seconds[type] = wall * count;
   std::string unpriced;
-  auto rate = tools::BurnRate(cost.nodes, *prices, &unpriced);
+  auto rate = operate::BurnRate(cost.nodes, *prices, &unpriced);
   Json caps = Json::object();
   for (const auto& [type, count] : cost.nodes) {
     auto it = prices->spot_cap.find(type);
@@ -174,8 +176,8 @@ Status Run(const RunCommand& cmd) {
       {"command", "run"},
       {"pipeline", cost.pipeline},
       {"executor", cost.executor},
-      {"start", tools::IsoTime(cost.start)},
-      {"end", tools::IsoTime(std::chrono::system_clock::now())},
+      {"start", util::IsoTime(cost.start)},
+      {"end", util::IsoTime(std::chrono::system_clock::now())},
       {"wall_s", wall},
       {"outcome", status.ok() ? std::string("succeeded") : std::string(CodeName(status.code()))},
       {"exit_code", static_cast<int>(status.code())},
@@ -185,77 +187,82 @@ Status Run(const RunCommand& cmd) {
       {"estimated_usd", rate ? Json(*rate * wall / 3600) : Json()}};
   if (!rate) record["unpriced_node_type"] = unpriced;
   if (cmd.budget >= 0) record["budget_usd"] = cmd.budget;
-  if (Status s = tools::AppendCostRecord(cmd.cost.Log(), record); !s.ok()) {
+  if (Status s = operate::AppendCostRecord(cmd.cost.Log(), record); !s.ok()) {
     std::cerr << "stagekit: warning: " << s.message() << "\n";
   }
   return status;
 }
 
-Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& cost) {
-  std::vector<std::filesystem::path> libraries;
-  Result<Pipeline> pipeline = LoadPipelineWithLibraries(cmd.pipeline, cmd.libs, libraries);
-  if (!pipeline.ok()) return pipeline.status();
-  if (Status s = ApplyCommandLine(*pipeline, cmd.exec); !s.ok()) return s;
+// The S3 location the outputs go to ("" for none), checked.
+Result<std::string> ArtifactsUri(const RunCommand& cmd, const Pipeline& pipeline) {
   const std::string artifacts = cmd.no_artifacts        ? ""
-                                : cmd.artifacts.empty() ? pipeline->artifacts
+                                : cmd.artifacts.empty() ? pipeline.artifacts
                                                         : cmd.artifacts;
   if (!artifacts.empty()) {
-    if (Status s = tools::CheckS3Uri(artifacts); !s.ok()) return s;
+    if (Status s = deploy::CheckS3Uri(artifacts); !s.ok()) return s;
   }
-  cost.pipeline = pipeline->name;
-  cost.executor = cmd.executor;
-  cost.started = true;  // a private Ray head costs from here on
-  // Every run stores its outputs so that a later --resume can restore them.
-  std::unique_ptr<DiskCache> cache;
-  if (!cmd.no_cache) {
-    DiskCache::Options cache_options;
-    cache_options.pipeline = pipeline->name;
-    auto opened = DiskCache::Open(
-        cmd.cache_dir.empty() ? DiskCache::DefaultDir() : std::filesystem::path(cmd.cache_dir),
-        cache_options);
-    if (!opened.ok() && cmd.resume) return opened.status();
-    if (opened.ok()) {
-      cache = std::move(opened).value();
-    } else {
-      std::cerr << "stagekit: warning: " << opened.status().message() << "\n";
-    }
+  return artifacts;
+}
+
+// Opens the run's cache into `cache` unless --no-cache; a failure only warns, except with --resume.
+Status OpenRunCache(const RunCommand& cmd, const std::string& pipeline,
+                    std::unique_ptr<DiskCache>& cache) {
+  if (cmd.no_cache) return OkStatus();
+  DiskCache::Options cache_options;
+  cache_options.pipeline = pipeline;
+  auto opened = DiskCache::Open(
+      cmd.cache_dir.empty() ? DiskCache::DefaultDir() : std::filesystem::path(cmd.cache_dir),
+      cache_options);
+  if (!opened.ok() && cmd.resume) return opened.status();
+  if (opened.ok()) {
+    cache = std::move(opened).value();
+  } else {
+    std::cerr << "stagekit: warning: " << opened.status().message() << "\n";
   }
-  const tools::S3Options s3 = tools::S3OptionsFromEnvironment(cmd.endpoint_url);
-  RayCliOptions ray_options = cmd.ray;
-  ray_options.s3_endpoint = s3.endpoint_url;
-  Result<std::unique_ptr<StageExecutor>> executor = Status(Code::kInternal, "no executor");
+  return OkStatus();
+}
+
+// The run's executor: on Ray, one that starts lazily when --resume should restore every stage.
+Result<std::unique_ptr<StageExecutor>> OpenExecutor(
+    const RunCommand& cmd, const Pipeline& pipeline, DiskCache* cache,
+    const std::vector<std::filesystem::path>& libraries, const RayCliOptions& ray_options) {
   if (cmd.executor == "ray" && cmd.resume && cache != nullptr && cmd.budget < 0 &&
-      AllCached(*cache, *pipeline)) {
+      AllCached(*cache, pipeline)) {
     // Nothing should need to run: start (or attach to) a cluster only if a
     // stage misses after all, e.g. because its cache entry went bad.
-    executor = std::unique_ptr<StageExecutor>(std::make_unique<LazyExecutor>(
-        cmd.executor, [&] { return MakeExecutor(cmd.executor, libraries, ray_options); }));
-  } else {
-    executor = MakeExecutor(cmd.executor, libraries, ray_options);
+    return std::unique_ptr<StageExecutor>(
+        std::make_unique<LazyExecutor>(cmd.executor, [&cmd, &libraries, &ray_options] {
+          return MakeExecutor(cmd.executor, libraries, ray_options);
+        }));
   }
-  if (!executor.ok()) return executor.status();
-  const auto* ray = dynamic_cast<const RayExecutor*>(executor->get());
-  cost.nodes = tools::NodeTypes(ray != nullptr ? ray->Nodes() : Json(), prices);
-  std::string unpriced;
-  const auto rate = tools::BurnRate(cost.nodes, prices, &unpriced);
+  return MakeExecutor(cmd.executor, libraries, ray_options);
+}
+
+// kUsage when --budget is given but some node type in use has no price.
+Status CheckBudgetPriced(const RunCommand& cmd, const operate::PriceBook& prices,
+                         const RunCost& cost, const std::optional<double>& rate,
+                         std::string unpriced) {
   if (cmd.budget >= 0 && (!rate || prices.empty())) {
     if (unpriced.empty()) unpriced = cost.nodes.begin()->first;
     return Status(Code::kUsage, "--budget needs a price for every node type in use, and '" +
                                     unpriced + "' has none; give --cluster SPEC or --price " +
                                     unpriced + "=USD_PER_HOUR");
   }
+  return OkStatus();
+}
 
-  std::filesystem::path out_dir = cmd.exec.out.empty()
-                                      ? std::filesystem::path("stagekit-out") / pipeline->name
-                                      : std::filesystem::path(cmd.exec.out);
-  const int jobs = cmd.exec.Jobs(**executor);
+// Runs the pipeline's stages with the progress display, the cache and the budget check.
+RunResult RunStages(const RunCommand& cmd, const Pipeline& pipeline,
+                    const std::filesystem::path& out_dir, StageExecutor& executor, int jobs,
+                    DiskCache* cache, const std::string& artifacts,
+                    const std::optional<double>& rate, const RunCost& cost) {
   std::unique_ptr<RunObserver> progress =
-      MakeProgress(pipeline->stages.size(), cmd.exec.quiet || cmd.exec.json, "");
+      MakeProgress(pipeline.stages.size(), cmd.exec.quiet || cmd.exec.json, "");
   BudgetObserver budget(progress.get());
   RunOptions options;
   options.jobs = jobs;
   options.observer = &budget;
-  options.cache = cache.get();
+  options.cache = cache;
   options.lookup_cache = cmd.resume && cache != nullptr;
   options.outputs = ParseOutputs(cmd.outputs).value_or(RunOptions::Outputs::kAll);
   // On Ray, each output goes to S3 from the node that made it as it is made;
@@ -280,14 +287,21 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
       return Status(Code::kBudgetExceeded, buf);
     };
   }
-  RunResult result = RunPipeline(*pipeline, out_dir, **executor, options);
+  RunResult result = RunPipeline(pipeline, out_dir, executor, options);
   progress.reset();
+  return result;
+}
 
-  Json summary = RunSummary(*pipeline, result, (*executor)->name(), jobs, out_dir);
+// The run's summary, also written beside its outputs unless the output folder failed.
+Json SummariseRun(const RunCommand& cmd, const Pipeline& pipeline, const RunResult& result,
+                  const StageExecutor& executor, int jobs, const std::filesystem::path& out_dir,
+                  const std::string& artifacts, const std::optional<double>& rate,
+                  const operate::PriceBook& prices, const RunCost& cost) {
+  Json summary = RunSummary(pipeline, result, executor.name(), jobs, out_dir);
   summary["outputs"] = cmd.outputs;
-  const auto* lazy = dynamic_cast<const LazyExecutor*>(executor->get());
+  const auto* lazy = dynamic_cast<const LazyExecutor*>(&executor);
   if (lazy == nullptr) {
-    AddExecutorDetails(**executor, summary);
+    AddExecutorDetails(executor, summary);
   } else if (lazy->inner() != nullptr) {
     AddExecutorDetails(*lazy->inner(), summary);
   } else {
@@ -304,37 +318,49 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
   }
   if (result.status.code() != Code::kOutputError || !result.failed_stage.empty()) {
     // Best effort: the record of the run sits beside its outputs.
-    (void)WriteFileAtomically(out_dir / ".stagekit-run.json", summary.dump(2) + "\n");
+    (void)util::WriteFileAtomically(out_dir / ".stagekit-run.json", summary.dump(2) + "\n");
   }
+  return summary;
+}
+
+// Syncs the driver's share of the artifacts after a complete run, noting it in the summary.
+Status SyncArtifacts(const RunResult& result, const std::filesystem::path& out_dir,
+                     const std::string& artifacts, const deploy::S3Options& s3,
+                     const StageExecutor& executor, Json& summary) {
   // The driver's share of the artifacts leaves only from a complete run:
   // what it holds in the output folder, less what nodes uploaded.
   Status sync;
-  if (!artifacts.empty()) {
-    NodeUploads nodes = CollectNodeUploads(result, out_dir);
-    if ((*executor)->outputs_stay_remote()) {
-      summary["artifacts"]["from_nodes"] = {{"outputs", nodes.uploaded.size()},
-                                            {"bytes", nodes.bytes},
-                                            {"failed", nodes.failed.size()}};
-    }
-    if (result.status.ok()) {
-      const auto start = std::chrono::steady_clock::now();
-      sync = tools::S3UploadExcept(out_dir, artifacts, s3, nodes.uploaded);
-      if (!nodes.failed.empty()) {
-        // Not fetched and not uploaded: those outputs ended with the run.
-        sync = Status(Code::kOutputError,
-                      std::to_string(nodes.failed.size()) +
-                          " output(s) left on the cluster could not be uploaded and are gone "
-                          "with the run (rerun with --outputs all to keep a copy here); " +
-                          nodes.failed.front() + (sync.ok() ? "" : "; and " + sync.message()));
-      }
-      summary["artifacts"]["synced"] = sync.ok();
-      summary["artifacts"]["seconds"] =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (!sync.ok()) summary["artifacts"]["error"] = sync.message();
-    } else {
-      summary["artifacts"]["synced"] = false;
-    }
+  if (artifacts.empty()) return sync;
+  NodeUploads nodes = CollectNodeUploads(result, out_dir);
+  if (executor.outputs_stay_remote()) {
+    summary["artifacts"]["from_nodes"] = {{"outputs", nodes.uploaded.size()},
+                                          {"bytes", nodes.bytes},
+                                          {"failed", nodes.failed.size()}};
   }
+  if (result.status.ok()) {
+    const auto start = std::chrono::steady_clock::now();
+    sync = deploy::S3UploadExcept(out_dir, artifacts, s3, nodes.uploaded);
+    if (!nodes.failed.empty()) {
+      // Not fetched and not uploaded: those outputs ended with the run.
+      sync = Status(Code::kOutputError,
+                    std::to_string(nodes.failed.size()) +
+                        " output(s) left on the cluster could not be uploaded and are gone "
+                        "with the run (rerun with --outputs all to keep a copy here); " +
+                        nodes.failed.front() + (sync.ok() ? "" : "; and " + sync.message()));
+    }
+    summary["artifacts"]["synced"] = sync.ok();
+    summary["artifacts"]["seconds"] =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!sync.ok()) summary["artifacts"]["error"] = sync.message();
+  } else {
+    summary["artifacts"]["synced"] = false;
+  }
+  return sync;
+}
+
+// Writes --report/--trace and prints --json; an error when the sync or the report failed.
+Status PublishSummary(const RunCommand& cmd, const Json& summary, const RunResult& result,
+                      const Status& sync, const std::filesystem::path& out_dir) {
   const Status report = cmd.report.Write(summary, cmd.exec.quiet || cmd.exec.json);
   if (cmd.exec.json) std::cout << summary.dump(2) << std::endl;
   if (!sync.ok()) {
@@ -351,7 +377,12 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
     }
     std::cerr << "stagekit: warning: " << report.message() << "\n";
   }
+  return OkStatus();
+}
 
+// Prints the one-line outcome of the run and returns the run's status.
+Status FinishRun(const RunCommand& cmd, const RunResult& result, const StageExecutor& executor,
+                 int jobs, const std::filesystem::path& out_dir, const std::string& artifacts) {
   std::size_t ok = 0, failed = 0, not_run = 0, restored = 0;
   for (const StageOutcome& o : result.stages) {
     ok += o.state == StageState::kSucceeded;
@@ -364,7 +395,7 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
       std::fprintf(stderr,
                    "stagekit: %zu stage%s succeeded in %.2fs (%s, %d jobs), %zu restored from the "
                    "cache; outputs in %s\n",
-                   ok, ok == 1 ? "" : "s", result.wall_s, std::string((*executor)->name()).c_str(),
+                   ok, ok == 1 ? "" : "s", result.wall_s, std::string(executor.name()).c_str(),
                    jobs, restored, out_dir.string().c_str());
       if (!artifacts.empty()) std::fprintf(stderr, "stagekit: synced to %s\n", artifacts.c_str());
     }
@@ -372,10 +403,47 @@ Status RunInner(const RunCommand& cmd, const tools::PriceBook& prices, RunCost& 
   }
   if (!cmd.exec.json) {
     std::fprintf(stderr, "stagekit: %zu succeeded, %zu failed, %zu not run (%s)%s\n", ok, failed,
-                 not_run, std::string((*executor)->name()).c_str(),
+                 not_run, std::string(executor.name()).c_str(),
                  artifacts.empty() ? "" : "; artifacts not synced");
   }
   return result.status;
+}
+
+Status RunInner(const RunCommand& cmd, const operate::PriceBook& prices, RunCost& cost) {
+  std::vector<std::filesystem::path> libraries;
+  Result<Pipeline> pipeline = LoadPipelineWithLibraries(cmd.pipeline, cmd.libs, libraries);
+  if (!pipeline.ok()) return pipeline.status();
+  if (Status s = ApplyCommandLine(*pipeline, cmd.exec); !s.ok()) return s;
+  const Result<std::string> artifacts = ArtifactsUri(cmd, *pipeline);
+  if (!artifacts.ok()) return artifacts.status();
+  cost.pipeline = pipeline->name;
+  cost.executor = cmd.executor;
+  cost.started = true;  // a private Ray head costs from here on
+  // Every run stores its outputs so that a later --resume can restore them.
+  std::unique_ptr<DiskCache> cache;
+  if (Status s = OpenRunCache(cmd, pipeline->name, cache); !s.ok()) return s;
+  const deploy::S3Options s3 = deploy::S3OptionsFromEnvironment(cmd.endpoint_url);
+  RayCliOptions ray_options = cmd.ray;
+  ray_options.s3_endpoint = s3.endpoint_url;
+  Result<std::unique_ptr<StageExecutor>> executor =
+      OpenExecutor(cmd, *pipeline, cache.get(), libraries, ray_options);
+  if (!executor.ok()) return executor.status();
+  cost.nodes = operate::NodeTypes((*executor)->Nodes(), prices);
+  std::string unpriced;
+  const auto rate = operate::BurnRate(cost.nodes, prices, &unpriced);
+  if (Status s = CheckBudgetPriced(cmd, prices, cost, rate, unpriced); !s.ok()) return s;
+
+  std::filesystem::path out_dir = cmd.exec.out.empty()
+                                      ? std::filesystem::path("stagekit-out") / pipeline->name
+                                      : std::filesystem::path(cmd.exec.out);
+  const int jobs = cmd.exec.Jobs(**executor);
+  RunResult result =
+      RunStages(cmd, *pipeline, out_dir, **executor, jobs, cache.get(), *artifacts, rate, cost);
+  Json summary = SummariseRun(cmd, *pipeline, result, **executor, jobs, out_dir, *artifacts, rate,
+                              prices, cost);
+  const Status sync = SyncArtifacts(result, out_dir, *artifacts, s3, **executor, summary);
+  if (Status s = PublishSummary(cmd, summary, result, sync, out_dir); !s.ok()) return s;
+  return FinishRun(cmd, result, **executor, jobs, out_dir, *artifacts);
 }
 
 }  // namespace

@@ -6,7 +6,8 @@
 #include <thread>
 
 #include "cli.h"
-#include "tools/ship.h"
+#include "deploy/ship.h"
+#include "util/text.h"
 
 namespace stagekit::cli {
 namespace {
@@ -27,9 +28,9 @@ Status Ship(const ShipCommand& cmd) {
   auto plan = PlanFromCommandLine(cmd.pipeline, cmd.libs, cmd.ship);
   if (!plan.ok()) return plan.status();
   for (const std::string& w : plan->warnings) std::cerr << "stagekit: warning: " << w << "\n";
-  if (Status s = tools::WritePackage(*plan, cmd.out, cmd.ship.level, Threads()); !s.ok()) return s;
+  if (Status s = deploy::WritePackage(*plan, cmd.out, cmd.ship.level, Threads()); !s.ok()) return s;
   if (!cmd.tree.empty()) {
-    if (Status s = tools::Materialize(plan->tree, cmd.tree); !s.ok()) return s;
+    if (Status s = deploy::Materialize(plan->tree, cmd.tree); !s.ok()) return s;
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -57,9 +58,9 @@ Status Ship(const ShipCommand& cmd) {
   }
   std::cout << plan->package << "\n";
   std::cerr << "stagekit: " << plan->tree.file_count() << " files, "
-            << HumanBytes(plan->tree.file_bytes()) << " (" << HumanBytes(ec ? 0 : zip_bytes)
-            << " zipped), " << plan->tree.excluded().size() << " paths excluded, in "
-            << static_cast<int>(seconds * 1000) << " ms\n"
+            << util::HumanBytes(plan->tree.file_bytes()) << " ("
+            << util::HumanBytes(ec ? 0 : zip_bytes) << " zipped), " << plan->tree.excluded().size()
+            << " paths excluded, in " << static_cast<int>(seconds * 1000) << " ms\n"
             << "stagekit: wrote " << zip.string() << " and its manifest"
             << (cmd.tree.empty() ? "" : " and the tree " + cmd.tree) << "\n";
   return OkStatus();
@@ -71,7 +72,7 @@ int Threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concu
 
 std::vector<std::string> ShipCli::Patterns() const {
   std::vector<std::string> out;
-  if (!no_default_excludes) out = tools::DefaultExcludes();
+  if (!no_default_excludes) out = deploy::DefaultExcludes();
   out.insert(out.end(), excludes.begin(), excludes.end());
   return out;
 }
@@ -107,9 +108,9 @@ void ShipCli::AddTo(CLI::App* cmd) {
       ->check(CLI::Range(0, 9));
 }
 
-Result<tools::ShipPlan> PlanFromCommandLine(const std::string& pipeline, const LibraryOptions& libs,
-                                            const ShipCli& cli) {
-  tools::ShipOptions options;
+Result<deploy::ShipPlan> PlanFromCommandLine(const std::string& pipeline,
+                                             const LibraryOptions& libs, const ShipCli& cli) {
+  deploy::ShipOptions options;
   if (pipeline.empty()) return Status(Code::kUsage, "name a pipeline file, or --dir DIR");
   std::error_code ec;
   if (fs::is_directory(pipeline, ec)) {
@@ -137,7 +138,7 @@ Result<tools::ShipPlan> PlanFromCommandLine(const std::string& pipeline, const L
   options.threads = Threads();
   options.strip_runtime = !cli.keep_debug;
   options.hash = false;  // WritePackage hashes while it writes the zip
-  return tools::PlanShip(options);
+  return deploy::PlanShip(options);
 }
 
 void SetShipCommand(CLI::App& app, Action& action) {

@@ -5,7 +5,7 @@
 #include <filesystem>
 
 #include "cli.h"
-#include "stage_server.h"
+#include "stagekit/runner.h"
 
 namespace stagekit::cli {
 namespace {
@@ -18,14 +18,14 @@ struct StageCommand {
 };
 
 Status RunStage(const StageCommand& cmd) {
-  internal::StageServerOptions options;
+  stagekit::StageServerOptions options;
   options.name = cmd.name;
   options.serve = cmd.serve;
   options.exit_with_parent = cmd.exit_with_parent;
   std::error_code ec;
   for (const std::string& s : cmd.libs.stages)
     options.libraries.push_back(std::filesystem::absolute(s, ec));
-  return internal::RunStageServer(options);
+  return stagekit::RunStageServer(options);
 }
 
 }  // namespace

@@ -14,12 +14,14 @@
 #include <thread>
 
 #include "cli.h"
+#include "deploy/jobs.h"
+#include "deploy/s3.h"
+#include "deploy/secrets.h"
+#include "operate/cost.h"
 #include "stagekit/executor.h"
 #include "stagekit/version.h"
-#include "tools/cost.h"
-#include "tools/jobs.h"
-#include "tools/s3.h"
-#include "tools/secrets.h"
+#include "util/files.h"
+#include "util/text.h"
 
 namespace stagekit::cli {
 namespace {
@@ -38,12 +40,12 @@ struct ClusterCli {
                     "File with the cluster's token (default: $RAY_AUTH_TOKEN, "
                     "$RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)");
   }
-  Result<std::unique_ptr<tools::JobsClient>> Connect() const {
-    auto url = tools::DashboardAddress(address);
+  Result<std::unique_ptr<deploy::JobsClient>> Connect() const {
+    auto url = deploy::DashboardAddress(address);
     if (!url.ok()) return url.status();
-    auto token = tools::AuthToken(token_file);
+    auto token = deploy::AuthToken(token_file);
     if (!token.ok()) return token.status();
-    return std::make_unique<tools::JobsClient>(*url, *token);
+    return std::make_unique<deploy::JobsClient>(*url, *token);
   }
 };
 
@@ -90,23 +92,7 @@ std::string NewSubmissionId(const std::string& pipeline) {
   return "stagekit-" + name.substr(0, 40) + "-" + stamp + "-" + suffix;
 }
 
-fs::path DefaultPackageDir() {
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg != nullptr && *xdg) {
-    return fs::path(xdg) / "stagekit" / "packages";
-  }
-  if (const char* home = std::getenv("HOME"); home != nullptr && *home) {
-    return fs::path(home) / ".cache" / "stagekit" / "packages";
-  }
-  return fs::temp_directory_path() / "stagekit-packages";
-}
-
-Result<std::string> ReadAll(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Status(Code::kInputError, "cannot read " + path.string());
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+fs::path DefaultPackageDir() { return util::UserCacheDir() / "packages"; }
 
 std::string LastLines(const std::string& text, int lines) {
   size_t pos = text.size();
@@ -135,7 +121,7 @@ Status JobOutcome(const std::string& id, const Json& job, const std::string* log
 
 // Follows a job to its end, printing its log as it grows. On Ctrl-C, asks
 // (or does as --on-interrupt says) whether to stop the job or leave it running.
-Status Follow(tools::JobsClient& client, const std::string& id, const std::string& on_interrupt,
+Status Follow(deploy::JobsClient& client, const std::string& id, const std::string& on_interrupt,
               bool print_logs) {
   std::size_t printed = 0;
   std::string last_status;
@@ -157,7 +143,7 @@ Status Follow(tools::JobsClient& client, const std::string& id, const std::strin
         if (!stopped.ok()) return stopped.status();
         for (int i = 0; i < 300; ++i) {  // Ray stops a job within seconds
           auto job = client.Job(id);
-          if (job.ok() && tools::IsTerminal(job->value("status", ""))) break;
+          if (job.ok() && deploy::IsTerminal(job->value("status", ""))) break;
           std::this_thread::sleep_for(std::chrono::milliseconds(100));
         }
         return Status(Code::kInterrupted, "stopped job " + id + " on the cluster");
@@ -181,7 +167,7 @@ Status Follow(tools::JobsClient& client, const std::string& id, const std::strin
         printed = logs->size();
       }
     }
-    if (tools::IsTerminal(status)) {
+    if (deploy::IsTerminal(status)) {
       std::string tail;
       if (!print_logs) {
         auto logs = client.Logs(id);
@@ -193,9 +179,15 @@ Status Follow(tools::JobsClient& client, const std::string& id, const std::strin
   }
 }
 
-Status SubmitInner(const SubmitCommand& cmd, Json& record) {
-  const auto start = Clock::now();
-  // Everything that can be refused locally is refused before any upload.
+// What submit parses from the command line before any upload.
+struct EntrypointChecks {
+  std::map<std::string, std::string> env;
+  Json resources = Json::object();
+  std::uint64_t memory = 0;
+};
+
+// --env as NAME -> VALUE; kUsage for a bad NAME, and refuses what looks like a secret.
+Result<std::map<std::string, std::string>> ParseEnv(const SubmitCommand& cmd) {
   std::map<std::string, std::string> env;
   for (const std::string& kv : cmd.env) {
     size_t eq = kv.find('=');
@@ -208,11 +200,19 @@ Status SubmitInner(const SubmitCommand& cmd, Json& record) {
     }
     env[name] = kv.substr(eq + 1);
   }
-  if (Status s = tools::CheckEnvVars(env, {cmd.allow_secret.begin(), cmd.allow_secret.end()});
+  if (Status s = deploy::CheckEnvVars(env, {cmd.allow_secret.begin(), cmd.allow_secret.end()});
       !s.ok()) {
     return s;
   }
-  Json resources = Json::object();
+  return env;
+}
+
+// Everything that can be refused locally, refused before any upload; the parsed values.
+Result<EntrypointChecks> CheckLocally(const SubmitCommand& cmd) {
+  EntrypointChecks checks;
+  auto env = ParseEnv(cmd);
+  if (!env.ok()) return env.status();
+  checks.env = *env;
   for (const std::string& kv : cmd.entrypoint_resources) {
     size_t eq = kv.find('=');
     char* end = nullptr;
@@ -221,25 +221,23 @@ Status SubmitInner(const SubmitCommand& cmd, Json& record) {
       return Status(Code::kUsage,
                     "--entrypoint-resource " + kv + ": write NAME=AMOUNT, e.g. vm:m5.large=1");
     }
-    resources[kv.substr(0, eq)] = amount;
+    checks.resources[kv.substr(0, eq)] = amount;
   }
   if (!cmd.artifacts.empty()) {
-    if (Status s = tools::CheckS3Uri(cmd.artifacts); !s.ok()) return s;
+    if (Status s = deploy::CheckS3Uri(cmd.artifacts); !s.ok()) return s;
   }
-  Result<std::uint64_t> memory = std::uint64_t{0};
   if (!cmd.entrypoint_memory.empty()) {
-    memory = ParseBytes(cmd.entrypoint_memory);
+    Result<std::uint64_t> memory = ParseBytes(cmd.entrypoint_memory);
     if (!memory.ok()) {
       return Status(Code::kUsage, "--entrypoint-memory: " + memory.status().message());
     }
+    checks.memory = *memory;
   }
-  auto plan = PlanFromCommandLine(cmd.pipeline, cmd.libs, cmd.ship);
-  if (!plan.ok()) return plan.status();
-  if (plan->pipeline.empty()) {
-    return Status(Code::kUsage, cmd.pipeline + " is a folder; submit a pipeline file");
-  }
-  record["pipeline"] = plan->name;
-  for (const std::string& w : plan->warnings) std::cerr << "stagekit: warning: " << w << "\n";
+  return checks;
+}
+
+// Connects to the cluster's dashboard; with -e ray, refuses a cluster of another Ray release.
+Result<std::unique_ptr<deploy::JobsClient>> ConnectChecked(const SubmitCommand& cmd) {
   auto client = cmd.cluster.Connect();
   if (!client.ok()) return client.status();
   auto version = (*client)->Version();
@@ -255,57 +253,122 @@ Status SubmitInner(const SubmitCommand& cmd, Json& record) {
                                              ", or --allow-ray-mismatch");
   }
 #endif
+  return client;
+}
 
+// Writes the package and uploads it unless the cluster has it; the bytes uploaded.
+Result<std::uint64_t> ShipPackage(const SubmitCommand& cmd, deploy::ShipPlan& plan,
+                                  deploy::JobsClient& client) {
   // Package: content-addressed, so an unchanged tree is zipped and uploaded once.
   const fs::path dir = cmd.package_dir.empty() ? DefaultPackageDir() : fs::path(cmd.package_dir);
-  if (Status s = tools::WritePackage(*plan, dir, cmd.ship.level, Threads()); !s.ok()) return s;
-  auto exists = (*client)->PackageExists(plan->package);
+  if (Status s = deploy::WritePackage(plan, dir, cmd.ship.level, Threads()); !s.ok()) return s;
+  auto exists = client.PackageExists(plan.package);
   if (!exists.ok()) return exists.status();
   std::uint64_t uploaded = 0;
   if (!*exists) {
-    auto bytes = ReadAll(dir / plan->package);
+    auto bytes = util::ReadFile(dir / plan.package);
     if (!bytes.ok()) return bytes.status();
-    if (Status s = (*client)->UploadPackage(plan->package, *bytes); !s.ok()) return s;
+    if (Status s = client.UploadPackage(plan.package, *bytes); !s.ok()) return s;
     uploaded = bytes->size();
   }
   if (!cmd.json) {
-    std::cerr << "stagekit: package " << plan->package << " (" << plan->tree.file_count()
-              << " files, " << HumanBytes(plan->tree.file_bytes())
-              << "): " << (*exists ? "already on the cluster" : "uploaded " + HumanBytes(uploaded))
+    std::cerr << "stagekit: package " << plan.package << " (" << plan.tree.file_count()
+              << " files, " << util::HumanBytes(plan.tree.file_bytes()) << "): "
+              << (*exists ? "already on the cluster" : "uploaded " + util::HumanBytes(uploaded))
               << "\n";
   }
+  return uploaded;
+}
 
-  const std::string id =
-      cmd.submission_id.empty() ? NewSubmissionId(plan->name) : cmd.submission_id;
+// The job's shell command: make the package's programs executable, then `stagekit run`.
+std::string Entrypoint(const SubmitCommand& cmd, const deploy::ShipPlan& plan,
+                       const std::string& id) {
   // Jobs of one package share its unpacked folder: each run writes its own.
   std::string entrypoint;
   std::string chmod;
-  for (const std::string& exe : plan->executables) {
+  for (const std::string& exe : plan.executables) {
     // Shared libraries load without the bit; programs and scripts need it.
     if (fs::path(exe).filename().string().find(".so") == std::string::npos) {
-      chmod += " " + tools::ShellQuote(exe);
+      chmod += " " + util::ShellQuote(exe);
     }
   }
   if (!chmod.empty()) entrypoint = "chmod +x" + chmod + " && ";
-  entrypoint += std::string(tools::kShipBinary) + " run " + tools::ShellQuote(plan->pipeline) +
-                " -e " + cmd.executor + " --out " + tools::ShellQuote("runs/" + id);
-  if (!cmd.artifacts.empty()) entrypoint += " --artifacts " + tools::ShellQuote(cmd.artifacts);
-  for (const std::string& a : cmd.run_args) entrypoint += " " + tools::ShellQuote(a);
+  entrypoint += std::string(deploy::kShipBinary) + " run " + util::ShellQuote(plan.pipeline) +
+                " -e " + cmd.executor + " --out " + util::ShellQuote("runs/" + id);
+  if (!cmd.artifacts.empty()) entrypoint += " --artifacts " + util::ShellQuote(cmd.artifacts);
+  for (const std::string& a : cmd.run_args) entrypoint += " " + util::ShellQuote(a);
+  return entrypoint;
+}
 
-  Json runtime_env = {{"working_dir", "gcs://" + plan->package}};
-  if (!env.empty()) runtime_env["env_vars"] = env;
+// The body of POST /api/jobs/ for the job.
+Json JobRequest(const SubmitCommand& cmd, const deploy::ShipPlan& plan, const std::string& id,
+                const std::string& entrypoint, const EntrypointChecks& checks) {
+  Json runtime_env = {{"working_dir", "gcs://" + plan.package}};
+  if (!checks.env.empty()) runtime_env["env_vars"] = checks.env;
   Json request = {{"entrypoint", entrypoint},
                   {"submission_id", id},
                   {"runtime_env", runtime_env},
                   {"metadata",
-                   {{"stagekit_pipeline", plan->pipeline},
-                    {"stagekit_package", plan->package},
+                   {{"stagekit_pipeline", plan.pipeline},
+                    {"stagekit_package", plan.package},
                     {"stagekit_version", STAGEKIT_VERSION}}}};
   if (cmd.entrypoint_cpus >= 0) request["entrypoint_num_cpus"] = cmd.entrypoint_cpus;
   if (cmd.entrypoint_gpus >= 0) request["entrypoint_num_gpus"] = cmd.entrypoint_gpus;
-  if (!cmd.entrypoint_memory.empty()) request["entrypoint_memory"] = *memory;
-  if (!resources.empty()) request["entrypoint_resources"] = resources;
-  auto submitted = (*client)->Submit(request);
+  if (!cmd.entrypoint_memory.empty()) request["entrypoint_memory"] = checks.memory;
+  if (!checks.resources.empty()) request["entrypoint_resources"] = checks.resources;
+  return request;
+}
+
+// Returns at once with --no-wait, else follows the job to its end; prints how it went.
+Status AwaitJob(const SubmitCommand& cmd, deploy::JobsClient& client, const std::string& submitted,
+                Json& summary, Clock::time_point start) {
+  if (cmd.no_wait) {
+    if (cmd.json) {
+      std::cout << summary.dump(2) << std::endl;
+    } else {
+      std::cout << submitted << std::endl;
+      std::cerr << "stagekit: submitted; `stagekit jobs status " << submitted
+                << "` tells how it goes\n";
+    }
+    return OkStatus();
+  }
+  if (!cmd.json) std::cerr << "stagekit: submitted job " << submitted << "\n";
+  Status outcome = Follow(client, submitted, cmd.on_interrupt, !cmd.json);
+  if (cmd.json) {
+    auto job = client.Job(submitted);
+    summary["status"] = job.ok() ? job->value("status", "") : "";
+    summary["wall_s"] = std::chrono::duration<double>(Clock::now() - start).count();
+    if (!outcome.ok()) summary["error"] = outcome.message();
+    std::cout << summary.dump(2) << std::endl;
+  } else if (outcome.ok()) {
+    std::cerr << "stagekit: job " << submitted << " succeeded in "
+              << static_cast<int>(std::chrono::duration<double>(Clock::now() - start).count())
+              << " s" << (cmd.artifacts.empty() ? "" : "; artifacts in " + cmd.artifacts) << "\n";
+  }
+  return outcome;
+}
+
+Status SubmitInner(const SubmitCommand& cmd, Json& record) {
+  const auto start = Clock::now();
+  // Everything that can be refused locally is refused before any upload.
+  const Result<EntrypointChecks> checks = CheckLocally(cmd);
+  if (!checks.ok()) return checks.status();
+  auto plan = PlanFromCommandLine(cmd.pipeline, cmd.libs, cmd.ship);
+  if (!plan.ok()) return plan.status();
+  if (plan->pipeline.empty()) {
+    return Status(Code::kUsage, cmd.pipeline + " is a folder; submit a pipeline file");
+  }
+  record["pipeline"] = plan->name;
+  for (const std::string& w : plan->warnings) std::cerr << "stagekit: warning: " << w << "\n";
+  auto client = ConnectChecked(cmd);
+  if (!client.ok()) return client.status();
+  const Result<std::uint64_t> uploaded = ShipPackage(cmd, *plan, **client);
+  if (!uploaded.ok()) return uploaded.status();
+
+  const std::string id =
+      cmd.submission_id.empty() ? NewSubmissionId(plan->name) : cmd.submission_id;
+  const std::string entrypoint = Entrypoint(cmd, *plan, id);
+  auto submitted = (*client)->Submit(JobRequest(cmd, *plan, id, entrypoint, *checks));
   if (!submitted.ok()) return submitted.status();
   record["submission_id"] = *submitted;
   record["address"] = (*client)->address();
@@ -314,32 +377,9 @@ Status SubmitInner(const SubmitCommand& cmd, Json& record) {
   Json summary = {{"submission_id", *submitted},
                   {"address", (*client)->address()},
                   {"package", plan->package},
-                  {"uploaded_bytes", uploaded},
+                  {"uploaded_bytes", *uploaded},
                   {"entrypoint", entrypoint}};
-  if (cmd.no_wait) {
-    if (cmd.json) {
-      std::cout << summary.dump(2) << std::endl;
-    } else {
-      std::cout << *submitted << std::endl;
-      std::cerr << "stagekit: submitted; `stagekit jobs status " << *submitted
-                << "` tells how it goes\n";
-    }
-    return OkStatus();
-  }
-  if (!cmd.json) std::cerr << "stagekit: submitted job " << *submitted << "\n";
-  Status outcome = Follow(**client, *submitted, cmd.on_interrupt, !cmd.json);
-  if (cmd.json) {
-    auto job = (*client)->Job(*submitted);
-    summary["status"] = job.ok() ? job->value("status", "") : "";
-    summary["wall_s"] = std::chrono::duration<double>(Clock::now() - start).count();
-    if (!outcome.ok()) summary["error"] = outcome.message();
-    std::cout << summary.dump(2) << std::endl;
-  } else if (outcome.ok()) {
-    std::cerr << "stagekit: job " << *submitted << " succeeded in "
-              << static_cast<int>(std::chrono::duration<double>(Clock::now() - start).count())
-              << " s" << (cmd.artifacts.empty() ? "" : "; artifacts in " + cmd.artifacts) << "\n";
-  }
-  return outcome;
+  return AwaitJob(cmd, **client, *submitted, summary, start);
 }
 
 // Every submission leaves a cost record: what was submitted, how it ended and
@@ -351,14 +391,14 @@ Status Submit(const SubmitCommand& cmd) {
   Json record = {{"command", "submit"}, {"executor", "ray job (" + cmd.executor + ")"}};
   Status status = SubmitInner(cmd, record);
   if (!record.contains("submission_id")) return status;  // nothing reached the cluster
-  record["start"] = tools::IsoTime(start);
-  record["end"] = tools::IsoTime(std::chrono::system_clock::now());
+  record["start"] = util::IsoTime(start);
+  record["end"] = util::IsoTime(std::chrono::system_clock::now());
   record["wall_s"] = std::chrono::duration<double>(Clock::now() - steady).count();
   record["outcome"] = status.ok() ? (cmd.no_wait ? "submitted" : "succeeded")
                                   : std::string(CodeName(status.code()));
   record["exit_code"] = static_cast<int>(status.code());
   record["estimated_usd"] = nullptr;
-  if (Status s = tools::AppendCostRecord(cmd.cost.Log(), record); !s.ok()) {
+  if (Status s = operate::AppendCostRecord(cmd.cost.Log(), record); !s.ok()) {
     std::cerr << "stagekit: warning: " << s.message() << "\n";
   }
   return status;
@@ -385,7 +425,7 @@ Status JobsStatus(const JobsCommand& cmd) {
     if (job->contains("entrypoint"))
       std::cerr << "entrypoint: " << (*job)["entrypoint"].get<std::string>() << "\n";
   }
-  if (!tools::IsTerminal(status)) return OkStatus();
+  if (!deploy::IsTerminal(status)) return OkStatus();
   std::string tail;
   if (status != "SUCCEEDED") {
     auto logs = (*client)->Logs(cmd.id);
@@ -419,7 +459,7 @@ Status JobsStop(const JobsCommand& cmd) {
   for (int i = 0; i < 600 && !Interrupted(); ++i) {
     auto job = (*client)->Job(cmd.id);
     if (!job.ok()) return job.status();
-    if (tools::IsTerminal(job->value("status", ""))) {
+    if (deploy::IsTerminal(job->value("status", ""))) {
       std::cerr << "stagekit: job " << cmd.id << " is " << job->value("status", "") << "\n";
       return OkStatus();
     }

@@ -11,10 +11,10 @@
 #include <sstream>
 
 #include "cli.h"
-#include "process.h"
+#include "deploy/jobs.h"
+#include "operate/watchdog.h"
 #include "stagekit/executor.h"
-#include "tools/jobs.h"
-#include "tools/watchdog.h"
+#include "util/process.h"
 
 namespace stagekit::cli {
 namespace {
@@ -180,7 +180,7 @@ std::string DefaultInterval(const WatchdogCli& c) {
 }
 
 Status Run(const WatchdogCli& c) {
-  tools::WatchdogOptions o;
+  operate::WatchdogOptions o;
   o.name = KindName(c.kind);
   auto window = Duration("--for", c.window);
   if (!window.ok()) return window.status();
@@ -205,7 +205,7 @@ Status Run(const WatchdogCli& c) {
   o.max_gap = 2 * *interval + *probe_timeout;
   const milliseconds timeout = *probe_timeout;
 
-  std::function<tools::Sample()> probe;
+  std::function<operate::Sample()> probe;
   if (c.kind == Kind::kGpu) {
     std::vector<std::string> argv =
         c.probe.empty() ? std::vector<std::string>{"nvidia-smi", "--query-gpu=utilization.gpu",
@@ -213,28 +213,28 @@ Status Run(const WatchdogCli& c) {
                         : std::vector<std::string>{"/bin/sh", "-c", c.probe};
     const double below = c.below;
     probe = [argv, below, timeout] {
-      tools::ProbeOutput out = tools::RunProbe(argv, timeout);
-      if (!out.ok) return tools::Sample{tools::Verdict::kUnknown, out.why};
-      return tools::ParseGpuUtilization(out.out, below);
+      operate::ProbeOutput out = operate::RunProbe(argv, timeout);
+      if (!out.ok) return operate::Sample{operate::Verdict::kUnknown, out.why};
+      return operate::ParseGpuUtilization(out.out, below);
     };
   } else if (!c.probe.empty() || c.source == "ray-status") {
     const bool custom = !c.probe.empty();
     std::vector<std::string> argv = custom ? std::vector<std::string>{"/bin/sh", "-c", c.probe}
                                            : std::vector<std::string>{"ray", "status"};
     probe = [argv, custom, timeout] {
-      tools::ProbeOutput out = tools::RunProbe(argv, timeout);
-      if (!out.ok) return tools::Sample{tools::Verdict::kUnknown, out.why};
-      return custom ? tools::ParseHeadProbe(out.out) : tools::ParseRayStatus(out.out);
+      operate::ProbeOutput out = operate::RunProbe(argv, timeout);
+      if (!out.ok) return operate::Sample{operate::Verdict::kUnknown, out.why};
+      return custom ? operate::ParseHeadProbe(out.out) : operate::ParseRayStatus(out.out);
     };
   } else {
-    auto url = tools::DashboardAddress(c.address);
+    auto url = deploy::DashboardAddress(c.address);
     if (!url.ok()) return url.status();
-    auto token = tools::AuthToken(c.token_file);
+    auto token = deploy::AuthToken(c.token_file);
     if (!token.ok()) return token.status();
     std::string address = *url, secret = *token;
     const bool drivers_busy = c.drivers_busy;
     probe = [address, secret, timeout, drivers_busy] {
-      return tools::DashboardProbe(address, secret, timeout, drivers_busy);
+      return operate::DashboardProbe(address, secret, timeout, drivers_busy);
     };
   }
 
@@ -247,7 +247,7 @@ Status Run(const WatchdogCli& c) {
     if (!file) return Status(Code::kOutputError, "cannot open the log file " + c.log);
   }
   std::ostream& log = c.log.empty() ? std::cerr : file;
-  return tools::RunWatchdog(o, probe, log);
+  return operate::RunWatchdog(o, probe, log);
 }
 
 bool ValidName(const std::string& name) {
@@ -257,7 +257,8 @@ bool ValidName(const std::string& name) {
   });
 }
 
-Status Install(WatchdogCli c) {
+// Checks --as and --name, giving --name its default.
+Status CheckTargetAndName(WatchdogCli& c) {
   if (c.as != "systemd" && c.as != "cron") {
     return Status(Code::kUsage, "--as must be systemd or cron");
   }
@@ -267,7 +268,11 @@ Status Install(WatchdogCli c) {
                                     "': use letters, digits, - and _ only (cron skips files with "
                                     "dots)");
   }
-  const bool cron = c.as == "cron";
+  return OkStatus();
+}
+
+// Checks every duration, settling `interval`; cron's minutes between samples (0 for systemd).
+Result<int> CheckInstallDurations(const WatchdogCli& c, bool cron, std::string& interval) {
   // Check every value now rather than in a unit that fails at 3 am.
   for (auto [flag, text] : {std::pair<const char*, std::string>{"--for", c.window},
                             {"--probe-timeout", c.probe_timeout},
@@ -276,7 +281,7 @@ Status Install(WatchdogCli c) {
     if (!d.ok()) return d.status();
   }
   int minutes = 0;
-  std::string interval = DefaultInterval(c);
+  interval = DefaultInterval(c);
   if (cron) {
     if (c.interval.empty()) interval = "1m";
     auto d = Duration("--interval", interval);
@@ -291,93 +296,136 @@ Status Install(WatchdogCli c) {
     auto d = Duration("--interval", interval);
     if (!d.ok()) return d.status();
   }
+  return minutes;
+}
 
+// The installed watchdog's command line and the environment it runs with.
+struct ServiceCommand {
+  std::vector<std::string> argv;
+  std::vector<std::string> env;
+  // Appends `flag value` to argv.
+  void Add(const char* flag, const std::string& value) {
+    argv.push_back(flag);
+    argv.push_back(value);
+  }
+};
+
+// How an installed head-idle reaches the cluster: `ray status`, or the dashboard and its token.
+Status AddHeadSource(const WatchdogCli& c, bool cron, ServiceCommand& command) {
+  std::error_code ec;
+  if (c.source == "ray-status") {
+    command.Add("--source", "ray-status");
+    return OkStatus();
+  }
+  auto url = deploy::DashboardAddress(c.address);
+  if (!url.ok()) return url.status();
+  command.Add("--address", *url);  // the service does not see this shell's RAY_ADDRESS
+  if (c.drivers_busy) command.argv.push_back("--drivers-busy");
+  if (!c.token_file.empty()) {
+    command.Add("--token-file", fs::absolute(c.token_file, ec).string());
+  } else if (const char* p = std::getenv("RAY_AUTH_TOKEN_PATH"); p != nullptr && *p) {
+    command.env.push_back(std::string("RAY_AUTH_TOKEN_PATH=") + fs::absolute(p, ec).string());
+  } else if (const char* t = std::getenv("RAY_AUTH_TOKEN"); t != nullptr && *t) {
+    std::cerr << "stagekit: warning: RAY_AUTH_TOKEN is not written into the "
+              << (cron ? "cron entry" : "unit")
+              << "; pass --token-file (or set RAY_AUTH_TOKEN_PATH) so the watchdog can "
+                 "authenticate\n";
+  }
+  return OkStatus();
+}
+
+// The command the unit or cron entry runs: this binary by its absolute path, with the options.
+Result<ServiceCommand> ServiceCommandLine(const WatchdogCli& c, const std::string& interval,
+                                          bool cron) {
   std::error_code ec;
   fs::path self = fs::read_symlink("/proc/self/exe", ec);
   if (ec) return Status(Code::kInternal, "cannot find this stagekit binary: " + ec.message());
-  std::vector<std::string> argv = {self.string(), "watchdog", KindName(c.kind)};
-  auto add = [&](const char* flag, const std::string& value) {
-    argv.push_back(flag);
-    argv.push_back(value);
-  };
+  ServiceCommand command;
+  command.argv = {self.string(), "watchdog", KindName(c.kind)};
   if (c.kind == Kind::kGpu) {
     std::ostringstream below;
     below << c.below;
-    add("--below", below.str());
+    command.Add("--below", below.str());
   }
-  add("--for", c.window);
-  add("--interval", interval);
-  add("--then", c.action);
-  if (!c.probe.empty()) add("--probe", c.probe);
-  add("--probe-timeout", c.probe_timeout);
-  add("--action-timeout", c.action_timeout);
-  std::vector<std::string> env;
+  command.Add("--for", c.window);
+  command.Add("--interval", interval);
+  command.Add("--then", c.action);
+  if (!c.probe.empty()) command.Add("--probe", c.probe);
+  command.Add("--probe-timeout", c.probe_timeout);
+  command.Add("--action-timeout", c.action_timeout);
   if (const char* path = std::getenv("PATH"); path != nullptr && *path) {
-    env.push_back(std::string("PATH=") + path);
+    command.env.push_back(std::string("PATH=") + path);
   }
   if (c.kind == Kind::kHead && c.probe.empty()) {
-    if (c.source == "ray-status") {
-      add("--source", "ray-status");
-    } else {
-      auto url = tools::DashboardAddress(c.address);
-      if (!url.ok()) return url.status();
-      add("--address", *url);  // the service does not see this shell's RAY_ADDRESS
-      if (c.drivers_busy) argv.push_back("--drivers-busy");
-      if (!c.token_file.empty()) {
-        add("--token-file", fs::absolute(c.token_file, ec).string());
-      } else if (const char* p = std::getenv("RAY_AUTH_TOKEN_PATH"); p != nullptr && *p) {
-        env.push_back(std::string("RAY_AUTH_TOKEN_PATH=") + fs::absolute(p, ec).string());
-      } else if (const char* t = std::getenv("RAY_AUTH_TOKEN"); t != nullptr && *t) {
-        std::cerr << "stagekit: warning: RAY_AUTH_TOKEN is not written into the "
-                  << (cron ? "cron entry" : "unit")
-                  << "; pass --token-file (or set RAY_AUTH_TOKEN_PATH) so the watchdog can "
-                     "authenticate\n";
-      }
-    }
+    if (Status s = AddHeadSource(c, cron, command); !s.ok()) return s;
   }
   if (cron) {
-    argv.push_back("--once");
-    add("--state", "/var/lib/stagekit/" + c.name + ".state");
-    add("--log", c.log.empty() ? "/var/log/" + c.name + ".log" : fs::absolute(c.log, ec).string());
+    command.argv.push_back("--once");
+    command.Add("--state", "/var/lib/stagekit/" + c.name + ".state");
+    command.Add("--log",
+                c.log.empty() ? "/var/log/" + c.name + ".log" : fs::absolute(c.log, ec).string());
   } else if (!c.log.empty()) {
-    add("--log", fs::absolute(c.log, ec).string());
+    command.Add("--log", fs::absolute(c.log, ec).string());
   }
-  if (c.keep_going && !cron) argv.push_back("--keep-going");
+  if (c.keep_going && !cron) command.argv.push_back("--keep-going");
+  return command;
+}
 
-  tools::InstallPlan plan = cron ? tools::CronPlan(c.name, argv, minutes, c.cron_dir, env)
-                                 : tools::SystemdPlan(c.name, argv, c.unit_dir, env);
-  if (c.no_enable) plan.then.clear();
-  if (c.dry_run) {
-    std::cout << "# " << plan.path << "\n" << plan.content;
-    for (const auto& cmd : plan.then) {
-      std::string line;
-      for (const std::string& a : cmd) line += (line.empty() ? "" : " ") + tools::ShellQuote(a);
-      std::cout << "# then: " << line << "\n";
-    }
-    return OkStatus();
+// Prints the file and the commands that installing would write and run (--dry-run).
+void PrintPlan(const operate::InstallPlan& plan) {
+  std::cout << "# " << plan.path << "\n" << plan.content;
+  for (const auto& cmd : plan.then) {
+    std::string line;
+    for (const std::string& a : cmd) line += (line.empty() ? "" : " ") + util::ShellQuote(a);
+    std::cout << "# then: " << line << "\n";
   }
+}
+
+// Writes the unit or cron file, then runs the commands that follow it (systemctl).
+Status ApplyPlan(const operate::InstallPlan& plan) {
+  std::error_code ec;
   fs::create_directories(fs::path(plan.path).parent_path(), ec);
-  if (Status s = WriteFileAtomically(plan.path, plan.content); !s.ok()) {
+  if (Status s = util::WriteFileAtomically(plan.path, plan.content); !s.ok()) {
     return Status(s.code(), s.message() + " (installing needs root; --dry-run shows the file)");
   }
   std::cerr << "stagekit: wrote " << plan.path << "\n";
   for (const auto& cmd : plan.then) {
-    internal::ChildSpec spec;
+    util::ChildSpec spec;
     spec.argv = cmd;
     spec.timeout = std::chrono::minutes(2);
-    internal::ChildResult r = internal::RunChild(spec);
+    spec.cancelled = Interrupted;
+    util::ChildResult r = util::RunChild(spec);
     std::string line;
     for (const std::string& a : cmd) line += (line.empty() ? "" : " ") + a;
     if (!r.spawn_status.ok() || !r.exited || r.exit_code != 0) {
-      return Status(Code::kStageFailed,
-                    "`" + line + "` failed: " +
-                        (r.spawn_status.ok() ? internal::Tail(r.err + r.out, 1000)
-                                             : r.spawn_status.message()) +
-                        "\n  the unit is written; run it yourself once systemd is reachable");
+      return Status(
+          Code::kStageFailed,
+          "`" + line + "` failed: " +
+              (r.spawn_status.ok() ? util::Tail(r.err + r.out, 1000) : r.spawn_status.message()) +
+              "\n  the unit is written; run it yourself once systemd is reachable");
     }
     std::cerr << "stagekit: ran " << line << "\n";
   }
   return OkStatus();
+}
+
+Status Install(WatchdogCli c) {
+  if (Status s = CheckTargetAndName(c); !s.ok()) return s;
+  const bool cron = c.as == "cron";
+  std::string interval;
+  const Result<int> minutes = CheckInstallDurations(c, cron, interval);
+  if (!minutes.ok()) return minutes.status();
+  const Result<ServiceCommand> command = ServiceCommandLine(c, interval, cron);
+  if (!command.ok()) return command.status();
+  operate::InstallPlan plan =
+      cron ? operate::CronPlan(c.name, command->argv, *minutes, c.cron_dir, command->env)
+           : operate::SystemdPlan(c.name, command->argv, c.unit_dir, command->env);
+  if (c.no_enable) plan.then.clear();
+  if (c.dry_run) {
+    PrintPlan(plan);
+    return OkStatus();
+  }
+  return ApplyPlan(plan);
 }
 
 }  // namespace

@@ -6,8 +6,8 @@
 #include <iostream>
 
 #include "cli.h"
-#include "stage_server.h"
 #include "stagekit/executor.h"
+#include "stagekit/runner.h"
 #include "stagekit/version.h"
 
 namespace {
@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : static_cast<int>(stagekit::Code::kUsage);
   }
-  stagekit::internal::InstallInterruptHandlers();
+  stagekit::InstallInterruptHandlers();
   stagekit::Status status;
   try {
     status = action();

@@ -1,0 +1,377 @@
+#include "deploy/ship.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+#include <limits>
+
+#include <algorithm>
+#include <fstream>
+#include <future>
+#include <map>
+#include <sstream>
+
+#include "stagekit/executor.h"
+#include "stagekit/pipeline.h"
+#include "stagekit/runner.h"
+#include "util/files.h"
+#include "util/process.h"
+#include "util/text.h"
+
+namespace fs = std::filesystem;
+
+namespace stagekit::deploy {
+namespace {
+
+std::string Generic(const fs::path& p) { return p.lexically_normal().generic_string(); }
+
+Result<std::vector<std::shared_ptr<const PatternSet>>> ExcludeSets(const ShipOptions& options) {
+  std::vector<std::shared_ptr<const PatternSet>> sets;
+  if (options.default_excludes) {
+    auto set = PatternSet::Compile(DefaultExcludes(), "default");
+    if (!set.ok()) return set.status();
+    sets.push_back(*set);
+  }
+  if (!options.excludes.empty()) {
+    auto set = PatternSet::Compile(options.excludes, "--exclude");
+    if (!set.ok()) return set.status();
+    sets.push_back(*set);
+  }
+  return sets;
+}
+
+struct Include {
+  fs::path source;   // canonical
+  std::string dest;  // in the package
+  bool directory = false;
+};
+
+// The pipeline with its libraries and file inputs pointing into the package.
+Result<std::string> RewritePipeline(
+    const Pipeline& pipeline, const std::string& place,
+    const std::vector<std::string>& library_places,
+    const std::map<std::string, std::map<std::string, std::string>>& input_places) {
+  YAML::Node doc;
+  try {
+    doc = YAML::LoadFile(pipeline.file.string());
+  } catch (const YAML::Exception& e) {
+    return Status(Code::kInvalidPipeline, pipeline.file.string() + ": " + e.what());
+  }
+  const fs::path here = fs::path(place).parent_path();
+  auto relative = [&](const std::string& to) {
+    return Generic(fs::path(to).lexically_relative(here));
+  };
+  YAML::Node libs(YAML::NodeType::Sequence);
+  for (const std::string& lib : library_places) libs.push_back(relative(lib));
+  doc["libraries"] = libs;
+  if (!doc["name"]) doc["name"] = pipeline.name;  // the default came from the original file name
+  for (YAML::Node st : doc["stages"]) {
+    auto it = input_places.find(st["name"].as<std::string>());
+    if (it == input_places.end()) continue;
+    YAML::Node inputs = st["inputs"];
+    for (const auto& [input, to] : it->second) {
+      if (inputs[input].IsMap()) {
+        inputs[input]["file"] = relative(to);
+      } else {
+        inputs[input] = relative(to);
+      }
+    }
+  }
+  YAML::Emitter out;
+  out << doc;
+  return "# Written by `stagekit ship` from " + pipeline.file.filename().string() +
+         ": libraries and inputs point into the package.\n" + out.c_str() + "\n";
+}
+
+// The bytes of `file` without debug sections (`objcopy --strip-debug`).
+Result<std::string> StripDebug(const fs::path& file) {
+  std::string tmpl = (fs::temp_directory_path() / "stagekit-strip-XXXXXX").string();
+  int fd = ::mkstemp(tmpl.data());
+  if (fd < 0)
+    return Status(Code::kOutputError, "cannot make a temporary file to strip " + file.string());
+  ::close(fd);
+  util::ChildSpec spec;
+  spec.argv = {"objcopy", "--strip-debug", file.string(), tmpl};
+  spec.cancelled = Interrupted;
+  util::ChildResult r = util::RunChild(spec);
+  std::string bytes;
+  Status status;
+  if (!r.spawn_status.ok() || !r.exited || r.exit_code != 0) {
+    status = Status(Code::kInternal, "cannot strip debug info with objcopy (install binutils)");
+  } else {
+    auto read = util::ReadFile(tmpl, std::numeric_limits<std::uint64_t>::max());
+    if (read.ok()) bytes = std::move(read).value();
+    if (bytes.empty())
+      status = Status(Code::kInternal, "objcopy wrote nothing for " + file.string());
+  }
+  std::error_code ec;
+  fs::remove(tmpl, ec);
+  if (!status.ok()) return status;
+  return bytes;
+}
+
+using InputPlaces = std::map<std::string, std::map<std::string, std::string>>;
+
+// Directory mode: the folder as it is, walked with the ignore rules.
+Status AddFolder(const ShipOptions& options, const WalkOptions& walk, ShipPlan& plan) {
+  std::error_code ec;
+  if (!fs::is_directory(options.dir, ec)) {
+    return Status(Code::kInputError, options.dir.string() + " is not a directory");
+  }
+  return plan.tree.AddDirectory(options.dir, "", walk, "in " + options.dir.string());
+}
+
+// The canonical tree the package mirrors, which must hold the pipeline; sets its place and name.
+Result<fs::path> ShippedRoot(const ShipOptions& options, const Pipeline& pipeline, ShipPlan& plan) {
+  std::error_code ec;
+  fs::path root = fs::weakly_canonical(
+      fs::absolute(options.root.empty() ? pipeline.file.parent_path() : options.root), ec);
+  if (ec || !fs::is_directory(root, ec)) {
+    return Status(Code::kUsage, "--root " + options.root.string() + " is not a directory");
+  }
+  const fs::path pipeline_file = fs::weakly_canonical(pipeline.file, ec);
+  if (!util::IsWithin(pipeline_file, root)) {
+    return Status(Code::kUsage, "the pipeline " + pipeline.file.string() +
+                                    " is not inside --root " + root.string());
+  }
+  plan.pipeline = Generic(pipeline_file.lexically_relative(root));
+  plan.name = pipeline.name;
+  return root;
+}
+
+// --include: walked folders and single files, below the root or where '=' puts them.
+Result<std::vector<Include>> AddIncludes(const ShipOptions& options, const fs::path& root,
+                                         const WalkOptions& walk, ShipPlan& plan) {
+  std::error_code ec;
+  std::vector<Include> includes;
+  for (const std::string& spec : options.includes) {
+    auto parsed = ParseInclude(spec);
+    if (!parsed.ok()) return parsed.status();
+    Include inc{parsed->first, parsed->second, fs::is_directory(parsed->first, ec)};
+    if (inc.dest.empty()) {
+      if (!util::IsWithin(inc.source, root)) {
+        return Status(Code::kUsage, "--include " + spec + " is outside the tree " + root.string() +
+                                        "; say where it goes in the package: --include " + spec +
+                                        "=PLACE");
+      }
+      inc.dest = inc.source == root ? "" : Generic(inc.source.lexically_relative(root));
+    }
+    const std::string rule = "--include " + spec;
+    Status s = inc.directory ? plan.tree.AddDirectory(inc.source, inc.dest, walk, rule)
+                             : plan.tree.AddFile(inc.source, inc.dest, rule);
+    if (!s.ok()) return s;
+    includes.push_back(std::move(inc));
+  }
+  return includes;
+}
+
+// One of stagekit's own files, stripped unless --keep-debug (as it is, with a warning, on failure).
+Status AddRuntimeFile(const ShipOptions& options, const fs::path& file, const std::string& place,
+                      const std::string& rule, ShipPlan& plan) {
+  if (!options.strip_runtime) return plan.tree.AddFile(file, place, rule);
+  auto stripped = StripDebug(file);
+  if (!stripped.ok()) {
+    plan.warnings.push_back(stripped.status().message() + "; shipping " + file.string() +
+                            " with its debug info");
+    return plan.tree.AddFile(file, place, rule);
+  }
+  std::error_code ec;
+  const bool executable =
+      (fs::status(file, ec).permissions() & fs::perms::owner_exec) != fs::perms::none;
+  return plan.tree.AddContent(place, std::move(*stripped), executable,
+                              rule + " (" + file.string() + ", debug info stripped)");
+}
+
+// stagekit itself: the driver, its runtime library and the Ray bridge (workers need no debug info).
+Status AddRuntime(const ShipOptions& options, ShipPlan& plan) {
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  fs::path runtime = stagekit::LibraryPath();
+  if (self.filename() != "stagekit") self = stagekit::DefaultCli();
+  if (Status s = AddRuntimeFile(options, self, kShipBinary, "stagekit driver", plan); !s.ok()) {
+    return s;
+  }
+  if (Status s = AddRuntimeFile(options, runtime,
+                                std::string(kShipLibDir) + "/" + runtime.filename().string(),
+                                "stagekit runtime", plan);
+      !s.ok()) {
+    return s;
+  }
+  fs::path bridge = stagekit::LibraryDir() / "libstagekit_ray.so";
+  if (!fs::exists(bridge, ec)) {
+    plan.warnings.push_back(
+        "this stagekit was built without the Ray bridge; the package can "
+        "run the pipeline in-process or in subprocesses only");
+    return OkStatus();
+  }
+  return AddRuntimeFile(options, bridge, std::string(kShipLibDir) + "/libstagekit_ray.so",
+                        "Ray bridge", plan);
+}
+
+// The stage libraries, in kShipStageDir; returns their places in the package.
+Result<std::vector<std::string>> AddLibraries(const ShipOptions& options, ShipPlan& plan) {
+  std::vector<std::string> library_places;
+  for (const fs::path& lib : options.libraries) {
+    std::string place = std::string(kShipStageDir) + "/" + lib.filename().string();
+    if (Status s = plan.tree.AddFile(lib, place, "stage library"); !s.ok()) return s;
+    library_places.push_back(place);
+  }
+  return library_places;
+}
+
+// An input's place: below the --include that covers it, else below the root; "" if neither does.
+std::string InputPlace(const fs::path& file, const std::vector<Include>& includes,
+                       const fs::path& root) {
+  std::string place;
+  for (const Include& inc : includes) {
+    if (inc.directory ? util::IsWithin(file, inc.source) : file == inc.source) {
+      place = inc.directory ? Generic(fs::path(inc.dest) / file.lexically_relative(inc.source))
+                            : inc.dest;
+      if (!place.empty() && place.front() == '/') place.erase(0, 1);
+      break;
+    }
+  }
+  if (place.empty() && util::IsWithin(file, root)) place = Generic(file.lexically_relative(root));
+  return place;
+}
+
+// The stages' file inputs at their InputPlace; returns stage -> input -> place.
+Result<InputPlaces> AddInputs(const Pipeline& pipeline, const fs::path& root,
+                              const std::vector<Include>& includes, ShipPlan& plan) {
+  std::error_code ec;
+  InputPlaces input_places;
+  for (const PipelineStage& st : pipeline.stages) {
+    for (const auto& [name, ref] : st.inputs) {
+      if (!ref.from_stage.empty()) continue;
+      fs::path file = fs::weakly_canonical(ref.file, ec);
+      const std::string place = InputPlace(file, includes, root);
+      const std::string where = pipeline.file.string() + ":" + std::to_string(st.line) +
+                                ": stage '" + st.name + "' input '" + name + "': ";
+      if (place.empty()) {
+        return Status(Code::kInputError,
+                      where + ref.file.string() + " is outside the shipped tree " + root.string() +
+                          " and no --include covers it; ship it with --include " +
+                          ref.file.parent_path().string() + "=PLACE (or move it under the tree)");
+      }
+      if (!fs::is_regular_file(file, ec)) {
+        return Status(Code::kInputError, where + ref.file.string() + " does not exist");
+      }
+      if (Status s = plan.tree.AddFile(file, place, "input '" + name + "' of stage " + st.name);
+          !s.ok()) {
+        return s;
+      }
+      input_places[st.name][name] = place;
+    }
+  }
+  return input_places;
+}
+
+// The pipeline, rewritten to point into the package, at plan.pipeline.
+Status AddRewrittenPipeline(const Pipeline& pipeline,
+                            const std::vector<std::string>& library_places,
+                            const InputPlaces& input_places, ShipPlan& plan) {
+  auto text = RewritePipeline(pipeline, plan.pipeline, library_places, input_places);
+  if (!text.ok()) return text.status();
+  return plan.tree.AddContent(plan.pipeline, std::move(*text), false,
+                              "pipeline (rewritten " + pipeline.file.string() + ")",
+                              /*replace=*/true);
+}
+
+// Pipeline mode: the includes, stagekit, the stage libraries, the inputs and the pipeline.
+Status AddPipeline(const ShipOptions& options, const WalkOptions& walk, ShipPlan& plan) {
+  auto pipeline = LoadPipeline(options.pipeline);
+  if (!pipeline.ok()) return pipeline.status();
+  auto root = ShippedRoot(options, *pipeline, plan);
+  if (!root.ok()) return root.status();
+  auto includes = AddIncludes(options, *root, walk, plan);
+  if (!includes.ok()) return includes.status();
+  if (Status s = AddRuntime(options, plan); !s.ok()) return s;
+  auto library_places = AddLibraries(options, plan);
+  if (!library_places.ok()) return library_places.status();
+  auto input_places = AddInputs(*pipeline, *root, *includes, plan);
+  if (!input_places.ok()) return input_places.status();
+  return AddRewrittenPipeline(*pipeline, *library_places, *input_places, plan);
+}
+
+// The size cap, the package name (when options.hash) and the executables' places.
+Status FinishPlan(const ShipOptions& options, ShipPlan& plan) {
+  if (Status s = CheckSizeCap(plan.tree, options.max_bytes); !s.ok()) return s;
+  if (options.hash) {
+    auto name = HashTree(plan.tree, options.threads);
+    if (!name.ok()) return name.status();
+    plan.package = *name;
+  }
+  for (const auto& [path, e] : plan.tree.entries()) {
+    if (!e.directory && e.executable) plan.executables.push_back(path);
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+Result<std::pair<fs::path, std::string>> ParseInclude(const std::string& spec) {
+  std::string src = spec, dest;
+  if (size_t eq = spec.find('='); eq != std::string::npos) {
+    src = spec.substr(0, eq);
+    dest = Generic(spec.substr(eq + 1));
+    if (dest.empty() || dest == "." || fs::path(dest).is_absolute() || dest.rfind("..", 0) == 0) {
+      return Status(Code::kUsage, "--include " + spec +
+                                      ": the place after '=' must be a relative path inside the "
+                                      "package, such as data/corpus");
+    }
+  }
+  std::error_code ec;
+  fs::path abs = fs::weakly_canonical(fs::absolute(src), ec);
+  if (ec || !fs::exists(abs, ec)) {
+    return Status(Code::kInputError, "--include " + spec + ": " + src + " does not exist");
+  }
+  return std::make_pair(abs, dest);
+}
+
+Result<ShipPlan> PlanShip(const ShipOptions& options) {
+  auto sets = ExcludeSets(options);
+  if (!sets.ok()) return sets.status();
+  WalkOptions walk;
+  walk.excludes = *sets;
+  walk.gitignore = options.gitignore;
+  ShipPlan plan;
+  if (Status s =
+          options.dir.empty() ? AddPipeline(options, walk, plan) : AddFolder(options, walk, plan);
+      !s.ok()) {
+    return s;
+  }
+  if (Status s = FinishPlan(options, plan); !s.ok()) return s;
+  return plan;
+}
+
+Status WritePackage(ShipPlan& plan, const fs::path& dir, int level, int threads) {
+  std::error_code ec;
+  if (plan.package.empty()) {
+    // The name needs every file's hash; the zip does not. Both read the same
+    // files, on different threads, and the zip gets its name at the end.
+    auto hashing = std::async(std::launch::async, [&plan, threads] {
+      return HashTree(plan.tree, std::max(1, threads - 1), /*keep_bytes=*/0);
+    });
+    const fs::path pending = dir / (".pending-" + std::to_string(::getpid()) + ".zip");
+    Status written = WriteZip(plan.tree, pending, level);
+    auto name = hashing.get();
+    if (!written.ok() || !name.ok()) {
+      fs::remove(pending, ec);
+      return written.ok() ? name.status() : written;
+    }
+    plan.package = *name;
+    fs::rename(pending, dir / plan.package, ec);
+    if (ec) {
+      const std::string why = ec.message();
+      fs::remove(pending, ec);
+      return Status(Code::kOutputError,
+                    "cannot write " + (dir / plan.package).string() + ": " + why);
+    }
+  } else if (!fs::exists(dir / plan.package, ec)) {  // content-addressed: one there is this one
+    if (Status s = WriteZip(plan.tree, dir / plan.package, level); !s.ok()) return s;
+  }
+  const fs::path manifest = dir / (fs::path(plan.package).stem().string() + ".manifest.json");
+  return util::WriteFileAtomically(manifest, ManifestJson(plan.tree, plan.package).dump(1) + "\n");
+}
+
+}  // namespace stagekit::deploy

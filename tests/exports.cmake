@@ -1,0 +1,41 @@
+# libstagekit.so exports its public API only (issue 15: it exported ~9,300
+# symbols, internals the CLI linked against among them). Every dynamic symbol
+# it defines must be a C function stagekit_*, or in namespace stagekit and not
+# in stagekit::util or stagekit::internal (bar the registration helpers the
+# public macros expand to), or the type information of a public class.
+# Usage: cmake -DLIB=path/to/libstagekit.so -P exports.cmake
+execute_process(COMMAND nm -D --defined-only -C "${LIB}" OUTPUT_VARIABLE out RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "nm -D ${LIB} failed (${rc})")
+endif()
+string(REPLACE "\n" ";" lines "${out}")
+set(count 0)
+set(bad "")
+foreach(line IN LISTS lines)
+  if(line STREQUAL "")
+    continue()
+  endif()
+  # "0000000000012340 T name(args)": the name starts after the type letter.
+  string(REGEX REPLACE "^[0-9a-f]* +[A-Za-z] +" "" name "${line}")
+  math(EXPR count "${count} + 1")
+  if(name MATCHES "^stagekit_[a-z0-9_]+$")
+    continue()
+  elseif(name MATCHES "^stagekit::internal::(Registrar|WarmRegistrar|WarmSetupOf)")
+    continue()
+  elseif(name MATCHES "^stagekit::(util|internal)::" OR name MATCHES "^stagekit::\\(anonymous")
+    string(APPEND bad "\n  ${name}")
+  elseif(name MATCHES "^stagekit::" OR name MATCHES "^(typeinfo|typeinfo name|vtable) for stagekit::")
+    continue()
+  else()
+    string(APPEND bad "\n  ${name}")
+  endif()
+endforeach()
+if(NOT bad STREQUAL "")
+  message(FATAL_ERROR "libstagekit exports what is not its public API:${bad}")
+endif()
+foreach(api "stagekit::Invoke\\(" "stagekit::RunPipeline\\(" "stagekit::Registry::Global\\(" "stagekit_invoke_json")
+  if(NOT out MATCHES "${api}")
+    message(FATAL_ERROR "libstagekit does not export ${api}; is the export map too strict?")
+  endif()
+endforeach()
+message(STATUS "libstagekit exports ${count} symbols, all public API")
