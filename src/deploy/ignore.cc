@@ -74,7 +74,13 @@ std::string TranslateSegmentGlob(std::string_view pattern) {
     } else if (c == '\\') {
       escape = true;
     } else if (c == '*') {
-      regex += "[^/]*";
+      // "**" inside a segment is "*": one "[^/]*" for a run of them matches
+      // the same paths, without the exponential backtracking of many.
+      static constexpr std::string_view kStar = "[^/]*";
+      if (regex.size() < kStar.size() ||
+          regex.compare(regex.size() - kStar.size(), kStar.size(), kStar) != 0) {
+        regex += kStar;
+      }
     } else if (c == '?') {
       regex += "[^/]";
     } else if (c == '[') {
@@ -183,7 +189,7 @@ Result<std::shared_ptr<const PatternSet>> PatternSet::Compile(const std::vector<
     auto c = std::make_unique<Compiled>();
     std::string regex = GitWildMatchToRegex(line, &c->include);
     if (regex.empty()) continue;
-    auto compiled = util::Regex::Compile(regex);
+    auto compiled = util::Regex::Compile(regex, /*utf8=*/true);
     if (!compiled.ok()) {
       return Status(Code::kUsage, set->origin_ + ": bad pattern '" + std::string(Strip(line)) +
                                       "': " + compiled.status().message() + "; fix or remove it");

@@ -45,6 +45,8 @@ class PatternSet {
 
   // `relative` is the '/'-separated path below the anchor directory, "." for
   // the anchor itself. Returns the pattern text that excluded it, or nullptr.
+  // Throws std::runtime_error when a pattern reaches PCRE2's match limit (a
+  // line with many wildcards against a long path): neither answer would be true.
   const std::string* Match(std::string_view relative) const;
   const std::string& origin() const { return origin_; }
   bool empty() const { return patterns_.empty(); }

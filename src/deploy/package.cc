@@ -15,6 +15,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <thread>
 
 #include "util/digest.h"
@@ -95,7 +96,15 @@ class Walker {
         relative = a.anchor.empty() ? std::string_view(rel)
                                     : std::string_view(rel).substr(a.anchor.size() + 1);
       }
-      if (const std::string* pattern = a.set->Match(relative)) {
+      const std::string* pattern = nullptr;
+      try {
+        pattern = a.set->Match(relative);
+      } catch (const std::runtime_error& e) {
+        return Status(Code::kUsage, a.set->origin() + ": a pattern is too complex to match '" +
+                                        std::string(relative) + "' (" + e.what() +
+                                        "); simplify it (fewer '*' in one line)");
+      }
+      if (pattern != nullptr) {
         excluded_.push_back({Join(dest_, rel), *pattern, a.set->origin()});
         return OkStatus();
       }

@@ -105,7 +105,7 @@ fs::path DefaultCostLog() {
   return util::UserDataDir() / "cost.jsonl";
 }
 
-Status AppendCostRecord(const fs::path& log, const Json& record) {
+Status AppendCostRecord(const fs::path& log, const CostRecord& record) {
   std::error_code ec;
   if (!log.parent_path().empty()) fs::create_directories(log.parent_path(), ec);
   util::UniqueFd fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
@@ -113,7 +113,7 @@ Status AppendCostRecord(const fs::path& log, const Json& record) {
     return Status(Code::kOutputError, "cannot write the cost log " + log.string() + ": " +
                                           std::strerror(errno) + " (set STAGEKIT_COST_LOG)");
   }
-  const std::string line = record.dump() + "\n";
+  const std::string line = record.ToJson().dump() + "\n";
   ssize_t n;
   do {
     n = ::write(fd.get(), line.data(), line.size());
@@ -124,8 +124,89 @@ Status AppendCostRecord(const fs::path& log, const Json& record) {
   return OkStatus();
 }
 
-Result<std::vector<Json>> ReadCostLog(const fs::path& log, int* bad_lines) {
-  std::vector<Json> records;
+Json CostRecord::ToJson() const {
+  Json j = {
+      {"version", kVersion},    {"command", command},
+      {"pipeline", pipeline},   {"executor", executor},
+      {"start", start},         {"end", end},
+      {"wall_s", wall_s},       {"outcome", outcome},
+      {"exit_code", exit_code}, {"estimated_usd", estimated_usd ? Json(*estimated_usd) : Json()}};
+  if (command == "run") {
+    j["node_types"] = node_types;
+    j["node_seconds"] = node_seconds;
+    j["spot_price_caps"] = spot_price_caps;
+  }
+  if (!unpriced_node_type.empty()) j["unpriced_node_type"] = unpriced_node_type;
+  if (budget_usd) j["budget_usd"] = *budget_usd;
+  if (!submission_id.empty()) j["submission_id"] = submission_id;
+  if (!address.empty()) j["address"] = address;
+  if (!package.empty()) j["package"] = package;
+  return j;
+}
+
+namespace {
+
+// A {name: number} object at `key` of `json` into `out`; false when it is
+// something else.
+template <typename T>
+bool NumberMap(const Json& json, const char* key, std::map<std::string, T>& out) {
+  auto it = json.find(key);
+  if (it == json.end() || it->is_null()) return true;
+  if (!it->is_object()) return false;
+  for (const auto& [name, value] : it->items()) {
+    if (!value.is_number()) return false;
+    out[name] = value.template get<T>();
+  }
+  return true;
+}
+
+}  // namespace
+
+Result<CostRecord> CostRecord::FromJson(const Json& json) {
+  CostRecord r;
+  util::FieldReader f(json, "cost record", Code::kInputError);
+  int version = 1;
+  f.Int("version", version);
+  if (f.ok() && version > kVersion) {
+    return Status(Code::kInputError, "cost record: version " + std::to_string(version) +
+                                         " is newer than this stagekit reads (" +
+                                         std::to_string(kVersion) + ")");
+  }
+  f.String("command", r.command, /*required=*/true);
+  f.String("pipeline", r.pipeline);
+  f.String("executor", r.executor);
+  f.String("start", r.start, /*required=*/true);
+  f.String("end", r.end);
+  f.Double("wall_s", r.wall_s);
+  f.String("outcome", r.outcome, /*required=*/true);
+  f.Int("exit_code", r.exit_code);
+  f.String("unpriced_node_type", r.unpriced_node_type);
+  f.String("submission_id", r.submission_id);
+  f.String("address", r.address);
+  f.String("package", r.package);
+  if (!f.ok()) return f.status();
+  for (auto [key, out] :
+       {std::pair<const char*, std::optional<double>*>{"estimated_usd", &r.estimated_usd},
+        {"budget_usd", &r.budget_usd}}) {
+    auto it = json.find(key);
+    if (it == json.end() || it->is_null()) continue;
+    if (!it->is_number())
+      return Status(Code::kInputError,
+                    std::string("cost record: '") + key + "' must be a number or null");
+    *out = it->get<double>();
+  }
+  if (!NumberMap(json, "node_types", r.node_types) ||
+      !NumberMap(json, "node_seconds", r.node_seconds) ||
+      !NumberMap(json, "spot_price_caps", r.spot_price_caps)) {
+    return Status(Code::kInputError,
+                  "cost record: 'node_types', 'node_seconds' and 'spot_price_caps' must map "
+                  "names to numbers");
+  }
+  return r;
+}
+
+Result<std::vector<CostRecord>> ReadCostLog(const fs::path& log, int* bad_lines) {
+  std::vector<CostRecord> records;
   if (bad_lines != nullptr) *bad_lines = 0;
   std::ifstream in(log);
   if (!in) {
@@ -136,8 +217,9 @@ Result<std::vector<Json>> ReadCostLog(const fs::path& log, int* bad_lines) {
   for (std::string line; std::getline(in, line);) {
     if (line.empty()) continue;
     auto j = util::ParseJsonWithin(line, "a cost record", Code::kInputError);
-    if (j.ok() && j->is_object()) {
-      records.push_back(std::move(j).value());
+    auto record = j.ok() ? CostRecord::FromJson(*j) : Result<CostRecord>(j.status());
+    if (record.ok()) {
+      records.push_back(std::move(record).value());
     } else if (bad_lines != nullptr) {
       ++*bad_lines;
     }
@@ -145,34 +227,28 @@ Result<std::vector<Json>> ReadCostLog(const fs::path& log, int* bad_lines) {
   return records;
 }
 
-Json SummarizeCost(const std::vector<Json>& records, const std::string& since) {
+Json SummarizeCost(const std::vector<CostRecord>& records, const std::string& since) {
   Json by_outcome = Json::object(), by_type = Json::object(), by_pipeline = Json::object();
   double total = 0, wall = 0;
   int runs = 0, unpriced = 0;
-  for (const Json& r : records) {
-    const std::string start = r.value("start", "");
-    if (!since.empty() && start < since) continue;  // ISO 8601 compares as text
+  for (const CostRecord& r : records) {
+    if (!since.empty() && r.start < since) continue;  // ISO 8601 compares as text
     ++runs;
-    wall += r.value("wall_s", 0.0);
-    by_outcome[r.value("outcome", "unknown")] =
-        by_outcome.value(r.value("outcome", "unknown"), 0) + 1;
-    const Json& cost = r.contains("estimated_usd") ? r["estimated_usd"] : Json();
-    if (cost.is_number()) {
-      total += cost.get<double>();
+    wall += r.wall_s;
+    by_outcome[r.outcome] = by_outcome.value(r.outcome, 0) + 1;
+    if (r.estimated_usd) {
+      total += *r.estimated_usd;
     } else {
       ++unpriced;
     }
-    Json& p = by_pipeline[r.value("pipeline", "?")];
+    Json& p = by_pipeline[r.pipeline.empty() ? "?" : r.pipeline];
     if (p.is_null()) p = Json::object();
     p["runs"] = p.value("runs", 0) + 1;
-    p["estimated_usd"] =
-        p.value("estimated_usd", 0.0) + (cost.is_number() ? cost.get<double>() : 0.0);
-    if (r.contains("node_seconds") && r["node_seconds"].is_object()) {
-      for (const auto& [type, seconds] : r["node_seconds"].items()) {
-        Json& t = by_type[type];
-        if (t.is_null()) t = Json::object();
-        t["node_hours"] = t.value("node_hours", 0.0) + seconds.get<double>() / 3600;
-      }
+    p["estimated_usd"] = p.value("estimated_usd", 0.0) + r.estimated_usd.value_or(0.0);
+    for (const auto& [type, seconds] : r.node_seconds) {
+      Json& t = by_type[type];
+      if (t.is_null()) t = Json::object();
+      t["node_hours"] = t.value("node_hours", 0.0) + seconds / 3600;
     }
   }
   return {{"runs", runs},

@@ -12,12 +12,13 @@ struct Regex::Compiled {
   ~Compiled() { pcre2_code_free(code); }
 };
 
-Result<Regex> Regex::Compile(std::string_view pattern) {
+Result<Regex> Regex::Compile(std::string_view pattern, bool utf8) {
   int error = 0;
   PCRE2_SIZE offset = 0;
   auto code = std::make_shared<Compiled>();
-  code->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                             PCRE2_UTF | PCRE2_MATCH_INVALID_UTF, &error, &offset, nullptr);
+  code->code =
+      pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                    utf8 ? PCRE2_UTF | PCRE2_MATCH_INVALID_UTF : 0, &error, &offset, nullptr);
   if (code->code == nullptr) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error, message, sizeof message);
@@ -28,8 +29,8 @@ Result<Regex> Regex::Compile(std::string_view pattern) {
   return Regex(std::shared_ptr<const Compiled>(std::move(code)));
 }
 
-Regex::Regex(std::string_view pattern) {
-  auto compiled = Compile(pattern);
+Regex::Regex(std::string_view pattern, bool utf8) {
+  auto compiled = Compile(pattern, utf8);
   if (!compiled.ok()) {
     throw std::logic_error("bad pattern '" + std::string(pattern) +
                            "': " + compiled.status().message());
@@ -58,6 +59,9 @@ bool Regex::Match(std::string_view text, std::size_t start, bool whole,
                              " bytes of text: " + reinterpret_cast<const char*>(message));
   }
   const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data.get());
+  // In UTF-8 mode PCRE2 starts an anchored match after invalid bytes at the
+  // start ("\xff2" matched "[0-9]"): a whole match must span the whole text.
+  if (whole && (ov[0] != start || ov[1] != text.size())) return false;
   if (end != nullptr) *end = ov[1];
   if (groups != nullptr) {
     uint32_t n = 0;

@@ -15,13 +15,16 @@ namespace stagekit::util {
 
 class Regex {
  public:
+  // Bytes by default; `utf8`: the pattern and the text are UTF-8 ("." and
+  // "[é]" match a character), and invalid UTF-8 in a text never matches.
   // kUsage with PCRE2's reason ("missing closing parenthesis at offset 3")
   // when it does not compile; the caller says which pattern.
-  static Result<Regex> Compile(std::string_view pattern);
+  static Result<Regex> Compile(std::string_view pattern, bool utf8 = false);
   // A pattern written in the code: std::logic_error when it does not compile.
-  explicit Regex(std::string_view pattern);
+  explicit Regex(std::string_view pattern, bool utf8 = false);
 
-  // Whether all of `text` matches; `groups` (when given) gets the whole
+  // Whether all of `text` matches (from its first byte to its last, whatever
+  // the mode); `groups` (when given) gets the whole
   // match and then each group ("" for a group that took no part).
   bool FullMatch(std::string_view text, std::vector<std::string>* groups = nullptr) const;
   // Whether some part of `text` matches.

@@ -8,8 +8,10 @@
 #include <yaml-cpp/yaml.h>
 
 #include <cstdlib>
+#include <fstream>
 #include <regex>
 
+#include "operate/cost.h"
 #include "unit/test_util.h"
 
 namespace stagekit::operate {
@@ -389,6 +391,93 @@ TEST_F(ClusterDownTest, NeedsYes) {
   CommandResult r = Down({});
   EXPECT_EQ(r.exit_code, 2) << Show(r);
   EXPECT_EQ(Calls(), "");
+}
+
+TEST(ClusterSpecTest, NumbersWithInvalidUtf8AroundThemAreRefusedNotThrown) {
+  // Found by the cluster_spec fuzzer: "cpus: \xff\xff\xff\xff2" passed the
+  // "[0-9]{1,6}" check and std::stoi threw. Now the check refuses it.
+  const std::string text = stagekit::testing::ReadFile(
+      std::string(STAGEKIT_SOURCE_DIR) +
+      "/tests/fuzz/corpus/cluster_spec/regression-invalid-utf8-in-cpus.yaml");
+  ASSERT_NE(text.find("cpus: \xff"), std::string::npos);
+  auto spec = ParseClusterSpec(text, "spec.yaml");
+  ASSERT_FALSE(spec.ok());
+  EXPECT_EQ(spec.status().code(), Code::kInputError);
+  EXPECT_NE(spec.status().message().find("'cpus' must be a whole number"), std::string::npos)
+      << spec.status().message();
+}
+
+TEST(CostRecordTest, RoundTripsWithAVersionAndRefusesWhatItCannotRead) {
+  CostRecord r;
+  r.command = "run";
+  r.pipeline = "wc";
+  r.executor = "ray";
+  r.start = "2026-12-01T10:00:00Z";
+  r.end = "2026-12-01T10:01:00Z";
+  r.wall_s = 60;
+  r.outcome = "succeeded";
+  r.node_types = {{"g4dn.xlarge", 2}};
+  r.node_seconds = {{"g4dn.xlarge", 120}};
+  r.spot_price_caps = {{"g4dn.xlarge", 0.3}};
+  r.estimated_usd = 0.01;
+  r.budget_usd = 5;
+  const Json j = r.ToJson();
+  EXPECT_EQ(j["version"], CostRecord::kVersion);
+  auto back = CostRecord::FromJson(j);
+  ASSERT_TRUE(back.ok()) << back.status().message();
+  EXPECT_EQ(back->ToJson(), j);
+  EXPECT_EQ(back->node_seconds.at("g4dn.xlarge"), 120);
+  EXPECT_EQ(*back->budget_usd, 5);
+  // A record written before versions were recorded reads as version 1.
+  Json old = j;
+  old.erase("version");
+  EXPECT_TRUE(CostRecord::FromJson(old).ok());
+  // A newer one, a missing field or a field of the wrong type is refused, by name.
+  Json newer = j;
+  newer["version"] = CostRecord::kVersion + 1;
+  auto refused = CostRecord::FromJson(newer);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("newer"), std::string::npos);
+  Json missing = j;
+  missing.erase("outcome");
+  EXPECT_NE(CostRecord::FromJson(missing).status().message().find("outcome"), std::string::npos);
+  Json wrong = j;
+  wrong["wall_s"] = "a minute";
+  EXPECT_NE(CostRecord::FromJson(wrong).status().message().find("wall_s"), std::string::npos);
+  Json bad_map = j;
+  bad_map["node_seconds"] = {{"g4dn.xlarge", "long"}};
+  EXPECT_FALSE(CostRecord::FromJson(bad_map).ok());
+  Json bad_cost = j;
+  bad_cost["estimated_usd"] = "cheap";
+  EXPECT_FALSE(CostRecord::FromJson(bad_cost).ok());
+}
+
+TEST(CostRecordTest, TheLogSkipsAndCountsLinesThatAreNotRecords) {
+  stagekit::testing::TempDir dir;
+  const auto log = dir.path() / "cost.jsonl";
+  CostRecord r;
+  r.command = "submit";
+  r.start = "2026-12-01T10:00:00Z";
+  r.outcome = "submitted";
+  ASSERT_TRUE(AppendCostRecord(log, r).ok());
+  {
+    std::ofstream out(log, std::ios::app);
+    out << "not json\n"
+        << R"({"command": "run"})"
+        << "\n"
+        << R"({"version": 99, "command": "run", "start": "x", "outcome": "y"})"
+        << "\n";
+  }
+  ASSERT_TRUE(AppendCostRecord(log, r).ok());
+  int bad = 0;
+  auto records = ReadCostLog(log, &bad);
+  ASSERT_TRUE(records.ok());
+  EXPECT_EQ(records->size(), 2u);
+  EXPECT_EQ(bad, 3);
+  const Json sum = SummarizeCost(*records, "");
+  EXPECT_EQ(sum["runs"], 2);
+  EXPECT_EQ(sum["unpriced_runs"], 2);
+  EXPECT_EQ(sum["by_outcome"]["submitted"], 2);
 }
 
 }  // namespace

@@ -974,5 +974,28 @@ TEST(ShipCliTest, AnEmptyFolderShips) {
   EXPECT_TRUE(fs::exists(out / "o" / kEmptyPackage));
 }
 
+TEST(IgnoreTest, ARunOfStarsIsOneStarAndALimitIsAnErrorNotACrash) {
+  // Found by the ignore fuzzer: a line of 60 '*' was 60 "[^/]*" in a row,
+  // which backtracked past PCRE2's match limit on a 10-byte path.
+  bool include = true;
+  EXPECT_EQ(GitWildMatchToRegex(std::string(60, '*') + ".log", &include),
+            GitWildMatchToRegex("*.log", &include));
+  auto set = PatternSet::Compile({std::string(60, '*') + "x"}, "a/.gitignore");
+  ASSERT_TRUE(set.ok());
+  EXPECT_NE((*set)->Match("abcdefghix"), nullptr);
+  EXPECT_EQ((*set)->Match("abcdefghiy"), nullptr);
+  // Wildcards with letters between them cannot be merged; at the limit the
+  // walk says which file and what to do instead of guessing.
+  std::string hard;
+  for (int k = 0; k < 40; ++k) hard += "*a";
+  auto slow = PatternSet::Compile({hard + "b"}, "a/.gitignore");
+  ASSERT_TRUE(slow.ok());
+  try {
+    EXPECT_EQ((*slow)->Match(std::string(200, 'a')), nullptr);
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("limit"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace stagekit::deploy

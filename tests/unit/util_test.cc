@@ -104,8 +104,21 @@ TEST(UtilRegex, MatchSearchFindAllReplace) {
   EXPECT_EQ(bad.status().code(), Code::kUsage);
   EXPECT_NE(bad.status().message().find("offset"), std::string::npos);
   EXPECT_THROW(Regex("[z-a]"), std::logic_error);
-  // Invalid UTF-8 is text that does not match, not an error.
-  EXPECT_FALSE(Regex("é").Search("\xff\xfe"));
+  // Invalid UTF-8 is text that does not match, not an error, and a whole
+  // match spans the whole text in either mode (the fuzzer found "cpus:
+  // \xff\xff\xff\xff2" passing the cluster spec's "[0-9]{1,6}" in UTF-8 mode).
+  EXPECT_FALSE(Regex("é", true).Search("\xff\xfe"));
+  EXPECT_TRUE(Regex("é", true).FullMatch("é"));
+  EXPECT_TRUE(Regex("[^a]", true).FullMatch("é"));  // one character
+  EXPECT_FALSE(Regex("[^a]").FullMatch("é"));       // two bytes
+  for (bool utf8 : {false, true}) {
+    EXPECT_FALSE(Regex("[0-9]{1,6}", utf8)
+                     .FullMatch("\xff\xff\xff\xff"
+                                "2"))
+        << utf8;
+    EXPECT_FALSE(Regex("[0-9]{1,6}", utf8).FullMatch("2\xff")) << utf8;
+    EXPECT_TRUE(Regex("[0-9]{1,6}", utf8).FullMatch("123456")) << utf8;
+  }
 }
 
 TEST(UtilThreads, EveryWorkerRunsOnceAndTheCallerIsOne) {

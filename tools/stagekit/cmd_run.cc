@@ -163,30 +163,26 @@ Status Run(const RunCommand& cmd) {
   // Every run that started leaves a record, failed and interrupted ones too.
   const double wall =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - cost.steady).count();
-  Json node_seconds = Json::object();
-  for (const auto& [type, count] : cost.nodes) node_seconds[type] = wall * count;
-  std::string unpriced;
-  auto rate = operate::BurnRate(cost.nodes, *prices, &unpriced);
-  Json caps = Json::object();
+  operate::CostRecord record;
+  record.command = "run";
+  record.pipeline = cost.pipeline;
+  record.executor = cost.executor;
+  record.start = util::IsoTime(cost.start);
+  record.end = util::IsoTime(std::chrono::system_clock::now());
+  record.wall_s = wall;
+  record.outcome = status.ok() ? std::string("succeeded") : std::string(CodeName(status.code()));
+  record.exit_code = static_cast<int>(status.code());
+  record.node_types = cost.nodes;
   for (const auto& [type, count] : cost.nodes) {
+    record.node_seconds[type] = wall * count;
     auto it = prices->spot_cap.find(type);
-    if (it != prices->spot_cap.end() && it->second) caps[type] = prices->usd_per_hour.at(type);
+    if (it != prices->spot_cap.end() && it->second) {
+      record.spot_price_caps[type] = prices->usd_per_hour.at(type);
+    }
   }
-  Json record = {
-      {"command", "run"},
-      {"pipeline", cost.pipeline},
-      {"executor", cost.executor},
-      {"start", util::IsoTime(cost.start)},
-      {"end", util::IsoTime(std::chrono::system_clock::now())},
-      {"wall_s", wall},
-      {"outcome", status.ok() ? std::string("succeeded") : std::string(CodeName(status.code()))},
-      {"exit_code", static_cast<int>(status.code())},
-      {"node_types", cost.nodes},
-      {"node_seconds", node_seconds},
-      {"spot_price_caps", caps},
-      {"estimated_usd", rate ? Json(*rate * wall / 3600) : Json()}};
-  if (!rate) record["unpriced_node_type"] = unpriced;
-  if (cmd.budget >= 0) record["budget_usd"] = cmd.budget;
+  auto rate = operate::BurnRate(cost.nodes, *prices, &record.unpriced_node_type);
+  if (rate) record.estimated_usd = *rate * wall / 3600;
+  if (cmd.budget >= 0) record.budget_usd = cmd.budget;
   if (Status s = operate::AppendCostRecord(cmd.cost.Log(), record); !s.ok()) {
     std::cerr << "stagekit: warning: " << s.message() << "\n";
   }

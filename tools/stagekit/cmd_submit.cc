@@ -348,7 +348,7 @@ Status AwaitJob(const SubmitCommand& cmd, deploy::JobsClient& client, const std:
   return outcome;
 }
 
-Status SubmitInner(const SubmitCommand& cmd, Json& record) {
+Status SubmitInner(const SubmitCommand& cmd, operate::CostRecord& record) {
   const auto start = Clock::now();
   // Everything that can be refused locally is refused before any upload.
   const Result<EntrypointChecks> checks = CheckLocally(cmd);
@@ -358,7 +358,7 @@ Status SubmitInner(const SubmitCommand& cmd, Json& record) {
   if (plan->pipeline.empty()) {
     return Status(Code::kUsage, cmd.pipeline + " is a folder; submit a pipeline file");
   }
-  record["pipeline"] = plan->name;
+  record.pipeline = plan->name;
   for (const std::string& w : plan->warnings) std::cerr << "stagekit: warning: " << w << "\n";
   auto client = ConnectChecked(cmd);
   if (!client.ok()) return client.status();
@@ -370,9 +370,9 @@ Status SubmitInner(const SubmitCommand& cmd, Json& record) {
   const std::string entrypoint = Entrypoint(cmd, *plan, id);
   auto submitted = (*client)->Submit(JobRequest(cmd, *plan, id, entrypoint, *checks));
   if (!submitted.ok()) return submitted.status();
-  record["submission_id"] = *submitted;
-  record["address"] = (*client)->address();
-  record["package"] = plan->package;
+  record.submission_id = *submitted;
+  record.address = (*client)->address();
+  record.package = plan->package;
 
   Json summary = {{"submission_id", *submitted},
                   {"address", (*client)->address()},
@@ -388,16 +388,17 @@ Status SubmitInner(const SubmitCommand& cmd, Json& record) {
 Status Submit(const SubmitCommand& cmd) {
   const auto start = std::chrono::system_clock::now();
   const auto steady = Clock::now();
-  Json record = {{"command", "submit"}, {"executor", "ray job (" + cmd.executor + ")"}};
+  operate::CostRecord record;
+  record.command = "submit";
+  record.executor = "ray job (" + cmd.executor + ")";
   Status status = SubmitInner(cmd, record);
-  if (!record.contains("submission_id")) return status;  // nothing reached the cluster
-  record["start"] = util::IsoTime(start);
-  record["end"] = util::IsoTime(std::chrono::system_clock::now());
-  record["wall_s"] = std::chrono::duration<double>(Clock::now() - steady).count();
-  record["outcome"] = status.ok() ? (cmd.no_wait ? "submitted" : "succeeded")
-                                  : std::string(CodeName(status.code()));
-  record["exit_code"] = static_cast<int>(status.code());
-  record["estimated_usd"] = nullptr;
+  if (record.submission_id.empty()) return status;  // nothing reached the cluster
+  record.start = util::IsoTime(start);
+  record.end = util::IsoTime(std::chrono::system_clock::now());
+  record.wall_s = std::chrono::duration<double>(Clock::now() - steady).count();
+  record.outcome = status.ok() ? (cmd.no_wait ? "submitted" : "succeeded")
+                               : std::string(CodeName(status.code()));
+  record.exit_code = static_cast<int>(status.code());
   if (Status s = operate::AppendCostRecord(cmd.cost.Log(), record); !s.ok()) {
     std::cerr << "stagekit: warning: " << s.message() << "\n";
   }
