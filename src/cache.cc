@@ -55,11 +55,6 @@ std::string ShortDigest(const std::string& digest) {
 
 std::string Quote(const std::string& s) { return "'" + s + "'"; }
 
-// nullopt when the file does not exist; kInputError on other errors.
-Result<std::optional<std::string>> ReadSmallFile(const fs::path& path) {
-  return util::ReadFileIfExists(path);
-}
-
 struct Copied {
   std::string digest;  // "sha256:<hex>"
   std::uint64_t size = 0;
@@ -418,7 +413,7 @@ struct DiskCache::Impl {
   // warning.
   std::optional<Entry> ReadEntry(const std::string& key, const std::string& instance) {
     const fs::path path = EntryPath(key);
-    auto text = ReadSmallFile(path);
+    auto text = util::ReadFileIfExists(path);
     if (!text.ok()) {
       Warn(text.status().message() + "; treating stage " + Quote(instance) + " as not cached");
       return std::nullopt;
@@ -475,7 +470,7 @@ struct DiskCache::Impl {
     CacheKeyParts parts;
   };
   std::optional<Pointer> ReadPointer(const std::string& instance) {
-    auto text = ReadSmallFile(PointerPath(instance));
+    auto text = util::ReadFileIfExists(PointerPath(instance));
     if (!text.ok() || !text->has_value()) return std::nullopt;
     try {
       Json j = Json::parse(**text);
@@ -915,7 +910,7 @@ CacheListing ListCache(const fs::path& dir) {
     e.path = p;
     std::error_code ec;
     e.size = fs::file_size(p, ec);
-    auto text = ReadSmallFile(p);
+    auto text = util::ReadFileIfExists(p);
     try {
       if (text.ok() && text->has_value()) {
         Json j = Json::parse(**text);

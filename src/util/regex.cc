@@ -7,6 +7,10 @@
 
 namespace stagekit::util {
 
+namespace {
+constexpr uint32_t kSharedPairs = 16;  // whole match + 15 groups
+}  // namespace
+
 struct Regex::Compiled {
   pcre2_code* code = nullptr;
   ~Compiled() { pcre2_code_free(code); }
@@ -40,13 +44,22 @@ Regex::Regex(std::string_view pattern, bool utf8) {
 
 bool Regex::Match(std::string_view text, std::size_t start, bool whole,
                   std::vector<std::string>* groups, std::size_t* end) const {
-  std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> data(
-      pcre2_match_data_create_from_pattern(code_->code, nullptr), &pcre2_match_data_free);
-  if (!data) throw std::bad_alloc();
+  // One match block per thread, reused (a package walk matches every path
+  // against every pattern); a pattern with more groups than it holds gets
+  // one of its own.
+  using Data = std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)>;
+  static thread_local Data shared(pcre2_match_data_create(kSharedPairs, nullptr),
+                                  &pcre2_match_data_free);
+  uint32_t captures = 0;
+  pcre2_pattern_info(code_->code, PCRE2_INFO_CAPTURECOUNT, &captures);
+  Data own(nullptr, &pcre2_match_data_free);
+  if (captures + 1 > kSharedPairs) own.reset(pcre2_match_data_create(captures + 1, nullptr));
+  pcre2_match_data* data = own ? own.get() : shared.get();
+  if (data == nullptr) throw std::bad_alloc();
   const uint32_t options = whole ? PCRE2_ANCHORED | PCRE2_ENDANCHORED : 0;
   auto match = [&](uint32_t more) {
     return pcre2_match(code_->code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), start,
-                       options | more, data.get(), nullptr);
+                       options | more, data, nullptr);
   };
   int rc = match(0);
   // The JIT's stack is small; the interpreter keeps its backtracking on the heap.
@@ -58,16 +71,14 @@ bool Regex::Match(std::string_view text, std::size_t start, bool whole,
     throw std::runtime_error("regular expression on " + std::to_string(text.size()) +
                              " bytes of text: " + reinterpret_cast<const char*>(message));
   }
-  const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data.get());
+  const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(data);
   // In UTF-8 mode PCRE2 starts an anchored match after invalid bytes at the
   // start ("\xff2" matched "[0-9]"): a whole match must span the whole text.
   if (whole && (ov[0] != start || ov[1] != text.size())) return false;
   if (end != nullptr) *end = ov[1];
   if (groups != nullptr) {
-    uint32_t n = 0;
-    pcre2_pattern_info(code_->code, PCRE2_INFO_CAPTURECOUNT, &n);
-    groups->assign(n + 1, std::string());
-    for (uint32_t i = 0; i <= n && i < pcre2_get_ovector_count(data.get()); ++i) {
+    groups->assign(captures + 1, std::string());
+    for (uint32_t i = 0; i <= captures; ++i) {
       if (ov[2 * i] != PCRE2_UNSET)
         (*groups)[i] = text.substr(ov[2 * i], ov[2 * i + 1] - ov[2 * i]);
     }
