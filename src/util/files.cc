@@ -272,9 +272,9 @@ bool IsWithin(const fs::path& path, const fs::path& dir) {
 }
 
 fs::path SiblingPath(const fs::path& target, const char* tag) {
-  std::random_device rd;
   char suffix[48];
-  std::snprintf(suffix, sizeof suffix, ".%s-%d-%08x", tag, static_cast<int>(::getpid()), rd());
+  std::snprintf(suffix, sizeof suffix, ".%s-%d-%08x", tag, static_cast<int>(::getpid()),
+                static_cast<unsigned>(RandomBits()));
   fs::path base = target;
   if (base.filename().empty()) base = base.parent_path();  // "dir/"
   return base.parent_path() / ("." + base.filename().string() + suffix);
