@@ -135,32 +135,14 @@ using stagekit_ray::Blob;
 using stagekit_ray::Bytes;
 using stagekit_ray::FrameHeadArg;
 
-// Exit codes, mirrored from stagekit::Code (status.h).
-constexpr int kStageFailed = 1;
-constexpr int kInputError = 5;
-constexpr int kOutputError = 7;
-constexpr int kTimeout = 8;
-constexpr int kInternal = 70;
-constexpr int kInterrupted = 130;
 constexpr std::size_t kMaxInputs = 48;
 // The most one object can hold: msgpack writes a bin's length in 32 bits.
 constexpr std::uint64_t kMaxObjectBytes = 0xffffffffull;
 
+// The wire name of a code (stagekit/c_api.h): the bridge only reports library codes.
 const char* CodeName(int code) {
-  switch (code) {
-    case kStageFailed:
-      return "stage_failed";
-    case kInputError:
-      return "input_error";
-    case kOutputError:
-      return "output_error";
-    case kTimeout:
-      return "timeout";
-    case kInterrupted:
-      return "interrupted";
-    default:
-      return "internal";
-  }
+  const char* name = stagekit_code_name(code);
+  return name != nullptr ? name : "internal";
 }
 
 json ErrorJson(int code, const std::string& message) {
@@ -169,7 +151,7 @@ json ErrorJson(int code, const std::string& message) {
 
 int Emit(const std::string& text, int rc, char** out, std::size_t* out_len) {
   *out = static_cast<char*>(std::malloc(text.size() + 1));
-  if (*out == nullptr) return kInternal;
+  if (*out == nullptr) return STAGEKIT_INTERNAL;
   std::memcpy(*out, text.data(), text.size());
   (*out)[text.size()] = '\0';
   *out_len = text.size();
@@ -377,11 +359,11 @@ Bytes ResultFrame(int rc, const std::string& status, const std::string& output) 
   struct stat st {};
   if (::stat(output.c_str(), &st) == 0 &&
       frame.size() + static_cast<std::uint64_t>(st.st_size) > kMaxObjectBytes) {
-    return ErrorFrame(kOutputError, "the output is " + std::to_string(st.st_size) +
-                                        " bytes; a Ray object carries at most 4 GiB - 1 "
-                                        "(msgpack's limit in Ray's C++ API): split the "
-                                        "stage's output (on Ray node " +
-                                        NodeName() + ")");
+    return ErrorFrame(STAGEKIT_OUTPUT_ERROR, "the output is " + std::to_string(st.st_size) +
+                                                 " bytes; a Ray object carries at most 4 GiB - 1 "
+                                                 "(msgpack's limit in Ray's C++ API): split the "
+                                                 "stage's output (on Ray node " +
+                                                 NodeName() + ")");
   }
   if (!ReadFileInto(output, frame, frame.size())) {
     throw std::runtime_error("cannot read back the output: " + std::string(std::strerror(errno)));
@@ -400,8 +382,8 @@ Blob RunImpl(const std::string& payload, const std::vector<const Blob*>& inputs)
     for (const Blob* input : inputs) input_bytes += input->size();
     std::string tmpl = ScratchRoot(input_bytes) + "/stagekit-task-XXXXXX";
     if (::mkdtemp(tmpl.data()) == nullptr) {
-      return Blob(ErrorFrame(kInternal, "cannot create a scratch directory on " + NodeName() +
-                                            ": " + std::strerror(errno)));
+      return Blob(ErrorFrame(STAGEKIT_INTERNAL, "cannot create a scratch directory on " +
+                                                    NodeName() + ": " + std::strerror(errno)));
     }
     scratch = tmpl;
     json request = p.at("request");
@@ -425,7 +407,8 @@ Blob RunImpl(const std::string& payload, const std::vector<const Blob*>& inputs)
     return Blob(std::move(frame));
   } catch (const std::exception& e) {
     if (!scratch.empty()) ::nftw(scratch.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
-    return Blob(ErrorFrame(kInternal, std::string("ray task on ") + NodeName() + ": " + e.what()));
+    return Blob(
+        ErrorFrame(STAGEKIT_INTERNAL, std::string("ray task on ") + NodeName() + ": " + e.what()));
   }
 }
 
@@ -534,7 +517,8 @@ Blob UploadOutput(std::string spec, Blob frame) {
     const json p = json::parse(spec);
     const std::string uri = p.at("uri").get<std::string>();
     const std::size_t header = FrameHeaderSize(frame);
-    if (header == 0) return Blob(ErrorFrame(kInternal, "the result to upload is not a stage's"));
+    if (header == 0)
+      return Blob(ErrorFrame(STAGEKIT_INTERNAL, "the result to upload is not a stage's"));
     const std::size_t size = frame.size() - header;
     std::string tmpl = ScratchRoot(size) + "/stagekit-upload-XXXXXX";
     if (::mkdtemp(tmpl.data()) == nullptr)
@@ -591,15 +575,17 @@ Blob UploadOutput(std::string spec, Blob frame) {
     if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
       const std::string how = WIFEXITED(wstatus) ? "exit " + std::to_string(WEXITSTATUS(wstatus))
                                                  : "signal " + std::to_string(WTERMSIG(wstatus));
-      return Blob(ErrorFrame(kOutputError, "`aws s3 cp` to " + uri + " failed on Ray node " +
-                                               NodeName() + " (" + how + "): " + said));
+      return Blob(ErrorFrame(STAGEKIT_OUTPUT_ERROR, "`aws s3 cp` to " + uri +
+                                                        " failed on Ray node " + NodeName() + " (" +
+                                                        how + "): " + said));
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return Blob(Frame(json{{"node", NodeName()}, {"seconds", seconds}}.dump(), nullptr));
   } catch (const std::exception& e) {
     if (!scratch.empty()) ::nftw(scratch.c_str(), RemoveEntry, 16, FTW_DEPTH | FTW_PHYS);
-    return Blob(ErrorFrame(kOutputError, "uploading on Ray node " + NodeName() + ": " + e.what()));
+    return Blob(
+        ErrorFrame(STAGEKIT_OUTPUT_ERROR, "uploading on Ray node " + NodeName() + ": " + e.what()));
   }
 }
 
@@ -752,6 +738,10 @@ struct stagekit_ray_bridge {
   std::condition_variable loop_cv, fetch_cv;
   std::deque<std::unique_ptr<StageRun>> submitted, to_fetch;
   std::atomic<bool> closing{false};
+  // The driver's cancellation (stagekit_ray_bridge_set_cancel); none: never.
+  int (*cancelled)(const void*) = nullptr;
+  const void* cancel_ctx = nullptr;
+  bool Cancelled() const { return cancelled != nullptr && cancelled(cancel_ctx) != 0; }
   std::thread loop;
   std::vector<std::thread> fetchers;
   // Finished stages: for stagekit_ray_bridge_wait, and for synchronous runs
@@ -1026,7 +1016,7 @@ bool GetPatiently(stagekit_ray_bridge* h, const ray::ObjectRef<Blob>& ref,
       value = ray::Get(ref, 100);
       return true;
     } catch (const ray::internal::RayTimeoutException&) {
-      if (stagekit_interrupted() != 0 || h->closing.load()) {
+      if (h->Cancelled() || h->closing.load()) {
         interrupted = true;
         failure = "interrupted";
         return false;
@@ -1051,7 +1041,7 @@ int FetchInWindows(stagekit_ray_bridge* h, const ray::ObjectRef<Blob>& result,
   stagekit_output* file = stagekit_output_begin(output.c_str(), &reply, &reply_len);
   if (file == nullptr) {
     error = ErrorMessage(reply, reply_len);
-    return kOutputError;
+    return STAGEKIT_OUTPUT_ERROR;
   }
   auto creator = ray::Actor(&StagekitOutputReader::FactoryCreate);
   creator.SetResources({{"CPU", 0.01}});
@@ -1079,7 +1069,7 @@ int FetchInWindows(stagekit_ray_bridge* h, const ray::ObjectRef<Blob>& result,
       error =
           interrupted ? "interrupted while fetching the output" : "lost while fetching: " + failure;
       lost = !interrupted;
-      rc = interrupted ? kInterrupted : kStageFailed;
+      rc = interrupted ? STAGEKIT_INTERRUPTED : STAGEKIT_STAGE_FAILED;
       break;
     }
     in_flight.pop_front();
@@ -1087,12 +1077,12 @@ int FetchInWindows(stagekit_ray_bridge* h, const ray::ObjectRef<Blob>& result,
     if (chunk->empty() && got < size) {
       error = "the reader returned nothing at byte " + std::to_string(got);
       lost = true;
-      rc = kStageFailed;
+      rc = STAGEKIT_STAGE_FAILED;
       break;
     }
     if (stagekit_output_append(file, chunk->data(), chunk->size(), &reply, &reply_len) != 0) {
       error = ErrorMessage(reply, reply_len);
-      rc = kOutputError;
+      rc = STAGEKIT_OUTPUT_ERROR;
       break;
     }
     got += chunk->size();
@@ -1111,7 +1101,7 @@ int FetchInWindows(stagekit_ray_bridge* h, const ray::ObjectRef<Blob>& result,
   if (stagekit_output_commit(file, digest.c_str(), &reply, &reply_len) != 0) {
     error = ErrorMessage(reply, reply_len);
     lost = error.find("arrived as") != std::string::npos;  // corrupted on the way: run again
-    return kOutputError;
+    return STAGEKIT_OUTPUT_ERROR;
   }
   stagekit_free(reply);
   return 0;
@@ -1128,7 +1118,7 @@ int FetchWhole(stagekit_ray_bridge* h, const ray::ObjectRef<Blob>& result,
   if (!GetPatiently(h, result, whole, failure, interrupted)) {
     lost = !interrupted;
     error = interrupted ? "interrupted while its output was fetched" : failure;
-    return interrupted ? kInterrupted : kStageFailed;
+    return interrupted ? STAGEKIT_INTERRUPTED : STAGEKIT_STAGE_FAILED;
   }
   const std::size_t header = FrameHeaderSize(*whole);
   const char* data = whole->data() + header;
@@ -1138,7 +1128,7 @@ int FetchWhole(stagekit_ray_bridge* h, const ray::ObjectRef<Blob>& result,
   if (header == 0 || digest != std::string("sha256:") + hex) {
     error = "the output bytes arrived corrupted (digest mismatch)";
     lost = true;
-    return kStageFailed;
+    return STAGEKIT_STAGE_FAILED;
   }
   if (int rc = WriteOutputAtomically(output, data, size, error); rc != 0) return rc;
   h->bytes_fetched += size;
@@ -1252,7 +1242,7 @@ void Retry(stagekit_ray_bridge* h, StageRun& run, std::string failure) {
         "shipped with `stagekit submit`: the same Ray temp dir on every node, e.g. the default "
         "/tmp/ray)";
   }
-  FinishError(h, run, kStageFailed,
+  FinishError(h, run, STAGEKIT_STAGE_FAILED,
               run.label + " failed on Ray after " + std::to_string(run.max_attempts) +
                   " attempts: " + run.last_failure + hint);
   run.phase = StageRun::Phase::kDone;
@@ -1403,7 +1393,7 @@ void StartAttempt(stagekit_ray_bridge* h, StageRun& run) {
   if (!GatherInputs(h, run, input_error)) {
     if (run.actor) ReleaseActor(h, run.warm_key, *run.actor);
     run.actor.reset();
-    FinishError(h, run, kInputError, input_error);
+    FinishError(h, run, STAGEKIT_INPUT_ERROR, input_error);
     run.phase = StageRun::Phase::kDone;
     return;
   }
@@ -1555,7 +1545,7 @@ void OnReady(stagekit_ray_bridge* h, StageRun& run) {
       }
       if (run.actor) DiscardActor(h, *run.actor);
       run.actor.reset();
-      FinishError(h, run, kInternal,
+      FinishError(h, run, STAGEKIT_INTERNAL,
                   run.label + ": the Ray task failed outside the stage: " + e.what() +
                       " (is libstagekit_ray.so loadable on every node?)");
       run.phase = StageRun::Phase::kDone;
@@ -1589,7 +1579,7 @@ void OnReady(stagekit_ray_bridge* h, StageRun& run) {
   }
   if (status.contains("error")) {
     // The stage's own failure: never retried. Its code is in the JSON.
-    Finish(h, run, kStageFailed, std::move(status));
+    Finish(h, run, STAGEKIT_STAGE_FAILED, std::move(status));
     run.phase = StageRun::Phase::kDone;
     return;
   }
@@ -1617,7 +1607,7 @@ void FetchLoop(stagekit_ray_bridge* h) {
     const std::string digest = run->status.value("output_digest", "");
     std::string error;
     bool lost = false;
-    int rc = kInternal;
+    int rc = STAGEKIT_INTERNAL;
     try {
       rc = size > run->window
                ? FetchInWindows(h, run->result, run->output, size, run->window, digest, error, lost)
@@ -1650,7 +1640,7 @@ void Guarded(stagekit_ray_bridge* h, StageRun& run, void (*step)(stagekit_ray_br
   } catch (const std::exception& e) {
     if (run.actor) ReleaseActor(h, run.warm_key, *run.actor);
     run.actor.reset();
-    FinishError(h, run, kInternal, run.label + ": the ray executor failed: " + e.what());
+    FinishError(h, run, STAGEKIT_INTERNAL, run.label + ": the ray executor failed: " + e.what());
     run.phase = StageRun::Phase::kDone;
   }
 }
@@ -1674,7 +1664,7 @@ bool TakeSubmitted(stagekit_ray_bridge* h, std::vector<std::unique_ptr<StageRun>
 // Ends what was interrupted or ran past its time, and starts the attempts
 // that are due; true when a stage still waits for an actor or a retry.
 bool StopOrStart(stagekit_ray_bridge* h, std::vector<std::unique_ptr<StageRun>>& runs) {
-  const bool interrupted = stagekit_interrupted() != 0;
+  const bool interrupted = h->Cancelled();
   const auto now = Clock::now();
   bool waiting = false;
   for (auto& run : runs) {
@@ -1685,24 +1675,25 @@ bool StopOrStart(stagekit_ray_bridge* h, std::vector<std::unique_ptr<StageRun>>&
     if (interrupted) {
       if (run->actor) DiscardActor(h, *run->actor);
       run->actor.reset();
-      FinishError(h, *run, kInterrupted, run->label + " was interrupted while running on Ray");
+      FinishError(h, *run, STAGEKIT_INTERRUPTED,
+                  run->label + " was interrupted while running on Ray");
       run->phase = StageRun::Phase::kDone;
     } else if (late && run->actor) {
       // Unlike a task, an actor can be stopped: kill it (a new one replaces it).
       DiscardActor(h, *run->actor);
       run->actor.reset();
-      FinishError(h, *run, kTimeout,
+      FinishError(h, *run, STAGEKIT_TIMEOUT,
                   run->label + " timed out after " + std::to_string(run->timeout_ms) +
                       "ms on Ray; its warm actor was killed and will be replaced");
       run->phase = StageRun::Phase::kDone;
     } else if (late && run->phase == StageRun::Phase::kStarting) {
-      FinishError(h, *run, kTimeout,
+      FinishError(h, *run, STAGEKIT_TIMEOUT,
                   run->label + " timed out after " + std::to_string(run->timeout_ms) +
                       "ms on Ray while waiting to be tried again (attempt " +
                       std::to_string(run->attempt) + " failed: " + run->last_failure + ")");
       run->phase = StageRun::Phase::kDone;
     } else if (late) {
-      FinishError(h, *run, kTimeout,
+      FinishError(h, *run, STAGEKIT_TIMEOUT,
                   run->label + " timed out after " + std::to_string(run->timeout_ms) +
                       "ms on Ray (the C++ API cannot cancel the task; it runs until it ends "
                       "or its cluster stops)");
@@ -1799,10 +1790,10 @@ void Submit(stagekit_ray_bridge* h, std::unique_ptr<StageRun> run) {
 json Refuse(const json& request) {
   const json& inputs = request.at("inputs");
   if (inputs.size() > kMaxInputs) {
-    return ErrorJson(kInputError, Label(request) + " has " + std::to_string(inputs.size()) +
-                                      " inputs; the ray executor passes at most " +
-                                      std::to_string(kMaxInputs) +
-                                      " per stage: merge inputs in an intermediate stage");
+    return ErrorJson(STAGEKIT_INPUT_ERROR,
+                     Label(request) + " has " + std::to_string(inputs.size()) +
+                         " inputs; the ray executor passes at most " + std::to_string(kMaxInputs) +
+                         " per stage: merge inputs in an intermediate stage");
   }
   return nullptr;
 }
@@ -1824,7 +1815,8 @@ int stagekit_ray_bridge_open(const char* config, size_t config_len, stagekit_ray
     *handle = new stagekit_ray_bridge();
     return Emit("{}", 0, out, out_len);
   } catch (const std::exception& e) {
-    return EmitError(kInternal, std::string("cannot connect to Ray: ") + e.what(), out, out_len);
+    return EmitError(STAGEKIT_INTERNAL, std::string("cannot connect to Ray: ") + e.what(), out,
+                     out_len);
   }
 }
 
@@ -1834,7 +1826,8 @@ int stagekit_ray_bridge_submit(stagekit_ray_bridge* h, uint64_t ticket, const ch
     json req = json::parse(std::string(request, request_len));
     if (json refused = Refuse(req); !refused.is_null()) {
       std::lock_guard<std::mutex> lock(h->done_mu);
-      h->done_any.push_back(Completion(ticket, kInputError, refused));  // Refuse: input errors only
+      h->done_any.push_back(
+          Completion(ticket, STAGEKIT_INPUT_ERROR, refused));  // Refuse: input errors only
       h->done_cv.notify_all();
       return 0;
     }
@@ -1842,8 +1835,9 @@ int stagekit_ray_bridge_submit(stagekit_ray_bridge* h, uint64_t ticket, const ch
     return 0;
   } catch (const std::exception& e) {
     std::lock_guard<std::mutex> lock(h->done_mu);
-    h->done_any.push_back(Completion(
-        ticket, kInternal, ErrorJson(kInternal, std::string("ray executor: ") + e.what())));
+    h->done_any.push_back(
+        Completion(ticket, STAGEKIT_INTERNAL,
+                   ErrorJson(STAGEKIT_INTERNAL, std::string("ray executor: ") + e.what())));
     h->done_cv.notify_all();
     return 0;
   }
@@ -1868,7 +1862,7 @@ int stagekit_ray_bridge_run(stagekit_ray_bridge* h, const char* request, size_t 
   try {
     json req = json::parse(std::string(request, request_len));
     if (json refused = Refuse(req); !refused.is_null()) {
-      return Emit(refused.dump(), kInputError, out, out_len);
+      return Emit(refused.dump(), STAGEKIT_INPUT_ERROR, out, out_len);
     }
     const std::uint64_t ticket = h->next_sync_ticket++;
     Submit(h, NewRun(ticket, true, std::move(req), json::parse(std::string(task, task_len))));
@@ -1879,7 +1873,7 @@ int stagekit_ray_bridge_run(stagekit_ray_bridge* h, const char* request, size_t 
     lock.unlock();
     return Emit(done["reply"].dump(), done["rc"].get<int>(), out, out_len);
   } catch (const std::exception& e) {
-    return EmitError(kInternal, std::string("ray executor: ") + e.what(), out, out_len);
+    return EmitError(STAGEKIT_INTERNAL, std::string("ray executor: ") + e.what(), out, out_len);
   }
 }
 
@@ -1909,6 +1903,13 @@ int stagekit_ray_bridge_stats(stagekit_ray_bridge* h, char** out, size_t* out_le
             {"inputs_by_reference", h->inputs_by_reference.load()},
             {"bytes_by_reference", h->bytes_by_reference.load()}};
   return Emit(s.dump(), 0, out, out_len);
+}
+
+void stagekit_ray_bridge_set_cancel(stagekit_ray_bridge* handle, int (*cancelled)(const void*),
+                                    const void* ctx) {
+  if (handle == nullptr) return;
+  handle->cancelled = cancelled;
+  handle->cancel_ctx = ctx;
 }
 
 void stagekit_ray_bridge_close(stagekit_ray_bridge* handle) {

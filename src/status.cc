@@ -1,44 +1,26 @@
 #include "stagekit/status.h"
 
 #include <array>
-#include <utility>
 
 namespace stagekit {
 namespace {
-constexpr std::array<std::pair<Code, std::string_view>, 20> kNames = {{
-    {Code::kOk, "ok"},
-    {Code::kStageFailed, "stage_failed"},
-    {Code::kUsage, "usage"},
-    {Code::kInvalidPipeline, "invalid_pipeline"},
-    {Code::kUnknownStage, "unknown_stage"},
-    {Code::kInputError, "input_error"},
-    {Code::kBadRequest, "bad_request"},
-    {Code::kOutputError, "output_error"},
-    {Code::kTimeout, "timeout"},
-    {Code::kLibraryError, "library_error"},
-    {Code::kParityMismatch, "parity_mismatch"},
-    {Code::kInfeasible, "infeasible"},
-    {Code::kRayUnavailable, "ray_unavailable"},
-    {Code::kTooLarge, "too_large"},
-    {Code::kSecretRefused, "secret_refused"},
-    {Code::kJobFailed, "job_failed"},
-    {Code::kBudgetExceeded, "budget_exceeded"},
-    {Code::kChecksFailed, "checks_failed"},
-    {Code::kInternal, "internal"},
-    {Code::kInterrupted, "interrupted"},
-}};
+// The library's codes, in order; their names come from stagekit_code_name().
+constexpr std::array<Code, 14> kLibraryCodes = {
+    Code::kOk,           Code::kStageFailed,  Code::kUsage,      Code::kInvalidPipeline,
+    Code::kUnknownStage, Code::kInputError,   Code::kBadRequest, Code::kOutputError,
+    Code::kTimeout,      Code::kLibraryError, Code::kInfeasible, Code::kRayUnavailable,
+    Code::kInternal,     Code::kInterrupted,
+};
 }  // namespace
 
 std::string_view CodeName(Code code) {
-  for (const auto& [c, name] : kNames) {
-    if (c == code) return name;
-  }
-  return "internal";
+  const char* name = stagekit_code_name(static_cast<int>(code));
+  return name != nullptr ? name : "internal";
 }
 
 Code CodeFromName(std::string_view name) {
-  for (const auto& [c, n] : kNames) {
-    if (n == name) return c;
+  for (Code c : kLibraryCodes) {
+    if (CodeName(c) == name) return c;
   }
   return Code::kInternal;
 }

@@ -1,7 +1,7 @@
-// What libstagekit exports: the public API, marked STAGEKIT_API, and nothing
-// else. The library is built with hidden visibility (CMakeLists.txt), so a
-// declaration without the mark is internal to it, and the helpers it links
-// statically (src/util) are not exported either.
+/* What libstagekit exports: the public API, marked STAGEKIT_API, and nothing
+ * else. The library is built with hidden visibility (CMakeLists.txt), so a
+ * declaration without the mark is internal to it, and the helpers it links
+ * statically (src/util) are not exported either. C as well as C++ (c_api.h). */
 #ifndef STAGEKIT_EXPORT_H_
 #define STAGEKIT_EXPORT_H_
 
@@ -11,4 +11,4 @@
 #define STAGEKIT_API __attribute__((visibility("default")))
 #endif
 
-#endif  // STAGEKIT_EXPORT_H_
+#endif /* STAGEKIT_EXPORT_H_ */

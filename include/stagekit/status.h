@@ -12,36 +12,38 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include "stagekit/c_api.h"
 #include "stagekit/export.h"
 
 namespace stagekit {
 
+// The codes the library reports; their values are the C API's (c_api.h). The
+// command line's own outcomes (10 and 13 to 18: parity mismatch, package too
+// large, ...) are not library codes: they live in its outcome table
+// (src/util/outcome.h), and a Status carries one as Code{13}. CodeName() names
+// only the codes below.
 enum class Code : int {
-  kOk = 0,
-  kStageFailed = 1,      // the stage threw, wrote no output, or its process died
-  kUsage = 2,            // bad command line
-  kInvalidPipeline = 3,  // malformed pipeline file, cycle, duplicate names
-  kUnknownStage = 4,     // no registered stage has that name
-  kInputError = 5,       // an input file is missing or unreadable
-  kBadRequest = 6,       // a malformed request (JSON) reached the entry point
-  kOutputError = 7,      // the output location cannot be written
-  kTimeout = 8,          // the stage ran past its timeout and was stopped
-  kLibraryError = 9,     // a stage library failed to load or registers duplicates
-  kParityMismatch = 10,  // executors produced different bytes
-  kInfeasible = 11,      // no node of the cluster can ever provide a stage's resources
-  kRayUnavailable = 12,  // Ray is not installed, or the cluster or its dashboard cannot be reached
-  kTooLarge = 13,        // a package is over its size cap
-  kSecretRefused = 14,   // a credential-looking value was about to be sent as an env var
-  kJobFailed = 15,       // a submitted job failed or was stopped
-  kBudgetExceeded = 16,  // --budget ran out: no more stages were launched
-  kChecksFailed = 17,    // doctor found errors; audit, a nondeterministic stage
-  kInternal = 70,        // a bug in stagekit itself
-  kInterrupted = 130,    // Ctrl-C / SIGTERM
+  kOk = STAGEKIT_OK,
+  kStageFailed = STAGEKIT_STAGE_FAILED,  // the stage threw, wrote no output, or its process died
+  kUsage = STAGEKIT_USAGE,               // bad command line
+  kInvalidPipeline = STAGEKIT_INVALID_PIPELINE,  // malformed pipeline file, cycle, duplicate names
+  kUnknownStage = STAGEKIT_UNKNOWN_STAGE,        // no registered stage has that name
+  kInputError = STAGEKIT_INPUT_ERROR,            // an input file is missing or unreadable
+  kBadRequest = STAGEKIT_BAD_REQUEST,      // a malformed request (JSON) reached the entry point
+  kOutputError = STAGEKIT_OUTPUT_ERROR,    // the output location cannot be written
+  kTimeout = STAGEKIT_TIMEOUT,             // the stage ran past its timeout and was stopped
+  kLibraryError = STAGEKIT_LIBRARY_ERROR,  // a stage library failed to load or registers duplicates
+  kInfeasible = STAGEKIT_INFEASIBLE,  // no node of the cluster can ever provide a stage's resources
+  kRayUnavailable = STAGEKIT_RAY_UNAVAILABLE,  // Ray is not installed, or the cluster or its
+                                               // dashboard cannot be reached
+  kInternal = STAGEKIT_INTERNAL,               // a bug in stagekit itself
+  kInterrupted = STAGEKIT_INTERRUPTED,         // Ctrl-C / SIGTERM / SIGHUP
 };
 
-// Stable lower_snake_case name of a code ("stage_failed"), used on the wire.
+// Stable lower_snake_case name of a library code ("stage_failed"), used on the
+// wire: stagekit_code_name(); "internal" for any other value.
 STAGEKIT_API std::string_view CodeName(Code code);
-// Inverse of CodeName; unknown names map to kInternal.
+// Inverse of CodeName; unknown names (a command line outcome's too) map to kInternal.
 STAGEKIT_API Code CodeFromName(std::string_view name);
 
 class [[nodiscard]] STAGEKIT_API Status {

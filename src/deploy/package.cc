@@ -21,6 +21,7 @@
 #include "util/digest.h"
 #include "util/fd.h"
 #include "util/files.h"
+#include "util/outcome.h"
 #include "util/text.h"
 #include "util/threads.h"
 
@@ -342,7 +343,7 @@ Status CheckSizeCap(const Tree& tree, std::uint64_t cap_bytes) {
                         ".gitignore/.rayignore) or raise the cap (--max-size)\n  largest files:" +
                         top(files);
   if (!folders.empty()) message += "\n  largest folders:" + top(folders);
-  return Status(Code::kTooLarge, message);
+  return Status(util::kTooLarge, message);
 }
 
 namespace {

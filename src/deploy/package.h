@@ -87,7 +87,7 @@ class Tree {
   bool root_excluded_ = false;
 };
 
-// kTooLarge when the files add up to more than `cap_bytes`, listing the
+// util::kTooLarge when the files add up to more than `cap_bytes`, listing the
 // largest files and folders.
 Status CheckSizeCap(const Tree& tree, std::uint64_t cap_bytes);
 

@@ -1,4 +1,5 @@
 #include "deploy/secrets.h"
+#include "util/outcome.h"
 #include "util/regex.h"
 
 #include <algorithm>
@@ -74,7 +75,7 @@ Status CheckEnvVars(const std::map<std::string, std::string>& env,
   for (const auto& [name, value] : env) {
     if (allowed.count(name) != 0) continue;
     if (auto why = LooksLikeCredential(name, value)) {
-      return Status(Code::kSecretRefused,
+      return Status(util::kSecretRefused,
                     "env var " + name + " looks like a credential (" + *why +
                         "); runtime_env env_vars are stored in the cluster's job table and shown "
                         "in the dashboard, so they are not a secret store. Give the cluster's "

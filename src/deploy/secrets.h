@@ -17,7 +17,7 @@ namespace stagekit::deploy {
 // value looks like an AWS access key id"), or nullopt. Never quotes the value.
 std::optional<std::string> LooksLikeCredential(const std::string& name, const std::string& value);
 
-// kSecretRefused for the first variable that looks like a credential and is
+// util::kSecretRefused for the first variable that looks like a credential and is
 // not in `allowed`, saying what to do instead.
 Status CheckEnvVars(const std::map<std::string, std::string>& env,
                     const std::set<std::string>& allowed);

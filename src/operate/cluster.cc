@@ -13,6 +13,7 @@
 #include "deploy/ship.h"
 #include "stagekit/executor.h"
 #include "util/files.h"
+#include "util/outcome.h"
 #include "util/process.h"
 #include "util/regex.h"
 #include "util/text.h"
@@ -707,7 +708,7 @@ Status RunTunnel(const TunnelOptions& options, std::ostream& log) {
   }
   log << TunnelEnvironment(options) << "# Ctrl-C closes both tunnels.\n";
   log.flush();
-  while (!Interrupted()) {
+  while (!util::Interrupted()) {
     for (std::size_t i = 0; i < pids.size(); ++i) {
       int rc = util::WaitFor(pids[i], std::chrono::milliseconds(0));
       if (rc != -1) {
@@ -733,7 +734,7 @@ Status ClusterDown(const DownOptions& o, std::ostream& log) {
     spec.argv = {o.ray};
     spec.argv.insert(spec.argv.end(), args.begin(), args.end());
     spec.timeout = std::chrono::minutes(15);
-    spec.cancelled = Interrupted;
+    spec.cancelled = util::Interrupted;
     return util::RunChild(spec);
   };
   auto failed = [&o](const std::string& what, const util::ChildResult& r) {
@@ -762,8 +763,8 @@ Status ClusterDown(const DownOptions& o, std::ostream& log) {
       if (kIp.FullMatch(line, &m)) up.push_back(m[1]);
     }
     if (up.empty()) break;
-    if (std::chrono::steady_clock::now() >= deadline || Interrupted()) {
-      return Status(Code::kStageFailed,
+    if (std::chrono::steady_clock::now() >= deadline || util::Interrupted()) {
+      return Status(util::kOperationFailed,
                     std::to_string(up.size()) + " worker" + (up.size() == 1 ? " is" : "s are") +
                         " still up (" + Join(up, ", ") +
                         "); not destroying the head while workers run: the autoscaler on it is "

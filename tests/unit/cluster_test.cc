@@ -369,7 +369,7 @@ TEST_F(ClusterDownTest, WorkersFirstThenTheHead) {
 TEST_F(ClusterDownTest, RefusesToDestroyTheHeadWhileWorkersAreUp) {
   WriteFile(dir_ / "sticky", "");
   CommandResult r = Down({"--yes", "--wait", "1s"});
-  EXPECT_EQ(r.exit_code, 1) << Show(r);
+  EXPECT_EQ(r.exit_code, 18) << Show(r);  // operation_failed
   EXPECT_NE(r.err.find("2 workers are still up (10.0.1.20, 10.0.1.21); not destroying the head"),
             std::string::npos)
       << Show(r);

@@ -19,6 +19,7 @@
 #include "deploy/package.h"
 #include "deploy/ship.h"
 #include "unit/test_util.h"
+#include "util/outcome.h"
 
 namespace stagekit::deploy {
 using namespace ::stagekit::util;  // NOLINT(google-build-using-namespace): helpers under test
@@ -537,7 +538,7 @@ TEST(PackageSizeCapTest, OverTheCapNamesTheLargestFileAndFolder) {
   ASSERT_TRUE(tree.AddContent("models/small.txt", "s", false, "r").ok());
   ASSERT_TRUE(tree.AddContent("code/main.py", std::string(100, 'c'), false, "r").ok());
   Status over = CheckSizeCap(tree, 1000);
-  ASSERT_EQ(over.code(), Code::kTooLarge) << over.message();
+  ASSERT_EQ(over.code(), util::kTooLarge) << over.message();
   const std::string& m = over.message();
   EXPECT_NE(m.find("models/weights.bin"), std::string::npos) << m;
   EXPECT_NE(m.find("models/"), std::string::npos) << m;
@@ -547,7 +548,7 @@ TEST(PackageSizeCapTest, OverTheCapNamesTheLargestFileAndFolder) {
   EXPECT_LT(m.find("models/weights.bin"), m.find("code/main.py")) << m;
 
   EXPECT_TRUE(CheckSizeCap(tree, 5101).ok());  // exactly at the cap
-  EXPECT_EQ(CheckSizeCap(tree, 5100).code(), Code::kTooLarge);
+  EXPECT_EQ(CheckSizeCap(tree, 5100).code(), util::kTooLarge);
   EXPECT_TRUE(CheckSizeCap(tree, 100 << 20).ok());
 }
 
@@ -917,7 +918,7 @@ TEST(ShipPlanTest, DirectoryModeUsesDefaultsAndTheCap) {
   options.max_bytes = 10;
   auto capped = PlanShip(options);
   ASSERT_FALSE(capped.ok());
-  EXPECT_EQ(capped.status().code(), Code::kTooLarge);
+  EXPECT_EQ(capped.status().code(), util::kTooLarge);
 }
 
 TEST(ShipCliTest, ExitCodesAndJson) {

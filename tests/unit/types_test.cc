@@ -133,8 +133,8 @@ TEST(ErrorJsonTest, RoundTripsCodeAndMessage) {
 TEST(CodeTest, NamesRoundTrip) {
   for (Code c : {Code::kOk, Code::kStageFailed, Code::kUsage, Code::kInvalidPipeline,
                  Code::kUnknownStage, Code::kInputError, Code::kBadRequest, Code::kOutputError,
-                 Code::kTimeout, Code::kLibraryError, Code::kParityMismatch, Code::kInfeasible,
-                 Code::kRayUnavailable, Code::kInternal, Code::kInterrupted}) {
+                 Code::kTimeout, Code::kLibraryError, Code::kInfeasible, Code::kRayUnavailable,
+                 Code::kInternal, Code::kInterrupted}) {
     EXPECT_EQ(CodeFromName(CodeName(c)), c);
   }
   EXPECT_EQ(CodeFromName("no such code"), Code::kInternal);

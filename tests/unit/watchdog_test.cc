@@ -590,5 +590,20 @@ TEST(WatchdogInstall, WritesTheUnitAndRejectsBadValues) {
             2);
 }
 
+TEST(WatchdogInstall, AFailingSystemctlIsAnOperationFailure) {
+  TempDir dir;
+  fs::create_directories(dir / "bin");
+  WriteFile(dir / "bin" / "systemctl",
+            "#!/bin/sh\necho 'System has not been booted' >&2\nexit 1\n");
+  ::chmod((dir / "bin" / "systemctl").c_str(), 0755);
+  CommandResult r =
+      RunCommand({"/usr/bin/env", "PATH=" + (dir / "bin").string() + ":/usr/bin:/bin", STAGEKIT_CLI,
+                  "watchdog", "install", "gpu-idle", "--for", "10m", "--then", "true", "--as",
+                  "systemd", "--unit-dir", dir.path().string(), "--name", "gpu_wd"});
+  EXPECT_EQ(r.exit_code, 18) << Show(r);  // operation_failed, not a stage's failure
+  EXPECT_TRUE(Has(r.err, "System has not been booted")) << Show(r);
+  EXPECT_TRUE(fs::exists(dir / "gpu_wd.service")) << "the unit stays written";
+}
+
 }  // namespace
 }  // namespace stagekit::operate

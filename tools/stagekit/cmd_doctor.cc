@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "operate/doctor.h"
+#include "util/outcome.h"
 
 extern char** environ;
 
@@ -61,7 +62,7 @@ Status Doctor(const DoctorCommand& cmd) {
               << warnings << " warning" << (warnings == 1 ? "" : "s") << "\n";
   }
   if (errors > 0) {
-    return Status(Code::kChecksFailed, std::to_string(errors) + " error" +
+    return Status(util::kChecksFailed, std::to_string(errors) + " error" +
                                            (errors == 1 ? "" : "s") +
                                            " found; fix them before launching (see above)");
   }

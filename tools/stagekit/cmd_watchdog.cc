@@ -14,6 +14,7 @@
 #include "deploy/jobs.h"
 #include "operate/watchdog.h"
 #include "stagekit/executor.h"
+#include "util/outcome.h"
 #include "util/process.h"
 
 namespace stagekit::cli {
@@ -393,13 +394,13 @@ Status ApplyPlan(const operate::InstallPlan& plan) {
     util::ChildSpec spec;
     spec.argv = cmd;
     spec.timeout = std::chrono::minutes(2);
-    spec.cancelled = Interrupted;
+    spec.cancelled = util::Interrupted;
     util::ChildResult r = util::RunChild(spec);
     std::string line;
     for (const std::string& a : cmd) line += (line.empty() ? "" : " ") + a;
     if (!r.spawn_status.ok() || !r.exited || r.exit_code != 0) {
       return Status(
-          Code::kStageFailed,
+          util::kOperationFailed,
           "`" + line + "` failed: " +
               (r.spawn_status.ok() ? util::Tail(r.err + r.out, 1000) : r.spawn_status.message()) +
               "\n  the unit is written; run it yourself once systemd is reachable");

@@ -9,20 +9,8 @@
 #include "stagekit/executor.h"
 #include "stagekit/runner.h"
 #include "stagekit/version.h"
-
-namespace {
-
-constexpr const char* kExitCodes = R"(Exit codes:
-  0 success              1 a stage failed           2 usage error
-  3 invalid pipeline     4 unknown stage            5 input missing or unreadable
-  6 malformed request    7 output not writable      8 stage timed out
-  9 stage library error  10 parity mismatch         11 resources infeasible on Ray
-  12 Ray or cluster unreachable                     13 package over its size cap
-  14 credential refused  15 submitted job failed    16 budget ran out
-  17 doctor found errors, or audit a nondeterministic stage
-  70 internal error      130 interrupted (SIGINT, SIGTERM or SIGHUP))";
-
-}  // namespace
+#include "util/outcome.h"
+#include "util/process.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"stagekit " STAGEKIT_VERSION
@@ -30,7 +18,7 @@ int main(int argc, char** argv) {
                "with byte-identical outputs."};
   app.set_version_flag("--version", STAGEKIT_VERSION);
   app.require_subcommand(1);
-  app.footer(kExitCodes);
+  app.footer(stagekit::util::ExitCodesHelp());
   stagekit::cli::Action action;
   stagekit::cli::SetRunCommand(app, action);
   stagekit::cli::SetParityCommand(app, action);
@@ -54,7 +42,7 @@ int main(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : static_cast<int>(stagekit::Code::kUsage);
   }
-  stagekit::InstallInterruptHandlers();
+  stagekit::InstallInterruptHandlers(stagekit::util::ProcessCancel());
   stagekit::Status status;
   try {
     status = action();
@@ -63,7 +51,7 @@ int main(int argc, char** argv) {
   }
   if (!status.ok()) {
     std::cerr << "stagekit: error: " << status.message() << "\n";
-    return static_cast<int>(status.code());
+    return stagekit::util::ExitCode(status);
   }
   return 0;
 }
