@@ -21,20 +21,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Field readers that tolerate summaries written by older releases: a missing
-// or mistyped field reads as the default.
+// Lookups in what an executor says about itself (RunRecord::executor_details),
+// which only the executor defines: a missing or mistyped field reads as the default.
 std::string Str(const Json& j, const char* key, const std::string& def = "") {
   if (!j.is_object()) return def;
   auto it = j.find(key);
   return it != j.end() && it->is_string() ? it->get<std::string>() : def;
-}
-double Num(const Json& j, const char* key, double def = 0) {
-  if (!j.is_object()) return def;
-  auto it = j.find(key);
-  return it != j.end() && it->is_number() ? it->get<double>() : def;
-}
-bool Has(const Json& j, const char* key) {
-  return j.is_object() && j.contains(key) && !j[key].is_null();
 }
 bool Bool(const Json& j, const char* key) {
   if (!j.is_object()) return false;
@@ -46,10 +38,6 @@ const Json& Obj(const Json& j, const char* key) {
   if (!j.is_object()) return kNull;
   auto it = j.find(key);
   return it != j.end() ? *it : kNull;
-}
-std::uint64_t UInt(const Json& j, const char* key) {
-  double v = Num(j, key, 0);
-  return v > 0 ? static_cast<std::uint64_t>(v) : 0;
 }
 
 std::string Format(const char* fmt, double v) {
@@ -94,36 +82,39 @@ struct StageView {
 
 const char* kCacheProcess = "cache hits";
 
-std::vector<StageView> Stages(const Json& run) {
+std::vector<StageView> Stages(const RunRecord& run) {
   std::vector<StageView> out;
-  const Json& stages = Obj(run, "stages");
-  if (!stages.is_array()) return out;
-  const std::string run_executor = Str(run, "executor");
-  for (const Json& s : stages) {
+  out.reserve(run.stages.size());
+  const std::string& run_executor = run.executor;
+  for (const StageRecord& s : run.stages) {
     StageView v;
-    v.name = Str(s, "name");
-    v.stage = Str(s, "stage");
-    v.state = Str(s, "state", "unknown");
-    v.cached = Bool(s, "cached");
-    v.started = Has(s, "start_s") && Obj(s, "start_s").is_number();
-    v.start = Num(s, "start_s", 0);
-    v.end = Has(s, "end_s") ? Num(s, "end_s", v.start) : v.start;
+    v.name = s.name;
+    v.stage = s.stage;
+    v.state = s.state;
+    v.cached = s.cached;
+    v.started = s.start_s.has_value();
+    v.start = s.start_s.value_or(0);
+    v.end = s.end_s.value_or(v.start);
     if (v.end < v.start) v.end = v.start;
-    v.slot = Has(s, "slot") ? static_cast<int>(Num(s, "slot", -1)) : -1;
-    const Json& st = Obj(s, "stats");
-    v.has_stats = st.is_object();
-    // Stages without stats: failed ones ran on the run's executor; others never ran.
-    v.executor = Str(st, "executor", v.state == "failed" ? run_executor : "");
-    v.host = Str(st, "host");
-    v.node = Str(st, "node");
-    v.digest = Str(st, "output_digest");
-    v.wall = Num(st, "wall_s", v.end - v.start);
-    v.attempt = static_cast<int>(Num(st, "attempt", 1));
-    v.bytes_in = UInt(st, "bytes_in");
-    v.bytes_out = UInt(st, "bytes_out");
-    v.metrics = Obj(st, "metrics");
-    const Json& err = Obj(s, "error");
-    v.error = err.is_object() ? Str(err, "message") : Str(s, "error");
+    v.slot = s.slot.value_or(-1);
+    v.has_stats = s.stats.has_value();
+    if (s.stats) {
+      const RunStats& st = *s.stats;
+      v.executor = st.executor;
+      v.host = st.host;
+      v.node = st.node;
+      v.digest = st.output_digest;
+      v.wall = st.wall_s;
+      v.attempt = st.attempt;
+      v.bytes_in = st.bytes_in;
+      v.bytes_out = st.bytes_out;
+      v.metrics = st.metrics;
+    } else {
+      // Stages without stats: failed ones ran on the run's executor; others never ran.
+      v.executor = v.state == "failed" ? run_executor : "";
+      v.wall = v.end - v.start;
+    }
+    if (s.error) v.error = s.error->message;
     out.push_back(std::move(v));
   }
   // Where each stage ran. Stages without stats (failed ones) ran on this
@@ -309,7 +300,7 @@ void AddStageEvents(const StageView& v, int pid, Json& events) {
 }
 
 // Adds a run's trace events: a process per node (or host), a thread per slot, a slice per stage.
-void AddRunEvents(const Json& run, const std::string& prefix, int& next_pid, Json& events) {
+void AddRunEvents(const RunRecord& run, const std::string& prefix, int& next_pid, Json& events) {
   const std::vector<StageView> stages = Stages(run);
   std::map<std::string, int> pids = AddProcesses(stages, prefix, next_pid, events);
   for (const StageView& v : stages) {
@@ -317,10 +308,13 @@ void AddRunEvents(const Json& run, const std::string& prefix, int& next_pid, Jso
   }
 }
 
-Json RunInfo(const Json& run) {
-  return {{"pipeline", Str(run, "pipeline")}, {"executor", Str(run, "executor")},
-          {"status", Str(run, "status")},     {"wall_s", Num(run, "wall_s")},
-          {"jobs", Num(run, "jobs")},         {"out_dir", Str(run, "out_dir")}};
+Json RunInfo(const RunRecord& run) {
+  return {{"pipeline", run.pipeline},
+          {"executor", run.executor},
+          {"status", run.status},
+          {"wall_s", run.wall_s},
+          {"jobs", static_cast<double>(run.jobs)},  // a number, as traces always had it
+          {"out_dir", run.out_dir}};
 }
 
 // ---- HTML -----------------------------------------------------------------
@@ -705,39 +699,32 @@ std::string StageTable(const std::vector<StageView>& stages, const std::string& 
   return t.str();
 }
 
-std::string CostSection(const Json& cost) {
+std::string CostSection(const CostEstimate& cost) {
   std::string h = "<section id=\"cost\"><h2>Cost</h2>\n<table class=\"kv\">\n";
-  const Json& nodes = Obj(cost, "node_types");
-  if (nodes.is_object()) {
-    std::string list;
-    for (const auto& [type, count] : nodes.items()) {
-      list += (list.empty() ? "" : ", ") + HtmlEscape(type) + " \xC3\x97 " +
-              (count.is_number() ? count.dump() : HtmlEscape(count.dump()));
-    }
-    h += KvRow("node types", list);
+  std::string list;
+  for (const auto& [type, count] : cost.node_types) {
+    list += (list.empty() ? "" : ", ") + HtmlEscape(type) + " \xC3\x97 " + std::to_string(count);
   }
-  if (Has(cost, "usd_per_hour"))
-    h += KvRow("price", Format("$%.4f per hour", Num(cost, "usd_per_hour")));
-  if (Has(cost, "wall_s")) h += KvRow("priced time", HtmlEscape(Seconds(Num(cost, "wall_s"))));
-  if (Has(cost, "estimated_usd")) {
-    h += KvRow("estimated cost", "<b>" + Format("$%.6f", Num(cost, "estimated_usd")) + "</b>");
-  }
-  if (Has(cost, "budget_usd")) h += KvRow("budget", Format("$%.2f", Num(cost, "budget_usd")));
+  h += KvRow("node types", list);
+  h += KvRow("price", Format("$%.4f per hour", cost.usd_per_hour));
+  h += KvRow("priced time", HtmlEscape(Seconds(cost.wall_s)));
+  h += KvRow("estimated cost", "<b>" + Format("$%.6f", cost.estimated_usd) + "</b>");
+  if (cost.budget_usd) h += KvRow("budget", Format("$%.2f", *cost.budget_usd));
   h += "</table>\n<p class=\"note\">Node prices times the run's wall time; spot workers are priced "
        "at their cap.</p></section>\n";
   return h;
 }
 
 // Summary cards, details, the error, the timeline and the stage table of one run.
-std::string RunBody(const Json& run, const std::string& id) {
+std::string RunBody(const RunRecord& run, const std::string& id) {
   const std::vector<StageView> stages = Stages(run);
   const Counts c = Count(stages);
-  const std::string status = Str(run, "status", "unknown");
+  const std::string& status = run.status;
   std::string h =
       "<section id=\"" + HtmlEscape(id) + "-summary\" class=\"summary\">\n<div class=\"cards\">";
   h += Card("status", status, status == "succeeded" ? "ok" : "bad");
-  h += Card("executor", Str(run, "executor"));
-  h += Card("wall time", Seconds(Num(run, "wall_s")));
+  h += Card("executor", run.executor);
+  h += Card("wall time", Seconds(run.wall_s));
   h += Card("stages", std::to_string(c.total));
   h += Card("ran", std::to_string(c.ran));
   h += Card("cached", std::to_string(c.cached));
@@ -745,86 +732,73 @@ std::string RunBody(const Json& run, const std::string& id) {
   h += Card("not run", std::to_string(c.not_run + c.other));
   h += Card("bytes out", util::HumanBytes(c.bytes_out));
   h += "</div>\n<table class=\"kv\">\n";
-  h += KvRow("pipeline", HtmlEscape(Str(run, "pipeline")));
-  if (Has(run, "file")) h += KvRow("file", "<code>" + HtmlEscape(Str(run, "file")) + "</code>");
-  if (Has(run, "out_dir"))
-    h += KvRow("outputs", "<code>" + HtmlEscape(Str(run, "out_dir")) + "</code>");
-  if (Has(run, "jobs")) h += KvRow("jobs", std::to_string(static_cast<long>(Num(run, "jobs"))));
-  const Json& job = Obj(run, "job");
-  if (job.is_object() && !Str(job, "name").empty()) h += KvRow("job", HtmlEscape(Str(job, "name")));
+  h += KvRow("pipeline", HtmlEscape(run.pipeline));
+  h += KvRow("file", "<code>" + HtmlEscape(run.file) + "</code>");
+  h += KvRow("outputs", "<code>" + HtmlEscape(run.out_dir) + "</code>");
+  h += KvRow("jobs", std::to_string(run.jobs));
+  if (!run.job.name.empty()) h += KvRow("job", HtmlEscape(run.job.name));
   if (c.cached > 0) {
     h += KvRow("restored from cache", HtmlEscape(std::to_string(c.cached) + " stages, " +
                                                  util::HumanBytes(c.cached_bytes)));
   }
-  const Json& ray = Obj(run, "ray");
-  if (ray.is_object()) {
+  const Json& ray = run.executor_details;
+  if (run.executor == "ray" && ray.is_object()) {
     const Json& nodes = Obj(ray, "nodes");
     h += KvRow("ray cluster", "<code>" + HtmlEscape(Str(ray, "address")) + "</code>, " +
                                   std::to_string(nodes.is_array() ? nodes.size() : 0) + " node(s)" +
                                   (Bool(ray, "private_head") ? ", private head" : ""));
   }
-  const Json& artifacts = Obj(run, "artifacts");
-  if (artifacts.is_object()) {
-    h += KvRow("artifacts", "<code>" + HtmlEscape(Str(artifacts, "uri")) + "</code>" +
-                                (Bool(artifacts, "synced") ? " (synced)" : " (not synced)"));
+  if (run.artifacts) {
+    h += KvRow("artifacts",
+               "<code>" + HtmlEscape(run.artifacts->uri) + "</code>" +
+                   (run.artifacts->synced.value_or(false) ? " (synced)" : " (not synced)"));
   }
   h += "</table>\n";
-  const Json& err = Obj(run, "error");
-  if (err.is_object()) {
-    std::string text = Str(err, "message");
-    const std::string failed = Str(run, "failed_stage");
+  if (run.error) {
+    std::string text = run.error->message;
+    const std::string failed = run.failed_stage.value_or("");
     if (!failed.empty() && text.find("'" + failed + "'") == std::string::npos) {
       text = "stage " + failed + ": " + text;
     }
-    h += "<div class=\"err\" id=\"" + HtmlEscape(id) + "-error\">" + HtmlEscape(Str(err, "code")) +
+    h += "<div class=\"err\" id=\"" + HtmlEscape(id) + "-error\">" + HtmlEscape(run.error->code) +
          ": " + HtmlEscape(text) + "</div>\n";
   }
   h += "</section>\n";
   h += "<section id=\"" + HtmlEscape(id) + "-timeline\"><h3>Timeline</h3>\n" +
-       Timeline(stages, Num(run, "wall_s")) + "</section>\n";
+       Timeline(stages, run.wall_s) + "</section>\n";
   h += "<section id=\"" + HtmlEscape(id) + "-stages\"><h3>Stages</h3>\n" +
        StageTable(stages, id + "-table") + "</section>\n";
   return h;
 }
 
-std::string ParitySection(const Json& doc) {
-  std::vector<std::string> executors;
-  const Json& ex = Obj(doc, "executors");
-  if (ex.is_array()) {
-    for (const Json& e : ex) {
-      if (e.is_string()) executors.push_back(e.get<std::string>());
-    }
-  }
-  const Json& outputs = Obj(doc, "outputs");
+std::string ParitySection(const ParityDocument& doc) {
+  const std::vector<std::string>& executors = doc.executors;
   std::size_t identical = 0, total = 0;
   std::ostringstream rows;
-  if (outputs.is_array()) {
-    for (const Json& row : outputs) {
+  if (doc.outputs) {
+    for (const ParityRow& row : *doc.outputs) {
       ++total;
-      const std::string result = Str(row, "result");
-      const bool same = result == "identical";
+      const bool same = row.result == "identical";
       identical += same ? 1 : 0;
-      const Json& digests = Obj(row, "digests");
       rows << "<tr class=\"parity " << (same ? "same" : "failed") << "\"><td>"
-           << HtmlEscape(Str(row, "stage")) << "</td><td><code>" << HtmlEscape(Str(row, "output"))
+           << HtmlEscape(row.stage) << "</td><td><code>" << HtmlEscape(row.output)
            << "</code></td>";
       for (const std::string& e : executors) {
-        const std::string d = Str(digests, e.c_str());
+        auto it = row.digests.find(e);
+        const std::string d = it != row.digests.end() ? it->second : "";
         rows << "<td><code title=\"" << HtmlEscape(d) << "\">" << HtmlEscape(ShortDigest(d))
              << "</code></td>";
       }
       rows << "<td class=\"" << (same ? "st-succeeded" : "st-failed") << "\">"
-           << HtmlEscape(result);
-      if (Has(digests, "first_difference")) {
-        rows << " at byte " << static_cast<long long>(Num(digests, "first_difference"));
-      }
+           << HtmlEscape(row.result);
+      if (row.first_difference) rows << " at byte " << *row.first_difference;
       rows << "</td></tr>\n";
     }
   }
   std::string joined;
   for (const std::string& e : executors) joined += (joined.empty() ? "" : ", ") + e;
   std::string h = "<section id=\"parity\"><h2>Parity</h2>\n<div class=\"cards\">";
-  const std::string status = Str(doc, "status", "unknown");
+  const std::string& status = doc.status;
   h += Card("parity", status, status == "identical" ? "ok" : "bad");
   h += Card("executors", std::to_string(executors.size()));
   h += Card("outputs", std::to_string(total));
@@ -894,7 +868,22 @@ bool IsParityDocument(const Json& doc) {
          doc.contains("executors") && doc["executors"].is_array();
 }
 
-Result<Json> LoadReportSource(const fs::path& path) {
+Result<ReportSource> ReportSourceFromJson(const Json& doc) {
+  if (doc.is_object() && (doc.contains("runs") || doc.contains("executors"))) {
+    auto parity = ParityDocument::FromJson(doc);
+    if (!parity.ok()) return parity.status();
+    return ReportSource(std::move(parity).value());
+  }
+  if (doc.is_object() && (doc.contains("stages") || doc.contains("pipeline"))) {
+    auto run = RunRecord::FromJson(doc);
+    if (!run.ok()) return run.status();
+    return ReportSource(std::move(run).value());
+  }
+  return Status(Code::kInputError,
+                "neither a run summary (.stagekit-run.json) nor `stagekit parity --json` output");
+}
+
+Result<ReportSource> LoadReportSource(const fs::path& path) {
   std::error_code ec;
   fs::path file = path;
   if (fs::is_directory(path, ec)) file = path / ".stagekit-run.json";
@@ -915,60 +904,73 @@ Result<Json> LoadReportSource(const fs::path& path) {
   if (!text.ok()) return text.status();
   auto parsed = util::ParseJsonWithin(*text, file.string(), Code::kInputError, limits);
   if (!parsed.ok()) return parsed.status();
-  Json doc = std::move(parsed).value();
-  if (!IsRunSummary(doc) && !IsParityDocument(doc)) {
+  auto source = ReportSourceFromJson(*parsed);
+  if (!source.ok()) {
+    // "FILE is neither ..." / "FILE: run record: stages[2]: 'state' must be a string".
+    const std::string& why = source.status().message();
     return Status(Code::kInputError,
-                  file.string() +
-                      " is neither a run summary (.stagekit-run.json) nor `stagekit parity "
-                      "--json` output");
+                  file.string() + (why.rfind("neither ", 0) == 0 ? " is " : ": ") + why);
   }
-  return doc;
+  return source;
 }
 
-Json ChromeTrace(const Json& doc) {
+Json ChromeTrace(const RunRecord& run) {
   Json events = Json::array();
   int next_pid = 1;
-  Json other = Json::object();
-  if (IsParityDocument(doc)) {
-    Json runs = Json::object();
-    for (const Json& e : doc["executors"]) {
-      if (!e.is_string() || !doc["runs"].contains(e.get<std::string>())) continue;
-      const Json& run = doc["runs"][e.get<std::string>()];
-      AddRunEvents(run, "[" + e.get<std::string>() + "] ", next_pid, events);
-      runs[e.get<std::string>()] = RunInfo(run);
-    }
-    other = {{"parity", Str(doc, "status")}, {"runs", runs}};
-  } else {
-    AddRunEvents(doc, "", next_pid, events);
-    other = RunInfo(doc);
-  }
+  AddRunEvents(run, "", next_pid, events);
+  Json other = RunInfo(run);
   other["generator"] = "stagekit " STAGEKIT_VERSION;
   return Json{{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}, {"otherData", other}};
 }
 
-std::string HtmlReport(const Json& doc) {
-  if (IsParityDocument(doc)) {
-    std::string pipeline;
-    std::string body = ParitySection(doc);
-    for (const Json& e : doc["executors"]) {
-      if (!e.is_string() || !doc["runs"].contains(e.get<std::string>())) continue;
-      const std::string name = e.get<std::string>();
-      const Json& run = doc["runs"][name];
-      if (pipeline.empty()) pipeline = Str(run, "pipeline");
-      body += "<section id=\"run-" + HtmlEscape(name) + "\"><h2>Run: " + HtmlEscape(name) +
-              "</h2>\n" + RunBody(run, "run-" + name) + "</section>\n";
-    }
-    return Page("stagekit parity: " + pipeline,
-                "Outputs compared across executors; " + Str(doc, "status", "unknown"), body);
+Json ChromeTrace(const ParityDocument& doc) {
+  Json events = Json::array();
+  int next_pid = 1;
+  Json runs = Json::object();
+  for (const std::string& e : doc.executors) {
+    auto it = doc.runs.find(e);
+    if (it == doc.runs.end()) continue;
+    AddRunEvents(it->second, "[" + e + "] ", next_pid, events);
+    runs[e] = RunInfo(it->second);
   }
-  std::string body = "<h2>Summary</h2>\n" + RunBody(doc, "run");
-  const Json& cost = Obj(doc, "cost");
-  if (cost.is_object()) body += CostSection(cost);
-  return Page("stagekit run: " + Str(doc, "pipeline"),
-              Str(doc, "executor") + " executor, " + Str(doc, "status", "unknown"), body);
+  Json other = {{"parity", doc.status}, {"runs", runs}};
+  other["generator"] = "stagekit " STAGEKIT_VERSION;
+  return Json{{"traceEvents", std::move(events)}, {"displayTimeUnit", "ms"}, {"otherData", other}};
 }
 
-Status WriteReports(const Json& doc, const fs::path& trace, const fs::path& html) {
+Json ChromeTrace(const ReportSource& source) {
+  return std::visit([](const auto& doc) { return ChromeTrace(doc); }, source);
+}
+
+std::string HtmlReport(const ParityDocument& doc) {
+  std::string pipeline;
+  std::string body = ParitySection(doc);
+  for (const std::string& name : doc.executors) {
+    auto it = doc.runs.find(name);
+    if (it == doc.runs.end()) continue;
+    const RunRecord& run = it->second;
+    if (pipeline.empty()) pipeline = run.pipeline;
+    body += "<section id=\"run-" + HtmlEscape(name) + "\"><h2>Run: " + HtmlEscape(name) +
+            "</h2>\n" + RunBody(run, "run-" + name) + "</section>\n";
+  }
+  return Page("stagekit parity: " + pipeline, "Outputs compared across executors; " + doc.status,
+              body);
+}
+
+std::string HtmlReport(const RunRecord& run) {
+  std::string body = "<h2>Summary</h2>\n" + RunBody(run, "run");
+  if (run.cost) body += CostSection(*run.cost);
+  return Page("stagekit run: " + run.pipeline, run.executor + " executor, " + run.status, body);
+}
+
+std::string HtmlReport(const ReportSource& source) {
+  return std::visit([](const auto& doc) { return HtmlReport(doc); }, source);
+}
+
+namespace {
+
+template <typename Doc>
+Status WriteReportsOf(const Doc& doc, const fs::path& trace, const fs::path& html) {
   auto write = [](const fs::path& path, const std::string& text) -> Status {
     std::error_code ec;
     if (!path.parent_path().empty()) fs::create_directories(path.parent_path(), ec);
@@ -984,6 +986,20 @@ Status WriteReports(const Json& doc, const fs::path& trace, const fs::path& html
     if (Status s = write(html, HtmlReport(doc)); !s.ok()) return s;
   }
   return OkStatus();
+}
+
+}  // namespace
+
+Status WriteReports(const RunRecord& run, const fs::path& trace, const fs::path& html) {
+  return WriteReportsOf(run, trace, html);
+}
+
+Status WriteReports(const ParityDocument& doc, const fs::path& trace, const fs::path& html) {
+  return WriteReportsOf(doc, trace, html);
+}
+
+Status WriteReports(const ReportSource& source, const fs::path& trace, const fs::path& html) {
+  return std::visit([&](const auto& doc) { return WriteReportsOf(doc, trace, html); }, source);
 }
 
 }  // namespace stagekit::analyse

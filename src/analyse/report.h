@@ -11,18 +11,30 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <variant>
 
+#include "analyse/run_record.h"
 #include "stagekit/stage.h"
 #include "stagekit/status.h"
 
 namespace stagekit::analyse {
 
+// What a report is made from: a run record or a parity document.
+using ReportSource = std::variant<RunRecord, ParityDocument>;
+
 // Reads a report source: `path` is a run's output directory (its
 // .stagekit-run.json) or a JSON file. kInputError when it is missing,
-// unreadable, not JSON, or neither a run summary nor a parity document.
-Result<Json> LoadReportSource(const std::filesystem::path& path);
+// unreadable, not JSON, neither a run record nor a parity document, or not
+// a valid one (the message names the file and the field, see run_record.h).
+Result<ReportSource> LoadReportSource(const std::filesystem::path& path);
 
-// A run summary has "stages"; a parity document has "outputs" and "runs".
+// The JSON of a report source, read strictly: a parity document when it has
+// "runs" or "executors" (ParityDocument::FromJson), else a run record when it
+// has "stages" or "pipeline" (RunRecord::FromJson); kInputError otherwise.
+Result<ReportSource> ReportSourceFromJson(const Json& doc);
+
+// Shapes only: a run summary has an array "stages"; a parity document has an
+// object "runs" and an array "executors".
 bool IsRunSummary(const Json& doc);
 bool IsParityDocument(const Json& doc);
 
@@ -35,18 +47,26 @@ bool IsParityDocument(const Json& doc);
 // instant event; failed stages have category "failed" and an instant event.
 // A parity document gives one group of processes per executor, prefixed
 // "[executor] ".
-Json ChromeTrace(const Json& doc);
+Json ChromeTrace(const RunRecord& run);
+Json ChromeTrace(const ParityDocument& doc);
+Json ChromeTrace(const ReportSource& source);
 
 // One HTML page with inline CSS and inline SVG; no scripts and no external
 // resources. Every string from the source is escaped.
-std::string HtmlReport(const Json& doc);
+std::string HtmlReport(const RunRecord& run);
+std::string HtmlReport(const ParityDocument& doc);
+std::string HtmlReport(const ReportSource& source);
 
 // Escapes & < > " ' for HTML text and attribute values.
 std::string HtmlEscape(std::string_view text);
 
 // Writes the trace and/or the HTML report (an empty path: not wanted), each
 // atomically. kOutputError when one cannot be written.
-Status WriteReports(const Json& doc, const std::filesystem::path& trace,
+Status WriteReports(const RunRecord& run, const std::filesystem::path& trace,
+                    const std::filesystem::path& html);
+Status WriteReports(const ParityDocument& doc, const std::filesystem::path& trace,
+                    const std::filesystem::path& html);
+Status WriteReports(const ReportSource& source, const std::filesystem::path& trace,
                     const std::filesystem::path& html);
 
 }  // namespace stagekit::analyse

@@ -121,6 +121,9 @@ TEST(CostRecords, BudgetStopsLaunchingAndSaysSo) {
   ASSERT_EQ(records.size(), 1u);
   EXPECT_EQ(records[0]["outcome"], "budget_exceeded");
   EXPECT_EQ(records[0]["budget_usd"], 1.2);
+  // The run's summary names the outcome as the cost record does.
+  Json summary = Json::parse(ReadFile(dir / "o" / ".stagekit-run.json"));
+  EXPECT_EQ(summary["error"]["code"], "budget_exceeded") << summary.dump();
   int ran = 0;
   for (const std::string& f : ListFiles(dir / "o"))
     ran += f.rfind("s", 0) == 0 && f.find(".out") != std::string::npos;

@@ -39,16 +39,20 @@ Json Stats(const std::string& stage, const std::string& executor, const std::str
 
 Json Entry(const std::string& name, const std::string& state, Json stats, double start, double end,
            int slot, bool cached = false) {
-  return {{"name", name},
-          {"stage", "demo.stage"},
-          {"state", state},
-          {"output", name + ".out"},
-          {"stats", std::move(stats)},
-          {"cached", cached},
-          {"start_s", start < 0 ? Json() : Json(start)},
-          {"end_s", end < 0 ? Json() : Json(end)},
-          {"slot", slot < 0 ? Json() : Json(slot)},
-          {"error", Json()}};
+  return {
+      {"name", name},
+      {"stage", "demo.stage"},
+      {"state", state},
+      {"output", name + ".out"},
+      {"resources", {{"cpus", 1}, {"gpus", 0}, {"memory_bytes", 0}, {"custom", Json::object()}}},
+      {"timeout_s", Json()},
+      {"stats", std::move(stats)},
+      {"cached", cached},
+      {"fetched", true},
+      {"start_s", start < 0 ? Json() : Json(start)},
+      {"end_s", end < 0 ? Json() : Json(end)},
+      {"slot", slot < 0 ? Json() : Json(slot)},
+      {"error", Json()}};
 }
 
 Json Summary(const std::string& executor, Json stages, const std::string& status = "succeeded") {
@@ -62,6 +66,13 @@ Json Summary(const std::string& executor, Json stages, const std::string& status
           {"failed_stage", Json()},
           {"wall_s", 3.0},
           {"job", {{"name", "demo-job"}}},
+          {"data",
+           {{"by_node", Json::object()},
+            {"outputs_fetched", 0},
+            {"bytes_fetched", 0},
+            {"outputs_left_on_cluster", 0},
+            {"bytes_left_on_cluster", 0},
+            {"bytes_uploaded_from_nodes", 0}}},
           {"stages", std::move(stages)}};
 }
 
@@ -97,6 +108,14 @@ Json RayRun() {
                          Stats("demo.stage", "ray", "10.0.0.1", "10.0.0.1:5001", 1, 30), 1.0, 1.5,
                          1));
   return Summary("ray", stages);
+}
+
+// The typed document of a fixture, read as `stagekit report` reads a file.
+ReportSource Doc(const Json& json) {
+  auto doc = ReportSourceFromJson(Json::parse(json.dump()));
+  EXPECT_TRUE(doc.ok()) << doc.status().message();
+  if (!doc.ok()) return RunRecord{};
+  return std::move(doc).value();
 }
 
 std::vector<Json> Events(const Json& trace, const std::string& ph) {
@@ -152,7 +171,7 @@ std::size_t StagesDrawn(const std::string& html) {
 // ---- trace ----
 
 TEST(ChromeTrace, EverySliceIsOnANamedProcessAndThread) {
-  const Json trace = ChromeTrace(LocalRun());
+  const Json trace = ChromeTrace(Doc(LocalRun()));
   ASSERT_TRUE(trace["traceEvents"].is_array());
   EXPECT_EQ(trace["displayTimeUnit"], "ms");
   EXPECT_EQ(trace["otherData"]["pipeline"], "demo");
@@ -183,7 +202,7 @@ TEST(ChromeTrace, EverySliceIsOnANamedProcessAndThread) {
 }
 
 TEST(ChromeTrace, MarksCacheHitsFailuresAndNothingForStagesThatNeverRan) {
-  const Json trace = ChromeTrace(LocalRun());
+  const Json trace = ChromeTrace(Doc(LocalRun()));
   const Tracks tracks = TracksOf(trace);
   const Json c = SliceNamed(trace, "c");
   EXPECT_EQ(c["cat"], "cached");
@@ -209,7 +228,7 @@ TEST(ChromeTrace, MarksCacheHitsFailuresAndNothingForStagesThatNeverRan) {
 }
 
 TEST(ChromeTrace, RayTracksAreNodesAndRetriesAreMarked) {
-  const Json trace = ChromeTrace(RayRun());
+  const Json trace = ChromeTrace(Doc(RayRun()));
   const Tracks tracks = TracksOf(trace);
   std::set<std::string> names;
   for (const auto& [pid, name] : tracks.processes) names.insert(name);
@@ -235,7 +254,7 @@ TEST(ChromeTrace, ParityGivesEachExecutorItsOwnProcesses) {
               {"executors", {"inprocess", "ray"}},
               {"outputs", Json::array()},
               {"runs", {{"inprocess", LocalRun()}, {"ray", RayRun()}}}};
-  const Json trace = ChromeTrace(doc);
+  const Json trace = ChromeTrace(Doc(doc));
   std::set<std::string> names;
   for (const auto& [pid, name] : TracksOf(trace).processes) names.insert(name);
   EXPECT_EQ(names, (std::set<std::string>{"[inprocess] h1 (inprocess)", "[inprocess] cache hits",
@@ -254,7 +273,7 @@ TEST(HtmlReport, EscapesEveryUserString) {
   run["stages"][0]["name"] = "<img src=x onerror=alert(1)>";
   run["stages"][3]["error"]["message"] = "</td><script>alert(2)</script>";
   run["out_dir"] = "/tmp/\"quoted\"";
-  const std::string html = HtmlReport(run);
+  const std::string html = HtmlReport(Doc(run));
   EXPECT_EQ(Count(html, "<script"), 0u);
   EXPECT_EQ(Count(html, "<img"), 0u);
   EXPECT_NE(html.find("&lt;script&gt;alert(&#39;p&#39;)&lt;/script&gt;"), std::string::npos);
@@ -264,7 +283,7 @@ TEST(HtmlReport, EscapesEveryUserString) {
 }
 
 TEST(HtmlReport, IsSelfContained) {
-  const std::string html = HtmlReport(LocalRun());
+  const std::string html = HtmlReport(Doc(LocalRun()));
   EXPECT_EQ(html.rfind("<!DOCTYPE html>", 0), 0u);
   for (const char* external : {"<script", "<link", "src=", "href=", "@import", "url("}) {
     EXPECT_EQ(Count(html, external), 0u) << external;
@@ -274,7 +293,7 @@ TEST(HtmlReport, IsSelfContained) {
 }
 
 TEST(HtmlReport, SummaryTableAndTimelineOfARun) {
-  const std::string html = HtmlReport(LocalRun());
+  const std::string html = HtmlReport(Doc(LocalRun()));
   EXPECT_EQ(Count(html, "<tr class=\"stage"), 5u);
   EXPECT_EQ(Count(html, "<tr class=\"stage failed\""), 1u);
   EXPECT_EQ(Count(html, "<tr class=\"stage cached\""), 1u);
@@ -292,14 +311,14 @@ TEST(HtmlReport, SummaryTableAndTimelineOfARun) {
 
 TEST(HtmlReport, CostAndParitySectionsOnlyWhenPresent) {
   Json run = LocalRun();
-  std::string html = HtmlReport(run);
+  std::string html = HtmlReport(Doc(run));
   EXPECT_EQ(html.find("id=\"cost\""), std::string::npos);
   EXPECT_EQ(html.find("id=\"parity\""), std::string::npos);
   run["cost"] = {{"node_types", {{"g4dn.xlarge", 2}}},
                  {"usd_per_hour", 1.5},
                  {"wall_s", 3.0},
                  {"estimated_usd", 0.00125}};
-  html = HtmlReport(run);
+  html = HtmlReport(Doc(run));
   EXPECT_NE(html.find("id=\"cost\""), std::string::npos);
   EXPECT_NE(html.find("$0.001250"), std::string::npos);
   EXPECT_NE(html.find("g4dn.xlarge \xC3\x97 2"), std::string::npos);
@@ -323,7 +342,7 @@ TEST(HtmlReport, CostAndParitySectionsOnlyWhenPresent) {
                  {"result", "DIFFERS"}}}},
               {"runs", {{"inprocess", good}, {"ray", good}}}};
   ASSERT_TRUE(IsParityDocument(doc));
-  html = HtmlReport(doc);
+  html = HtmlReport(Doc(doc));
   EXPECT_NE(html.find("id=\"parity\""), std::string::npos);
   EXPECT_EQ(html.find("id=\"cost\""), std::string::npos);
   EXPECT_EQ(Count(html, "<tr class=\"parity same\""), 1u);
@@ -346,7 +365,7 @@ TEST(HtmlReport, AThousandStagesOnSixtyFourSlotsGetOneLanePerNode) {
   }
   Json run = Summary("ray", stages);
   run["wall_s"] = 0.16;
-  const std::string html = HtmlReport(run);
+  const std::string html = HtmlReport(Doc(run));
   // 64 slot lanes are too many: one lane per node, one row per stage running
   // at once there (16), 6 px each.
   EXPECT_EQ(Count(html, "<rect class=\"lane\""), 4u);
@@ -370,7 +389,7 @@ TEST(HtmlReport, BackToBackTinyStagesMergeIntoOneBar) {
   }
   Json run = Summary("inprocess", stages);
   run["wall_s"] = 1.0;
-  const std::string html = HtmlReport(run);
+  const std::string html = HtmlReport(Doc(run));
   EXPECT_EQ(Count(html, "<rect class=\"lane\""), 9u);
   EXPECT_EQ(StagesDrawn(html), 1001u);
   EXPECT_EQ(Count(html, "<rect class=\"bar"), 9u);  // long, and one per busy slot
@@ -385,7 +404,7 @@ TEST(HtmlReport, ManyNodesShareTheLastLane) {
                            Stats("demo.stage", "ray", "h", "node" + std::to_string(i), 1, 1),
                            i * 0.1, i * 0.1 + 0.1, 0));
   }
-  const std::string html = HtmlReport(Summary("ray", stages));
+  const std::string html = HtmlReport(Doc(Summary("ray", stages)));
   EXPECT_EQ(Count(html, "<rect class=\"lane\""), 40u);
   EXPECT_NE(html.find("other nodes"), std::string::npos);
   EXPECT_EQ(StagesDrawn(html), 100u);
@@ -398,7 +417,7 @@ TEST(ReportFiles, LoadsARunDirectoryOrAFileAndRejectsTheRest) {
   WriteFile(tmp / "out/.stagekit-run.json", LocalRun().dump());
   auto from_dir = LoadReportSource(tmp / "out");
   ASSERT_TRUE(from_dir.ok()) << from_dir.status().message();
-  EXPECT_EQ((*from_dir)["pipeline"], "demo");
+  EXPECT_EQ(std::get<RunRecord>(*from_dir).pipeline, "demo");
   EXPECT_TRUE(LoadReportSource(tmp / "out/.stagekit-run.json").ok());
   EXPECT_EQ(LoadReportSource(tmp / "missing").status().code(), Code::kInputError);
   WriteFile(tmp / "bad.json", "{not json");
@@ -411,13 +430,13 @@ TEST(ReportFiles, LoadsARunDirectoryOrAFileAndRejectsTheRest) {
 
 TEST(ReportFiles, WritesBothAtomicallyAndFailsCleanly) {
   TempDir tmp;
-  ASSERT_TRUE(WriteReports(LocalRun(), tmp / "t/trace.json", tmp / "h/report.html").ok());
+  ASSERT_TRUE(WriteReports(Doc(LocalRun()), tmp / "t/trace.json", tmp / "h/report.html").ok());
   const Json trace = Json::parse(ReadFile(tmp / "t/trace.json"));
-  EXPECT_EQ(trace, ChromeTrace(LocalRun()));
-  EXPECT_EQ(ReadFile(tmp / "h/report.html"), HtmlReport(LocalRun()));
+  EXPECT_EQ(trace, ChromeTrace(Doc(LocalRun())));
+  EXPECT_EQ(ReadFile(tmp / "h/report.html"), HtmlReport(Doc(LocalRun())));
   // A parent that is a file: nothing written, no temporary left behind.
   WriteFile(tmp / "file", "x");
-  Status s = WriteReports(LocalRun(), {}, tmp / "file/report.html");
+  Status s = WriteReports(Doc(LocalRun()), {}, tmp / "file/report.html");
   EXPECT_EQ(s.code(), Code::kOutputError);
   EXPECT_EQ(stagekit::testing::ListFiles(tmp.path()),
             (std::vector<std::string>{"file", "h/report.html", "t/trace.json"}));

@@ -19,7 +19,11 @@ void ReportCli::AddTo(CLI::App* cmd) {
       ->type_name("FILE");
 }
 
-Status ReportCli::Write(const Json& doc, bool quiet) const {
+namespace {
+
+template <typename Doc>
+Status WriteReportFiles(const std::string& html, const std::string& trace, const Doc& doc,
+                        bool quiet) {
   if (html.empty() && trace.empty()) return OkStatus();
   if (Status s = analyse::WriteReports(doc, trace, html); !s.ok()) return s;
   if (!quiet) {
@@ -27,6 +31,16 @@ Status ReportCli::Write(const Json& doc, bool quiet) const {
     if (!trace.empty()) std::fprintf(stderr, "stagekit: trace in %s\n", trace.c_str());
   }
   return OkStatus();
+}
+
+}  // namespace
+
+Status ReportCli::Write(const analyse::RunRecord& run, bool quiet) const {
+  return WriteReportFiles(html, trace, run, quiet);
+}
+
+Status ReportCli::Write(const analyse::ParityDocument& doc, bool quiet) const {
+  return WriteReportFiles(html, trace, doc, quiet);
 }
 
 namespace {
@@ -42,7 +56,7 @@ Status Report(const ReportCommand& cmd) {
   if (cmd.html.empty() && cmd.trace.empty()) {
     return Status(Code::kUsage, "nothing to write: give --html FILE.html and/or --trace FILE");
   }
-  Result<Json> doc = analyse::LoadReportSource(cmd.source);
+  Result<analyse::ReportSource> doc = analyse::LoadReportSource(cmd.source);
   if (!doc.ok()) return doc.status();
   if (Status s = analyse::WriteReports(*doc, cmd.trace, cmd.html); !s.ok()) return s;
   if (!cmd.quiet) {
