@@ -38,8 +38,7 @@ int EmitStatus(const stagekit::Status& s, char** out, std::size_t* out_len) {
 
 extern "C" int stagekit_invoke_json(const char* request, size_t request_len, char** out,
                                     size_t* out_len) {
-  return stagekit_invoke_json_warm(request, request_len, stagekit::internal::WarmEnabled() ? 1 : 0,
-                                   out, out_len);
+  return stagekit_invoke_json_warm(request, request_len, /*warm=*/1, out, out_len);
 }
 
 extern "C" int stagekit_invoke_json_warm(const char* request, size_t request_len, int warm,
@@ -73,8 +72,6 @@ extern "C" int stagekit_load_library(const char* path, char** out, size_t* out_l
                       out, out_len);
   }
 }
-
-extern "C" int stagekit_interrupted(void) { return stagekit::Interrupted() ? 1 : 0; }
 
 extern "C" void stagekit_sha256_hex(const char* data, size_t len, char out[65]) {
   std::string hex = stagekit::util::HexDigest(stagekit::util::Sha256(

@@ -636,10 +636,7 @@ Result<std::unique_ptr<DiskCache>> DiskCache::Open(const fs::path& dir, Options 
   return std::unique_ptr<DiskCache>(new DiskCache(abs, std::move(options)));
 }
 
-fs::path DiskCache::DefaultDir() {
-  if (const char* env = std::getenv("STAGEKIT_CACHE_DIR"); env != nullptr && *env) return env;
-  return util::UserCacheDir();
-}
+fs::path DiskCache::DefaultDir() { return util::UserCacheDir(); }
 
 Result<CacheKeyParts> DiskCache::KeyParts(const PipelineStage& stage, const JobSpec& job,
                                           const std::map<std::string, std::string>& upstream) {

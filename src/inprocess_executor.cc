@@ -1,15 +1,6 @@
-#include <atomic>
-
 #include "stagekit/executor.h"
 
 namespace stagekit {
-namespace {
-std::atomic<bool> g_interrupted{false};
-}  // namespace
-
-void RequestInterrupt() noexcept { g_interrupted.store(true, std::memory_order_relaxed); }
-bool Interrupted() noexcept { return g_interrupted.load(std::memory_order_relaxed); }
-void ResetInterrupt() noexcept { g_interrupted.store(false, std::memory_order_relaxed); }
 
 void StageExecutor::Submit(std::uint64_t ticket, const StageRequest& request,
                            const StageOptions& options) {
@@ -28,10 +19,10 @@ std::vector<StageCompletion> StageExecutor::AwaitCompletions(
 
 Result<RunStats> InProcessExecutor::Run(const StageRequest& request,
                                         const StageOptions& /*options*/) {
-  if (request.executor == name()) return Invoke(request, registry_);
+  if (request.executor == name()) return InvokeWarm(request, registry_, warm_);
   StageRequest copy = request;
   copy.executor = std::string(name());
-  return Invoke(copy, registry_);
+  return InvokeWarm(copy, registry_, warm_);
 }
 
 }  // namespace stagekit

@@ -256,13 +256,6 @@ std::string RunWarmStage(const Registry::Entry& entry, const StageRequest& req, 
 
 namespace internal {
 
-bool WarmEnabled() {
-  const char* v = std::getenv("STAGEKIT_WARM");
-  if (v == nullptr) return true;
-  std::string s = v;
-  return !(s == "0" || s == "off" || s == "false" || s == "no");
-}
-
 std::string WarmKey(const StageRequest& req) {
   return req.stage + '\0' + req.job.Canonical() + '\0' + CanonicalJson(WarmSetupOf(req.kwargs));
 }
@@ -290,7 +283,7 @@ void RemoveTempOutputs(const fs::path& output, long pid) {
 const std::string& HostName() { return util::HostName(); }
 
 Result<RunStats> Invoke(const StageRequest& req, const Registry& registry) {
-  return InvokeWarm(req, registry, internal::WarmEnabled());
+  return InvokeWarm(req, registry, /*warm=*/true);
 }
 
 namespace {

@@ -44,7 +44,6 @@ fs::path DefaultCli() {
 }
 
 fs::path DefaultRunner() {
-  if (const char* env = std::getenv("STAGEKIT_RUNNER"); env != nullptr && *env != '\0') return env;
   fs::path lean = Installed("stagekit-stage");
   return lean.empty() ? DefaultCli() : lean;
 }

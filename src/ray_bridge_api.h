@@ -50,6 +50,13 @@ typedef int (*stagekit_ray_bridge_wait_fn)(stagekit_ray_bridge* handle, int time
  *  "actors_started": N, "actors_alive": N} */
 typedef int (*stagekit_ray_bridge_stats_fn)(stagekit_ray_bridge* handle, char** out,
                                             size_t* out_len);
+/* Once cancelled(ctx) returns non-zero, running stages are stopped and
+ * fetches end ("interrupted"). Called from the bridge's threads, so it must be
+ * thread-safe; NULL: never cancelled. Set right after open, before anything is
+ * submitted. */
+typedef void (*stagekit_ray_bridge_set_cancel_fn)(stagekit_ray_bridge* handle,
+                                                  int (*cancelled)(const void* ctx),
+                                                  const void* ctx);
 /* Kills the warm actors, then disconnects the driver (ray::Shutdown). Stops
  * no cluster processes. */
 typedef void (*stagekit_ray_bridge_close_fn)(stagekit_ray_bridge* handle);

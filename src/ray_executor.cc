@@ -16,8 +16,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "ray_bridge_api.h"
 #include "stagekit/c_api.h"
@@ -36,8 +38,6 @@ namespace fs = std::filesystem;
 fs::path DefaultBridge() { return stagekit::LibraryDir() / "libstagekit_ray.so"; }
 
 fs::path DefaultBinDir() {
-  if (const char* env = std::getenv("STAGEKIT_RAY_BIN_DIR"); env != nullptr && *env != '\0')
-    return env;
 #ifdef STAGEKIT_RAY_BIN_DIR
   return STAGEKIT_RAY_BIN_DIR;
 #else
@@ -139,13 +139,14 @@ struct RayExecutor::Bridge {
   stagekit_ray_bridge_submit_fn submit = nullptr;
   stagekit_ray_bridge_wait_fn wait = nullptr;
   stagekit_ray_bridge_stats_fn stats = nullptr;
+  stagekit_ray_bridge_set_cancel_fn set_cancel = nullptr;
   stagekit_ray_bridge_close_fn close = nullptr;
 };
 
-bool RayAvailable(std::string* why) {
+bool RayAvailable(std::string* why, const fs::path& bin_dir) {
   std::error_code ec;
   std::string problem;
-  fs::path bin = DefaultBinDir();
+  const fs::path bin = bin_dir.empty() ? DefaultBinDir() : bin_dir;
   if (!fs::exists(DefaultBridge(), ec)) {
     problem = "this stagekit was built without Ray (no " + DefaultBridge().string() + "); " +
               kInstallHint;
@@ -166,15 +167,14 @@ Json RayResources(const Resources& r) {
 }
 
 // With an autoscaler, a node type that is not up yet still makes a request
-// feasible: the worker node types of the autoscaler config named by
-// $STAGEKIT_AUTOSCALER_CONFIG (e.g. from `stagekit cluster config`), as
-// pseudo-nodes for CheckFeasible. Empty when it is not set.
-Result<Json> AutoscalerNodeTypes() {
-  const char* path = std::getenv("STAGEKIT_AUTOSCALER_CONFIG");
+// feasible: the worker node types of the autoscaler config at `path` (e.g.
+// from `stagekit cluster config`), as pseudo-nodes for CheckFeasible. Empty
+// when `path` is. Read once, when the executor opens.
+Result<Json> AutoscalerNodeTypes(const fs::path& path) {
   Json out = Json::array();
-  if (path == nullptr || *path == '\0') return out;
+  if (path.empty()) return out;
   try {
-    YAML::Node config = YAML::LoadFile(path);
+    YAML::Node config = YAML::LoadFile(path.string());
     std::string head = config["head_node_type"] ? config["head_node_type"].as<std::string>() : "";
     for (const auto& kv : config["available_node_types"]) {
       std::string name = kv.first.as<std::string>();
@@ -186,8 +186,8 @@ Result<Json> AutoscalerNodeTypes() {
       out.push_back({{"node", "autoscaler node type " + name}, {"resources", resources}});
     }
   } catch (const YAML::Exception& e) {
-    return Status(Code::kInputError,
-                  std::string("STAGEKIT_AUTOSCALER_CONFIG=") + path + ": " + e.what());
+    return Status(Code::kInputError, "the autoscaler config " + path.string() + ": " + e.what() +
+                                         "; give the file `stagekit cluster config` wrote");
   }
   return out;
 }
@@ -312,9 +312,19 @@ struct RayExecutor::PrivateHead {
   // Starts a head for `options` and says its GCS address ("ip:port").
   static Result<std::unique_ptr<PrivateHead>> Start(const RayOptions& options,
                                                     std::string* address);
-  ~PrivateHead() { Stop(); }
+  ~PrivateHead() {
+    Stop();
+    RestoreEnvironment();
+  }
 
  private:
+  // Ray's C++ core reads its authentication settings from the process
+  // environment when the bridge loads, and the Python node query and `ray`
+  // commands inherit them: there is no other way in. Sets them for this
+  // head, keeping what was there to put back when the head is gone.
+  void SetEnvironment(const fs::path& token);
+  void RestoreEnvironment();
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_env;
   // A new token (no newline: the C++ token loader does not strip it), owner-only.
   void WriteToken() const;
   // `ray start --head` and its reaper, once: the address, or "" when the head
@@ -335,10 +345,7 @@ Result<std::unique_ptr<RayExecutor::PrivateHead>> RayExecutor::PrivateHead::Star
   head->WriteToken();
   // Ray's default for local clusters is token authentication; the raylet
   // hands these on to its workers, and the C++ and Python drivers read them.
-  const fs::path token = head->temp_dir / "auth_token";
-  ::setenv("RAY_AUTH_MODE", "token", 1);
-  ::setenv("RAY_AUTH_TOKEN_PATH", token.c_str(), 1);
-  ::setenv("RAY_USAGE_STATS_ENABLED", "0", 1);
+  head->SetEnvironment(head->temp_dir / "auth_token");
   // A head that times out while starting (its GCS too slow to answer on a
   // loaded machine: "The current node timed out during startup") is
   // stopped and started once more, on fresh ports.
@@ -359,6 +366,28 @@ Result<std::unique_ptr<RayExecutor::PrivateHead>> RayExecutor::PrivateHead::Star
   return Status(Code::kInternal,
                 "`ray start --head` timed out during startup twice:\n" +
                     util::Tail(ReadSmallFile(head->temp_dir / "ray-start.log"), 2000));
+}
+
+void RayExecutor::PrivateHead::SetEnvironment(const fs::path& token) {
+  const std::pair<const char*, std::string> settings[] = {{"RAY_AUTH_MODE", "token"},
+                                                          {"RAY_AUTH_TOKEN_PATH", token.string()},
+                                                          {"RAY_USAGE_STATS_ENABLED", "0"}};
+  for (const auto& [name, value] : settings) {
+    const char* old = std::getenv(name);
+    saved_env.emplace_back(name, old != nullptr ? std::optional<std::string>(old) : std::nullopt);
+    ::setenv(name, value.c_str(), 1);
+  }
+}
+
+void RayExecutor::PrivateHead::RestoreEnvironment() {
+  for (const auto& [name, old] : saved_env) {
+    if (old) {
+      ::setenv(name.c_str(), old->c_str(), 1);
+    } else {
+      ::unsetenv(name.c_str());
+    }
+  }
+  saved_env.clear();
 }
 
 void RayExecutor::PrivateHead::WriteToken() const {
@@ -467,14 +496,14 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
   std::unique_ptr<RayExecutor> ex(new RayExecutor());
   ex->options_ = options;
   ex->address_ = options.address;
-  if (ex->address_.empty()) {
-    if (const char* env = std::getenv("RAY_ADDRESS"); env != nullptr) ex->address_ = env;
-  }
   if (ex->address_.rfind("ray://", 0) == 0) {
     return Status(Code::kUsage, "'" + ex->address_ +
                                     "' is a Ray Client address; the C++ API connects to the "
                                     "GCS directly: give ip:port (port 6379 by default)");
   }
+  auto types = AutoscalerNodeTypes(options.autoscaler_config);
+  if (!types.ok()) return types.status();
+  ex->autoscaler_types_ = std::move(types).value();
   if (ex->address_.empty()) {
     auto head = PrivateHead::Start(options, &ex->address_);
     if (!head.ok()) return head.status();
@@ -486,7 +515,9 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
 }
 
 Status RayExecutor::OpenBridge() {
-  // Ray's C++ core logs INFO lines to stderr by default; keep the terminal for stagekit.
+  // Ray's C++ core logs INFO lines to stderr by default; keep the terminal for
+  // stagekit. Ray reads this only from the environment, when the bridge loads;
+  // a value the user set is kept (overwrite 0).
   ::setenv("RAY_BACKEND_LOG_LEVEL", "warning", 0);
   // Load the bridge only now: Ray reads its authentication settings from the
   // environment when it is loaded, and the private head sets them.
@@ -508,10 +539,12 @@ Status RayExecutor::OpenBridge() {
       dlsym(bridge->handle, "stagekit_ray_bridge_wait"));
   bridge->stats = reinterpret_cast<stagekit_ray_bridge_stats_fn>(
       dlsym(bridge->handle, "stagekit_ray_bridge_stats"));
+  bridge->set_cancel = reinterpret_cast<stagekit_ray_bridge_set_cancel_fn>(
+      dlsym(bridge->handle, "stagekit_ray_bridge_set_cancel"));
   bridge->close = reinterpret_cast<stagekit_ray_bridge_close_fn>(
       dlsym(bridge->handle, "stagekit_ray_bridge_close"));
   if (!bridge->open || !bridge->run || !bridge->submit || !bridge->wait || !bridge->stats ||
-      !bridge->close) {
+      !bridge->set_cancel || !bridge->close) {
     return Status(Code::kRayUnavailable,
                   "the Ray bridge " + options_.bridge.string() + " is from another version");
   }
@@ -533,6 +566,12 @@ Status RayExecutor::OpenBridge() {
     auto err = RunStatsOrErrorFromJson(Json::parse(reply, nullptr, false));
     return Status(Code::kRayUnavailable, err.status().message());
   }
+  if (options_.cancel != nullptr) {
+    bridge->set_cancel(
+        bridge->bridge,
+        [](const void* flag) { return Cancelled(static_cast<const CancelFlag*>(flag)) ? 1 : 0; },
+        options_.cancel);
+  }
   bridge_ = std::move(bridge);
   return OkStatus();
 }
@@ -541,7 +580,7 @@ Status RayExecutor::RefreshNodes() {
   util::ChildSpec query;
   query.argv = {(options_.bin_dir / "python").string(), "-c", kNodeQuery, address_};
   query.timeout = std::chrono::seconds(60);
-  query.cancelled = Interrupted;
+  query.cancelled = [cancel = options_.cancel] { return Cancelled(cancel); };
   util::ChildResult r = util::RunChild(query);
   Json nodes = Json::parse(r.out, nullptr, false);
   if (!r.exited || r.exit_code != 0 || !nodes.is_array()) {
@@ -623,10 +662,8 @@ Result<RayExecutor::Prepared> RayExecutor::Prepare(const StageRequest& request,
   if (Status s = options.resources.Validate(); !s.ok())
     return Status(s.code(), label + ": " + s.message());
   Json resources = RayResources(options.resources);
-  auto types = AutoscalerNodeTypes();
-  if (!types.ok()) return types.status();
-  auto with_types = [&types](Json nodes) {
-    for (const Json& t : *types) nodes.push_back(t);
+  auto with_types = [this](Json nodes) {
+    for (const Json& t : autoscaler_types_) nodes.push_back(t);
     return nodes;
   };
   Status feasible = CheckFeasible(resources, with_types(Nodes()), label);
@@ -655,10 +692,10 @@ Result<RayExecutor::Prepared> RayExecutor::Prepare(const StageRequest& request,
     if (!options_.s3_endpoint.empty()) task_json["s3_endpoint"] = options_.s3_endpoint;
   }
   // A warm stage runs on a warm actor per instance key and resources (or, with
-  // STAGEKIT_WARM=0, cold in a plain task). The driver knows a stage is warm
+  // options_.warm off, cold in a plain task). The driver knows a stage is warm
   // only when it loaded the stage's library, as the CLI does.
   if (internal::IsWarmStage(Registry::Global(), req.stage)) {
-    if (internal::WarmEnabled()) {
+    if (options_.warm) {
       task_json["warm_key"] = internal::WarmKey(req) + '\0' + CanonicalJson(resources);
       task_json["max_actors"] = ActorCapacity(resources, Nodes());
     } else {

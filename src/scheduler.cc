@@ -219,7 +219,7 @@ RunResult RunPipeline(const Pipeline& pipeline, const fs::path& out_dir_in, Stag
   // Stops the run (with the lock held): Ctrl-C, or a failed before_launch
   // hook. True when the run may go on launching.
   auto may_launch = [&]() {
-    if (!stop && Interrupted()) {
+    if (!stop && Cancelled(options.cancel)) {
       stop = true;
       failure = Status(Code::kInterrupted, "interrupted; running stages were stopped");
       cv.notify_all();

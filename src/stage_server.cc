@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -19,15 +20,20 @@
 namespace stagekit {
 
 const char* const kStageServerUsage =
-    "stage (NAME | --serve) [--exit-with-parent] [--stages LIBRARY]...";
+    "stage (NAME | --serve) [--exit-with-parent] [--cold] [--stages LIBRARY]...";
 
 namespace {
 
-void OnSignal(int /*sig*/) { RequestInterrupt(); }
+std::atomic<CancelFlag*> g_signal_flag{nullptr};
+
+void OnSignal(int /*sig*/) {
+  if (CancelFlag* flag = g_signal_flag.load(); flag != nullptr) flag->Cancel();
+}
 
 }  // namespace
 
-void InstallInterruptHandlers() {
+void InstallInterruptHandlers(CancelFlag& flag) {
+  g_signal_flag.store(&flag);
   struct sigaction sa {};
   sa.sa_handler = OnSignal;
   sigemptyset(&sa.sa_mask);
@@ -131,7 +137,7 @@ Status ServeStages(const StageServerOptions& cmd) {
         reply = CanonicalJson(ErrorToJson(request.status()));
       } else {
         if (request->executor.empty()) request->executor = "subprocess";
-        Result<RunStats> stats = Invoke(*request);
+        Result<RunStats> stats = InvokeWarm(*request, Registry::Global(), cmd.warm);
         std::fflush(stdout);
         std::cout.flush();
         reply = stats.ok() ? stats->Canonical() : CanonicalJson(ErrorToJson(stats.status()));
@@ -185,7 +191,7 @@ Status RunStageServer(const StageServerOptions& cmd) {
                                               "' but the command line says '" + cmd.name + "'"));
   }
   if (!json.contains("executor")) request->executor = "subprocess";
-  Result<RunStats> stats = Invoke(*request);
+  Result<RunStats> stats = InvokeWarm(*request, Registry::Global(), cmd.warm);
   std::fflush(stdout);
   std::cout.flush();
   if (!stats.ok()) return fail(stats.status());

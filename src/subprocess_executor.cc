@@ -167,6 +167,7 @@ class SubprocessExecutor::Children {
     // (Its watcher thread would also keep the socket open for a moment after
     // a SIGKILL, so that a request could go to a child already dying.)
     std::vector<std::string> args = {options_.runner.string(), "stage", "--serve"};
+    if (!options_.warm) args.push_back("--cold");
     for (const fs::path& lib : options_.libraries) {
       args.push_back("--stages");
       args.push_back(lib.string());
@@ -227,7 +228,7 @@ Result<RunStats> SubprocessExecutor::Run(const StageRequest& request, const Stag
     case Options::Persistent::kNone:
       break;
     case Options::Persistent::kWarmStages:
-      persistent = internal::WarmEnabled() && internal::IsWarmStage(Registry::Global(), req.stage);
+      persistent = options_.warm && internal::IsWarmStage(Registry::Global(), req.stage);
       break;
     case Options::Persistent::kAll:
       persistent = true;
@@ -249,6 +250,7 @@ Result<RunStats> SubprocessExecutor::RunFresh(const StageRequest& req,
                                               const StageOptions& options) {
   util::ChildSpec spec;
   spec.argv = {options_.runner.string(), "stage", req.stage, "--exit-with-parent"};
+  if (!options_.warm) spec.argv.push_back("--cold");
   for (const fs::path& lib : options_.libraries) {
     spec.argv.push_back("--stages");
     spec.argv.push_back(lib.string());
@@ -259,7 +261,7 @@ Result<RunStats> SubprocessExecutor::RunFresh(const StageRequest& req,
   spec.kill_grace = options_.kill_grace;
   spec.stderr_keep = std::max<std::size_t>(options_.tail_bytes * 4, 4096);
 
-  spec.cancelled = Interrupted;
+  spec.cancelled = [cancel = options_.cancel] { return Cancelled(cancel); };
   util::ChildResult c = util::RunChild(spec);
   if (!c.spawn_status.ok()) {
     return Status(Code::kInternal,
@@ -354,7 +356,7 @@ Result<RunStats> SubprocessExecutor::RunOnce(const StageRequest& req, const Stag
   std::size_t nl = std::string::npos;
   bool eof = !sent;
   while (!eof && (nl = buf.find('\n')) == std::string::npos) {
-    if (Interrupted()) {
+    if (Cancelled(options_.cancel)) {
       Stop(pid, options_.kill_grace);
       return lost(Status(Code::kInterrupted, req.Label() + " was stopped by an interrupt"));
     }

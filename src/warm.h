@@ -9,10 +9,6 @@
 
 namespace stagekit::internal {
 
-// False when the environment says STAGEKIT_WARM=0 (or "off", "false"): warm
-// stages then set up and tear down on every invocation (the cold baseline).
-bool WarmEnabled();
-
 // The instance key of a request: stage, canonical job spec and setup object.
 std::string WarmKey(const StageRequest& request);
 

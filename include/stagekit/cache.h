@@ -131,7 +131,8 @@ class STAGEKIT_API DiskCache final : public StageCache {
   // Creates the directory layout under `dir` when missing; kOutputError when
   // it cannot.
   static Result<std::unique_ptr<DiskCache>> Open(const std::filesystem::path& dir, Options options);
-  // $STAGEKIT_CACHE_DIR, else $XDG_CACHE_HOME/stagekit, else ~/.cache/stagekit.
+  // $XDG_CACHE_HOME/stagekit, else ~/.cache/stagekit (the command line puts
+  // --cache-dir, then $STAGEKIT_CACHE_DIR, before it).
   static std::filesystem::path DefaultDir();
 
   const std::filesystem::path& dir() const { return dir_; }

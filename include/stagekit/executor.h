@@ -2,6 +2,7 @@
 #ifndef STAGEKIT_EXECUTOR_H_
 #define STAGEKIT_EXECUTOR_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -36,6 +37,26 @@ struct STAGEKIT_API Resources {
 STAGEKIT_API Result<std::uint64_t> ParseBytes(std::string_view text);
 // Parses "30s", "5m", "250ms", "1h", "2.5" (seconds). kInvalidPipeline on error.
 STAGEKIT_API Result<std::chrono::milliseconds> ParseDuration(std::string_view text);
+
+// Cancellation, passed explicitly: the caller owns the flag and hands it to
+// what should stop when it is set (RunOptions::cancel, the executors'
+// options). Executors then stop their children and the scheduler launches
+// nothing more. Lock-free, so a signal handler may set it
+// (InstallInterruptHandlers).
+class CancelFlag {
+ public:
+  void Cancel() noexcept { flag_.store(true, std::memory_order_relaxed); }
+  void Reset() noexcept { flag_.store(false, std::memory_order_relaxed); }
+  bool cancelled() const noexcept { return flag_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<bool> flag_{false};
+};
+
+// Whether `flag` is set; nullptr: never cancelled.
+inline bool Cancelled(const CancelFlag* flag) noexcept {
+  return flag != nullptr && flag->cancelled();
+}
 
 struct STAGEKIT_API StageOptions {
   Resources resources;
@@ -112,12 +133,16 @@ class STAGEKIT_API StageExecutor {
 // Calls Invoke() in the calling thread.
 class STAGEKIT_API InProcessExecutor final : public StageExecutor {
  public:
-  explicit InProcessExecutor(const Registry& registry = Registry::Global()) : registry_(registry) {}
+  // warm: whether warm stages keep their set-up instance between runs
+  // (InvokeWarm); false is the cold baseline (the CLI's STAGEKIT_WARM=0).
+  explicit InProcessExecutor(const Registry& registry = Registry::Global(), bool warm = true)
+      : registry_(registry), warm_(warm) {}
   std::string_view name() const override { return "inprocess"; }
   Result<RunStats> Run(const StageRequest& request, const StageOptions& options) override;
 
  private:
   const Registry& registry_;
+  bool warm_ = true;
 };
 
 // Runs `RUNNER stage NAME --stages LIB...` per stage, request JSON on stdin,
@@ -140,7 +165,7 @@ class STAGEKIT_API InProcessExecutor final : public StageExecutor {
 class STAGEKIT_API SubprocessExecutor final : public StageExecutor {
  public:
   struct Options {
-    // The stage runner. Empty: $STAGEKIT_RUNNER, else the lean runner
+    // The stage runner. Empty: DefaultRunner(), the lean runner
     // `stagekit-stage` beside the current executable or libstagekit, else
     // the stagekit command line (`stagekit stage` speaks the same protocol).
     std::filesystem::path runner;
@@ -149,10 +174,15 @@ class STAGEKIT_API SubprocessExecutor final : public StageExecutor {
     std::chrono::milliseconds kill_grace{2000};
     std::size_t tail_bytes = 2048;  // how much of stdout/stderr a failure shows
     // Which stages run in persistent children: kWarmStages (default; none
-    // when STAGEKIT_WARM=0), kAll (plain stages too: saves a process start
-    // per stage but gives up a fresh process per stage), or kNone.
+    // without `warm`), kAll (plain stages too: saves a process start per
+    // stage but gives up a fresh process per stage), or kNone.
     enum class Persistent { kNone, kWarmStages, kAll };
     Persistent persistent = Persistent::kWarmStages;
+    // false: warm stages set up and tear down on every run (the runner's
+    // --cold; the CLI's STAGEKIT_WARM=0), in fresh children.
+    bool warm = true;
+    // Once set, running children are stopped (kInterrupted); nullptr: never.
+    const CancelFlag* cancel = nullptr;
   };
   explicit SubprocessExecutor(Options options);
   ~SubprocessExecutor() override;
@@ -172,12 +202,6 @@ class STAGEKIT_API SubprocessExecutor final : public StageExecutor {
   Options options_;
   std::unique_ptr<Children> children_;
 };
-
-// Process-wide cancellation flag, set from a signal handler by the CLI.
-// Executors stop their children and schedulers stop launching once it is set.
-STAGEKIT_API void RequestInterrupt() noexcept;
-STAGEKIT_API bool Interrupted() noexcept;
-STAGEKIT_API void ResetInterrupt() noexcept;
 
 }  // namespace stagekit
 

@@ -55,9 +55,10 @@ struct STAGEKIT_API StageRequest {
 STAGEKIT_API Result<RunStats> Invoke(const StageRequest& request,
                                      const Registry& registry = Registry::Global());
 
-// Invoke() with warm stage instances on or off, whatever $STAGEKIT_WARM says:
-// a warm stage (STAGEKIT_WARM_STAGE) keeps one set-up instance per stage,
-// setup object and job in this process, reused by later requests.
+// Invoke() with warm stage instances on or off (Invoke() has them on): a
+// warm stage (STAGEKIT_WARM_STAGE) keeps one set-up instance per stage, setup
+// object and job in this process, reused by later requests. The library reads
+// no environment for this: the command line maps STAGEKIT_WARM=0 to warm=false.
 STAGEKIT_API Result<RunStats> InvokeWarm(const StageRequest& request, const Registry& registry,
                                          bool warm);
 // Tears down every idle warm instance of this process (and restarts the

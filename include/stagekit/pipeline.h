@@ -192,6 +192,10 @@ struct STAGEKIT_API RunOptions {
   // ARTIFACTS/<its path below the output folder> as soon as it is made
   // (StageOptions::artifact). Empty, or a local executor: nothing here.
   std::string artifacts;
+  // Once set, nothing more is launched and the run ends kInterrupted (the
+  // executor's own options say whether running stages are stopped too);
+  // nullptr: never.
+  const CancelFlag* cancel = nullptr;
 };
 
 // "all" / "final" / "none" and back; nullopt for anything else.

@@ -21,10 +21,11 @@
 namespace stagekit {
 
 struct STAGEKIT_API RayOptions {
-  // "ip:port" of a running cluster's GCS. Empty: $RAY_ADDRESS, and when that
-  // is empty too, a private local head is started (own temp dir and ports,
-  // usage stats off, token authentication on) and stopped again on close,
-  // also when this process dies: a reaper process watches it.
+  // "ip:port" of a running cluster's GCS. Empty: a private local head is
+  // started (own temp dir and ports, usage stats off, token authentication
+  // on) and stopped again on close, also when this process dies: a reaper
+  // process watches it. (The command line fills this from --address, else
+  // $RAY_ADDRESS; the library reads neither.)
   std::string address;
   std::vector<std::filesystem::path> libraries;  // stage libraries the workers load
   int max_attempts = 3;  // runs of a stage whose worker or node dies (system failures)
@@ -36,18 +37,41 @@ struct STAGEKIT_API RayOptions {
   // `aws` ($STAGEKIT_AWS there, else `aws` on its PATH) with its own
   // credentials (instance role, environment or ~/.aws): none leave the driver.
   std::string s3_endpoint;
+  // An autoscaler config (`stagekit cluster config`; the CLI takes
+  // $STAGEKIT_AUTOSCALER_CONFIG): its worker node types make a stage feasible
+  // before such a node is up. Read once, by Open (kInputError when unreadable).
+  std::filesystem::path autoscaler_config;
+  // Warm stages run on warm actors (false: cold, in plain tasks; the CLI's
+  // STAGEKIT_WARM=0).
+  bool warm = true;
+  // Once set, running stages are stopped and fetches end (kInterrupted);
+  // nullptr: never.
+  const CancelFlag* cancel = nullptr;
   // Private head only:
   int num_cpus = 0;                      // 0: every CPU of this machine
   std::uint64_t object_store_bytes = 0;  // 0: 512 MiB
   std::vector<std::string> head_args;    // more `ray start` arguments, e.g. "--num-gpus=1"
   // Where things are; empty means the default.
-  std::filesystem::path bridge;   // libstagekit_ray.so next to libstagekit.so
-  std::filesystem::path bin_dir;  // `ray` and `python`: $STAGEKIT_RAY_BIN_DIR, else the build's Ray
-  std::filesystem::path runner;   // the stagekit binary (for the reaper): beside libstagekit
+  std::filesystem::path bridge;  // libstagekit_ray.so next to libstagekit.so
+  std::filesystem::path
+      bin_dir;                   // `ray` and `python`: the build's Ray (CLI: $STAGEKIT_RAY_BIN_DIR)
+  std::filesystem::path runner;  // the stagekit binary (for the reaper): beside libstagekit
 };
 
-// Whether the ray executor can be used; when not, `why` says how to fix it.
-STAGEKIT_API bool RayAvailable(std::string* why = nullptr);
+// Whether the ray executor can be used with Ray's commands in `bin_dir`
+// (empty: the build's Ray); when not, `why` says how to fix it.
+STAGEKIT_API bool RayAvailable(std::string* why = nullptr,
+                               const std::filesystem::path& bin_dir = {});
+
+// Process environment. The library reads no settings from the environment;
+// the command line maps its variables into these options. The one exception
+// is Ray's own: Ray's C++ core reads its authentication and logging settings
+// only from the environment, when the bridge loads. So a private head sets
+// RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH and RAY_USAGE_STATS_ENABLED=0 (the
+// Python node query and `ray` commands inherit them) and puts the earlier
+// values back when it stops; Open sets RAY_BACKEND_LOG_LEVEL=warning unless
+// it is set. On the workers, the bridge reads STAGEKIT_SCRATCH_DIR (else
+// TMPDIR) and STAGEKIT_AWS: settings of the node, not of the run.
 
 class STAGEKIT_API RayExecutor final : public StageExecutor {
  public:
@@ -111,6 +135,7 @@ class STAGEKIT_API RayExecutor final : public StageExecutor {
   mutable std::mutex mu_;
   std::vector<StageCompletion> refused_;  // submitted stages refused before the bridge
   Json nodes_;
+  Json autoscaler_types_ = Json::array();  // from options_.autoscaler_config, read at Open
   std::chrono::steady_clock::time_point nodes_at_;
 };
 

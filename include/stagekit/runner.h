@@ -18,11 +18,14 @@
 
 namespace stagekit {
 
+class CancelFlag;  // stagekit/executor.h
+
 struct StageServerOptions {
   std::string name;                              // the one stage to run (not with serve)
   std::vector<std::filesystem::path> libraries;  // stage libraries to load first
   bool serve = false;                            // one request per line on stdin until its end
   bool exit_with_parent = false;  // stop (with the process group) when the parent is gone
+  bool warm = true;  // false (--cold): warm stages set up and tear down on every request
 };
 
 // Runs what `options` says. With `serve`: replies one line per request and
@@ -34,10 +37,12 @@ STAGEKIT_API Status RunStageServer(const StageServerOptions& options);
 // The usage line of a runner's command line.
 STAGEKIT_API extern const char* const kStageServerUsage;
 
-// A first SIGINT, SIGTERM or SIGHUP calls RequestInterrupt() (running stages
-// are stopped, records written), a second one stops at once; SIGPIPE is
-// ignored. For the command line and runners alike.
-STAGEKIT_API void InstallInterruptHandlers();
+// A first SIGINT, SIGTERM or SIGHUP sets `flag` (which the program passes to
+// what should stop: running stages are stopped, records written), a second
+// one stops at once; SIGPIPE is ignored. For the command line and runners
+// alike. The flag must outlive the process's use of the handlers; the last
+// call wins (a signal handler can only reach a flag through a global).
+STAGEKIT_API void InstallInterruptHandlers(CancelFlag& flag);
 
 // The directory holding libstagekit.so, and the file it was loaded from (by
 // its soname, libstagekit.so.N, when the loader found it through a binary).
@@ -48,10 +53,11 @@ STAGEKIT_API std::filesystem::path LibraryPath();
 // is stagekit, the one installed beside this library, else `stagekit` from
 // PATH.
 STAGEKIT_API std::filesystem::path DefaultCli();
-// The stage runner the subprocess executor starts: $STAGEKIT_RUNNER; else the
-// lean `stagekit-stage` beside the current executable or installed beside
-// this library; else DefaultCli() (whose `stage` subcommand speaks the same
-// protocol, at the start-up cost of the whole command line).
+// The stage runner the subprocess executor starts by default: the lean
+// `stagekit-stage` beside the current executable or installed beside this
+// library; else DefaultCli() (whose `stage` subcommand speaks the same
+// protocol, at the start-up cost of the whole command line). The command line
+// lets $STAGEKIT_RUNNER override it (SubprocessExecutor::Options::runner).
 STAGEKIT_API std::filesystem::path DefaultRunner();
 
 }  // namespace stagekit

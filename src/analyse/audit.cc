@@ -150,7 +150,7 @@ void ProbeAslrOff(AuditEnvironment& env) {
   util::ChildSpec probe;
   probe.argv = {"setarch", env.arch, "-R", "cat", "/proc/self/personality"};
   probe.timeout = std::chrono::seconds(20);
-  probe.cancelled = Interrupted;
+  probe.cancelled = util::Interrupted;
   util::ChildResult r = util::RunChild(probe);
   constexpr unsigned long kAddrNoRandomize = 0x0040000;
   if (!r.spawn_status.ok()) {
@@ -200,7 +200,7 @@ fs::path FindFaketime(const std::string& arch) {
     date.argv = {"date", "-u", "+%Y"};
     date.env_set = {"LD_PRELOAD=" + c.string(), std::string("FAKETIME=@") + kClockA};
     date.timeout = std::chrono::seconds(20);
-    date.cancelled = Interrupted;
+    date.cancelled = util::Interrupted;
     util::ChildResult d = util::RunChild(date);
     if (d.exited && d.exit_code == 0 && util::Trim(d.out) == std::string(kClockA).substr(0, 4)) {
       return c;
@@ -303,7 +303,7 @@ class ChildRunner {
     spec.timeout = options.timeout;
     spec.env_set = cond.env_set;
     spec.cwd = cond.cwd;
-    spec.cancelled = Interrupted;
+    spec.cancelled = util::Interrupted;
     util::ChildResult c = util::RunChild(spec);
     const std::string label = req.Label();
     if (!c.spawn_status.ok()) {
@@ -598,6 +598,7 @@ Result<Baseline> RunBaseline(const Audit& audit) {
       ")");
   BaselineExecutor executor(audit.child, audit.base);
   RunOptions run_options;
+  run_options.cancel = &util::ProcessCancel();
   run_options.jobs = std::max(1, audit.options.jobs);
   run_options.observer = audit.options.observer;
   Baseline baseline;
@@ -774,7 +775,7 @@ void RunPerStageRuns(const Audit& audit, std::vector<Job>& jobs) {
       std::size_t j;
       {
         std::lock_guard<std::mutex> lock(mu);
-        if (next >= jobs.size() || Interrupted()) return;
+        if (next >= jobs.size() || util::Interrupted()) return;
         j = next++;
       }
       Job& job = jobs[j];
@@ -924,6 +925,7 @@ RunResult RunWhole(const Audit& audit, StageExecutor& executor, int jobs, std::u
                    const fs::path& keep_as) {
   FixedThreadsExecutor fixed(executor, kBaselineThreads);
   RunOptions o;
+  o.cancel = &util::ProcessCancel();
   o.jobs = jobs;
   o.order_seed = seed;
   RunResult r = RunPipeline(audit.pipeline, audit.BaselineDir(), fixed, o);
@@ -1142,14 +1144,14 @@ Result<AuditReport> RunAudit(const Pipeline& pipeline, const AuditOptions& optio
   // 2. Every stage again, alone, under each perturbation, on the baseline's inputs.
   std::vector<Job> jobs = PlanPerStageRuns(audit, baseline->requests);
   RunPerStageRuns(audit, jobs);
-  if (Interrupted()) return Status(Code::kInterrupted, "the audit was interrupted");
+  if (util::Interrupted()) return Status(Code::kInterrupted, "the audit was interrupted");
   const RunsByPerturbation by(jobs);
   JudgePerStageRuns(audit, *baseline, by, report.stages);
 
   // 3. Whole-pipeline runs in this process: executor and order.
   Result<WholeRuns> whole = RunWholePipelineChecks(audit, report);
   if (!whole.ok()) return whole.status();
-  if (Interrupted()) return Status(Code::kInterrupted, "the audit was interrupted");
+  if (util::Interrupted()) return Status(Code::kInterrupted, "the audit was interrupted");
 
   for (StageAudit& a : report.stages) Attribute(a);
 

@@ -30,7 +30,7 @@ std::vector<std::string> AwsArgs(const S3Options& options, std::vector<std::stri
 Status RunAws(const std::vector<std::string>& argv, Code code, const std::string& what) {
   util::ChildSpec spec;
   spec.argv = argv;
-  spec.cancelled = Interrupted;
+  spec.cancelled = util::Interrupted;
   util::ChildResult r = util::RunChild(spec);
   if (!r.spawn_status.ok()) {
     return Status(code, what + ": cannot run `" + argv[0] +

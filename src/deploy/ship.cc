@@ -92,7 +92,7 @@ Result<std::string> StripDebug(const fs::path& file) {
   ::close(fd);
   util::ChildSpec spec;
   spec.argv = {"objcopy", "--strip-debug", file.string(), tmpl};
-  spec.cancelled = Interrupted;
+  spec.cancelled = util::Interrupted;
   util::ChildResult r = util::RunChild(spec);
   std::string bytes;
   Status status;
@@ -190,6 +190,14 @@ Status AddRuntime(const ShipOptions& options, ShipPlan& plan) {
   if (self.filename() != "stagekit") self = stagekit::DefaultCli();
   if (Status s = AddRuntimeFile(options, self, kShipBinary, "stagekit driver", plan); !s.ok()) {
     return s;
+  }
+  // The lean stage runner the subprocess executor starts (DefaultRunner finds
+  // it beside the driver); without it the driver's own `stagekit stage` does
+  // the job, at the start-up cost of the whole command line.
+  const fs::path runner = self.parent_path() / "stagekit-stage";
+  if (fs::exists(runner, ec)) {
+    const std::string place = (fs::path(kShipBinary).parent_path() / "stagekit-stage").string();
+    if (Status s = AddRuntimeFile(options, runner, place, "stage runner", plan); !s.ok()) return s;
   }
   if (Status s = AddRuntimeFile(options, runtime,
                                 std::string(kShipLibDir) + "/" + runtime.filename().string(),

@@ -67,7 +67,7 @@ void Log(std::ostream& log, const std::string& name, const std::string& text) {
 }
 
 void SleepUnlessInterrupted(Clock::time_point until) {
-  while (!Interrupted()) {
+  while (!util::Interrupted()) {
     auto now = Clock::now();
     if (now >= until) return;
     std::this_thread::sleep_for(std::min<Clock::duration>(until - now, milliseconds(20)));
@@ -113,7 +113,7 @@ Status RunAction(const WatchdogOptions& o, std::ostream& log) {
   spec.timeout = o.action_timeout;
   spec.stdout_keep = 4096;
   spec.stderr_keep = 4096;
-  spec.cancelled = Interrupted;
+  spec.cancelled = util::Interrupted;
   util::ChildResult r = util::RunChild(spec);
   std::string output = OneLine(r.out + (r.out.empty() || r.err.empty() ? "" : " ") + r.err, 1000);
   std::string shown = output.empty() ? "" : " output=\"" + output + "\"";
@@ -176,7 +176,7 @@ Status RunOnce(const WatchdogOptions& o, const std::function<Sample()>& probe, s
     streak = Streak{};
   }
   Sample s = probe();
-  if (Interrupted()) return Status(Code::kInterrupted, o.name + ": interrupted");
+  if (util::Interrupted()) return Status(Code::kInterrupted, o.name + ": interrupted");
   Update(streak, s, now);
   Log(log, o.name, SampleLine(++count, s, streak, now, o));
   bool due = Due(streak, now, o);
@@ -296,7 +296,7 @@ ProbeOutput RunProbe(const std::vector<std::string>& argv, milliseconds timeout)
   spec.kill_grace = milliseconds(1000);
   spec.stdout_keep = 1 << 16;
   spec.stderr_keep = 2048;
-  spec.cancelled = Interrupted;
+  spec.cancelled = util::Interrupted;
   util::ChildResult r = util::RunChild(spec);
   ProbeOutput out;
   out.out = r.out;
@@ -387,14 +387,14 @@ Status RunWatchdog(const WatchdogOptions& o, const std::function<Sample()>& prob
   Streak streak;
   std::int64_t count = 0;
   for (;;) {
-    if (Interrupted()) {
+    if (util::Interrupted()) {
       Log(log, o.name, "stop: interrupted");
       return Status(Code::kInterrupted, o.name + ": interrupted");
     }
     const Clock::time_point taken = Clock::now();
     const std::int64_t taken_ms = SteadyMs();
     Sample s = probe();
-    if (Interrupted()) {
+    if (util::Interrupted()) {
       Log(log, o.name, "stop: interrupted");
       return Status(Code::kInterrupted, o.name + ": interrupted");
     }

@@ -382,6 +382,13 @@ class ChildWatch {
 
 }  // namespace
 
+CancelFlag& ProcessCancel() {
+  static CancelFlag flag;
+  return flag;
+}
+
+bool Interrupted() { return ProcessCancel().cancelled(); }
+
 ChildResult RunChild(const ChildSpec& spec) {
   ChildResult result;
   ChildPipes pipes;

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "stagekit/executor.h"
 #include "stagekit/status.h"
 
 namespace stagekit::util {
@@ -31,7 +32,7 @@ struct ChildSpec {
   std::vector<std::string> env_unset;
   std::string cwd;
   // Stops the child as a timeout does once this returns true (checked at
-  // least every second); callers pass stagekit::Interrupted to stop on Ctrl-C.
+  // least every second); callers pass util::Interrupted, or their CancelFlag, to stop on Ctrl-C.
   std::function<bool()> cancelled;
 };
 
@@ -52,6 +53,16 @@ struct ChildResult {
 // too), feeds stdin, collects stdout/stderr and waits. Never throws for
 // process errors.
 ChildResult RunChild(const ChildSpec& spec);
+
+// A program's own cancellation flag: the command line installs its signal
+// handlers for it (InstallInterruptHandlers). The tool modules (deploy,
+// operate, analyse) and the command line check it; the library reads no
+// global flag and gets it passed (RunOptions::cancel, the executors'
+// options). One per program image: libstagekit's private copy of this
+// module is never set.
+CancelFlag& ProcessCancel();
+// ProcessCancel().cancelled(): a first Ctrl-C, SIGTERM or SIGHUP came.
+bool Interrupted();
 
 // A child that runs on while the caller goes on: for cluster daemons and
 // their reaper. stdin is a pipe whose write end is `stdin_fd` (or /dev/null),

@@ -344,6 +344,42 @@ TEST_F(CliTest, RayExecutorWithoutRaySaysHowToInstallIt) {
   EXPECT_FALSE(fs::exists(dir_ / "stagekit-out"));
 }
 
+// The library reads no settings from the environment: the command line maps
+// STAGEKIT_WARM and STAGEKIT_CACHE_DIR into options, and its flags win.
+TEST_F(CliTest, TheEnvironmentBecomesOptions) {
+  WriteFile(dir_ / "w.yaml",
+            "name: w\nlibraries: [stagekit_examples]\nstages:\n"
+            "  - {name: p, stage: warm.probe, kwargs: {setup: {}}}\n");
+  auto run = [&](const std::vector<std::string>& env, const std::vector<std::string>& flags) {
+    std::vector<std::string> argv = {"/usr/bin/env"};
+    argv.insert(argv.end(), env.begin(), env.end());
+    for (const char* a : {STAGEKIT_CLI, "run"}) argv.emplace_back(a);
+    argv.push_back((dir_ / "w.yaml").string());
+    argv.insert(argv.end(), flags.begin(), flags.end());
+    for (const char* a : {"--json", "-q", "--out"}) argv.emplace_back(a);
+    argv.push_back((dir_ / "o").string());
+    return testing::RunCommand(argv);
+  };
+  for (const char* executor : {"inprocess", "subprocess"}) {
+    for (const char* warm : {"1", "0"}) {
+      CommandResult r = run({std::string("STAGEKIT_WARM=") + warm}, {"-e", executor, "--no-cache"});
+      ASSERT_EQ(r.exit_code, kOk) << Show(r);
+      const Json warm_metrics = Json::parse(r.out)["stages"][0]["stats"]["metrics"]["warm"];
+      EXPECT_EQ(warm_metrics.value("mode", "") == "cold", std::string(warm) == "0")
+          << executor << " STAGEKIT_WARM=" << warm << ": " << warm_metrics.dump();
+    }
+  }
+  auto entries = [](const fs::path& cache) {
+    std::error_code ec;
+    return std::distance(fs::directory_iterator(cache / "entries", ec), fs::directory_iterator());
+  };
+  const std::string env_cache = "STAGEKIT_CACHE_DIR=" + (dir_ / "env-cache").string();
+  ASSERT_EQ(run({env_cache}, {}).exit_code, kOk);
+  EXPECT_GT(entries(dir_ / "env-cache"), 0) << "STAGEKIT_CACHE_DIR was not used";
+  ASSERT_EQ(run({env_cache}, {"--cache-dir", (dir_ / "flag-cache").string()}).exit_code, kOk);
+  EXPECT_GT(entries(dir_ / "flag-cache"), 0) << "--cache-dir did not win over the environment";
+}
+
 TEST_F(CliTest, BadCommandLineValues) {
   fs::path p = Pipeline("  - {name: a, stage: test.noop}\n");
   EXPECT_EQ(Run({"run", p.string(), "--executor", "spark"}).exit_code, kUsage);

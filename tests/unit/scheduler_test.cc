@@ -230,11 +230,12 @@ TEST(SchedulerAsync, OneJobRunsInPipelineOrderAndSlotsAreReused) {
 TEST(SchedulerAsync, InterruptStopsLaunching) {
   TempDir dir;
   AsyncFake ex;
-  RequestInterrupt();
+  CancelFlag cancel;
+  cancel.Cancel();
   RunOptions options;
   options.jobs = 4;
+  options.cancel = &cancel;
   RunResult r = RunPipeline(FanOut(3), dir / "out", ex, options);
-  ResetInterrupt();
   EXPECT_EQ(r.status.code(), Code::kInterrupted);
   EXPECT_TRUE(ex.started_.empty());
 }
@@ -260,11 +261,15 @@ TEST(SchedulerTest, ObserverSeesEveryStage) {
 TEST(SchedulerTest, InterruptStopsBeforeLaunching) {
   TempDir dir;
   FakeExecutor ex;
-  RequestInterrupt();
-  RunResult r = RunPipeline(FanOut(2), dir / "out", ex, RunOptions{});
-  ResetInterrupt();
+  CancelFlag cancel;
+  cancel.Cancel();
+  RunOptions options;
+  options.cancel = &cancel;
+  RunResult r = RunPipeline(FanOut(2), dir / "out", ex, options);
   EXPECT_EQ(r.status.code(), Code::kInterrupted);
   EXPECT_TRUE(ex.started_.empty());
+  // The flag is the caller's, passed in: a run without it is not cancelled.
+  EXPECT_TRUE(RunPipeline(FanOut(2), dir / "out2", ex, RunOptions{}).status.ok());
 }
 
 TEST(SchedulerTest, UncreatableOutputDirectoryFailsUpFront) {

@@ -8,6 +8,7 @@
 #include "deploy/secrets.h"
 #include "deploy/ship.h"
 #include "unit/test_util.h"
+#include "util/outcome.h"
 #include "util/text.h"
 
 namespace stagekit::deploy {
@@ -66,7 +67,7 @@ TEST(SecretsTest, ValuesThatLookLikeCredentials) {
 TEST(SecretsTest, CheckEnvVarsRefusesAndAllowsOnRequest) {
   std::map<std::string, std::string> env = {{"MODE", "fast"}, {"AWS_SECRET_ACCESS_KEY", "abc"}};
   Status s = CheckEnvVars(env, {});
-  EXPECT_EQ(s.code(), Code::kSecretRefused);
+  EXPECT_EQ(s.code(), util::kSecretRefused);
   EXPECT_NE(s.message().find("AWS_SECRET_ACCESS_KEY"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("instance role"), std::string::npos) << s.message();
   EXPECT_NE(s.message().find("--allow-secret AWS_SECRET_ACCESS_KEY"), std::string::npos);
@@ -157,6 +158,8 @@ TEST(ShipPipelineTest, NoAbsolutePathOfThisMachineIsShipped) {
   EXPECT_NE(shipped.find(".stagekit/lib/stagekit/stages/libstagekit_examples.so"),
             std::string::npos)
       << shipped;
+  // The lean stage runner travels beside the driver.
+  EXPECT_TRUE(std::filesystem::exists(dir / "tree" / ".stagekit" / "bin" / "stagekit-stage"));
   // The shipped tree runs as it is, from anywhere, and gives what the original gives.
   auto shipped_run = testing::RunCli(
       {"run", (dir / "tree" / "pipeline.yaml").string(), "-q", "--out", (dir / "a").string()});

@@ -1,5 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <thread>
+
 #include "stagekit/executor.h"
 #include "unit/test_util.h"
 
@@ -19,6 +22,7 @@ class SubprocessTest : public ::testing::Test {
     o.runner = STAGEKIT_CLI;
     o.libraries = {STAGEKIT_TEST_STAGES};
     o.kill_grace = std::chrono::milliseconds(300);
+    o.cancel = &cancel_;
     executor_ = std::make_unique<SubprocessExecutor>(o);
   }
   StageRequest Request(const std::string& stage, Json kwargs = Json::object()) {
@@ -34,6 +38,7 @@ class SubprocessTest : public ::testing::Test {
   std::vector<std::string> Files() { return ListFiles(dir_.path()); }
 
   TempDir dir_;
+  CancelFlag cancel_;  // outlives executor_, which reads it
   std::unique_ptr<SubprocessExecutor> executor_;
 };
 
@@ -118,12 +123,24 @@ TEST_F(SubprocessTest, MissingRunnerSaysHowToFixIt) {
   EXPECT_NE(r.status().message().find("STAGEKIT_RUNNER"), std::string::npos);
 }
 
-TEST_F(SubprocessTest, InterruptStopsTheChild) {
-  RequestInterrupt();
+TEST_F(SubprocessTest, CancellingStopsTheRunningChild) {
+  // Set while the child runs (the executor's own flag, passed in its options).
+  std::thread canceller([this] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    cancel_.Cancel();
+  });
+  const auto start = std::chrono::steady_clock::now();
   auto r = executor_->Run(Request("test.sleep", {{"seconds", 30}}), {});
-  ResetInterrupt();
-  EXPECT_EQ(r.status().code(), Code::kInterrupted);
+  canceller.join();
+  EXPECT_EQ(r.status().code(), Code::kInterrupted) << r.status().message();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20))
+      << "the child ran on";
   EXPECT_EQ(Files(), (std::vector<std::string>{"in.txt"}));
+  // Another executor's flag is not this one's: a second executor without one runs.
+  SubprocessExecutor::Options o;
+  o.runner = STAGEKIT_CLI;
+  o.libraries = {STAGEKIT_TEST_STAGES};
+  EXPECT_TRUE(SubprocessExecutor(o).Run(Request("test.copy"), {}).ok());
 }
 
 }  // namespace

@@ -39,6 +39,8 @@ int main(int argc, char** argv) {
       options.serve = true;
     } else if (arg == "--exit-with-parent") {
       options.exit_with_parent = true;
+    } else if (arg == "--cold") {
+      options.warm = false;
     } else if (arg == "--stages" && i + 1 < argc) {
       std::error_code ec;
       options.libraries.push_back(std::filesystem::absolute(argv[++i], ec));
@@ -51,7 +53,10 @@ int main(int argc, char** argv) {
       return Usage(("unexpected argument '" + arg + "'").c_str());
     }
   }
-  stagekit::InstallInterruptHandlers();
+  // Nothing in the runner checks the flag (its parent stops it), but a first
+  // signal must not kill it half-way through writing its reply.
+  static stagekit::CancelFlag interrupted;
+  stagekit::InstallInterruptHandlers(interrupted);
   stagekit::Status status;
   try {
     status = stagekit::RunStageServer(options);

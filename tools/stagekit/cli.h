@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "analyse/run_record.h"
 #include "deploy/package.h"
 #include "deploy/ship.h"
 #include "operate/cost.h"
@@ -54,6 +55,22 @@ struct ExecOptions {
   int Jobs(const StageExecutor& executor) const;
 };
 
+// What the command line takes from the environment, read in this one place
+// (the library reads no settings from the environment; these become options).
+struct Environment {
+  std::string ray_address;                  // $RAY_ADDRESS: the cluster when --address is not given
+  std::filesystem::path ray_bin_dir;        // $STAGEKIT_RAY_BIN_DIR: `ray` and `python`
+  std::filesystem::path autoscaler_config;  // $STAGEKIT_AUTOSCALER_CONFIG
+  std::filesystem::path runner;             // $STAGEKIT_RUNNER: the subprocess stage runner
+  std::filesystem::path cache_dir;          // $STAGEKIT_CACHE_DIR
+  bool warm = true;                         // $STAGEKIT_WARM=0 (or off, false, no): cold
+  // Read once, on first use.
+  static const Environment& Get();
+};
+
+// --cache-dir when given, else $STAGEKIT_CACHE_DIR, else DiskCache::DefaultDir().
+std::filesystem::path CacheDir(const std::string& flag);
+
 // Options of the ray executor, shared by `run` and `parity`.
 struct RayCliOptions {
   std::string address;
@@ -64,7 +81,7 @@ struct RayCliOptions {
 };
 
 // Adds what only some executors know (the Ray cluster, object store use).
-void AddExecutorDetails(const StageExecutor& executor, Json& summary);
+void AddExecutorDetails(const StageExecutor& executor, analyse::RunRecord& summary);
 
 // Builds an executor by name; kUsage for unknown names, kRayUnavailable when
 // the ray executor is asked for without Ray.
@@ -76,8 +93,9 @@ Result<std::unique_ptr<StageExecutor>> MakeExecutor(
 Status ApplyCommandLine(Pipeline& pipeline, const ExecOptions& exec);
 
 // The summary of one run (what --json prints and what is written beside the outputs).
-Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_view executor,
-                int jobs, const std::filesystem::path& out_dir);
+analyse::RunRecord RunSummary(const Pipeline& pipeline, const RunResult& result,
+                              std::string_view executor, int jobs,
+                              const std::filesystem::path& out_dir);
 using util::WriteFileAtomically;
 
 // A progress display on a terminal, plain log lines otherwise, nothing with quiet.
@@ -117,7 +135,8 @@ struct ReportCli {
   void AddTo(CLI::App* cmd);
   // Writes what was asked for from a run summary or a parity document;
   // prints where unless `quiet`. kOutputError when a file cannot be written.
-  Status Write(const Json& doc, bool quiet) const;
+  Status Write(const analyse::RunRecord& run, bool quiet) const;
+  Status Write(const analyse::ParityDocument& doc, bool quiet) const;
 };
 
 // Threads for hashing: one per CPU.

@@ -13,8 +13,11 @@
 #include <thread>
 
 #include "cli.h"
+#include "stagekit/cache.h"
 #include "stagekit/executor.h"
 #include "stagekit/ray.h"
+#include "util/outcome.h"
+#include "util/process.h"
 #include "util/text.h"
 
 namespace stagekit::cli {
@@ -113,18 +116,53 @@ void RayCliOptions::AddTo(CLI::App* cmd) {
       ->check(CLI::Range(1, 4096));
 }
 
+const Environment& Environment::Get() {
+  static const Environment env = [] {
+    auto var = [](const char* name) {
+      const char* v = std::getenv(name);
+      return std::string(v != nullptr ? v : "");
+    };
+    Environment e;
+    e.ray_address = var("RAY_ADDRESS");
+    e.ray_bin_dir = var("STAGEKIT_RAY_BIN_DIR");
+    e.autoscaler_config = var("STAGEKIT_AUTOSCALER_CONFIG");
+    e.runner = var("STAGEKIT_RUNNER");
+    e.cache_dir = var("STAGEKIT_CACHE_DIR");
+    const std::string warm = var("STAGEKIT_WARM");
+    e.warm = !(warm == "0" || warm == "off" || warm == "false" || warm == "no");
+    return e;
+  }();
+  return env;
+}
+
+fs::path CacheDir(const std::string& flag) {
+  if (!flag.empty()) return flag;
+  const Environment& env = Environment::Get();
+  return env.cache_dir.empty() ? DiskCache::DefaultDir() : env.cache_dir;
+}
+
 Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
                                                     const std::vector<fs::path>& libraries,
                                                     const RayCliOptions& ray) {
-  if (name == "inprocess") return std::unique_ptr<StageExecutor>(new InProcessExecutor());
+  const Environment& env = Environment::Get();
+  if (name == "inprocess") {
+    return std::unique_ptr<StageExecutor>(new InProcessExecutor(Registry::Global(), env.warm));
+  }
   if (name == "subprocess") {
     SubprocessExecutor::Options options;
     options.libraries = libraries;
+    options.runner = env.runner;
+    options.cancel = &util::ProcessCancel();
+    options.warm = env.warm;
     return std::unique_ptr<StageExecutor>(new SubprocessExecutor(options));
   }
   if (name == "ray") {
     RayOptions options;
-    options.address = ray.address;
+    options.address = ray.address.empty() ? env.ray_address : ray.address;
+    options.bin_dir = env.ray_bin_dir;
+    options.autoscaler_config = env.autoscaler_config;
+    options.warm = env.warm;
+    options.cancel = &util::ProcessCancel();
     options.libraries = libraries;
     options.max_attempts = ray.attempts;
     options.fetch_window_bytes = static_cast<std::uint64_t>(ray.fetch_window_mib) << 20;
@@ -137,8 +175,9 @@ Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
                 "unknown executor '" + name + "'; choose inprocess, subprocess or ray");
 }
 
-void AddExecutorDetails(const StageExecutor& executor, Json& summary) {
-  if (Json d = executor.Describe(); !d.empty()) summary[std::string(executor.name())] = d;
+void AddExecutorDetails(const StageExecutor& executor, analyse::RunRecord& summary) {
+  // Written under the executor's name, which is the summary's executor.
+  if (Json d = executor.Describe(); !d.empty()) summary.executor_details = std::move(d);
 }
 
 Status ApplyCommandLine(Pipeline& pipeline, const ExecOptions& exec) {
@@ -155,77 +194,69 @@ Status ApplyCommandLine(Pipeline& pipeline, const ExecOptions& exec) {
   return OkStatus();
 }
 
-Json RunSummary(const Pipeline& pipeline, const RunResult& result, std::string_view executor,
-                int jobs, const fs::path& out_dir) {
-  Json stages = Json::array();
+analyse::RunRecord RunSummary(const Pipeline& pipeline, const RunResult& result,
+                              std::string_view executor, int jobs, const fs::path& out_dir) {
+  auto error_of = [](const Status& s) {
+    return analyse::RecordError{std::string(util::OutcomeName(s.code())), s.message()};
+  };
+  analyse::RunRecord run;
+  run.pipeline = pipeline.name;
+  run.file = pipeline.file.string();
+  run.executor = std::string(executor);
+  run.jobs = jobs;
+  run.out_dir = out_dir.string();
+  run.status = result.status.ok() ? "succeeded" : "failed";
+  if (!result.status.ok()) run.error = error_of(result.status);
+  if (!result.failed_stage.empty()) run.failed_stage = result.failed_stage;
+  run.wall_s = result.wall_s;
+  run.job = pipeline.job;
+  run.stages.reserve(result.stages.size());
   for (std::size_t i = 0; i < result.stages.size(); ++i) {
     const StageOutcome& o = result.stages[i];
     const PipelineStage& st = pipeline.stages[i];
-    Json entry{
-        {"name", o.name},
-        {"stage", st.stage},
-        {"state", StageStateName(o.state)},
-        {"output", o.output.string()},
-        {"resources", st.options.resources.ToJson()},
-        {"timeout_s", st.options.timeout
-                          ? Json(static_cast<double>(st.options.timeout->count()) / 1000.0)
-                          : Json(nullptr)},
-        {"stats", o.stats ? o.stats->ToJson() : Json(nullptr)},
-        {"cached", o.cached},
-        {"fetched", o.fetched},
-        {"start_s", o.start_s < 0 ? Json(nullptr) : Json(o.start_s)},
-        {"end_s", o.end_s < 0 ? Json(nullptr) : Json(o.end_s)},
-        {"slot", o.slot < 0 ? Json(nullptr) : Json(o.slot)},
-        {"error", o.state == StageState::kFailed ? ErrorToJson(o.status)["error"] : Json(nullptr)}};
-    stages.push_back(std::move(entry));
+    analyse::StageRecord& entry = run.stages.emplace_back();
+    entry.name = o.name;
+    entry.stage = st.stage;
+    entry.state = std::string(StageStateName(o.state));
+    entry.output = o.output.string();
+    entry.resources = st.options.resources.ToJson();
+    if (st.options.timeout) {
+      entry.timeout_s = static_cast<double>(st.options.timeout->count()) / 1000.0;
+    }
+    entry.stats = o.stats;
+    entry.cached = o.cached;
+    entry.fetched = o.fetched;
+    if (o.start_s >= 0) entry.start_s = o.start_s;
+    if (o.end_s >= 0) entry.end_s = o.end_s;
+    if (o.slot >= 0) entry.slot = o.slot;
+    if (o.state == StageState::kFailed) entry.error = error_of(o.status);
   }
   // Where bytes went: per node that ran stages, what they produced and what
   // of it the driver fetched into the output folder (cached stages ran
   // nowhere and are not counted).
-  Json by_node = Json::object();
-  std::uint64_t fetched = 0, left = 0, outputs_fetched = 0, outputs_left = 0, uploaded = 0;
+  analyse::DataPlane& data = run.data;
   for (const StageOutcome& o : result.stages) {
     if (!o.stats || o.cached) continue;
-    Json& n = by_node[o.stats->node.empty() ? o.stats->host : o.stats->node];
-    if (n.is_null()) n = {{"stages", 0}, {"bytes_produced", 0}, {"bytes_fetched", 0}};
-    n["stages"] = n["stages"].get<std::uint64_t>() + 1;
-    n["bytes_produced"] = n["bytes_produced"].get<std::uint64_t>() + o.stats->bytes_out;
+    analyse::NodeBytes& n = data.by_node[o.stats->node.empty() ? o.stats->host : o.stats->node];
+    ++n.stages;
+    n.bytes_produced += o.stats->bytes_out;
     const Json& artifact = o.stats->artifact;
     if (artifact.is_object() && artifact.contains("node") && !artifact.contains("error")) {
       // Usually the node that made it (Ray runs the upload beside the bytes).
-      Json& u = by_node[artifact["node"].get<std::string>()];
-      if (u.is_null()) u = {{"stages", 0}, {"bytes_produced", 0}, {"bytes_fetched", 0}};
-      u["bytes_uploaded"] = u.value("bytes_uploaded", std::uint64_t{0}) + o.stats->bytes_out;
-      uploaded += o.stats->bytes_out;
+      analyse::NodeBytes& u = data.by_node[artifact["node"].get<std::string>()];
+      u.bytes_uploaded = u.bytes_uploaded.value_or(0) + o.stats->bytes_out;
+      data.bytes_uploaded_from_nodes += o.stats->bytes_out;
     }
     if (o.fetched) {
-      n["bytes_fetched"] = n["bytes_fetched"].get<std::uint64_t>() + o.stats->bytes_out;
-      fetched += o.stats->bytes_out;
-      ++outputs_fetched;
+      n.bytes_fetched += o.stats->bytes_out;
+      data.bytes_fetched += o.stats->bytes_out;
+      ++data.outputs_fetched;
     } else {
-      left += o.stats->bytes_out;
-      ++outputs_left;
+      data.bytes_left_on_cluster += o.stats->bytes_out;
+      ++data.outputs_left_on_cluster;
     }
   }
-  Json data{{"by_node", by_node},
-            {"outputs_fetched", outputs_fetched},
-            {"bytes_fetched", fetched},
-            {"outputs_left_on_cluster", outputs_left},
-            {"bytes_left_on_cluster", left},
-            {"bytes_uploaded_from_nodes", uploaded}};
-  return Json{
-      {"pipeline", pipeline.name},
-      {"file", pipeline.file.string()},
-      {"executor", executor},
-      {"jobs", jobs},
-      {"out_dir", out_dir.string()},
-      {"status", result.status.ok() ? "succeeded" : "failed"},
-      {"error", result.status.ok() ? Json(nullptr) : ErrorToJson(result.status)["error"]},
-      {"failed_stage", result.failed_stage.empty() ? Json(nullptr) : Json(result.failed_stage)},
-      {"wall_s", result.wall_s},
-      {"job", pipeline.job.ToJson()},
-      {"data", data},
-      {"stages", stages}};
+  return run;
 }
 
 std::string FirstLine(const std::string& text) { return text.substr(0, text.find('\n')); }

@@ -5,6 +5,7 @@
 
 #include "analyse/audit.h"
 #include "cli.h"
+#include "util/outcome.h"
 
 namespace stagekit::cli {
 namespace {
@@ -41,6 +42,7 @@ Status Audit(const AuditCommand& cmd) {
   analyse::AuditOptions options;
   options.only = cmd.only;
   options.libraries = libraries;
+  options.runner = Environment::Get().runner;
   options.other_executor = executor->get();
   options.jobs = cmd.jobs > 0 ? cmd.jobs : ExecOptions{}.Jobs(**executor);
   options.keep = cmd.keep;
@@ -57,7 +59,7 @@ Status Audit(const AuditCommand& cmd) {
     std::cout << report->Table() << std::flush;
   }
   if (report->Nondeterministic() > 0) {
-    return Status(Code::kChecksFailed, "audit: " + report->Summary());
+    return Status(util::kChecksFailed, "audit: " + report->Summary());
   }
   return OkStatus();
 }

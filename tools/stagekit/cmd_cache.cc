@@ -24,9 +24,7 @@ struct CacheCommand {
   std::string max_size;
 };
 
-fs::path CacheDir(const CacheCommand& cmd) {
-  return cmd.dir.empty() ? DiskCache::DefaultDir() : fs::path(cmd.dir);
-}
+fs::path CacheDir(const CacheCommand& cmd) { return cli::CacheDir(cmd.dir); }
 
 // Refuses to create a cache just to look into it.
 Status RequireCacheDir(const fs::path& dir) {

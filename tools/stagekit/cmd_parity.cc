@@ -13,6 +13,8 @@
 #include "stagekit/ray.h"
 #include "util/digest.h"
 #include "util/fd.h"
+#include "util/outcome.h"
+#include "util/process.h"
 
 namespace stagekit::cli {
 namespace {
@@ -69,7 +71,9 @@ Result<std::vector<std::string>> ExecutorNames(const ParityCommand& cmd) {
                   "--executors is empty; name at least two, e.g. inprocess,subprocess (leave the "
                   "option out for all that are installed)");
   }
-  if (list.empty()) list = RayAvailable() ? "inprocess,subprocess,ray" : "inprocess,subprocess";
+  if (list.empty())
+    list = RayAvailable(nullptr, Environment::Get().ray_bin_dir) ? "inprocess,subprocess,ray"
+                                                                 : "inprocess,subprocess";
   std::stringstream ss(list);
   for (std::string name; std::getline(ss, name, ',');) {
     if (name.empty()) continue;
@@ -102,26 +106,31 @@ Result<std::vector<std::unique_ptr<StageExecutor>>> MakeExecutors(
 Status RunUnderEach(const ParityCommand& cmd, const Pipeline& pipeline,
                     const std::vector<std::string>& names,
                     const std::vector<std::unique_ptr<StageExecutor>>& executors,
-                    const fs::path& base, int jobs, std::vector<RunResult>& runs, Json& summaries) {
+                    const fs::path& base, int jobs, std::vector<RunResult>& runs,
+                    analyse::ParityDocument& doc) {
   for (std::size_t e = 0; e < executors.size(); ++e) {
     std::unique_ptr<RunObserver> progress = MakeProgress(
         pipeline.stages.size(), cmd.exec.quiet || cmd.exec.json, "[" + names[e] + "] ");
     RunOptions options;
+    options.cancel = &util::ProcessCancel();
     options.jobs = jobs;
     options.observer = progress.get();
     runs.push_back(RunPipeline(pipeline, base / names[e], *executors[e], options));
     progress.reset();
-    summaries[names[e]] = RunSummary(pipeline, runs.back(), names[e], jobs, base / names[e]);
-    AddExecutorDetails(*executors[e], summaries[names[e]]);
+    analyse::RunRecord& summary = doc.runs[names[e]];
+    summary = RunSummary(pipeline, runs.back(), names[e], jobs, base / names[e]);
+    AddExecutorDetails(*executors[e], summary);
     if (!runs.back().status.ok()) {
-      if (Status r =
-              cmd.report.Write({{"status", "failed"}, {"executors", names}, {"runs", summaries}},
-                               cmd.exec.quiet || cmd.exec.json);
-          !r.ok()) {
+      doc.status = "failed";
+      doc.executors = names;
+      if (Status r = cmd.report.Write(doc, cmd.exec.quiet || cmd.exec.json); !r.ok()) {
         std::cerr << "stagekit: warning: " << r.message() << "\n";
       }
-      if (cmd.exec.json)
-        std::cout << Json{{"status", "failed"}, {"runs", summaries}}.dump(2) << std::endl;
+      if (cmd.exec.json) {
+        Json failed = doc.ToJson();
+        failed.erase("executors");  // --json has always printed the status and the runs
+        std::cout << failed.dump(2) << std::endl;
+      }
       return Status(runs.back().status.code(),
                     "parity: the " + names[e] + " run failed: " + runs.back().status.message());
     }
@@ -131,14 +140,14 @@ Status RunUnderEach(const ParityCommand& cmd, const Pipeline& pipeline,
 
 // What comparing the outputs found: one row per stage, and the mismatches.
 struct Comparison {
-  Json rows = Json::array();
+  std::vector<analyse::ParityRow> rows;
   std::size_t mismatches = 0;
   std::string first_mismatch;
 };
 
 // One stage's output under every executor: its digests as on disk, and the verdict.
 struct StageDigests {
-  Json digests = Json::object();
+  analyse::ParityRow row;  // digests, first_difference, changed_after_run
   std::string verdict = "identical";
   std::vector<std::string> on_disk;
 };
@@ -162,7 +171,7 @@ void CheckOnDisk(std::size_t i, const PipelineStage& st, const std::vector<std::
                            ", the file " + runs[e].stages[i].output.string() + " now holds " +
                            d.on_disk.back() + ")";
       }
-      d.digests["changed_after_run"] = names[e];
+      d.row.changed_after_run = names[e];
     }
   }
 }
@@ -172,7 +181,7 @@ void CheckAcross(std::size_t i, const PipelineStage& st, const std::vector<std::
                  const std::vector<RunResult>& runs, StageDigests& d, Comparison& c) {
   for (std::size_t e = 0; e < names.size(); ++e) {
     const std::string& digest = d.on_disk[e];
-    d.digests[names[e]] = digest;
+    d.row.digests[names[e]] = digest;
     if (e > 0 && digest != d.on_disk[0] && d.verdict == "identical") {
       long long offset = FirstDifference(runs[0].stages[i].output, runs[e].stages[i].output);
       d.verdict = "DIFFERS";
@@ -185,7 +194,7 @@ void CheckAcross(std::size_t i, const PipelineStage& st, const std::vector<std::
                            "; files " + runs[0].stages[i].output.string() + " and " +
                            runs[e].stages[i].output.string() + ")";
       }
-      d.digests["first_difference"] = offset;
+      d.row.first_difference = offset;
     }
   }
 }
@@ -211,8 +220,10 @@ Comparison CompareOutputs(const ParityCommand& cmd, const Pipeline& pipeline,
     StageDigests d;
     CheckOnDisk(i, st, names, runs, d, c);
     CheckAcross(i, st, names, runs, d, c);
-    c.rows.push_back(
-        {{"stage", st.name}, {"output", st.output}, {"digests", d.digests}, {"result", d.verdict}});
+    d.row.stage = st.name;
+    d.row.output = st.output;
+    d.row.result = d.verdict;
+    c.rows.push_back(d.row);
     if (!cmd.exec.json) {
       std::printf("%-*s  %-*s", static_cast<int>(width), st.name.c_str(),
                   static_cast<int>(out_width), st.output.c_str());
@@ -228,22 +239,21 @@ Comparison CompareOutputs(const ParityCommand& cmd, const Pipeline& pipeline,
 
 // Prints the verdict and writes the report; kParityMismatch when any output differs.
 Status ReportParity(const ParityCommand& cmd, const std::vector<std::string>& names,
-                    const Comparison& c, const Json& summaries) {
+                    const Comparison& c, analyse::ParityDocument& doc) {
   std::string joined;
   for (const std::string& n : names) joined += (joined.empty() ? "" : ", ") + n;
-  const Json doc{{"status", c.mismatches == 0 ? "identical" : "mismatch"},
-                 {"executors", names},
-                 {"outputs", c.rows},
-                 {"runs", summaries}};
+  doc.status = c.mismatches == 0 ? "identical" : "mismatch";
+  doc.executors = names;
+  doc.outputs = c.rows;
   if (cmd.exec.json) {
-    std::cout << doc.dump(2) << std::endl;
+    std::cout << doc.ToJson().dump(2) << std::endl;
   } else {
     std::printf("%zu outputs, %zu identical across %s\n", c.rows.size(),
                 c.rows.size() - c.mismatches, joined.c_str());
   }
   if (Status s = cmd.report.Write(doc, cmd.exec.quiet || cmd.exec.json); !s.ok()) return s;
   if (c.mismatches > 0) {
-    return Status(Code::kParityMismatch, "parity mismatch in " + std::to_string(c.mismatches) +
+    return Status(util::kParityMismatch, "parity mismatch in " + std::to_string(c.mismatches) +
                                              " output(s); first: " + c.first_mismatch);
   }
   return OkStatus();
@@ -264,13 +274,12 @@ Status Parity(const ParityCommand& cmd) {
                                        : fs::path(cmd.exec.out);
   const int jobs = cmd.exec.Jobs(*executors->back());
   std::vector<RunResult> runs;
-  Json summaries = Json::object();
-  if (Status s = RunUnderEach(cmd, *pipeline, *names, *executors, base, jobs, runs, summaries);
-      !s.ok()) {
+  analyse::ParityDocument doc;
+  if (Status s = RunUnderEach(cmd, *pipeline, *names, *executors, base, jobs, runs, doc); !s.ok()) {
     return s;
   }
   const Comparison comparison = CompareOutputs(cmd, *pipeline, *names, runs);
-  return ReportParity(cmd, *names, comparison, summaries);
+  return ReportParity(cmd, *names, comparison, doc);
 }
 
 }  // namespace

@@ -15,6 +15,8 @@
 #include "operate/cost.h"
 #include "stagekit/cache.h"
 #include "stagekit/ray.h"
+#include "util/outcome.h"
+#include "util/process.h"
 #include "util/text.h"
 
 namespace stagekit::cli {
@@ -170,8 +172,9 @@ Status Run(const RunCommand& cmd) {
   record.start = util::IsoTime(cost.start);
   record.end = util::IsoTime(std::chrono::system_clock::now());
   record.wall_s = wall;
-  record.outcome = status.ok() ? std::string("succeeded") : std::string(CodeName(status.code()));
-  record.exit_code = static_cast<int>(status.code());
+  record.outcome =
+      status.ok() ? std::string("succeeded") : std::string(util::OutcomeName(status.code()));
+  record.exit_code = util::ExitCode(status);
   record.node_types = cost.nodes;
   for (const auto& [type, count] : cost.nodes) {
     record.node_seconds[type] = wall * count;
@@ -206,9 +209,7 @@ Status OpenRunCache(const RunCommand& cmd, const std::string& pipeline,
   if (cmd.no_cache) return OkStatus();
   DiskCache::Options cache_options;
   cache_options.pipeline = pipeline;
-  auto opened = DiskCache::Open(
-      cmd.cache_dir.empty() ? DiskCache::DefaultDir() : std::filesystem::path(cmd.cache_dir),
-      cache_options);
+  auto opened = DiskCache::Open(CacheDir(cmd.cache_dir), cache_options);
   if (!opened.ok() && cmd.resume) return opened.status();
   if (opened.ok()) {
     cache = std::move(opened).value();
@@ -256,6 +257,7 @@ RunResult RunStages(const RunCommand& cmd, const Pipeline& pipeline,
       MakeProgress(pipeline.stages.size(), cmd.exec.quiet || cmd.exec.json, "");
   BudgetObserver budget(progress.get());
   RunOptions options;
+  options.cancel = &util::ProcessCancel();
   options.jobs = jobs;
   options.observer = &budget;
   options.cache = cache;
@@ -280,7 +282,7 @@ RunResult RunStages(const RunCommand& cmd, const Pipeline& pipeline,
                     "the budget of $%.2f would be exceeded ($%.4f spent at $%.3f/h, about $%.4f "
                     "for one more stage); launched no more stages",
                     cmd.budget, spent, *rate, next);
-      return Status(Code::kBudgetExceeded, buf);
+      return Status(util::kBudgetExceeded, buf);
     };
   }
   RunResult result = RunPipeline(pipeline, out_dir, executor, options);
@@ -289,32 +291,35 @@ RunResult RunStages(const RunCommand& cmd, const Pipeline& pipeline,
 }
 
 // The run's summary, also written beside its outputs unless the output folder failed.
-Json SummariseRun(const RunCommand& cmd, const Pipeline& pipeline, const RunResult& result,
-                  const StageExecutor& executor, int jobs, const std::filesystem::path& out_dir,
-                  const std::string& artifacts, const std::optional<double>& rate,
-                  const operate::PriceBook& prices, const RunCost& cost) {
-  Json summary = RunSummary(pipeline, result, executor.name(), jobs, out_dir);
-  summary["outputs"] = cmd.outputs;
+analyse::RunRecord SummariseRun(const RunCommand& cmd, const Pipeline& pipeline,
+                                const RunResult& result, const StageExecutor& executor, int jobs,
+                                const std::filesystem::path& out_dir, const std::string& artifacts,
+                                const std::optional<double>& rate, const operate::PriceBook& prices,
+                                const RunCost& cost) {
+  analyse::RunRecord summary = RunSummary(pipeline, result, executor.name(), jobs, out_dir);
+  summary.outputs = cmd.outputs;
   const auto* lazy = dynamic_cast<const LazyExecutor*>(&executor);
   if (lazy == nullptr) {
     AddExecutorDetails(executor, summary);
   } else if (lazy->inner() != nullptr) {
     AddExecutorDetails(*lazy->inner(), summary);
   } else {
-    summary["started_executor"] = false;  // every stage was restored: no cluster was used
+    summary.started_executor = false;  // every stage was restored: no cluster was used
   }
-  if (!artifacts.empty()) summary["artifacts"] = {{"uri", artifacts}};
+  if (!artifacts.empty()) summary.artifacts.emplace().uri = artifacts;
   if (rate && !prices.empty()) {
     // For the report; the cost record written after the run prices the whole command.
-    summary["cost"] = {{"node_types", cost.nodes},
-                       {"usd_per_hour", *rate},
-                       {"wall_s", result.wall_s},
-                       {"estimated_usd", *rate * result.wall_s / 3600}};
-    if (cmd.budget >= 0) summary["cost"]["budget_usd"] = cmd.budget;
+    analyse::CostEstimate& estimate = summary.cost.emplace();
+    estimate.node_types = cost.nodes;
+    estimate.usd_per_hour = *rate;
+    estimate.wall_s = result.wall_s;
+    estimate.estimated_usd = *rate * result.wall_s / 3600;
+    if (cmd.budget >= 0) estimate.budget_usd = cmd.budget;
   }
   if (result.status.code() != Code::kOutputError || !result.failed_stage.empty()) {
     // Best effort: the record of the run sits beside its outputs.
-    (void)util::WriteFileAtomically(out_dir / ".stagekit-run.json", summary.dump(2) + "\n");
+    (void)util::WriteFileAtomically(out_dir / ".stagekit-run.json",
+                                    summary.ToJson().dump(2) + "\n");
   }
   return summary;
 }
@@ -322,16 +327,17 @@ Json SummariseRun(const RunCommand& cmd, const Pipeline& pipeline, const RunResu
 // Syncs the driver's share of the artifacts after a complete run, noting it in the summary.
 Status SyncArtifacts(const RunResult& result, const std::filesystem::path& out_dir,
                      const std::string& artifacts, const deploy::S3Options& s3,
-                     const StageExecutor& executor, Json& summary) {
+                     const StageExecutor& executor, analyse::RunRecord& summary) {
   // The driver's share of the artifacts leaves only from a complete run:
   // what it holds in the output folder, less what nodes uploaded.
   Status sync;
   if (artifacts.empty()) return sync;
+  if (!summary.artifacts) summary.artifacts.emplace().uri = artifacts;
+  analyse::ArtifactsRecord& record = *summary.artifacts;
   NodeUploads nodes = CollectNodeUploads(result, out_dir);
   if (executor.outputs_stay_remote()) {
-    summary["artifacts"]["from_nodes"] = {{"outputs", nodes.uploaded.size()},
-                                          {"bytes", nodes.bytes},
-                                          {"failed", nodes.failed.size()}};
+    record.from_nodes = analyse::ArtifactsRecord::FromNodes{nodes.uploaded.size(), nodes.bytes,
+                                                            nodes.failed.size()};
   }
   if (result.status.ok()) {
     const auto start = std::chrono::steady_clock::now();
@@ -344,21 +350,22 @@ Status SyncArtifacts(const RunResult& result, const std::filesystem::path& out_d
                         "with the run (rerun with --outputs all to keep a copy here); " +
                         nodes.failed.front() + (sync.ok() ? "" : "; and " + sync.message()));
     }
-    summary["artifacts"]["synced"] = sync.ok();
-    summary["artifacts"]["seconds"] =
+    record.synced = sync.ok();
+    record.seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (!sync.ok()) summary["artifacts"]["error"] = sync.message();
+    if (!sync.ok()) record.error = sync.message();
   } else {
-    summary["artifacts"]["synced"] = false;
+    record.synced = false;
   }
   return sync;
 }
 
 // Writes --report/--trace and prints --json; an error when the sync or the report failed.
-Status PublishSummary(const RunCommand& cmd, const Json& summary, const RunResult& result,
-                      const Status& sync, const std::filesystem::path& out_dir) {
+Status PublishSummary(const RunCommand& cmd, const analyse::RunRecord& summary,
+                      const RunResult& result, const Status& sync,
+                      const std::filesystem::path& out_dir) {
   const Status report = cmd.report.Write(summary, cmd.exec.quiet || cmd.exec.json);
-  if (cmd.exec.json) std::cout << summary.dump(2) << std::endl;
+  if (cmd.exec.json) std::cout << summary.ToJson().dump(2) << std::endl;
   if (!sync.ok()) {
     bool fetched = false;
     for (const StageOutcome& o : result.stages) fetched = fetched || o.fetched;
@@ -435,8 +442,8 @@ Status RunInner(const RunCommand& cmd, const operate::PriceBook& prices, RunCost
   const int jobs = cmd.exec.Jobs(**executor);
   RunResult result =
       RunStages(cmd, *pipeline, out_dir, **executor, jobs, cache.get(), *artifacts, rate, cost);
-  Json summary = SummariseRun(cmd, *pipeline, result, **executor, jobs, out_dir, *artifacts, rate,
-                              prices, cost);
+  analyse::RunRecord summary = SummariseRun(cmd, *pipeline, result, **executor, jobs, out_dir,
+                                            *artifacts, rate, prices, cost);
   const Status sync = SyncArtifacts(result, out_dir, *artifacts, s3, **executor, summary);
   if (Status s = PublishSummary(cmd, summary, result, sync, out_dir); !s.ok()) return s;
   return FinishRun(cmd, result, **executor, jobs, out_dir, *artifacts);

@@ -15,6 +15,7 @@ struct StageCommand {
   LibraryOptions libs;
   bool serve = false;
   bool exit_with_parent = false;
+  bool cold = false;
 };
 
 Status RunStage(const StageCommand& cmd) {
@@ -22,6 +23,7 @@ Status RunStage(const StageCommand& cmd) {
   options.name = cmd.name;
   options.serve = cmd.serve;
   options.exit_with_parent = cmd.exit_with_parent;
+  options.warm = !cmd.cold;
   std::error_code ec;
   for (const std::string& s : cmd.libs.stages)
     options.libraries.push_back(std::filesystem::absolute(s, ec));
@@ -42,6 +44,9 @@ void SetStageCommand(CLI::App& app, Action& action) {
   sub->add_flag("--exit-with-parent", cmd->exit_with_parent,
                 "Stop (with this process group) when the parent process is gone; the "
                 "subprocess executor passes it so that no stage runs on after a killed run");
+  sub->add_flag("--cold", cmd->cold,
+                "Warm stages set up and tear down on every request (the subprocess executor "
+                "passes it under STAGEKIT_WARM=0)");
   cmd->libs.AddTo(sub);
   sub->footer(
       "Request: {\"stage\": NAME, \"inputs\": {name: path}, \"output\": path, \"job\": {\"name\", "

@@ -21,6 +21,8 @@
 #include "stagekit/executor.h"
 #include "stagekit/version.h"
 #include "util/files.h"
+#include "util/outcome.h"
+#include "util/process.h"
 #include "util/text.h"
 
 namespace stagekit::cli {
@@ -75,7 +77,7 @@ struct SubmitCommand {
 // Sleeps up to `d`, waking early on Ctrl-C.
 void SleepUnlessInterrupted(std::chrono::milliseconds d) {
   const auto until = Clock::now() + d;
-  while (Clock::now() < until && !Interrupted()) {
+  while (Clock::now() < until && !util::Interrupted()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
 }
@@ -116,7 +118,7 @@ Status JobOutcome(const std::string& id, const Json& job, const std::string* log
     text += "\n--- last lines of its log ---\n" + *log_tail;
   }
   text += "\n(full log: stagekit jobs logs " + id + ")";
-  return Status(Code::kJobFailed, text);
+  return Status(util::kJobFailed, text);
 }
 
 // Follows a job to its end, printing its log as it grows. On Ctrl-C, asks
@@ -126,7 +128,7 @@ Status Follow(deploy::JobsClient& client, const std::string& id, const std::stri
   std::size_t printed = 0;
   std::string last_status;
   for (;;) {
-    if (Interrupted()) {
+    if (util::Interrupted()) {
       std::string choice = on_interrupt;
       if (choice == "ask") {
         if (::isatty(STDIN_FILENO)) {
@@ -397,8 +399,8 @@ Status Submit(const SubmitCommand& cmd) {
   record.end = util::IsoTime(std::chrono::system_clock::now());
   record.wall_s = std::chrono::duration<double>(Clock::now() - steady).count();
   record.outcome = status.ok() ? (cmd.no_wait ? "submitted" : "succeeded")
-                               : std::string(CodeName(status.code()));
-  record.exit_code = static_cast<int>(status.code());
+                               : std::string(util::OutcomeName(status.code()));
+  record.exit_code = util::ExitCode(status);
   if (Status s = operate::AppendCostRecord(cmd.cost.Log(), record); !s.ok()) {
     std::cerr << "stagekit: warning: " << s.message() << "\n";
   }
@@ -457,7 +459,7 @@ Status JobsStop(const JobsCommand& cmd) {
     return OkStatus();
   }
   if (cmd.no_wait) return OkStatus();
-  for (int i = 0; i < 600 && !Interrupted(); ++i) {
+  for (int i = 0; i < 600 && !util::Interrupted(); ++i) {
     auto job = (*client)->Job(cmd.id);
     if (!job.ok()) return job.status();
     if (deploy::IsTerminal(job->value("status", ""))) {
@@ -466,7 +468,7 @@ Status JobsStop(const JobsCommand& cmd) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
-  return Status(Code::kJobFailed, "asked Ray to stop job " + cmd.id +
+  return Status(util::kJobFailed, "asked Ray to stop job " + cmd.id +
                                       ", but it has not stopped within a minute; check the "
                                       "dashboard");
 }
