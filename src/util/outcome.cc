@@ -55,12 +55,6 @@ int ExitCode(const Status& status) {
                                         : static_cast<int>(Code::kInternal);
 }
 
-nlohmann::json OutcomeErrorJson(const Status& status) {
-  return nlohmann::json{
-      {"error",
-       {{"code", std::string(OutcomeName(status.code()))}, {"message", status.message()}}}};
-}
-
 std::string ExitCodesHelp() {
   std::string out = "Exit codes:";
   for (const Outcome& o : Outcomes()) {

@@ -47,10 +47,6 @@ std::string_view OutcomeName(Code code);
 // for a value that is in no row.
 int ExitCode(const Status& status);
 
-// {"error": {"code": OutcomeName(..), "message": ..}}: ErrorToJson() that
-// keeps a command line outcome's name.
-nlohmann::json OutcomeErrorJson(const Status& status);
-
 // The "Exit codes:" footer of `stagekit --help`, one line per row.
 std::string ExitCodesHelp();
 

@@ -56,7 +56,6 @@ TEST(OutcomeTest, ToolOutcomesKeepTheirNamesAndNumbers) {
   EXPECT_EQ(util::kOperationFailed, Code{18});
   EXPECT_EQ(util::OutcomeName(Code{42}), "internal");
   EXPECT_EQ(util::ExitCode(Status(Code{42}, "x")), 70);
-  EXPECT_EQ(util::OutcomeErrorJson(Status(util::kTooLarge, "big"))["error"]["code"], "too_large");
 }
 
 TEST(OutcomeTest, TheTableHasOneRowPerCodeInOrderAndTheHelpListsThemAll) {
