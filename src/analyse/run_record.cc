@@ -1,127 +1,22 @@
 #include "analyse/run_record.h"
 
-#include <functional>
-#include <limits>
+#include <cstdint>
 #include <string_view>
 #include <utility>
+
+#include "util/json_fields.h"
 
 namespace stagekit::analyse {
 
 namespace {
 
-// Reads the fields of one JSON object strictly, keeping the first problem as
-// a kInputError that says where it is: "run record: stages[2]: 'state' must
-// be a string". Required fields must be present and not null; optional ones
-// (Opt*) may be absent or null, and must have the right type otherwise.
-class Reader {
- public:
-  Reader(const Json& object, std::string where) : object_(object), where_(std::move(where)) {
-    if (!object_.is_object()) Fail("must be a JSON object");
-  }
+using util::FieldReader;
 
-  bool ok() const { return status_.ok(); }
-  const Status& status() const { return status_; }
-  const std::string& where() const { return where_; }
-  // Where a field's own fields are: "run record: stages[2]".
-  std::string Inside(std::string_view key) const { return where_ + ": " + std::string(key); }
-
-  void Fail(const std::string& message) {
-    if (status_.ok()) status_ = Status(Code::kInputError, where_ + ": " + message);
-  }
-  // Keeps the first problem of a nested reader (or of a nested FromJson).
-  void Take(const Status& s) {
-    if (status_.ok() && !s.ok()) status_ = s;
-  }
-
-  // The value of `key` if it is present, not null and of the right type;
-  // nullptr otherwise (a problem unless it is optional and absent or null).
-  const Json* Field(std::string_view key, bool optional, const char* type,
-                    const std::function<bool(const Json&)>& is) {
-    if (!ok()) return nullptr;
-    auto it = object_.find(key);
-    if (it == object_.end() || it->is_null()) {
-      if (!optional) {
-        Fail(it == object_.end() ? "missing required field '" + std::string(key) + "'"
-                                 : "'" + std::string(key) + "' must be " + type + ", not null");
-      }
-      return nullptr;
-    }
-    if (!is(*it)) {
-      Fail("'" + std::string(key) + "' must be " + type + (optional ? " or null" : ""));
-      return nullptr;
-    }
-    return &*it;
-  }
-
-  static bool IsString(const Json& j) { return j.is_string(); }
-  static bool IsNumber(const Json& j) { return j.is_number(); }
-  static bool IsBool(const Json& j) { return j.is_boolean(); }
-  static bool IsObject(const Json& j) { return j.is_object(); }
-  static bool IsArray(const Json& j) { return j.is_array(); }
-  static bool IsInt(const Json& j) {
-    if (j.is_number_unsigned()) {
-      return j.get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<int>::max());
-    }
-    if (!j.is_number_integer()) return false;
-    const auto v = j.get<std::int64_t>();
-    return v >= std::numeric_limits<int>::min() && v <= std::numeric_limits<int>::max();
-  }
-  static bool IsUInt(const Json& j) {
-    return j.is_number_unsigned() || (j.is_number_integer() && j.get<std::int64_t>() >= 0);
-  }
-  static bool IsInt64(const Json& j) {
-    return j.is_number_integer() &&
-           (!j.is_number_unsigned() ||
-            j.get<std::uint64_t>() <=
-                static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()));
-  }
-
-  void String(std::string_view key, std::string& out) {
-    if (const Json* v = Field(key, false, "a string", IsString)) out = v->get<std::string>();
-  }
-  void OptString(std::string_view key, std::optional<std::string>& out) {
-    if (const Json* v = Field(key, true, "a string", IsString)) out = v->get<std::string>();
-  }
-  void Double(std::string_view key, double& out) {
-    if (const Json* v = Field(key, false, "a number", IsNumber)) out = v->get<double>();
-  }
-  void OptDouble(std::string_view key, std::optional<double>& out) {
-    if (const Json* v = Field(key, true, "a number", IsNumber)) out = v->get<double>();
-  }
-  void Int(std::string_view key, int& out) {
-    if (const Json* v = Field(key, false, "an integer", IsInt)) out = v->get<int>();
-  }
-  void OptInt(std::string_view key, std::optional<int>& out) {
-    if (const Json* v = Field(key, true, "an integer", IsInt)) out = v->get<int>();
-  }
-  void UInt(std::string_view key, std::uint64_t& out) {
-    if (const Json* v = Field(key, false, "a non-negative integer", IsUInt)) {
-      out = v->get<std::uint64_t>();
-    }
-  }
-  void OptUInt(std::string_view key, std::optional<std::uint64_t>& out) {
-    if (const Json* v = Field(key, true, "a non-negative integer", IsUInt)) {
-      out = v->get<std::uint64_t>();
-    }
-  }
-  void Bool(std::string_view key, bool& out) {
-    if (const Json* v = Field(key, false, "true or false", IsBool)) out = v->get<bool>();
-  }
-  void OptBool(std::string_view key, std::optional<bool>& out) {
-    if (const Json* v = Field(key, true, "true or false", IsBool)) out = v->get<bool>();
-  }
-  const Json* Object(std::string_view key) { return Field(key, false, "a JSON object", IsObject); }
-  const Json* OptObject(std::string_view key) {
-    return Field(key, true, "a JSON object", IsObject);
-  }
-  const Json* Array(std::string_view key) { return Field(key, false, "an array", IsArray); }
-  const Json* OptArray(std::string_view key) { return Field(key, true, "an array", IsArray); }
-
- private:
-  const Json& object_;
-  std::string where_;
-  Status status_;
-};
+// Run records and parity documents are read strictly, as kInputError:
+// "run record: stages[2]: 'state' must be a string".
+FieldReader Reader(const Json& object, std::string where) {
+  return FieldReader(object, std::move(where), Code::kInputError, FieldReader::Mode::kStrict);
+}
 
 template <typename T>
 Json Nullable(const std::optional<T>& v) {
@@ -140,7 +35,7 @@ Status CheckVersion(const Json& json, const std::string& what, int supported) {
   if (!json.is_object()) return Status(Code::kInputError, what + ": must be a JSON object");
   auto it = json.find("version");
   if (it == json.end()) return OkStatus();  // written before versions were recorded
-  if (!Reader::IsInt(*it) || it->get<int>() < 1) {
+  if (!FieldReader::IsInt(*it) || it->get<int>() < 1) {
     return Status(Code::kInputError, what + ": 'version' must be a positive integer");
   }
   const int version = it->get<int>();
@@ -157,9 +52,9 @@ Json ErrorJson(const std::optional<RecordError>& e) {
   return Json{{"code", e->code}, {"message", e->message}};
 }
 
-void ReadError(Reader& r, std::string_view key, std::optional<RecordError>& out) {
+void ReadError(FieldReader& r, std::string_view key, std::optional<RecordError>& out) {
   if (const Json* e = r.OptObject(key)) {
-    Reader er(*e, r.Inside(key));
+    FieldReader er = Reader(*e, r.Inside(key));
     RecordError error;
     er.String("code", error.code);
     er.String("message", error.message);
@@ -186,13 +81,13 @@ Json StageJson(const StageRecord& s) {
 
 Result<StageRecord> ReadStage(const Json& json, const std::string& where) {
   StageRecord s;
-  Reader r(json, where);
+  FieldReader r = Reader(json, where);
   r.String("name", s.name);
   r.String("stage", s.stage);
   r.String("state", s.state);
   r.String("output", s.output);
   if (const Json* resources = r.Object("resources")) s.resources = *resources;
-  r.OptDouble("timeout_s", s.timeout_s);
+  r.Double("timeout_s", s.timeout_s);
   if (const Json* stats = r.OptObject("stats")) {
     auto parsed = RunStats::FromJson(*stats);
     if (parsed.ok()) {
@@ -203,9 +98,9 @@ Result<StageRecord> ReadStage(const Json& json, const std::string& where) {
   }
   r.Bool("cached", s.cached);
   r.Bool("fetched", s.fetched);
-  r.OptDouble("start_s", s.start_s);
-  r.OptDouble("end_s", s.end_s);
-  r.OptInt("slot", s.slot);
+  r.Double("start_s", s.start_s);
+  r.Double("end_s", s.end_s);
+  r.Int("slot", s.slot);
   ReadError(r, "error", s.error);
   if (!r.ok()) return r.status();
   return s;
@@ -228,28 +123,28 @@ Json DataJson(const DataPlane& d) {
               {"bytes_uploaded_from_nodes", d.bytes_uploaded_from_nodes}};
 }
 
-void ReadData(Reader& r, DataPlane& d) {
+void ReadData(FieldReader& r, DataPlane& d) {
   const Json* data = r.Object("data");
   if (data == nullptr) return;
-  Reader dr(*data, r.Inside("data"));
+  FieldReader dr = Reader(*data, r.Inside("data"));
   if (const Json* by_node = dr.Object("by_node")) {
     for (const auto& [name, node] : by_node->items()) {
-      Reader nr(node, dr.Inside("by_node") + ": '" + name + "'");
+      FieldReader nr = Reader(node, dr.Inside("by_node") + ": '" + name + "'");
       NodeBytes n;
-      nr.UInt("stages", n.stages);
-      nr.UInt("bytes_produced", n.bytes_produced);
-      nr.UInt("bytes_fetched", n.bytes_fetched);
-      nr.OptUInt("bytes_uploaded", n.bytes_uploaded);
+      nr.UInt64("stages", n.stages);
+      nr.UInt64("bytes_produced", n.bytes_produced);
+      nr.UInt64("bytes_fetched", n.bytes_fetched);
+      nr.UInt64("bytes_uploaded", n.bytes_uploaded);
       dr.Take(nr.status());
       if (!nr.ok()) break;
       d.by_node[name] = n;
     }
   }
-  dr.UInt("outputs_fetched", d.outputs_fetched);
-  dr.UInt("bytes_fetched", d.bytes_fetched);
-  dr.UInt("outputs_left_on_cluster", d.outputs_left_on_cluster);
-  dr.UInt("bytes_left_on_cluster", d.bytes_left_on_cluster);
-  dr.UInt("bytes_uploaded_from_nodes", d.bytes_uploaded_from_nodes);
+  dr.UInt64("outputs_fetched", d.outputs_fetched);
+  dr.UInt64("bytes_fetched", d.bytes_fetched);
+  dr.UInt64("outputs_left_on_cluster", d.outputs_left_on_cluster);
+  dr.UInt64("bytes_left_on_cluster", d.bytes_left_on_cluster);
+  dr.UInt64("bytes_uploaded_from_nodes", d.bytes_uploaded_from_nodes);
   r.Take(dr.status());
 }
 
@@ -266,24 +161,24 @@ Json ArtifactsJson(const ArtifactsRecord& a) {
   return j;
 }
 
-void ReadArtifacts(Reader& r, std::optional<ArtifactsRecord>& out) {
+void ReadArtifacts(FieldReader& r, std::optional<ArtifactsRecord>& out) {
   const Json* json = r.OptObject("artifacts");
   if (json == nullptr) return;
-  Reader ar(*json, r.Inside("artifacts"));
+  FieldReader ar = Reader(*json, r.Inside("artifacts"));
   ArtifactsRecord a;
   ar.String("uri", a.uri);
   if (const Json* from = ar.OptObject("from_nodes")) {
-    Reader fr(*from, ar.Inside("from_nodes"));
+    FieldReader fr = Reader(*from, ar.Inside("from_nodes"));
     ArtifactsRecord::FromNodes f;
-    fr.UInt("outputs", f.outputs);
-    fr.UInt("bytes", f.bytes);
-    fr.UInt("failed", f.failed);
+    fr.UInt64("outputs", f.outputs);
+    fr.UInt64("bytes", f.bytes);
+    fr.UInt64("failed", f.failed);
     ar.Take(fr.status());
     a.from_nodes = f;
   }
-  ar.OptBool("synced", a.synced);
-  ar.OptDouble("seconds", a.seconds);
-  ar.OptString("error", a.error);
+  ar.Bool("synced", a.synced);
+  ar.Double("seconds", a.seconds);
+  ar.String("error", a.error);
   r.Take(ar.status());
   if (ar.ok()) out = std::move(a);
 }
@@ -297,20 +192,20 @@ Json CostJson(const CostEstimate& c) {
   return j;
 }
 
-void ReadCost(Reader& r, std::optional<CostEstimate>& out) {
+void ReadCost(FieldReader& r, std::optional<CostEstimate>& out) {
   const Json* json = r.OptObject("cost");
   if (json == nullptr) return;
-  Reader cr(*json, r.Inside("cost"));
+  FieldReader cr = Reader(*json, r.Inside("cost"));
   CostEstimate c;
   if (const Json* types = cr.Object("node_types")) {
-    Reader tr(*types, cr.Inside("node_types"));
+    FieldReader tr = Reader(*types, cr.Inside("node_types"));
     for (const auto& [type, count] : types->items()) tr.Int(type, c.node_types[type]);
     cr.Take(tr.status());
   }
   cr.Double("usd_per_hour", c.usd_per_hour);
   cr.Double("wall_s", c.wall_s);
   cr.Double("estimated_usd", c.estimated_usd);
-  cr.OptDouble("budget_usd", c.budget_usd);
+  cr.Double("budget_usd", c.budget_usd);
   r.Take(cr.status());
   if (cr.ok()) out = std::move(c);
 }
@@ -330,7 +225,7 @@ bool IsRecordField(const std::string& key) {
 Result<RunRecord> ReadRunRecord(const Json& json, const std::string& where) {
   if (Status s = CheckVersion(json, where, RunRecord::kVersion); !s.ok()) return s;
   RunRecord rec;
-  Reader r(json, where);
+  FieldReader r = Reader(json, where);
   r.String("pipeline", rec.pipeline);
   r.String("file", rec.file);
   r.String("executor", rec.executor);
@@ -338,7 +233,7 @@ Result<RunRecord> ReadRunRecord(const Json& json, const std::string& where) {
   r.String("out_dir", rec.out_dir);
   r.String("status", rec.status);
   ReadError(r, "error", rec.error);
-  r.OptString("failed_stage", rec.failed_stage);
+  r.String("failed_stage", rec.failed_stage);
   r.Double("wall_s", rec.wall_s);
   if (const Json* job = r.Object("job")) {
     auto parsed = JobSpec::FromJson(*job);
@@ -357,8 +252,8 @@ Result<RunRecord> ReadRunRecord(const Json& json, const std::string& where) {
       if (stage.ok()) rec.stages.push_back(std::move(stage).value());
     }
   }
-  r.OptString("outputs", rec.outputs);
-  r.OptBool("started_executor", rec.started_executor);
+  r.String("outputs", rec.outputs);
+  r.Bool("started_executor", rec.started_executor);
   ReadArtifacts(r, rec.artifacts);
   ReadCost(r, rec.cost);
   if (r.ok() && !IsRecordField(rec.executor)) {
@@ -381,17 +276,17 @@ Json RowJson(const ParityRow& row) {
 
 Result<ParityRow> ReadRow(const Json& json, const std::string& where) {
   ParityRow row;
-  Reader r(json, where);
+  FieldReader r = Reader(json, where);
   r.String("stage", row.stage);
   r.String("output", row.output);
   r.String("result", row.result);
   if (const Json* digests = r.Object("digests")) {
-    Reader dr(*digests, r.Inside("digests"));
+    FieldReader dr = Reader(*digests, r.Inside("digests"));
     for (const auto& [key, value] : digests->items()) {
       if (key == "first_difference") {
-        if (const Json* v = dr.Field(key, false, "an integer", Reader::IsInt64)) {
-          row.first_difference = v->get<long long>();
-        }
+        std::int64_t first = 0;
+        dr.Int64(key, first);
+        row.first_difference = first;
       } else if (key == "changed_after_run") {
         std::string e;
         dr.String(key, e);
@@ -455,7 +350,7 @@ Result<ParityDocument> ParityDocument::FromJson(const Json& json) {
   const std::string where = "parity document";
   if (Status s = CheckVersion(json, where, kVersion); !s.ok()) return s;
   ParityDocument doc;
-  Reader r(json, where);
+  FieldReader r = Reader(json, where);
   r.String("status", doc.status);
   if (const Json* executors = r.Array("executors")) {
     for (std::size_t i = 0; i < executors->size(); ++i) {

@@ -1,63 +1,133 @@
 #include "util/json_fields.h"
 
+#include <cstdint>
+#include <limits>
 #include <string>
+#include <utility>
 
 namespace stagekit::util {
 
-FieldReader::FieldReader(const Json& object, std::string context, Code code)
-    : object_(object), context_(std::move(context)), code_(code) {
+namespace {
+
+bool IsString(const Json& j) { return j.is_string(); }
+bool IsNumber(const Json& j) { return j.is_number(); }
+bool IsBool(const Json& j) { return j.is_boolean(); }
+bool IsObject(const Json& j) { return j.is_object(); }
+bool IsArray(const Json& j) { return j.is_array(); }
+bool IsUInt64(const Json& j) {
+  return j.is_number_unsigned() || (j.is_number_integer() && j.get<std::int64_t>() >= 0);
+}
+bool IsInt64(const Json& j) {
+  return j.is_number_integer() &&
+         (!j.is_number_unsigned() ||
+          j.get<std::uint64_t>() <=
+              static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()));
+}
+
+}  // namespace
+
+bool FieldReader::IsInt(const Json& j) {
+  if (!IsInt64(j)) return false;
+  const auto v = j.get<std::int64_t>();
+  return v >= std::numeric_limits<int>::min() && v <= std::numeric_limits<int>::max();
+}
+
+FieldReader::FieldReader(const Json& object, std::string context, Code code, Mode mode)
+    : object_(object), context_(std::move(context)), code_(code), mode_(mode) {
   if (!object_.is_object()) Fail("must be a JSON object");
 }
 
-void FieldReader::Fail(std::string message) {
+void FieldReader::Fail(const std::string& message) {
   if (status_.ok()) status_ = Status(code_, context_ + ": " + message);
 }
 
-const Json* FieldReader::Get(std::string_view key, bool required) {
+void FieldReader::Take(const Status& s) {
+  if (status_.ok() && !s.ok()) status_ = s;
+}
+
+const Json* FieldReader::Field(std::string_view key, Presence presence, const char* type,
+                               bool (*is)(const Json&)) {
   if (!ok()) return nullptr;
+  const bool nullable = presence == Presence::kNullable;
+  const bool required =
+      presence == Presence::kRequired || (presence == Presence::kDefault && mode_ == Mode::kStrict);
   auto it = object_.find(key);
   if (it == object_.end()) {
     if (required) Fail("missing required field '" + std::string(key) + "'");
+    return nullptr;
+  }
+  if (it->is_null() && nullable) return nullptr;
+  if (it->is_null() && required) {
+    Fail("'" + std::string(key) + "' must be " + type + ", not null");
+    return nullptr;
+  }
+  if (!is(*it)) {
+    Fail("'" + std::string(key) + "' must be " + type + (nullable ? " or null" : ""));
     return nullptr;
   }
   return &*it;
 }
 
 void FieldReader::String(std::string_view key, std::string& out, bool required) {
-  if (const Json* v = Get(key, required)) {
-    if (!v->is_string()) return Fail("'" + std::string(key) + "' must be a string");
+  const Presence p = required ? Presence::kRequired : Presence::kDefault;
+  if (const Json* v = Field(key, p, "a string", IsString)) out = v->get<std::string>();
+}
+void FieldReader::String(std::string_view key, std::optional<std::string>& out) {
+  if (const Json* v = Field(key, Presence::kNullable, "a string", IsString)) {
     out = v->get<std::string>();
   }
 }
-
 void FieldReader::UInt64(std::string_view key, std::uint64_t& out) {
-  if (const Json* v = Get(key, false)) {
-    if (!v->is_number_unsigned()) {
-      return Fail("'" + std::string(key) + "' must be a non-negative integer");
-    }
+  if (const Json* v = Field(key, Presence::kDefault, "a non-negative integer", IsUInt64)) {
     out = v->get<std::uint64_t>();
   }
 }
-
-void FieldReader::Int(std::string_view key, int& out) {
-  if (const Json* v = Get(key, false)) {
-    if (!v->is_number_integer()) return Fail("'" + std::string(key) + "' must be an integer");
-    out = v->get<int>();
+void FieldReader::UInt64(std::string_view key, std::optional<std::uint64_t>& out) {
+  if (const Json* v = Field(key, Presence::kNullable, "a non-negative integer", IsUInt64)) {
+    out = v->get<std::uint64_t>();
   }
 }
-
+void FieldReader::Int(std::string_view key, int& out) {
+  if (const Json* v = Field(key, Presence::kDefault, "an integer", IsInt)) out = v->get<int>();
+}
+void FieldReader::Int(std::string_view key, std::optional<int>& out) {
+  if (const Json* v = Field(key, Presence::kNullable, "an integer", IsInt)) out = v->get<int>();
+}
+void FieldReader::Int64(std::string_view key, std::int64_t& out) {
+  if (const Json* v = Field(key, Presence::kDefault, "an integer", IsInt64)) {
+    out = v->get<std::int64_t>();
+  }
+}
 void FieldReader::Double(std::string_view key, double& out) {
-  if (const Json* v = Get(key, false)) {
-    if (!v->is_number()) return Fail("'" + std::string(key) + "' must be a number");
+  if (const Json* v = Field(key, Presence::kDefault, "a number", IsNumber)) out = v->get<double>();
+}
+void FieldReader::Double(std::string_view key, std::optional<double>& out) {
+  if (const Json* v = Field(key, Presence::kNullable, "a number", IsNumber)) {
     out = v->get<double>();
   }
 }
-
-void FieldReader::Object(std::string_view key, Json& out) {
-  if (const Json* v = Get(key, false)) {
-    if (!v->is_object()) return Fail("'" + std::string(key) + "' must be a JSON object");
-    out = *v;
+void FieldReader::Bool(std::string_view key, bool& out) {
+  if (const Json* v = Field(key, Presence::kDefault, "true or false", IsBool)) out = v->get<bool>();
+}
+void FieldReader::Bool(std::string_view key, std::optional<bool>& out) {
+  if (const Json* v = Field(key, Presence::kNullable, "true or false", IsBool)) {
+    out = v->get<bool>();
   }
+}
+void FieldReader::Object(std::string_view key, Json& out) {
+  if (const Json* v = Object(key)) out = *v;
+}
+const Json* FieldReader::Object(std::string_view key) {
+  return Field(key, Presence::kDefault, "a JSON object", IsObject);
+}
+const Json* FieldReader::OptObject(std::string_view key) {
+  return Field(key, Presence::kNullable, "a JSON object", IsObject);
+}
+const Json* FieldReader::Array(std::string_view key) {
+  return Field(key, Presence::kDefault, "an array", IsArray);
+}
+const Json* FieldReader::OptArray(std::string_view key) {
+  return Field(key, Presence::kNullable, "an array", IsArray);
 }
 
 void FieldReader::OnlyKeys(std::initializer_list<std::string_view> allowed) {

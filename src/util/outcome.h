@@ -14,8 +14,6 @@
 #include <string_view>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "stagekit/status.h"
 
 namespace stagekit::util {

@@ -113,6 +113,9 @@ TEST(StageRequestTest, MalformedRequestsSayWhatIsWrong) {
       {R"({"stage": "s", "output": "o", "attempt": 0})", "'attempt' must be >= 1"},
       {R"({"stage": "s", "output": "o", "job": {"seed": "x"}})", "'seed' must be a non-negative"},
       {R"({"stage": "s", "output": "o", "extra": 1})", "unknown field 'extra'"},
+      // 2^32 + 1 once wrapped to 1 thread without a word.
+      {R"({"stage": "s", "output": "o", "threads": 4294967297})", "'threads' must be an integer"},
+      {R"({"stage": "s", "output": "o", "job": {"seed": -1}})", "'seed' must be a non-negative"},
   };
   for (const Case& c : cases) {
     auto r = StageRequest::Parse(c.json);
