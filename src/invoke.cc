@@ -156,40 +156,111 @@ const std::string& WorkerName() {
   return name;
 }
 
+// Creates a warm stage's instance, timing it. Returns the failure message,
+// empty on success.
+std::string WarmSetup(const WarmStageOps& ops, WarmContext& wctx, void*& instance,
+                      double& setup_s) {
+  auto t0 = std::chrono::steady_clock::now();
+  try {
+    instance = ops.create(wctx);
+  } catch (const std::exception& e) {
+    return std::string("warm setup failed: ") + e.what();
+  } catch (...) {
+    return "warm setup threw an exception that is not a std::exception";
+  }
+  setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return "";
+}
+
+// Runs a warm stage's instance once. Returns the failure message, empty on success.
+std::string WarmRun(const WarmStageOps& ops, void* instance, StageContext& ctx) {
+  try {
+    ops.run(instance, ctx);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "threw an exception that is not a std::exception";
+  }
+  return "";
+}
+
+// What a warm stage's run says about its instance: reused or made, and how
+// many its slot has made so far.
+struct WarmUse {
+  bool reused = false;
+  int setups = 0;
+  double setup_s = 0;
+  bool setup_failed = false;
+  std::string failure;
+};
+
+// A thread-safe stage: one instance per slot, shared by concurrent runs.
+WarmUse RunShared(const WarmStageOps& ops, WarmSlot& slot, WarmContext& wctx, StageContext& ctx) {
+  WarmUse use;
+  void* instance = nullptr;
+  {
+    std::lock_guard<std::mutex> setup_lock(slot.setup_mu);
+    std::unique_lock<std::mutex> lock(slot.mu);
+    if (slot.shared == nullptr) {
+      lock.unlock();
+      use.failure = WarmSetup(ops, wctx, instance, use.setup_s);
+      use.setup_failed = !use.failure.empty();
+      if (use.setup_failed) return use;
+      lock.lock();
+      slot.shared = instance;
+      ++slot.setups;
+    } else {
+      use.reused = true;
+    }
+    instance = slot.shared;
+    ++slot.shared_users;
+    use.setups = slot.setups;
+  }
+  use.failure = WarmRun(ops, instance, ctx);
+  std::lock_guard<std::mutex> lock(slot.mu);
+  --slot.shared_users;
+  return use;
+}
+
+// A stage that is not thread-safe: an idle instance of the slot if there is
+// one, a new one otherwise; it goes back to the idle list after the run.
+WarmUse RunPooled(const WarmStageOps& ops, WarmSlot& slot, WarmContext& wctx, StageContext& ctx) {
+  WarmUse use;
+  void* instance = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(slot.mu);
+    if (!slot.idle.empty()) {
+      instance = slot.idle.back();
+      slot.idle.pop_back();
+      use.reused = true;
+      use.setups = slot.setups;
+    }
+  }
+  if (!use.reused) {
+    use.failure = WarmSetup(ops, wctx, instance, use.setup_s);
+    use.setup_failed = !use.failure.empty();
+    if (use.setup_failed) return use;
+    std::lock_guard<std::mutex> lock(slot.mu);
+    use.setups = ++slot.setups;
+  }
+  use.failure = WarmRun(ops, instance, ctx);
+  std::lock_guard<std::mutex> lock(slot.mu);
+  slot.idle.push_back(instance);
+  return use;
+}
+
 // Runs a warm stage with an instance from the pool (or, cold, a fresh one it
 // tears down after). Returns the failure message, empty on success.
 std::string RunWarmStage(const Registry::Entry& entry, const StageRequest& req, StageContext& ctx,
                          bool warm, Json& metrics) {
   const WarmStageOps& ops = *entry.warm;
   WarmContext wctx(req.stage, &req.job, internal::WarmSetupOf(req.kwargs));
-  auto setup = [&](void*& instance, double& setup_s) -> std::string {
-    auto t0 = std::chrono::steady_clock::now();
-    try {
-      instance = ops.create(wctx);
-    } catch (const std::exception& e) {
-      return std::string("warm setup failed: ") + e.what();
-    } catch (...) {
-      return "warm setup threw an exception that is not a std::exception";
-    }
-    setup_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    return "";
-  };
-  auto run = [&](void* instance) -> std::string {
-    try {
-      ops.run(instance, ctx);
-    } catch (const std::exception& e) {
-      return e.what();
-    } catch (...) {
-      return "threw an exception that is not a std::exception";
-    }
-    return "";
-  };
   metrics = {{"worker", WorkerName()}, {"reused", false}, {"setup_s", 0.0}};
-  double setup_s = 0;
-  void* instance = nullptr;
   if (!warm) {
-    if (std::string err = setup(instance, setup_s); !err.empty()) return err;
-    std::string failure = run(instance);
+    double setup_s = 0;
+    void* instance = nullptr;
+    if (std::string err = WarmSetup(ops, wctx, instance, setup_s); !err.empty()) return err;
+    std::string failure = WarmRun(ops, instance, ctx);
     ops.destroy(instance);
     metrics["setups"] = 1;
     metrics["setup_s"] = setup_s;
@@ -198,58 +269,12 @@ std::string RunWarmStage(const Registry::Entry& entry, const StageRequest& req, 
   }
   WarmSlot& slot = Pool().Slot(
       internal::WarmKey(req) + '\0' + std::to_string(reinterpret_cast<std::uintptr_t>(&ops)), &ops);
-  bool reused = false;
-  int setups = 0;
-  if (ops.thread_safe) {
-    {
-      std::lock_guard<std::mutex> setup_lock(slot.setup_mu);
-      std::unique_lock<std::mutex> lock(slot.mu);
-      if (slot.shared == nullptr) {
-        lock.unlock();
-        if (std::string err = setup(instance, setup_s); !err.empty()) return err;
-        lock.lock();
-        slot.shared = instance;
-        ++slot.setups;
-      } else {
-        reused = true;
-      }
-      instance = slot.shared;
-      ++slot.shared_users;
-      setups = slot.setups;
-    }
-    std::string failure = run(instance);
-    {
-      std::lock_guard<std::mutex> lock(slot.mu);
-      --slot.shared_users;
-    }
-    metrics["reused"] = reused;
-    metrics["setups"] = setups;
-    metrics["setup_s"] = setup_s;
-    return failure;
-  }
-  {
-    std::lock_guard<std::mutex> lock(slot.mu);
-    if (!slot.idle.empty()) {
-      instance = slot.idle.back();
-      slot.idle.pop_back();
-      reused = true;
-      setups = slot.setups;
-    }
-  }
-  if (!reused) {
-    if (std::string err = setup(instance, setup_s); !err.empty()) return err;
-    std::lock_guard<std::mutex> lock(slot.mu);
-    setups = ++slot.setups;
-  }
-  std::string failure = run(instance);
-  {
-    std::lock_guard<std::mutex> lock(slot.mu);
-    slot.idle.push_back(instance);
-  }
-  metrics["reused"] = reused;
-  metrics["setups"] = setups;
-  metrics["setup_s"] = setup_s;
-  return failure;
+  WarmUse use = ops.thread_safe ? RunShared(ops, slot, wctx, ctx) : RunPooled(ops, slot, wctx, ctx);
+  if (use.setup_failed) return use.failure;
+  metrics["reused"] = use.reused;
+  metrics["setups"] = use.setups;
+  metrics["setup_s"] = use.setup_s;
+  return use.failure;
 }
 
 }  // namespace

@@ -87,8 +87,9 @@ class Walker {
   }
 
  private:
-  Status Visit(const fs::path& path, const std::string& rel, const struct stat& lst,
-               const struct stat& st, bool dangling, bool is_dir) {
+  // Whether an ignore pattern excludes `rel` (recorded in excluded_ if so).
+  Status Exclude(const std::string& rel, bool& excluded) {
+    excluded = false;
     for (const Anchored& a : sets_) {
       std::string_view relative;
       if (rel == a.anchor) {
@@ -107,9 +108,17 @@ class Walker {
       }
       if (pattern != nullptr) {
         excluded_.push_back({Join(dest_, rel), *pattern, a.set->origin()});
+        excluded = true;
         return OkStatus();
       }
     }
+    return OkStatus();
+  }
+
+  Status Visit(const fs::path& path, const std::string& rel, const struct stat& lst,
+               const struct stat& st, bool dangling, bool is_dir) {
+    bool excluded = false;
+    if (Status s = Exclude(rel, excluded); !s.ok() || excluded) return s;
     const std::string shown = rel.empty() ? path.string() : rel;
     if (S_ISLNK(lst.st_mode)) {
       std::error_code ec;
