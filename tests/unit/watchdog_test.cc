@@ -590,6 +590,25 @@ TEST(WatchdogInstall, WritesTheUnitAndRejectsBadValues) {
             2);
 }
 
+// A newline in --then would end the cron command and start an entry of its
+// own (running as root): refused, for systemd too, and nothing is written.
+TEST(WatchdogInstall, ANewlineInAnyValueIsRefused) {
+  TempDir dir;
+  for (const char* as : {"cron", "systemd"}) {
+    CommandResult r = RunCli({"watchdog", "install", "head-idle", "--for", "10m", "--then",
+                              "echo hi\n* * * * * root touch /tmp/owned", "--as", as, "--cron-dir",
+                              dir.path().string(), "--unit-dir", dir.path().string(), "--no-enable",
+                              "--name", "wd"});
+    EXPECT_EQ(r.exit_code, 2) << Show(r);
+    EXPECT_TRUE(Has(r.err, "--then contains a newline")) << r.err;
+  }
+  EXPECT_TRUE(fs::is_empty(dir.path()));
+  CommandResult tab = RunCli({"watchdog", "install", "gpu-idle", "--for", "10m", "--then", "true",
+                              "--probe", "a\tb", "--as", "cron", "--dry-run"});
+  EXPECT_EQ(tab.exit_code, 2) << Show(tab);
+  EXPECT_TRUE(Has(tab.err, "--probe contains a newline or another control character")) << tab.err;
+}
+
 TEST(WatchdogInstall, AFailingSystemctlIsAnOperationFailure) {
   TempDir dir;
   fs::create_directories(dir / "bin");

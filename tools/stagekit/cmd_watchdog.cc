@@ -372,6 +372,35 @@ Result<ServiceCommand> ServiceCommandLine(const WatchdogCli& c, const std::strin
   return command;
 }
 
+// A unit's ExecStart= and a cron entry are one line each: a newline in
+// --then (or any value) would end the command there and start a line of the
+// file's own, e.g. a second cron entry running as root. Refused, as is every
+// other control byte.
+Status CheckOneLine(const ServiceCommand& command, bool cron) {
+  auto control = [](const std::string& v) {
+    return std::any_of(v.begin(), v.end(), [](char ch) {
+      const auto u = static_cast<unsigned char>(ch);
+      return u < 0x20 || u == 0x7f;
+    });
+  };
+  for (std::size_t i = 0; i < command.argv.size(); ++i) {
+    if (!control(command.argv[i])) continue;
+    const std::string flag =
+        i > 0 && command.argv[i - 1].rfind("--", 0) == 0 ? command.argv[i - 1] : "an argument";
+    return Status(Code::kUsage, flag + " contains a newline or another control character, which " +
+                                    (cron ? "would break the cron entry" : "would break the unit") +
+                                    "; put a multi-line action in a script and pass its path");
+  }
+  for (const std::string& e : command.env) {
+    if (control(e)) {
+      return Status(Code::kUsage, "the environment variable " + e.substr(0, e.find('=')) +
+                                      " contains a newline or another control character; "
+                                      "unset it or fix it before installing");
+    }
+  }
+  return OkStatus();
+}
+
 // Prints the file and the commands that installing would write and run (--dry-run).
 void PrintPlan(const operate::InstallPlan& plan) {
   std::cout << "# " << plan.path << "\n" << plan.content;
@@ -418,6 +447,7 @@ Status Install(WatchdogCli c) {
   if (!minutes.ok()) return minutes.status();
   const Result<ServiceCommand> command = ServiceCommandLine(c, interval, cron);
   if (!command.ok()) return command.status();
+  if (Status s = CheckOneLine(*command, cron); !s.ok()) return s;
   operate::InstallPlan plan =
       cron ? operate::CronPlan(c.name, command->argv, *minutes, c.cron_dir, command->env)
            : operate::SystemdPlan(c.name, command->argv, c.unit_dir, command->env);
