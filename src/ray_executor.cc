@@ -28,6 +28,7 @@
 #include "util/files.h"
 #include "util/process.h"
 #include "util/text.h"
+#include "util/yaml.h"
 #include "warm.h"
 
 namespace stagekit {
@@ -173,8 +174,13 @@ Json RayResources(const Resources& r) {
 Result<Json> AutoscalerNodeTypes(const fs::path& path) {
   Json out = Json::array();
   if (path.empty()) return out;
+  Result<YAML::Node> loaded = util::LoadYamlFile(path, Code::kInputError);
+  if (!loaded.ok()) {
+    return Status(Code::kInputError, "the autoscaler config: " + loaded.status().message() +
+                                         "; give the file `stagekit cluster config` wrote");
+  }
   try {
-    YAML::Node config = YAML::LoadFile(path.string());
+    const YAML::Node& config = *loaded;
     std::string head = config["head_node_type"] ? config["head_node_type"].as<std::string>() : "";
     for (const auto& kv : config["available_node_types"]) {
       std::string name = kv.first.as<std::string>();

@@ -17,6 +17,7 @@
 #include "util/files.h"
 #include "util/process.h"
 #include "util/text.h"
+#include "util/yaml.h"
 
 namespace fs = std::filesystem;
 
@@ -51,12 +52,9 @@ Result<std::string> RewritePipeline(
     const Pipeline& pipeline, const std::string& place,
     const std::vector<std::string>& library_places,
     const std::map<std::string, std::map<std::string, std::string>>& input_places) {
-  YAML::Node doc;
-  try {
-    doc = YAML::LoadFile(pipeline.file.string());
-  } catch (const YAML::Exception& e) {
-    return Status(Code::kInvalidPipeline, pipeline.file.string() + ": " + e.what());
-  }
+  Result<YAML::Node> loaded = util::LoadYamlFile(pipeline.file, Code::kInvalidPipeline);
+  if (!loaded.ok()) return loaded.status();
+  YAML::Node doc = *loaded;
   const fs::path here = fs::path(place).parent_path();
   auto relative = [&](const std::string& to) {
     return Generic(fs::path(to).lexically_relative(here));

@@ -10,6 +10,7 @@
 #include "stagekit/runner.h"
 #include "util/files.h"
 #include "util/regex.h"
+#include "util/yaml.h"
 
 namespace fs = std::filesystem;
 
@@ -112,14 +113,7 @@ class Doctor {
   }
 
   static Result<YAML::Node> Load(const fs::path& file) {
-    try {
-      return YAML::LoadFile(file.string());
-    } catch (const YAML::BadFile&) {
-      return Status(Code::kInputError, "cannot read " + file.string());
-    } catch (const YAML::Exception& e) {
-      return Status(Code::kInputError,
-                    file.string() + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
-    }
+    return util::LoadYamlFile(file, Code::kInputError);
   }
 
   // Checks that read commands and scripts, wherever they are in the file.

@@ -231,7 +231,10 @@ Result<std::string> ReadFile(const fs::path& path, std::uint64_t max_bytes) {
 }
 
 Result<std::optional<std::string>> ReadFileIfExists(const fs::path& path, std::uint64_t max_bytes) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: opening a FIFO with no writer must not hang (reading it then
+  // ends at once). Regular files and FIFOs (`--token-file <(...)`) are read,
+  // within max_bytes; devices are refused (/dev/tty would wait for a person).
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
   if (!fd && (errno == ENOENT || errno == ENOTDIR)) return std::optional<std::string>();
   struct stat st {};
   if (!fd || ::fstat(fd.get(), &st) != 0) {
@@ -241,12 +244,17 @@ Result<std::optional<std::string>> ReadFileIfExists(const fs::path& path, std::u
   if (S_ISDIR(st.st_mode)) {
     return Status(Code::kInputError, "cannot read '" + path.string() + "': it is a folder");
   }
+  if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode)) {
+    return Status(Code::kInputError,
+                  "cannot read '" + path.string() + "': it is a device, not a file; give a file");
+  }
+  ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
   auto too_big = [&](std::uint64_t size) {
     return Status(Code::kInputError, "'" + path.string() + "' is " + std::to_string(size) +
                                          " bytes, over the " + std::to_string(max_bytes) +
                                          "-byte limit for this file");
   };
-  if (S_ISREG(st.st_mode) && static_cast<std::uint64_t>(st.st_size) > max_bytes) {
+  if (static_cast<std::uint64_t>(st.st_size) > max_bytes) {
     return too_big(static_cast<std::uint64_t>(st.st_size));
   }
   std::string out;

@@ -1,6 +1,7 @@
 // `stagekit doctor`: every seeded mistake is found by its own id, and the good
 // spec, config, pipeline and runtime_env give no finding at all.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <yaml-cpp/yaml.h>
 
 #include <functional>
@@ -211,6 +212,20 @@ TEST(DoctorCli, ExitsNonZeroOnErrorsAndPrintsJson) {
   auto good = testing::RunCli({"doctor", "--cluster", kSpec.string()});
   EXPECT_EQ(good.exit_code, 0) << testing::Show(good);
   EXPECT_EQ(testing::RunCli({"doctor"}).exit_code, 2);
+}
+
+// A folder once said "basic_filebuf::underflow" with exit 70; a FIFO hung.
+TEST(DoctorCli, AFolderOrAFifoIsAClearInputError) {
+  TempDir dir;
+  auto folder = testing::RunCli({"doctor", "--cluster", dir.path().string()});
+  EXPECT_EQ(folder.exit_code, 5) << testing::Show(folder);
+  EXPECT_NE(folder.err.find("it is a folder"), std::string::npos) << folder.err;
+  auto env = testing::RunCli({"doctor", "--runtime-env", dir.path().string()});
+  EXPECT_EQ(env.exit_code, 5) << testing::Show(env);
+  ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0600), 0);
+  auto fifo = testing::RunCli({"doctor", "--cluster", (dir / "fifo").string()});
+  EXPECT_NE(fifo.exit_code, 0) << testing::Show(fifo);
+  EXPECT_NE(fifo.exit_code, 70) << testing::Show(fifo);
 }
 
 }  // namespace

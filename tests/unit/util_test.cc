@@ -1,6 +1,10 @@
 // src/util: the helpers every part of stagekit shares.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 
 #include "unit/test_util.h"
@@ -58,6 +62,17 @@ TEST(UtilFiles, ReadFileHasALimitAndSaysWhy) {
   ASSERT_TRUE(proc.ok());
   EXPECT_NE(proc->find("Name:"), std::string::npos);
   EXPECT_FALSE(ReadFile("/proc/self/status", 16).ok());
+  // A FIFO nobody writes to ends at once instead of hanging the reader; a
+  // device (made here, never the machine's own /dev) is refused.
+  ASSERT_EQ(::mkfifo((dir.path() / "fifo").c_str(), 0600), 0);
+  auto fifo = ReadFile(dir.path() / "fifo");
+  ASSERT_TRUE(fifo.ok()) << fifo.status().message();
+  EXPECT_EQ(*fifo, "");
+  ASSERT_EQ(::mknod((dir.path() / "null").c_str(), S_IFCHR | 0600, makedev(1, 3)), 0)
+      << "mknod needs root (CI runs as root): " << std::strerror(errno);
+  auto device = ReadFile(dir.path() / "null");
+  ASSERT_FALSE(device.ok());
+  EXPECT_NE(device.status().message().find("it is a device, not a file"), std::string::npos);
 }
 
 TEST(UtilFiles, IsWithinAndSiblingPath) {
