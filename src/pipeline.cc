@@ -17,6 +17,8 @@
 #include <set>
 #include <sstream>
 
+#include "util/text.h"
+
 namespace stagekit {
 namespace {
 
@@ -208,6 +210,16 @@ class Parser {
  private:
   // Loads the YAML text into `loaded`; rejects a syntax error, an empty file or unknown keys.
   Status LoadRoot(std::string_view text, YAML::Node& loaded) const {
+    // Names, paths and kwargs travel as JSON (UTF-8) to every executor; a
+    // Latin-1 byte once failed deep in a run with a JSON library message.
+    if (const std::size_t bad = util::InvalidUtf8At(text); bad != std::string_view::npos) {
+      char byte[8];
+      std::snprintf(byte, sizeof byte, "0x%02X", static_cast<unsigned char>(text[bad]));
+      return Status(Code::kInvalidPipeline,
+                    file_.string() + ":" + util::LineColumn(text, bad) + ": byte " + byte +
+                        " is not UTF-8; stagekit reads pipelines as UTF-8: re-encode the file "
+                        "(iconv -f latin1 -t utf-8) and rename files whose names are not UTF-8");
+    }
     try {
       loaded = YAML::Load(std::string(text));
     } catch (const YAML::ParserException& e) {
@@ -597,6 +609,13 @@ Result<Pipeline> ParsePipeline(std::string_view yaml_text, const fs::path& file)
 }
 
 Result<Pipeline> LoadPipeline(const fs::path& file) {
+  // Its path goes into run records and packages (JSON) and anchors its inputs'.
+  std::error_code aec;
+  if (util::InvalidUtf8At(fs::absolute(file, aec).native()) != std::string_view::npos) {
+    return Status(Code::kInputError, "the pipeline file '" + file.string() +
+                                         "' has a path that is not UTF-8 (here or in its folder); "
+                                         "rename it, or move it to a folder whose path is UTF-8");
+  }
   // O_NONBLOCK: a FIFO must not hang the open; only regular files are read,
   // and only up to kMaxPipelineBytes (a pipeline named /dev/zero ends here).
   const int fd = ::open(file.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);

@@ -13,6 +13,7 @@
 
 #include "stagekit/pipeline.h"
 #include "util/files.h"
+#include "util/text.h"
 #include "util/threads.h"
 
 namespace stagekit {
@@ -77,6 +78,7 @@ class PipelineRun {
   RunResult Run() {
     PlanRequests();
     PlanFetching();
+    if (Status s = CheckPathsAreUtf8(); !s.ok()) return Finish(std::move(s));
     if (Status s = CheckOutputsAreNotInputs(); !s.ok()) return Finish(std::move(s));
     if (Status s = PrepareOutputDirs(); !s.ok()) return Finish(std::move(s));
     for (std::size_t i = 0; i < n_; ++i) {
@@ -173,6 +175,31 @@ class PipelineRun {
         stage_options_[i].artifact = uri + "/" + rel.generic_string();
       }
     }
+  }
+
+  // Paths travel as JSON (UTF-8) in requests, records and Ray messages: an
+  // --out folder or a pipeline folder whose path is not UTF-8 is refused
+  // before anything runs (it once failed mid-run with a JSON library error).
+  Status CheckPathsAreUtf8() const {
+    auto bad = [](const fs::path& p) {
+      return util::InvalidUtf8At(p.native()) != std::string_view::npos;
+    };
+    if (bad(out_dir_)) {
+      return Status(Code::kOutputError, "the output folder '" + out_dir_.string() +
+                                            "' has a path that is not UTF-8; choose an --out "
+                                            "folder (and a working directory) whose path is UTF-8");
+    }
+    for (std::size_t i = 0; i < n_; ++i) {
+      for (const auto& [name, path] : requests_[i].inputs) {
+        if (bad(path)) {
+          return Status(Code::kInputError, "input '" + name + "' of stage '" +
+                                               pipeline_.stages[i].name + "' (" + path.string() +
+                                               ") has a path that is not UTF-8; rename it, or "
+                                               "its folder, to UTF-8");
+        }
+      }
+    }
+    return OkStatus();
   }
 
   // No output may be one of the pipeline's input files: the run would

@@ -33,6 +33,14 @@ std::string RandomHex(std::size_t bytes);
 // single quotes ('\'' for a quote inside).
 std::string ShellQuote(const std::string& word);
 
+// The offset of the first byte of `text` that is not well-formed UTF-8
+// (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF), or
+// npos when all of it is. stagekit's names, paths and kwargs travel as JSON,
+// which is UTF-8: text that is not is refused where it enters, with this.
+std::size_t InvalidUtf8At(std::string_view text);
+// "LINE:COLUMN" (both from 1, the column in bytes) of `offset` in `text`.
+std::string LineColumn(std::string_view text, std::size_t offset);
+
 // "512 B", "1.5 KiB", "3.0 GiB".
 std::string HumanBytes(std::uint64_t bytes);
 

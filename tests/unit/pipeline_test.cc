@@ -75,6 +75,21 @@ TEST(PipelineTest, SyntaxErrorsCarryLineAndColumn) {
   EXPECT_NE(e.find(":4:"), std::string::npos) << e;
 }
 
+// Latin-1 in a name, a path or a kwarg is refused where it enters, at its
+// line and column, rather than failing mid-run with a JSON library message.
+TEST(PipelineTest, TextThatIsNotUtf8IsPointedAt) {
+  std::string e = ErrorOf("stages:\n  - {name: a, stage: s, kwargs: {k: caf\xe9}}\n");
+  EXPECT_EQ(e,
+            "/p/pipeline.yaml:2:40: byte 0xE9 is not UTF-8; stagekit reads pipelines as "
+            "UTF-8: re-encode the file (iconv -f latin1 -t utf-8) and rename files whose "
+            "names are not UTF-8");
+  EXPECT_TRUE(Parse("stages:\n  - {name: a, stage: s, kwargs: {k: caf\xc3\xa9}}\n").ok());
+  auto named = LoadPipeline("/tmp/caf\xe9/pipeline.yaml");
+  ASSERT_FALSE(named.ok());
+  EXPECT_EQ(named.status().code(), Code::kInputError);
+  EXPECT_NE(named.status().message().find("has a path that is not UTF-8"), std::string::npos);
+}
+
 TEST(PipelineTest, UnknownKeysArePointedAt) {
   std::string e = ErrorOf("stages:\n  - name: a\n    stage: s\n    inptus: {}\n");
   EXPECT_EQ(e,

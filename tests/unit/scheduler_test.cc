@@ -282,6 +282,19 @@ TEST(SchedulerTest, UncreatableOutputDirectoryFailsUpFront) {
   EXPECT_TRUE(ex.started_.empty());
 }
 
+// Paths travel as JSON: an --out folder whose path is Latin-1 is refused
+// before any stage starts, and nothing is created.
+TEST(SchedulerTest, AnOutputFolderWhosePathIsNotUtf8IsRefusedUpFront) {
+  TempDir dir;
+  FakeExecutor ex;
+  const std::filesystem::path out = dir / "caf\xe9";
+  RunResult r = RunPipeline(FanOut(2), out, ex, RunOptions{});
+  EXPECT_EQ(r.status.code(), Code::kOutputError);
+  EXPECT_NE(r.status.message().find("not UTF-8"), std::string::npos) << r.status.message();
+  EXPECT_TRUE(ex.started_.empty());
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
 // A real in-process run with many concurrent stages: the TSan build runs this.
 void Count(StageContext& ctx) {
   std::size_t total = 0;

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <nlohmann/json.hpp>
 
 #include <cerrno>
 #include <cstring>
@@ -37,6 +38,42 @@ TEST(UtilText, HexShellQuoteSizesDurationsTimes) {
   EXPECT_EQ(FormatMs(milliseconds(300000)), "5m");
   EXPECT_EQ(FormatMs(milliseconds(7200000)), "2h");
   EXPECT_EQ(IsoTime(std::chrono::system_clock::from_time_t(0)), "1970-01-01T00:00:00Z");
+}
+
+TEST(UtilText, InvalidUtf8AtFindsTheFirstBadByte) {
+  constexpr std::size_t kOk = std::string_view::npos;
+  EXPECT_EQ(InvalidUtf8At(""), kOk);
+  EXPECT_EQ(InvalidUtf8At("plain ascii"), kOk);
+  EXPECT_EQ(InvalidUtf8At("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"), kOk);  // é € 😀
+  EXPECT_EQ(InvalidUtf8At("\xf4\x8f\xbf\xbf"), kOk);                           // U+10FFFF
+  EXPECT_EQ(InvalidUtf8At("caf\xe9"), 3u);                                     // Latin-1
+  EXPECT_EQ(InvalidUtf8At("ab\x80"), 2u);                                      // lone continuation
+  EXPECT_EQ(InvalidUtf8At("\xc0\xaf"), 0u);                                    // overlong '/'
+  EXPECT_EQ(InvalidUtf8At("\xc1\xbf"), 0u);
+  EXPECT_EQ(InvalidUtf8At("\xe0\x80\xaf"), 0u);      // overlong
+  EXPECT_EQ(InvalidUtf8At("\xf0\x80\x80\xaf"), 0u);  // overlong
+  EXPECT_EQ(InvalidUtf8At("x\xed\xa0\x80"), 1u);     // surrogate
+  EXPECT_EQ(InvalidUtf8At("\xf4\x90\x80\x80"), 0u);  // past U+10FFFF
+  EXPECT_EQ(InvalidUtf8At("\xf5\x80\x80\x80"), 0u);
+  EXPECT_EQ(InvalidUtf8At("\xff"), 0u);
+  EXPECT_EQ(InvalidUtf8At("ok\xe2\x82"), 2u);                  // cut short
+  EXPECT_EQ(InvalidUtf8At("\xe2\x28\xa1"), 0u);                // bad second byte
+  EXPECT_EQ(InvalidUtf8At(std::string_view("a\0b", 3)), kOk);  // NUL is UTF-8
+  // Agrees with nlohmann's own check on every two-byte string.
+  for (int a = 0; a < 256; ++a) {
+    for (int b = 0; b < 256; ++b) {
+      const std::string s{static_cast<char>(a), static_cast<char>(b)};
+      bool json_ok = true;
+      try {
+        (void)nlohmann::json(s).dump();
+      } catch (const nlohmann::json::exception&) {
+        json_ok = false;
+      }
+      ASSERT_EQ(InvalidUtf8At(s) == kOk, json_ok) << a << " " << b;
+    }
+  }
+  EXPECT_EQ(LineColumn("ab\ncd\ne", 4), "2:2");
+  EXPECT_EQ(LineColumn("ab", 0), "1:1");
 }
 
 TEST(UtilFiles, ReadFileHasALimitAndSaysWhy) {
