@@ -122,7 +122,7 @@ void RememberDigest(const fs::path& path, const struct stat& st, const std::stri
   FileDigests()[IdOf(path, st)] = digest;
 }
 
-Result<std::string> FileDigest(const fs::path& path) {
+Result<std::string> FileDigest(const fs::path& path, const CancelFlag* cancel = nullptr) {
   // The common case, a file already hashed, costs one stat.
   if (struct stat st{}; ::stat(path.c_str(), &st) == 0) {
     std::lock_guard<std::mutex> lock(g_file_mu);
@@ -147,7 +147,7 @@ Result<std::string> FileDigest(const fs::path& path) {
   ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
   // Keyed by what was opened and hashed, not by the stat above.
   const FileId id = IdOf(path, st);
-  auto hashed = util::Sha256Fd(fd.get(), path);
+  auto hashed = util::Sha256Fd(fd.get(), path, cancel);
   if (!hashed.ok()) return hashed.status();
   std::string digest = std::string(kSha256Prefix) + util::HexDigest(hashed->first);
   std::lock_guard<std::mutex> lock(g_file_mu);
@@ -389,7 +389,7 @@ struct DiskCache::Impl {
         p.inputs[name] = it->second;
         p.input_sources[name] = "output of " + Quote(ref.from_stage);
       } else {
-        auto digest = FileDigest(ref.file);
+        auto digest = FileDigest(ref.file, options.cancel);
         if (!digest.ok()) return digest.status();
         p.inputs[name] = *digest;
         p.input_sources[name] = ref.file.string();
@@ -679,7 +679,7 @@ std::string DiskCache::PrepareByReference(const PipelineStage& stage, const Stag
     if (path == request.inputs.end()) return "";
     struct stat st {};
     if (::stat(path->second.c_str(), &st) != 0) return "";  // the stage runs and reports it
-    auto actual = FileDigest(path->second);
+    auto actual = FileDigest(path->second, impl_->options.cancel);
     if (!actual.ok()) return "";
     std::string& keyed = parts->inputs[name];
     if (*actual != keyed) {

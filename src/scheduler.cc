@@ -299,7 +299,8 @@ class PipelineRun {
 
   // Takes the next ready stage (lock held, released while the cache is
   // asked): marks it running in `slot`, and says whether the cache had it.
-  Launch TakeReady(int slot, std::unique_lock<std::mutex>& lock) {
+  // Nothing when the run was interrupted meanwhile.
+  std::optional<Launch> TakeReady(int slot, std::unique_lock<std::mutex>& lock) {
     if (options_.order_seed != 0 && ready_.size() > 1) {
       std::swap(ready_.front(), ready_[shuffle_() % ready_.size()]);
     }
@@ -312,6 +313,15 @@ class PipelineRun {
     outcome.slot = slot;
     outcome.start_s = Seconds();
     if (options_.cache != nullptr && cacheable_[l.i]) AskCache(l, lock);
+    if (!l.hit && !stop_ && Cancelled(options_.cancel)) {
+      // Ctrl-C while the cache hashed the stage's inputs: it never starts.
+      outcome.state = StageState::kPending;
+      outcome.slot = -1;
+      outcome.start_s = -1;
+      --running_;
+      Stop(Status(Code::kInterrupted, "interrupted; running stages were stopped"));
+      return std::nullopt;
+    }
     if (!l.hit && options_.observer != nullptr) {
       options_.observer->OnStageStarted(pipeline_.stages[l.i]);
     }
@@ -403,7 +413,9 @@ class PipelineRun {
     for (;;) {
       while (!free_slots.empty() && MayLaunch()) {
         const int slot = *free_slots.begin();
-        Launch l = TakeReady(slot, lock);
+        std::optional<Launch> taken = TakeReady(slot, lock);
+        if (!taken) continue;
+        Launch l = std::move(*taken);
         if (l.hit) {
           RunStats hit = *l.hit;
           Settle(l, std::move(hit), lock);
@@ -453,7 +465,9 @@ class PipelineRun {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       if (MayLaunch()) {
-        Launch l = TakeReady(slot, lock);
+        std::optional<Launch> taken = TakeReady(slot, lock);
+        if (!taken) continue;
+        Launch l = std::move(*taken);
         Result<RunStats> stats = Status(Code::kInternal, "not run");
         if (l.hit) {
           stats = *l.hit;

@@ -27,7 +27,14 @@ namespace {
 std::atomic<CancelFlag*> g_signal_flag{nullptr};
 
 void OnSignal(int /*sig*/) {
-  if (CancelFlag* flag = g_signal_flag.load(); flag != nullptr) flag->Cancel();
+  CancelFlag* flag = g_signal_flag.load();
+  if (flag == nullptr) return;
+  if (flag->exits_at_once()) {
+    static const char kMessage[] = "stagekit: interrupted\n";
+    [[maybe_unused]] ssize_t n = ::write(STDERR_FILENO, kMessage, sizeof kMessage - 1);
+    ::_exit(static_cast<int>(Code::kInterrupted));
+  }
+  flag->Cancel();
 }
 
 }  // namespace

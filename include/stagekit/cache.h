@@ -126,6 +126,9 @@ class STAGEKIT_API DiskCache final : public StageCache {
     // Receives warnings (one line, no trailing newline); default: stderr with a
     // "stagekit: warning: " prefix.
     std::function<void(const std::string&)> warn;
+    // Stops hashing an input file between blocks (Ctrl-C): the stage then
+    // has no key, and the scheduler launches nothing more.
+    const CancelFlag* cancel = nullptr;
   };
 
   // Creates the directory layout under `dir` when missing; kOutputError when

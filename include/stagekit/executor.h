@@ -48,9 +48,16 @@ class CancelFlag {
   void Cancel() noexcept { flag_.store(true, std::memory_order_relaxed); }
   void Reset() noexcept { flag_.store(false, std::memory_order_relaxed); }
   bool cancelled() const noexcept { return flag_.load(std::memory_order_relaxed); }
+  // While on, InstallInterruptHandlers' handler ends the process at once
+  // (exit 130, "stagekit: interrupted") instead of setting the flag: for
+  // long work that has nothing to clean up and no loop that could check the
+  // flag, such as parsing a 200,000-stage pipeline file.
+  void SetExitAtOnce(bool on) noexcept { exit_at_once_.store(on, std::memory_order_relaxed); }
+  bool exits_at_once() const noexcept { return exit_at_once_.load(std::memory_order_relaxed); }
 
  private:
   std::atomic<bool> flag_{false};
+  std::atomic<bool> exit_at_once_{false};
 };
 
 // Whether `flag` is set; nullptr: never cancelled.

@@ -1,5 +1,7 @@
 #include "util/digest.h"
 
+#include "stagekit/executor.h"
+
 #include <nettle/sha1.h>
 #include <nettle/sha2.h>
 #include <unistd.h>
@@ -58,12 +60,16 @@ Sha1Digest Sha1(std::string_view bytes) {
   return s.Final();
 }
 
-Result<std::pair<Sha256Digest, std::uint64_t>> Sha256Fd(int fd, const std::filesystem::path& path) {
+Result<std::pair<Sha256Digest, std::uint64_t>> Sha256Fd(int fd, const std::filesystem::path& path,
+                                                        const CancelFlag* cancel) {
   sha256_ctx ctx;
   sha256_init(&ctx);
   std::uint64_t total = 0;
   std::uint8_t buf[1 << 16];
   for (;;) {
+    if (Cancelled(cancel)) {
+      return Status(Code::kInterrupted, "interrupted while hashing '" + path.string() + "'");
+    }
     ssize_t n = ::read(fd, buf, sizeof(buf));
     if (n < 0) {
       if (errno == EINTR) continue;

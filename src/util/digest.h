@@ -11,6 +11,10 @@
 
 #include "stagekit/status.h"
 
+namespace stagekit {
+class CancelFlag;
+}  // namespace stagekit
+
 namespace stagekit::util {
 
 using Sha256Digest = std::array<std::uint8_t, 32>;
@@ -48,8 +52,11 @@ class Sha1Stream {
 };
 Sha1Digest Sha1(std::string_view bytes);
 // Digest and size of what an open descriptor holds from its current offset to
-// the end; kInputError naming `path` on I/O errors.
-Result<std::pair<Sha256Digest, std::uint64_t>> Sha256Fd(int fd, const std::filesystem::path& path);
+// the end; kInputError naming `path` on I/O errors, kInterrupted when
+// `cancel` is set (checked between 64 KiB blocks: a 10 GB input takes
+// seconds to hash, and Ctrl-C must not wait for it).
+Result<std::pair<Sha256Digest, std::uint64_t>> Sha256Fd(int fd, const std::filesystem::path& path,
+                                                        const CancelFlag* cancel = nullptr);
 
 }  // namespace stagekit::util
 

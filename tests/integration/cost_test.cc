@@ -4,6 +4,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <fstream>
 #include <thread>
 
 #include "stagekit/stage.h"
@@ -100,6 +101,86 @@ void InterruptLeavesARecord(int sig) {
   for (const char* key : {"start", "end", "wall_s", "node_types", "node_seconds", "pipeline"}) {
     EXPECT_TRUE(records[0].contains(key)) << key << ": " << records[0].dump();
   }
+}
+
+// SIGTERM while the cache hashes an input (a sparse 1 TiB file: minutes of
+// hashing) stops the run at once: exit 130, the stage never starts, and the
+// record says so. It used to be ignored until the hash was done.
+TEST(CostRecords, SigtermWhileAnInputIsHashedStopsAtOnce) {
+  TempDir dir;
+  { std::ofstream(dir / "big.bin").put('x'); }
+  fs::resize_file(dir / "big.bin", std::uintmax_t{1} << 40);
+  WriteFile(dir / "p.yaml", "name: hash\nlibraries: [" STAGEKIT_TEST_STAGES
+                            "]\nstages:\n  - {name: s, stage: test.pid_sleep, inputs: {big: " +
+                                (dir / "big.bin").string() +
+                                "}, kwargs: {seconds: 0, pid_dir: " + dir.path().string() + "}}\n");
+  util::SpawnSpec spec;
+  spec.argv = {STAGEKIT_CLI,         "run",        (dir / "p.yaml").string(),    "--out",
+               (dir / "o").string(), "--cost-log", (dir / "cost.jsonl").string()};
+  spec.log_path = (dir / "cli.log").string();
+  auto cli = util::Spawn(spec);
+  ASSERT_TRUE(cli.ok());
+  // Wait until it has the file open: hashing has begun.
+  bool hashing = false;
+  for (int i = 0; i < 600 && !hashing; ++i) {
+    std::error_code ec;
+    for (const auto& fd : fs::directory_iterator("/proc/" + std::to_string(cli->pid) + "/fd", ec)) {
+      hashing = hashing || fs::read_symlink(fd.path(), ec) == dir / "big.bin";
+    }
+    if (!hashing) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(hashing) << ReadFile(dir / "cli.log");
+  ::kill(cli->pid, SIGTERM);
+  const int code = util::WaitFor(cli->pid, std::chrono::minutes(1));
+  if (code != 130) ::kill(cli->pid, SIGKILL);
+  ASSERT_EQ(code, 130) << ReadFile(dir / "cli.log");
+  auto records = Records(dir / "cost.jsonl");
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0]["outcome"], "interrupted");
+  Json run = Json::parse(ReadFile(dir / "o" / ".stagekit-run.json"));
+  EXPECT_EQ(run["stages"][0]["state"], "not_run") << run.dump();
+  EXPECT_FALSE(fs::exists(dir / "o" / "s.out"));
+}
+
+// SIGTERM while a 100,000-stage pipeline is parsed (seconds) ends the program
+// at once, as nothing is started or written yet; it used to wait for the parse.
+TEST(Interrupts, SigtermWhileAPipelineLoadsEndsAtOnce) {
+  TempDir dir;
+  std::string yaml = "name: big\nlibraries: [" STAGEKIT_TEST_STAGES "]\nstages:\n";
+  for (int i = 0; i < 100000; ++i) {
+    yaml += "  - {name: s" + std::to_string(i) + ", stage: test.pid_sleep, output: o/s" +
+            std::to_string(i) + ", kwargs: {seconds: 0, text: t" + std::to_string(i) + "}}\n";
+  }
+  WriteFile(dir / "p.yaml", yaml);
+  util::SpawnSpec spec;
+  spec.argv = {STAGEKIT_CLI,
+               "cache",
+               "explain",
+               (dir / "p.yaml").string(),
+               "s1",
+               "--cache-dir",
+               (dir / "cache").string()};
+  spec.log_path = (dir / "cli.log").string();
+  auto cli = util::Spawn(spec);
+  ASSERT_TRUE(cli.ok());
+  // Once it has read most of the file (rchar in /proc/PID/io), it is parsing.
+  bool parsing = false;
+  for (int i = 0; i < 3000 && !parsing; ++i) {
+    std::ifstream io("/proc/" + std::to_string(cli->pid) + "/io");
+    std::string key;
+    std::uint64_t value = 0;
+    while (io >> key >> value) {
+      if (key == "rchar:" && value > yaml.size() / 2) parsing = true;
+    }
+    if (!parsing) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_TRUE(parsing) << ReadFile(dir / "cli.log");
+  ::kill(cli->pid, SIGTERM);
+  const int code = util::WaitFor(cli->pid, std::chrono::minutes(1));
+  if (code == -1) ::kill(cli->pid, SIGKILL);
+  EXPECT_EQ(code, 130);
+  // The handler's own line, not the message of a run that noticed the flag later.
+  EXPECT_EQ(ReadFile(dir / "cli.log"), "stagekit: interrupted\n");
 }
 
 TEST(CostRecords, SigintLeavesACompleteRecord) { InterruptLeavesARecord(SIGINT); }

@@ -55,6 +55,13 @@ Status LoadLibraries(const std::vector<fs::path>& paths) {
 
 Result<Pipeline> LoadPipelineWithLibraries(const std::string& file, const LibraryOptions& libs,
                                            std::vector<fs::path>& libraries) {
+  // Nothing is started or written yet: Ctrl-C ends the program at once
+  // rather than after a large file is parsed (seconds for 200,000 stages).
+  struct ExitAtOnce {
+    ExitAtOnce() { util::ProcessCancel().SetExitAtOnce(true); }
+    ~ExitAtOnce() { util::ProcessCancel().SetExitAtOnce(false); }
+  } exit_at_once;
+  if (util::Interrupted()) return Status(Code::kInterrupted, "interrupted");
   Result<Pipeline> pipeline = LoadPipeline(file);
   if (!pipeline.ok()) return pipeline.status();
   auto resolved = ResolveLibraries(*pipeline, libs.SearchDirs(pipeline->file.parent_path()));

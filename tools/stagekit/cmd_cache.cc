@@ -5,6 +5,7 @@
 
 #include "cli.h"
 #include "stagekit/cache.h"
+#include "util/process.h"
 #include "util/text.h"
 
 namespace stagekit::cli {
@@ -48,9 +49,11 @@ Status Explain(const CacheCommand& cmd) {
   const fs::path dir = CacheDir(cmd);
   DiskCache::Options options;
   options.pipeline = pipeline->name;
+  options.cancel = &util::ProcessCancel();
   auto cache = DiskCache::Open(dir, options);
   if (!cache.ok()) return cache.status();
   const std::vector<StageExplanation> stages = (*cache)->Explain(*pipeline, cmd.stage);
+  if (util::Interrupted()) return Status(Code::kInterrupted, "interrupted while hashing inputs");
   const auto cached = static_cast<std::size_t>(std::count_if(
       stages.begin(), stages.end(), [](const StageExplanation& e) { return e.cached; }));
   if (cmd.json) {

@@ -209,6 +209,7 @@ Status OpenRunCache(const RunCommand& cmd, const std::string& pipeline,
   if (cmd.no_cache) return OkStatus();
   DiskCache::Options cache_options;
   cache_options.pipeline = pipeline;
+  cache_options.cancel = &util::ProcessCancel();
   auto opened = DiskCache::Open(CacheDir(cmd.cache_dir), cache_options);
   if (!opened.ok() && cmd.resume) return opened.status();
   if (opened.ok()) {
