@@ -176,8 +176,22 @@ std::string GitWildMatchToRegex(std::string_view line, bool* include) {
 struct PatternSet::Compiled {
   std::string text;
   bool include = true;
+  std::string source;  // the regex, for its group's
   std::optional<util::Regex> regex;
 };
+
+// Patterns [begin, end) of one kind; `any` matches what any of them matches.
+struct PatternSet::Group {
+  std::size_t begin = 0, end = 0;
+  bool include = true;
+  std::optional<util::Regex> any;  // absent: too large to compile as one; try each
+};
+
+namespace {
+// Patterns per combined regex: PCRE2 (link size 2) caps a compiled pattern
+// at 64 KiB, and a modest alternation keeps each match call cheap.
+constexpr std::size_t kPatternsPerGroup = 128;
+}  // namespace
 
 PatternSet::~PatternSet() = default;
 
@@ -196,9 +210,32 @@ Result<std::shared_ptr<const PatternSet>> PatternSet::Compile(const std::vector<
     }
     c->regex.emplace(std::move(compiled).value());
     c->text = std::string(Strip(line));
+    c->source = std::move(regex);
     set->patterns_.push_back(std::move(c));
   }
+  set->MakeGroups();
   return std::shared_ptr<const PatternSet>(std::move(set));
+}
+
+void PatternSet::MakeGroups() {
+  const std::size_t n = patterns_.size();
+  for (std::size_t begin = 0; begin < n;) {
+    auto g = std::make_unique<Group>();
+    g->begin = begin;
+    g->include = patterns_[begin]->include;
+    std::string any;
+    std::size_t end = begin;
+    while (end < n && end - begin < kPatternsPerGroup && patterns_[end]->include == g->include) {
+      any += (any.empty() ? "(?:" : "|(?:") + patterns_[end]->source + ")";
+      ++end;
+    }
+    g->end = end;
+    if (auto compiled = util::Regex::Compile(any, /*utf8=*/true); compiled.ok()) {
+      g->any.emplace(std::move(compiled).value());
+    }
+    groups_.push_back(std::move(g));
+    begin = end;
+  }
 }
 
 Result<std::shared_ptr<const PatternSet>> PatternSet::FromFile(const std::filesystem::path& file,
@@ -224,11 +261,23 @@ Result<std::shared_ptr<const PatternSet>> PatternSet::FromFile(const std::filesy
 }
 
 const std::string* PatternSet::Match(std::string_view relative) const {
-  const std::string* matched = nullptr;
-  for (const auto& p : patterns_) {
-    if (p->regex->Search(relative)) matched = p->include ? &p->text : nullptr;
+  // The last pattern that matches decides: the last group with a match holds it.
+  for (auto g = groups_.rbegin(); g != groups_.rend(); ++g) {
+    if ((*g)->any) {
+      bool any = false;
+      try {
+        any = (*g)->any->Search(relative);
+      } catch (const std::runtime_error&) {
+        any = true;  // the combined regex hit the match limit: ask each pattern
+      }
+      if (!any) continue;
+    }
+    for (std::size_t i = (*g)->end; i-- > (*g)->begin;) {
+      const Compiled& p = *patterns_[i];
+      if (p.regex->Search(relative)) return p.include ? &p.text : nullptr;
+    }
   }
-  return matched;
+  return nullptr;
 }
 
 const std::vector<std::string>& DefaultExcludes() {

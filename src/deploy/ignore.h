@@ -53,9 +53,15 @@ class PatternSet {
 
  private:
   struct Compiled;
+  struct Group;
   PatternSet() = default;
+  void MakeGroups();  // fills groups_ from patterns_
   std::string origin_;
   std::vector<std::unique_ptr<Compiled>> patterns_;
+  // Runs of patterns of one kind (exclude, or '!' re-include), each run
+  // matched by one regex of them all: a 10,000-line .gitignore made ship
+  // 70x slower when every path met every pattern's regex in turn.
+  std::vector<std::unique_ptr<Group>> groups_;
 };
 
 // The patterns stagekit excludes unless told otherwise: Ray's own defaults

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <random>
 #include <string>
 #include <thread>
 #include <utility>
@@ -20,6 +21,7 @@
 #include "deploy/ship.h"
 #include "unit/test_util.h"
 #include "util/outcome.h"
+#include "util/regex.h"
 
 namespace stagekit::deploy {
 using namespace ::stagekit::util;  // NOLINT(google-build-using-namespace): helpers under test
@@ -167,6 +169,44 @@ TEST(IgnoreTest, LastMatchWinsAndNegationReincludes) {
   ASSERT_TRUE(negate_first.ok() && negate_last.ok());
   EXPECT_NE((*negate_first)->Match("x"), nullptr);
   EXPECT_EQ((*negate_last)->Match("x"), nullptr);
+}
+
+// A set of many patterns is matched a group of patterns at a time; the
+// answer (and the pattern named) must be the one-by-one answer: the last
+// pattern that matches decides. Random sets of 1 to 600 lines, mixed kinds.
+TEST(IgnoreTest, GroupedMatchingAgreesWithOneByOne) {
+  std::mt19937 rng(7);
+  const std::vector<std::string> atoms = {"a",    "b", "*.log", "d/",   "**/x",
+                                          "a/**", "?", "[ab]c", "/top", "k*"};
+  const std::vector<std::string> paths = {"a", "b",  "x.log", "d",     "d/e", "q/x",     "a/b/c",
+                                          "z", "ac", "top",   "s/top", "kit", "d/x.log", "."};
+  for (int round = 0; round < 40; ++round) {
+    std::vector<std::string> lines;
+    const int n = 1 + static_cast<int>(rng() % 600);
+    for (int i = 0; i < n; ++i) {
+      std::string line = rng() % 4 == 0 ? "!" : "";
+      line += atoms[rng() % atoms.size()];
+      if (rng() % 3 == 0) line += std::to_string(rng() % 5);
+      lines.push_back(line);
+    }
+    auto set = PatternSet::Compile(lines, "t");
+    ASSERT_TRUE(set.ok()) << set.status().message();
+    for (const std::string& path : paths) {
+      const std::string* expected = nullptr;
+      for (const std::string& line : lines) {
+        bool include = true;
+        const std::string regex = GitWildMatchToRegex(line, &include);
+        if (!regex.empty() && Regex(regex, true).Search(path)) {
+          expected = include ? &line : nullptr;
+        }
+      }
+      const std::string* got = (*set)->Match(path);
+      ASSERT_EQ(got == nullptr, expected == nullptr) << "round " << round << " path " << path;
+      if (got != nullptr) {
+        EXPECT_EQ(*got, *expected) << "round " << round << " path " << path;
+      }
+    }
+  }
 }
 
 TEST(IgnoreTest, TheAnchorItselfIsDotAndStarMatchesIt) {
