@@ -1,6 +1,7 @@
 #include "stagekit/invoke.h"
 
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -19,6 +20,7 @@
 #include "util/digest.h"
 #include "util/fd.h"
 #include "util/files.h"
+#include "util/text.h"
 #include "warm.h"
 
 namespace stagekit {
@@ -77,6 +79,32 @@ Status CheckOutputLocation(const StageRequest& req) {
                   "output '" + req.output.string() + "' of " + req.Label() + " is a directory");
   }
   return OkStatus();
+}
+
+// A stage that failed on a full file system (ENOSPC, or out of inodes) most
+// often says only "cannot write": told apart here, while its partial output
+// still takes the space, so that the run exits 7 (output not writable)
+// rather than 1, and says what to do.
+Status CheckSpace(const StageRequest& req) {
+  fs::path dir = req.output.parent_path();
+  if (dir.empty()) dir = ".";
+  struct statvfs vfs {};
+  if (::statvfs(dir.c_str(), &vfs) != 0) return OkStatus();
+  // Root may write into the blocks kept for it; others may not.
+  const std::uint64_t blocks = ::geteuid() == 0 ? vfs.f_bfree : vfs.f_bavail;
+  const std::uint64_t free_bytes = blocks * vfs.f_frsize;
+  const bool no_inodes = vfs.f_files > 0 && vfs.f_favail == 0;
+  constexpr std::uint64_t kFull = std::uint64_t{1} << 20;
+  if (free_bytes >= kFull && !no_inodes) return OkStatus();
+  // The subprocess executor's child writes into a private folder of the run's.
+  const fs::path shown = util::IsTempName(dir.filename().string()) ? dir.parent_path() : dir;
+  return Status(
+      Code::kOutputError,
+      "output directory '" + shown.string() + "' of " + req.Label() +
+          " is on a full file system (" +
+          (no_inodes ? std::string("no inodes left") : util::HumanBytes(free_bytes) + " free") +
+          "), so the stage could not write its output; free space or choose another "
+          "--out");
 }
 
 // Why a stage could not produce its output. Looked for only once it failed:
@@ -390,8 +418,10 @@ Result<RunStats> InvokeWarm(const StageRequest& req, const Registry& registry, b
   const std::string failure = CallStage(*entry, req, ctx, warm, warm_metrics);
   double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!failure.empty()) {
+    const Status full = CheckSpace(req);  // before its partial output is removed
     std::error_code ec;
     fs::remove(temp, ec);
+    if (!full.ok()) return full;
     if (Status why = Diagnose(req); !why.ok()) return why;
     return Status(Code::kStageFailed, req.Label() + " failed: " + failure);
   }

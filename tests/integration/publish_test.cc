@@ -155,5 +155,26 @@ TEST(Publishing, AnOutputPlaceHoldingSomethingElseIsNeverReplaced) {
   }
 }
 
+// A stage that runs out of space says only "cannot write the output": the
+// run tells that the file system is full and exits 7 (output not writable),
+// not 1, under both local executors. A 1 MiB tmpfs in a private mount
+// namespace (unshare -m, root as in CI), gone when the command ends.
+TEST(DiskFull, AStageOnAFullFileSystemExitsSeven) {
+  TempDir dir;
+  fs::create_directories(dir / "small");
+  WriteFile(dir / "p.yaml", "name: full\nlibraries: [" STAGEKIT_TEST_STAGES
+                            "]\nstages:\n  - {name: big, stage: test.fill, output: big.bin, "
+                            "kwargs: {bytes: 4194304}}\n");
+  for (const char* executor : {"inprocess", "subprocess"}) {
+    const std::string script = "mount -t tmpfs -o size=1m tmpfs '" + (dir / "small").string() +
+                               "' && exec '" STAGEKIT_CLI "' run '" + (dir / "p.yaml").string() +
+                               "' --out '" + (dir / "small" / "o").string() + "' -e " + executor +
+                               " --no-cache";
+    CommandResult r = testing::RunCommand({"unshare", "-m", "sh", "-c", script});
+    EXPECT_EQ(r.exit_code, 7) << executor << "\n" << Show(r);
+    EXPECT_NE(r.err.find("is on a full file system"), std::string::npos) << executor << r.err;
+  }
+}
+
 }  // namespace
 }  // namespace stagekit
