@@ -17,6 +17,7 @@
 #include <set>
 #include <sstream>
 
+#include "fanout.h"
 #include "util/text.h"
 
 namespace stagekit {
@@ -152,6 +153,14 @@ class Parser {
         return Json(nullptr);
       case YAML::NodeType::Scalar: {
         const std::string& s = node.Scalar();
+        if (item_ != nullptr && s.find('{') != std::string::npos) {
+          // In a foreach stage's kwargs: "{lr}" is the item's value, typed;
+          // "run-{seed}" a string with the value in it.
+          if (const Json* whole = fanout::WholeValue(s, *item_)) return *whole;
+          auto text = fanout::Substitute(s, *item_);
+          if (!text.ok()) return Error(node, what + ": " + text.status().message());
+          return Json(*text);
+        }
         if (node.Tag() == "!") return Json(s);  // quoted
         if (s == "~" || s == "null" || s == "Null" || s == "NULL") return Json(nullptr);
         if (s == "true" || s == "True" || s == "TRUE") return Json(true);
@@ -296,23 +305,120 @@ class Parser {
     }
     std::map<std::string, YAML::Mark> names;
     std::map<std::string, YAML::Mark> outputs;
-    for (const auto& node : stages) {
-      auto st = ParseStage(node);
-      if (!st.ok()) return st.status();
-      if (auto [it, fresh] = names.emplace(st->name, node.Mark()); !fresh) {
-        return Error(node["name"], "duplicate stage name '" + st->name +
+    auto add = [&](const YAML::Node& node, PipelineStage st) -> Status {
+      if (auto [it, fresh] = names.emplace(st.name, node.Mark()); !fresh) {
+        return Error(node["name"], "duplicate stage name '" + st.name +
                                        "' (first declared on line " +
                                        std::to_string(it->second.line + 1) + ")");
       }
-      if (auto [it, fresh] = outputs.emplace(st->output, node.Mark()); !fresh) {
-        return Error(node, "stage '" + st->name + "' writes output '" + st->output +
+      if (auto [it, fresh] = outputs.emplace(st.output, node.Mark()); !fresh) {
+        return Error(node, "stage '" + st.name + "' writes output '" + st.output +
                                "', which the stage on line " + std::to_string(it->second.line + 1) +
-                               " already writes; give it another 'output'");
+                               " already writes; give it another 'output'" +
+                               (node["foreach"] ? " (with a {name} of its foreach in it)" : ""));
       }
-      parsed.push_back(std::move(st).value());
+      parsed.push_back(std::move(st));
+      return OkStatus();
+    };
+    for (const auto& node : stages) {
+      if (node.IsMap() && node["foreach"]) {
+        if (Status s = ParseForeachStage(node, add); !s.ok()) return s;
+        continue;
+      }
+      auto st = ParseStage(node);
+      if (!st.ok()) return st.status();
+      if (Status s = add(node, std::move(st).value()); !s.ok()) return s;
     }
     if (Status s = CheckNestedOutputs(outputs); !s.ok()) return s;
+    if (Status s = ExpandCollects(parsed, names); !s.ok()) return s;
     return CheckInputSources(parsed, names);
+  }
+
+  // A stage with `foreach`: one instance per item, named NAME[KEY], its
+  // {name}s in output, inputs and kwargs replaced by the item's values; the
+  // default output is NAME/KEY.out.
+  Status ParseForeachStage(const YAML::Node& node,
+                           const std::function<Status(const YAML::Node&, PipelineStage)>& add) {
+    const std::string base = node["name"] ? node["name"].as<std::string>("") : "";
+    const std::string where = "stage '" + base + "'";
+    fanout::Reader reader{
+        [this](const YAML::Mark& mark, const std::string& message) { return Error(mark, message); },
+        [this](const YAML::Node& n, const std::string& what) { return ToJson(n, what); }};
+    auto items = fanout::Items(node["foreach"], file_.parent_path(), where, reader);
+    if (!items.ok()) return items.status();
+    for (const fanout::Item& item : *items) {
+      item_ = &item;
+      auto st = ParseStage(node);
+      item_ = nullptr;
+      if (!st.ok()) return st.status();
+      st->name += "[" + item.key + "]";
+      if (!node["output"]) {
+        st->output = base + "/" + item.key + ".out";
+        if (std::string why = BadOutputPath(st->output); !why.empty()) {
+          return Error(node["name"], where + ": the default output '" + st->output + "' " + why +
+                                         "; give it an 'output'");
+        }
+      }
+      if (Status s = add(node, std::move(st).value()); !s.ok()) return s;
+    }
+    return OkStatus();
+  }
+
+  // A text of a foreach stage with its {name}s replaced; as it is elsewhere.
+  Result<std::string> Substituted(const std::string& text, const YAML::Node& at,
+                                  const std::string& what) const {
+    if (item_ == nullptr) return text;
+    auto out = fanout::Substitute(text, *item_);
+    if (!out.ok()) return Error(at, what + ": " + out.status().message());
+    return out;
+  }
+
+  // Inputs {from: "map[*]"} (or "map[a*]"): one input NAME[KEY] per instance
+  // of foreach stage "map" whose key matches, from that instance. In key
+  // order, as a stage's inputs always are (StageContext::input_list).
+  Status ExpandCollects(std::vector<PipelineStage>& parsed,
+                        const std::map<std::string, YAML::Mark>& names) const {
+    for (PipelineStage& st : parsed) {
+      std::map<std::string, InputRef> inputs;
+      for (auto& [input, ref] : st.inputs) {
+        const std::string& from = ref.from_stage;
+        const std::size_t open = from.find('[');
+        if (from.find('*') == std::string::npos || open == std::string::npos ||
+            from.back() != ']') {
+          if (!inputs.emplace(input, ref).second) return DuplicateInput(st, input);
+          continue;
+        }
+        const std::string base = from.substr(0, open + 1);  // "map["
+        const std::string keys = from.substr(open + 1, from.size() - open - 2);
+        std::size_t matched = 0;
+        for (auto it = names.lower_bound(base); it != names.end(); ++it) {
+          const std::string& name = it->first;
+          if (name.compare(0, base.size(), base) != 0) break;
+          if (name.back() != ']') continue;
+          const std::string key = name.substr(base.size(), name.size() - base.size() - 1);
+          if (key.find('[') != std::string::npos || !util::WildMatch(keys, key)) continue;
+          InputRef one;
+          one.from_stage = name;
+          if (!inputs.emplace(input + "[" + key + "]", std::move(one)).second) {
+            return DuplicateInput(st, input + "[" + key + "]");
+          }
+          ++matched;
+        }
+        if (matched == 0) {
+          return Error(LineMark(st.line), "stage '" + st.name + "': input '" + input +
+                                              "' collects from '" + from +
+                                              "', which matches no stage instance; a foreach "
+                                              "stage's instances are NAME[KEY]");
+        }
+      }
+      st.inputs = std::move(inputs);
+    }
+    return OkStatus();
+  }
+
+  Status DuplicateInput(const PipelineStage& st, const std::string& input) const {
+    return Error(LineMark(st.line), "stage '" + st.name + "': input '" + input +
+                                        "' is given twice (once by a collect)");
   }
 
   // An output that is a folder of another ("d" and "d/e") cannot be both.
@@ -335,6 +441,14 @@ class Parser {
     for (const PipelineStage& st : parsed) {
       for (const auto& [input, ref] : st.inputs) {
         if (!ref.from_stage.empty() && names.count(ref.from_stage) == 0) {
+          auto fanned = names.lower_bound(ref.from_stage + "[");
+          if (fanned != names.end() && fanned->first.rfind(ref.from_stage + "[", 0) == 0) {
+            return Error(LineMark(st.line), "stage '" + st.name + "': input '" + input +
+                                                "' comes from '" + ref.from_stage +
+                                                "', a foreach stage: name one instance ('" +
+                                                fanned->first + "') or collect them all ('" +
+                                                ref.from_stage + "[*]')");
+          }
           return Error(LineMark(st.line), "stage '" + st.name + "': input '" + input +
                                               "' comes from unknown stage '" + ref.from_stage +
                                               "'");
@@ -346,9 +460,9 @@ class Parser {
 
   // Parses one entry of 'stages', key by key, into a PipelineStage.
   Result<PipelineStage> ParseStage(const YAML::Node& node) {
-    if (Status s = CheckKeys(
-            node, "stage",
-            {"name", "stage", "inputs", "output", "kwargs", "resources", "timeout", "keep"});
+    if (Status s = CheckKeys(node, "stage",
+                             {"name", "stage", "inputs", "output", "kwargs", "resources", "timeout",
+                              "keep", "foreach"});
         !s.ok()) {
       return s;
     }
@@ -419,7 +533,9 @@ class Parser {
   Status ParseInputRef(const YAML::Node& v, const std::string& in, const std::string& where,
                        const std::string& stage_name, InputRef& ref) const {
     if (v.IsScalar()) {
-      ref.file = v.Scalar();
+      auto file = Substituted(v.Scalar(), v, where + ": input '" + in + "'");
+      if (!file.ok()) return file.status();
+      ref.file = *file;
     } else if (v.IsMap()) {
       if (Status s = CheckKeys(v, where + " input '" + in + "'", {"from", "file"}); !s.ok())
         return s;
@@ -428,6 +544,8 @@ class Parser {
       if (v["from"]) {
         auto from = String(v["from"], where + ": 'from'");
         if (!from.ok()) return from.status();
+        from = Substituted(*from, v["from"], where + ": 'from'");
+        if (!from.ok()) return from.status();
         ref.from_stage = *from;
         if (ref.from_stage == stage_name) {
           return Error(v["from"],
@@ -435,6 +553,8 @@ class Parser {
         }
       } else if (v["file"]) {
         auto file = String(v["file"], where + ": 'file'");
+        if (!file.ok()) return file.status();
+        file = Substituted(*file, v["file"], where + ": 'file'");
         if (!file.ok()) return file.status();
         ref.file = *file;
       } else {
@@ -463,6 +583,8 @@ class Parser {
       }
     } else {
       auto out = String(node["output"], where + ": output");
+      if (!out.ok()) return out.status();
+      out = Substituted(*out, node["output"], where + ": output");
       if (!out.ok()) return out.status();
       if (std::string why = BadOutputPath(*out); !why.empty()) {
         std::string shown = ControlBytes(*out).empty() ? *out : "(with control bytes)";
@@ -589,6 +711,7 @@ class Parser {
   }
 
   fs::path file_;
+  const fanout::Item* item_ = nullptr;    // the foreach item of the stage being read
   mutable std::size_t values_ = 0;        // values ToJson made so far (kMaxTotalValues)
   mutable std::size_t block_values_ = 0;  // ... in the current block (kMaxValues)
 };

@@ -175,6 +175,24 @@ const std::filesystem::path& StageContext::input(std::string_view name) const {
   return it->second;
 }
 
+std::vector<std::pair<std::string, std::filesystem::path>> StageContext::input_list(
+    std::string_view name) const {
+  std::vector<std::pair<std::string, std::filesystem::path>> out;
+  const std::string single(name);
+  const std::string prefix = single + "[";
+  for (auto it = inputs_->lower_bound(single); it != inputs_->end(); ++it) {
+    const std::string& n = it->first;
+    if (n == single) {
+      out.emplace_back("", it->second);
+    } else if (n.compare(0, prefix.size(), prefix) == 0 && n.back() == ']') {
+      out.emplace_back(n.substr(prefix.size(), n.size() - prefix.size() - 1), it->second);
+    } else if (n.compare(0, single.size(), single) != 0) {
+      break;  // past every name that starts with `name`
+    }
+  }
+  return out;
+}
+
 std::string StageContext::ReadInput(std::string_view name) const {
   // No size limit: a stage reads what its pipeline gives it.
   auto bytes = util::ReadFile(input(name), std::numeric_limits<std::uint64_t>::max());

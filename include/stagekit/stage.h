@@ -96,6 +96,13 @@ class STAGEKIT_API StageContext {
   // The path of a named input; throws std::out_of_range naming the input when
   // the request has no input of that name.
   const std::filesystem::path& input(std::string_view name) const;
+  // The inputs a collect gave under `name` (`parts: {from: "map[*]"}` arrives
+  // as parts[KEY] for each instance map[KEY]), in key order (keys compared
+  // as byte strings, as inputs() orders them), as (key, path) pairs; a
+  // single input called `name` comes back as one pair with an empty key.
+  // Empty when there is neither.
+  std::vector<std::pair<std::string, std::filesystem::path>> input_list(
+      std::string_view name) const;
   // Where to write the output (a temporary file beside the final target).
   const std::filesystem::path& output() const { return output_; }
   const JobSpec& job() const { return *job_; }

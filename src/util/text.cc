@@ -127,4 +127,25 @@ std::string LineColumn(std::string_view text, std::size_t offset) {
   return std::to_string(line) + ":" + std::to_string(offset - start + 1);
 }
 
+bool WildMatch(std::string_view pattern, std::string_view text) {
+  // Iterative, with one backtrack point: linear in practice, no recursion.
+  std::size_t p = 0, t = 0, star = std::string_view::npos, mark = 0;
+  while (t < text.size()) {
+    if (p < pattern.size() && pattern[p] != '*' && pattern[p] == text[t]) {
+      ++p;
+      ++t;
+    } else if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      mark = t;
+    } else if (star != std::string_view::npos) {
+      p = star + 1;
+      t = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
 }  // namespace stagekit::util

@@ -41,6 +41,10 @@ std::size_t InvalidUtf8At(std::string_view text);
 // "LINE:COLUMN" (both from 1, the column in bytes) of `offset` in `text`.
 std::string LineColumn(std::string_view text, std::size_t offset);
 
+// Whether `text` matches `pattern`, where '*' matches any run of bytes (and
+// nothing else is special). Iterative: linear in practice, no recursion.
+bool WildMatch(std::string_view pattern, std::string_view text);
+
 // "512 B", "1.5 KiB", "3.0 GiB".
 std::string HumanBytes(std::uint64_t bytes);
 

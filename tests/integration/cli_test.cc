@@ -91,7 +91,7 @@ TEST_F(CliTest, AnEmptyExecutorListOrAnImpossibleDateIsAUsageError) {
 }
 
 TEST_F(CliTest, ExamplesPassTheParityGate) {
-  for (const char* example : {"trivial", "wordcount", "montecarlo"}) {
+  for (const char* example : {"trivial", "wordcount", "montecarlo", "fanout"}) {
     fs::path pipeline = kExamples + "/" + example + "/pipeline.yaml";
     // Ray joins this gate in tests/ray (it needs a cluster).
     CommandResult r = Run({"parity", pipeline.string(), "--executors", "inprocess,subprocess",
@@ -107,6 +107,11 @@ TEST_F(CliTest, ExamplesPassTheParityGate) {
   EXPECT_EQ(pi["samples"], 32000000);
   double estimate = std::stod(pi["pi_estimate"].get<std::string>());
   EXPECT_NEAR(estimate, 3.14159, 0.002);
+  // Fan-out: one count per corpus file and six sweep samples, collected.
+  EXPECT_EQ(ListFiles(dir_ / "fanout" / "subprocess" / "counts"),
+            (std::vector<std::string>{"aesop.tsv", "hare.tsv", "lion.tsv"}));
+  Json fanout_pi = Json::parse(ReadFile(dir_ / "fanout" / "subprocess" / "pi.json"));
+  EXPECT_EQ(fanout_pi["samples"], 210000);
 }
 
 TEST_F(CliTest, RunWritesOutputsAndASummary) {

@@ -43,7 +43,7 @@ const std::string kExamples = STAGEKIT_SOURCE_DIR "/examples";
 
 TEST(RayPrivateHead, ParityAcrossAllThreeExecutorsOnEveryExample) {
   TempDir dir;
-  for (const char* example : {"trivial", "wordcount", "montecarlo"}) {
+  for (const char* example : {"trivial", "wordcount", "montecarlo", "fanout"}) {
     CommandResult r = RunCli({"parity", kExamples + "/" + example + "/pipeline.yaml", "--out",
                               (dir / example).string(), "-q"});
     EXPECT_EQ(r.exit_code, 0) << example << "\n" << Show(r);

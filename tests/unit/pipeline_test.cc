@@ -94,7 +94,7 @@ TEST(PipelineTest, UnknownKeysArePointedAt) {
   std::string e = ErrorOf("stages:\n  - name: a\n    stage: s\n    inptus: {}\n");
   EXPECT_EQ(e,
             "/p/pipeline.yaml:4:5: stage: unknown key 'inptus' (expected one of: name, stage, "
-            "inputs, output, kwargs, resources, timeout, keep)");
+            "inputs, output, kwargs, resources, timeout, keep, foreach)");
   EXPECT_NE(ErrorOf("stage: []\n").find("unknown key 'stage'"), std::string::npos);
 }
 
