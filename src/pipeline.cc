@@ -827,13 +827,27 @@ Status ApplyResourceOverride(Pipeline& pipeline, std::string_view spec) {
   auto usage = [&](const std::string& why) {
     return Status(Code::kUsage, "--resources '" + std::string(spec) + "': " + why +
                                     "; write STAGE:KEY=VALUE[,KEY=VALUE...], e.g. "
-                                    "'train:gpus=1,vm:g4dn.2xlarge=1' or '*:cpus=2'");
+                                    "'train:gpus=1,vm:g4dn.2xlarge=1', 'sample[*]:cpus=2' or "
+                                    "'*:cpus=2'");
   };
-  std::size_t colon = spec.find(':');
+  // The stage ends at the first ':' after its instance key, if it has one.
+  std::size_t from = 0;
+  const std::size_t bracket = spec.find('[');
+  if (bracket != std::string_view::npos && bracket < spec.find(':')) {
+    from = spec.find(']', bracket);
+    if (from == std::string_view::npos) return usage("'[' without ']' in the stage name");
+  }
+  std::size_t colon = spec.find(':', from);
   if (colon == std::string_view::npos || colon == 0) return usage("no stage name before ':'");
   std::string target(spec.substr(0, colon));
-  if (target != "*" && pipeline.Find(target) == nullptr)
+  // A name, or a pattern where '*' matches any run ('*' alone: every stage).
+  auto targeted = [&](const PipelineStage& st) {
+    return target.find('*') == std::string::npos ? st.name == target
+                                                 : util::WildMatch(target, st.name);
+  };
+  if (std::none_of(pipeline.stages.begin(), pipeline.stages.end(), targeted)) {
     return usage("the pipeline has no stage '" + target + "'");
+  }
   std::string list(spec.substr(colon + 1));
   if (list.empty()) return usage("nothing to set");
   std::vector<std::pair<std::string, std::string>> settings;
@@ -845,7 +859,7 @@ Status ApplyResourceOverride(Pipeline& pipeline, std::string_view spec) {
     settings.emplace_back(item.substr(0, eq), item.substr(eq + 1));
   }
   for (PipelineStage& st : pipeline.stages) {
-    if (target != "*" && st.name != target) continue;
+    if (!targeted(st)) continue;
     Resources r = st.options.resources;
     for (const auto& [key, value] : settings) {
       if (key == "memory") {

@@ -156,6 +156,24 @@ TEST(FanoutTest, CollectsFilterByKeyAndPairInstancesByName) {
   EXPECT_EQ(a.inputs.count("parts[avocado]"), 1u);
 }
 
+// --resources takes an instance name (whose key may hold ':') or a pattern.
+TEST(FanoutTest, ResourceOverridesTakeInstancesAndPatterns) {
+  auto p = Parse(
+      "stages:\n  - {name: m, stage: s, foreach: {list: [\"a:b\", c, d]}, output: \"o/{key}\"}\n"
+      "  - {name: other, stage: s}\n");
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  ASSERT_TRUE(ApplyResourceOverride(*p, "m[a:b]:cpus=3,vm:x=1").ok());
+  EXPECT_EQ(p->Find("m[a:b]")->options.resources.cpus, 3);
+  EXPECT_EQ(p->Find("m[a:b]")->options.resources.custom,
+            (std::map<std::string, double>{{"vm:x", 1}}));
+  ASSERT_TRUE(ApplyResourceOverride(*p, "m[*]:gpus=0.5").ok());
+  EXPECT_EQ(p->Find("m[c]")->options.resources.gpus, 0.5);
+  EXPECT_EQ(p->Find("m[d]")->options.resources.gpus, 0.5);
+  EXPECT_EQ(p->Find("other")->options.resources.gpus, 0);
+  EXPECT_EQ(ApplyResourceOverride(*p, "m[z*]:cpus=1").code(), Code::kUsage);
+  EXPECT_EQ(ApplyResourceOverride(*p, "m[a:cpus=1").code(), Code::kUsage);
+}
+
 TEST(FanoutTest, MistakesAreNamedAtTheirLine) {
   struct Case {
     const char* yaml;
@@ -201,8 +219,8 @@ TEST(FanoutTest, MistakesAreNamedAtTheirLine) {
 // in key order, and a plain input of that name as one pair with no key.
 TEST(FanoutTest, InputListGivesACollectInKeyOrder) {
   const std::map<std::string, std::filesystem::path> inputs = {
-      {"parts[b]", "/b"}, {"parts[a]", "/a"}, {"parts2", "/x"}, {"partsz", "/z"},
-      {"part", "/p"},     {"single", "/s"}};
+      {"parts[b]", "/b"}, {"parts[a]", "/a"}, {"parts2", "/x"},
+      {"partsz", "/z"},   {"part", "/p"},     {"single", "/s"}};
   const JobSpec job;
   const Json kwargs = Json::object();
   StageContext ctx("s", "s", &inputs, "/out", &job, &kwargs);

@@ -90,7 +90,8 @@ void ExecOptions::AddTo(CLI::App* cmd, bool parity) {
       ->type_name("DURATION");
   cmd->add_option(
          "--resources", resources,
-         "Placement override, STAGE:KEY=VALUE[,...] with STAGE a name or '*' and KEY cpus, gpus, "
+         "Placement override, STAGE:KEY=VALUE[,...] with STAGE a name or a pattern ('sample[*]', "
+         "'*') and KEY cpus, gpus, "
          "memory or a custom resource (e.g. 'train:gpus=0.01,vm:g4dn.2xlarge=1'); repeatable")
       ->type_name("SPEC");
   cmd->add_flag("--json", json, "Print a machine-readable summary on stdout");
