@@ -195,6 +195,15 @@ class ItemReader {
                                    " are allowed in one");
   }
 
+  // A record field's or a matrix axis's name: usable as {name}, not 'key'.
+  Status CheckName(const YAML::Node& node) const {
+    const std::string name = node.Scalar();
+    if (IsVarName(name) && name != "key") return OkStatus();
+    return r_.error(node.Mark(), where_ + ": '" + name +
+                                     "' cannot name a foreach value (letters, digits and '_', "
+                                     "not 'key')");
+  }
+
   // A scalar item value (typed as kwargs are), or a problem.
   Result<Json> Scalar(const YAML::Node& node, const std::string& what) const {
     if (!node.IsScalar()) return r_.error(node.Mark(), where_ + ": " + what + " must be a value");
@@ -211,11 +220,7 @@ class ItemReader {
       if (entry.IsMap()) {
         for (const auto& kv : entry) {
           const std::string name = kv.first.Scalar();
-          if (!IsVarName(name) || name == "key") {
-            return r_.error(kv.first.Mark(), where_ + ": '" + name +
-                                                 "' cannot name a foreach value (letters, "
-                                                 "digits and '_', not 'key')");
-          }
+          if (Status s = CheckName(kv.first); !s.ok()) return s;
           auto v = Scalar(kv.second, "the value of '" + name + "'");
           if (!v.ok()) return v.status();
           item.key += (item.key.empty() ? "" : ",") + name + "=" + ValueText(*v);
@@ -244,11 +249,7 @@ class ItemReader {
     std::size_t total = 1;
     for (const auto& kv : matrix) {
       const std::string name = kv.first.Scalar();
-      if (!IsVarName(name) || name == "key") {
-        return r_.error(kv.first.Mark(), where_ + ": '" + name +
-                                             "' cannot name a foreach value (letters, digits "
-                                             "and '_', not 'key')");
-      }
+      if (Status s = CheckName(kv.first); !s.ok()) return s;
       if (!kv.second.IsSequence() || kv.second.size() == 0) {
         return r_.error(kv.second.Mark(),
                         where_ + ": foreach " + kind + " '" + name + "' must be a non-empty list");
