@@ -274,10 +274,16 @@ std::vector<std::string> DescribeKeyChange(const CacheKeyParts& before, const Ca
 
 std::string StageExplanation::Summary() const {
   if (cached) return "cached (made by " + made_by + " run at " + created + ")";
+  // A collect of 100,000 instances has as many reasons: the line names a
+  // few and counts the rest (--json lists every one).
+  constexpr std::size_t kShown = 5;
   std::string s = "will run because ";
-  for (std::size_t i = 0; i < reasons.size(); ++i) {
+  for (std::size_t i = 0; i < reasons.size() && i < kShown; ++i) {
     if (i > 0) s += "; ";
     s += reasons[i];
+  }
+  if (reasons.size() > kShown) {
+    s += "; and " + std::to_string(reasons.size() - kShown) + " more reasons (--json lists all)";
   }
   return s;
 }

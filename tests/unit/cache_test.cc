@@ -544,3 +544,22 @@ TEST(DiskCacheTest, DefaultDirIsTheUserCacheDir) {
 
 }  // namespace
 }  // namespace stagekit
+
+namespace stagekit {
+namespace {
+
+// A collect of many instances has a reason per instance: the summary line
+// names five and counts the rest; the reasons themselves are all kept.
+TEST(StageExplanationTest, TheSummaryOfManyReasonsCountsTheRest) {
+  StageExplanation e;
+  for (int i = 0; i < 100000; ++i) e.reasons.push_back("upstream 'n[" + std::to_string(i) + "]'");
+  const std::string line = e.Summary();
+  EXPECT_EQ(line.rfind("will run because upstream 'n[0]'; ", 0), 0u) << line.substr(0, 200);
+  EXPECT_NE(line.find("'n[4]'; and 99995 more reasons (--json lists all)"), std::string::npos)
+      << line;
+  EXPECT_LT(line.size(), 300u);
+  EXPECT_EQ(e.ToJson()["reasons"].size(), 100000u);
+}
+
+}  // namespace
+}  // namespace stagekit
