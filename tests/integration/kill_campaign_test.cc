@@ -33,6 +33,7 @@ using testing::ReadFile;
 using testing::RunCli;
 using testing::Show;
 using testing::TempDir;
+using testing::Temporaries;
 using testing::WriteFile;
 
 const std::vector<std::string> kOutputs = {"m0.txt", "m1.txt", "m2.txt", "m3.txt",
@@ -84,10 +85,7 @@ bool StagesGone(const fs::path& pids) {
     bool all = true;
     for (const std::string& f : ListFiles(pids)) {
       const std::size_t dot = f.find('.');
-      const long pid = std::atol(f.c_str() + dot + 1);
-      std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-      std::string line;
-      if (std::getline(stat, line) && line.find(") Z") == std::string::npos) {
+      if (!testing::ProcessGone(std::atol(f.c_str() + dot + 1))) {
         all = false;
       } else {
         std::error_code ec;
@@ -98,14 +96,6 @@ bool StagesGone(const fs::path& pids) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return false;
-}
-
-std::vector<std::string> Temporaries(const fs::path& dir) {
-  std::vector<std::string> found;
-  for (const std::string& name : ListFiles(dir)) {
-    if (name.find(".stagekit-tmp") != std::string::npos) found.push_back(name);
-  }
-  return found;
 }
 
 TEST(KillCampaign, KilledRunsNeverCorruptOrReplaceLaterOutputs) {

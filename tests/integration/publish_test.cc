@@ -19,10 +19,12 @@ namespace {
 namespace fs = std::filesystem;
 using testing::CommandResult;
 using testing::ListFiles;
+using testing::ProcessGone;
 using testing::ReadFile;
 using testing::RunCli;
 using testing::Show;
 using testing::TempDir;
+using testing::Temporaries;
 using testing::WriteFile;
 
 // One stage that records its pid, sleeps, then writes `text` to result.txt.
@@ -44,25 +46,6 @@ long StagePid(const TempDir& dir) {
     if (dot != std::string::npos) return std::stol(f.substr(dot + 1));
   }
   return 0;
-}
-
-// Gone, or a zombie nobody has reaped yet (it runs no code either way).
-bool ProcessGone(long pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return true;
-  const std::size_t paren = line.rfind(')');
-  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z';
-}
-
-std::vector<std::string> Temporaries(const fs::path& dir) {
-  std::vector<std::string> found;
-  std::error_code ec;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (name.rfind(".stagekit-tmp", 0) == 0) found.push_back(name);
-  }
-  return found;
 }
 
 TEST(Publishing, AKilledRunsStageNeverReplacesALaterRunsOutput) {

@@ -49,6 +49,22 @@ std::string ReadFile(const fs::path& path) {
   return buf.str();
 }
 
+std::vector<std::string> Temporaries(const fs::path& dir) {
+  std::vector<std::string> found;
+  for (const std::string& name : ListFiles(dir)) {
+    if (name.find(".stagekit-tmp") != std::string::npos) found.push_back(name);
+  }
+  return found;
+}
+
+bool ProcessGone(long pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;
+  const std::size_t paren = line.rfind(')');
+  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z';
+}
+
 std::vector<std::string> ListFiles(const fs::path& dir) {
   std::vector<std::string> out;
   std::error_code ec;

@@ -26,6 +26,10 @@ void WriteFile(const std::filesystem::path& path, const std::string& content);
 std::string ReadFile(const std::filesystem::path& path);
 // Regular files below `dir`, relative, sorted (hidden files included).
 std::vector<std::string> ListFiles(const std::filesystem::path& dir);
+// The stagekit temporaries (".stagekit-tmp...") anywhere below `dir`.
+std::vector<std::string> Temporaries(const std::filesystem::path& dir);
+// Gone, or a zombie nobody has reaped yet (it runs no code either way).
+bool ProcessGone(long pid);
 
 struct CommandResult {
   int exit_code = -1;  // -1 when killed by a signal
