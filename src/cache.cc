@@ -785,7 +785,11 @@ std::vector<StageExplanation> DiskCache::Explain(const Pipeline& pipeline,
                                                  const std::string& only) {
   std::vector<StageExplanation> out;
   std::map<std::string, std::string> known;  // stage -> output digest of its cached entry
-  for (const PipelineStage& st : pipeline.stages) {
+  // Dynamic foreach stages expanded from their producer's cached item list:
+  // template name -> its instances.
+  std::map<std::string, std::vector<std::string>> made;
+  bool done = false;
+  auto explain = [&](const PipelineStage& st) {
     StageExplanation ex;
     ex.name = st.name;
     ex.stage = st.stage;
@@ -852,7 +856,46 @@ std::vector<StageExplanation> DiskCache::Explain(const Pipeline& pipeline,
       ex.parts = std::move(parts).value();
     }
     if (only.empty() || only == st.name) out.push_back(std::move(ex));
-    if (!only.empty() && only == st.name) break;
+    done = !only.empty() && only == st.name;
+  };
+  for (const PipelineStage& declared : pipeline.stages) {
+    // Its collects from expanded stages made into inputs, as a run does.
+    PipelineStage copy;
+    const bool collects = std::any_of(declared.inputs.begin(), declared.inputs.end(),
+                                      [](const auto& in) { return !in.second.collect.empty(); });
+    if (collects) {
+      copy = declared;
+      for (const auto& [name, instances] : made) PointCollects(copy, name, instances);
+    }
+    const PipelineStage& st = collects ? copy : declared;
+    if (st.foreach_from.empty()) {
+      explain(st);
+    } else if (auto items = known.find(st.foreach_from); items != known.end()) {
+      // Its producer's output is in the cache: the instances a run would make.
+      auto instances = ExpandDynamicStage(st, impl_->BlobPath(items->second));
+      if (!instances.ok()) {
+        StageExplanation ex;
+        ex.name = st.name;
+        ex.stage = st.stage;
+        ex.reasons.push_back(instances.status().message());
+        if (only.empty() || only == st.name) out.push_back(std::move(ex));
+        continue;
+      }
+      std::vector<std::string>& names = made[st.name];
+      for (const PipelineStage& instance : *instances) {
+        names.push_back(instance.name);
+        explain(instance);
+        if (done) break;
+      }
+    } else {
+      StageExplanation ex;
+      ex.name = st.name;
+      ex.stage = st.stage;
+      ex.reasons.push_back("its instances are made from the items of " + Quote(st.foreach_from) +
+                           ", which will run first, so they are not known yet");
+      if (only.empty() || only == st.name) out.push_back(std::move(ex));
+    }
+    if (done) break;
   }
   return out;
 }

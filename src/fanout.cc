@@ -1,8 +1,11 @@
 #include "fanout.h"
 
+#include "stagekit/pipeline.h"
+
 #include <algorithm>
 #include <map>
 #include <set>
+#include <string_view>
 #include <system_error>
 
 namespace stagekit::fanout {
@@ -376,7 +379,103 @@ class ItemReader {
   const Reader& r_;
 };
 
+// One line of an item list: an object of scalars or one scalar, parsed
+// without building anything nested deeper (a line of 60,000 '[' costs
+// nothing).
+Result<Item> JsonLineItem(std::string_view line) {
+  bool nested = false;
+  nlohmann::ordered_json::parser_callback_t flat = [&](int depth, nlohmann::ordered_json::parse_event_t,
+                                                       nlohmann::ordered_json&) {
+    if (depth > 1) nested = true;
+    return depth <= 1;
+  };
+  nlohmann::ordered_json v = nlohmann::ordered_json::parse(line, flat, false);
+  if (v.is_discarded()) return Status(Code::kInvalidPipeline, "is not JSON");
+  auto scalar = [](const nlohmann::ordered_json& x) {
+    return x.is_string() || x.is_number() || x.is_boolean();
+  };
+  Item item;
+  if (v.is_object() && !nested) {
+    std::string key;
+    for (const auto& [name, value] : v.items()) {
+      if (!scalar(value)) {
+        return Status(Code::kInvalidPipeline, "field '" + name.substr(0, 80) +
+                                                  "' is not a string, number or boolean");
+      }
+      Json j = Json::parse(value.dump());
+      if (name == "key") {
+        key = ValueText(j);
+        continue;
+      }
+      if (!IsVarName(name)) {
+        return Status(Code::kInvalidPipeline, "field '" + name.substr(0, 80) +
+                                                  "' cannot name a foreach value (letters, "
+                                                  "digits and '_')");
+      }
+      item.key += (item.key.empty() ? "" : ",") + name + "=" + ValueText(j);
+      item.vars.emplace_back(name, std::move(j));
+    }
+    if (item.vars.empty() && key.empty()) return Status(Code::kInvalidPipeline, "is an empty item");
+    if (!key.empty()) item.key = key;
+    return item;
+  }
+  if (!scalar(v)) {
+    return Status(Code::kInvalidPipeline,
+                  "is not an item: write one JSON object of strings, numbers and booleans "
+                  "({\"start\": 0, \"end\": 4096}) or one such value per line");
+  }
+  Json j = Json::parse(v.dump());
+  item.key = ValueText(j);
+  item.vars.emplace_back("item", std::move(j));
+  return item;
+}
+
 }  // namespace
+
+Result<std::vector<Item>> JsonLinesItems(std::string_view text, std::vector<std::size_t>& lines) {
+  std::vector<Item> items;
+  std::size_t line_no = 0;
+  for (std::size_t at = 0; at < text.size();) {
+    std::size_t end = text.find('\n', at);
+    if (end == std::string_view::npos) end = text.size();
+    const std::string_view line = text.substr(at, end - at);
+    at = end + 1;
+    ++line_no;
+    auto problem = [&](const std::string& why) {
+      return Status(Code::kInvalidPipeline, std::to_string(line_no) + ": " + why);
+    };
+    if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+    if (line.size() > kMaxItemLineBytes) {
+      return problem("the line is over " + std::to_string(kMaxItemLineBytes) + " bytes");
+    }
+    if (items.size() == kMaxItems) {
+      return problem("more than " + std::to_string(kMaxItems) + " items; at most " +
+                     std::to_string(kMaxItems) + " are allowed in one foreach");
+    }
+    auto item = JsonLineItem(line);
+    if (!item.ok()) return problem("the item " + item.status().message());
+    if (std::string why = BadKey(item->key); !why.empty()) {
+      return problem("the item key '" + item->key.substr(0, 80) + "' " + why +
+                     "; a key names a stage instance (NAME[KEY]) and may not hold '/', '[', "
+                     "']', '*' or control bytes: give the item a shorter \"key\"");
+    }
+    item->vars.emplace_back("key", Json(item->key));
+    items.push_back(std::move(item).value());
+    lines.push_back(line_no);
+  }
+  // Keys are checked once all are read: string_views into the items' keys.
+  std::map<std::string_view, std::size_t> seen;
+  for (std::size_t k = 0; k < items.size(); ++k) {
+    auto [it, fresh] = seen.emplace(items[k].key, lines[k]);
+    if (!fresh) {
+      return Status(Code::kInvalidPipeline,
+                    std::to_string(lines[k]) + ": the item key '" + items[k].key +
+                        "' is the key of line " + std::to_string(it->second) +
+                        " too; each item needs its own (add a \"key\" field)");
+    }
+  }
+  return items;
+}
 
 const Json* Item::Find(std::string_view name) const {
   for (const auto& [n, v] : vars) {

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "stagekit/pipeline.h"
 #include "stagekit/stage.h"
 #include "stagekit/status.h"
 
@@ -21,7 +22,7 @@ namespace stagekit::fanout {
 
 // At most this many items per foreach (kInvalidPipeline past it), and this
 // many directory entries looked at by one glob.
-inline constexpr std::size_t kMaxItems = 100000;
+inline constexpr std::size_t kMaxItems = kMaxForeachItems;
 inline constexpr std::size_t kMaxGlobEntries = 1000000;
 inline constexpr std::size_t kMaxKeyBytes = 200;
 
@@ -45,6 +46,11 @@ struct Reader {
 // relative to `base_dir` (the pipeline's folder) unless absolute.
 Result<std::vector<Item>> Items(const YAML::Node& foreach, const std::filesystem::path& base_dir,
                                 const std::string& where, const Reader& reader);
+
+// The items of a dynamic foreach: `text` is an item list in JSON Lines (see
+// ExpandDynamicStage in stagekit/pipeline.h). `lines[k]` is where item k is
+// (1-based). kInvalidPipeline "LINE: why" for the first problem.
+Result<std::vector<Item>> JsonLinesItems(std::string_view text, std::vector<std::size_t>& lines);
 
 // `text` with each `{name}` replaced by the item's value ("" error when it
 // names nothing the item defines: the message says so). Text without

@@ -14,16 +14,24 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <mutex>
 #include <set>
 #include <sstream>
 
 #include "fanout.h"
+#include "util/files.h"
 #include "util/text.h"
 
 namespace stagekit {
-namespace {
 
 namespace fs = std::filesystem;
+
+struct DynamicForeach {
+  fs::path file;     // the pipeline file
+  YAML::Node node;   // the stage's entry in it
+};
+
+namespace {
 
 YAML::Mark LineMark(int line) {
   YAML::Mark mark = YAML::Mark::null_mark();
@@ -311,7 +319,9 @@ class Parser {
                                        "' (first declared on line " +
                                        std::to_string(it->second.line + 1) + ")");
       }
-      if (auto [it, fresh] = outputs.emplace(st.output, node.Mark()); !fresh) {
+      if (!st.foreach_from.empty()) {
+        // A dynamic template: its instances' outputs are checked when made.
+      } else if (auto [it, fresh] = outputs.emplace(st.output, node.Mark()); !fresh) {
         return Error(node, "stage '" + st.name + "' writes output '" + st.output +
                                "', which the stage on line " + std::to_string(it->second.line + 1) +
                                " already writes; give it another 'output'" +
@@ -321,6 +331,10 @@ class Parser {
       return OkStatus();
     };
     for (const auto& node : stages) {
+      if (node.IsMap() && node["foreach"] && node["foreach"].IsMap() && node["foreach"]["from"]) {
+        if (Status s = ParseDynamicStage(node, add); !s.ok()) return s;
+        continue;
+      }
       if (node.IsMap() && node["foreach"]) {
         if (Status s = ParseForeachStage(node, add); !s.ok()) return s;
         continue;
@@ -347,21 +361,63 @@ class Parser {
     auto items = fanout::Items(node["foreach"], file_.parent_path(), where, reader);
     if (!items.ok()) return items.status();
     for (const fanout::Item& item : *items) {
-      item_ = &item;
-      auto st = ParseStage(node);
-      item_ = nullptr;
+      auto st = Instance(node, item);
       if (!st.ok()) return st.status();
-      st->name += "[" + item.key + "]";
-      if (!node["output"]) {
-        st->output = base + "/" + item.key + ".out";
-        if (std::string why = BadOutputPath(st->output); !why.empty()) {
-          return Error(node["name"], where + ": the default output '" + st->output + "' " + why +
-                                         "; give it an 'output'");
-        }
-      }
       if (Status s = add(node, std::move(st).value()); !s.ok()) return s;
     }
     return OkStatus();
+  }
+
+ public:
+  // The instance NAME[KEY] of foreach stage `node` for `item`.
+  Result<PipelineStage> Instance(const YAML::Node& node, const fanout::Item& item) {
+    item_ = &item;
+    auto st = ParseStage(node);
+    item_ = nullptr;
+    if (!st.ok()) return st.status();
+    const std::string base = st->name;
+    st->name += "[" + item.key + "]";
+    if (!node["output"]) {
+      st->output = base + "/" + item.key + ".out";
+      if (std::string why = BadOutputPath(st->output); !why.empty()) {
+        return Error(node["name"], "stage '" + base + "': the default output '" + st->output +
+                                       "' " + why + "; give it an 'output'");
+      }
+    }
+    return st;
+  }
+
+ private:
+  // A stage with `foreach: {from: STAGE}`: one template NAME[*], checked as
+  // far as it can be without its items; the scheduler makes the instances
+  // from STAGE's item list (ExpandDynamicStage).
+  Status ParseDynamicStage(const YAML::Node& node,
+                           const std::function<Status(const YAML::Node&, PipelineStage)>& add) {
+    const YAML::Node foreach = node["foreach"];
+    if (Status s = CheckKeys(foreach, "foreach", {"from"}); !s.ok()) return s;
+    auto from = String(foreach["from"], "foreach: from");
+    if (!from.ok()) return from.status();
+    auto st = ParseStage(node);
+    if (!st.ok()) return st.status();
+    const std::string where = "stage '" + st->name + "'";
+    if (from->empty()) return Error(foreach["from"], where + ": foreach: from names no stage");
+    for (const auto& [input, ref] : st->inputs) {
+      if (ref.from_stage.find('{') != std::string::npos) {
+        return Error(node["inputs"], where + ": input '" + input +
+                                         "': in a foreach over a stage's items, 'from' cannot "
+                                         "use {names} (the stages it reads must be known "
+                                         "before the items are)");
+      }
+    }
+    auto dynamic = std::make_shared<DynamicForeach>();
+    dynamic->file = file_;
+    dynamic->node = node;
+    st->foreach_from = *from;
+    st->dynamic = std::move(dynamic);
+    st->name += "[*]";
+    st->output.clear();
+    templates_.insert(st->name);
+    return add(node, std::move(st).value());
   }
 
   // A text of a foreach stage with its {name}s replaced; as it is elsewhere.
@@ -390,6 +446,14 @@ class Parser {
         }
         const std::string base = from.substr(0, open + 1);  // "map["
         const std::string keys = from.substr(open + 1, from.size() - open - 2);
+        if (templates_.count(base + "*]") != 0) {
+          // A dynamic foreach: its instances are made at run time.
+          InputRef pending;
+          pending.from_stage = base + "*]";
+          pending.collect = keys;
+          if (!inputs.emplace(input, std::move(pending)).second) return DuplicateInput(st, input);
+          continue;
+        }
         std::size_t matched = 0;
         for (auto it = names.lower_bound(base); it != names.end(); ++it) {
           const std::string& name = it->first;
@@ -421,6 +485,39 @@ class Parser {
                                         "' is given twice (once by a collect)");
   }
 
+  // A dynamic template's producer is a stage (not itself, not another
+  // template); its name is no other stage's base name.
+  Status CheckDynamic(const PipelineStage& st,
+                      const std::map<std::string, YAML::Mark>& names) const {
+    if (st.foreach_from.empty()) return OkStatus();
+    const std::string where = "stage '" + st.name.substr(0, st.name.size() - 3) + "'";
+    const std::string base = st.name.substr(0, st.name.size() - 2);  // "map["
+    for (auto it = names.lower_bound(base); it != names.end(); ++it) {
+      if (it->first.compare(0, base.size(), base) != 0) break;
+      if (it->first != st.name) {
+        return Error(LineMark(st.line), where + ": another stage's instances are named like " +
+                                            "its own ('" + it->first +
+                                            "'); rename one of the two");
+      }
+    }
+    if (st.foreach_from == st.name || st.foreach_from + "[*]" == st.name) {
+      return Error(LineMark(st.line), where + ": foreach: from names the stage itself");
+    }
+    if (templates_.count(st.foreach_from) != 0 ||
+        templates_.count(st.foreach_from.substr(0, st.foreach_from.find('[')) + "[*]") != 0) {
+      return Error(LineMark(st.line),
+                   where + ": foreach: from names '" + st.foreach_from +
+                       "', itself a foreach over a stage's items; read the items of a stage "
+                       "that collects its instances instead");
+    }
+    if (names.count(st.foreach_from) == 0) {
+      return Error(LineMark(st.line), where + ": foreach: from names unknown stage '" +
+                                          st.foreach_from + "' (the stage whose output is the " +
+                                          "item list)");
+    }
+    return OkStatus();
+  }
+
   // An output that is a folder of another ("d" and "d/e") cannot be both.
   Status CheckNestedOutputs(const std::map<std::string, YAML::Mark>& outputs) const {
     for (auto it = outputs.begin(); it != outputs.end(); ++it) {
@@ -439,8 +536,16 @@ class Parser {
   Status CheckInputSources(const std::vector<PipelineStage>& parsed,
                            const std::map<std::string, YAML::Mark>& names) const {
     for (const PipelineStage& st : parsed) {
+      if (Status s = CheckDynamic(st, names); !s.ok()) return s;
       for (const auto& [input, ref] : st.inputs) {
         if (!ref.from_stage.empty() && names.count(ref.from_stage) == 0) {
+          if (templates_.count(ref.from_stage.substr(0, ref.from_stage.find('[')) + "[*]") != 0) {
+            return Error(LineMark(st.line),
+                         "stage '" + st.name + "': input '" + input + "' comes from '" +
+                             ref.from_stage + "', an instance of a foreach over a stage's items: " +
+                             "its instances are known only at run time; collect them ('" +
+                             ref.from_stage.substr(0, ref.from_stage.find('[')) + "[*]')");
+          }
           auto fanned = names.lower_bound(ref.from_stage + "[");
           if (fanned != names.end() && fanned->first.rfind(ref.from_stage + "[", 0) == 0) {
             return Error(LineMark(st.line), "stage '" + st.name + "': input '" + input +
@@ -666,6 +771,7 @@ class Parser {
       for (const auto& [in, ref] : stages[i].inputs) {
         if (!ref.from_stage.empty()) deps.insert(index.at(ref.from_stage));
       }
+      if (!stages[i].foreach_from.empty()) deps.insert(index.at(stages[i].foreach_from));
       for (std::size_t d : deps) users[d].push_back(i);
       indegree[i] = deps.size();
     }
@@ -691,9 +797,12 @@ class Parser {
       while (pos.count(at) == 0) {
         pos[at] = path.size();
         path.push_back(at);
-        for (const auto& [in, ref] : stages[at].inputs) {
-          if (!ref.from_stage.empty() && indegree[index.at(ref.from_stage)] != 0) {
-            at = index.at(ref.from_stage);
+        std::vector<std::string> ups;
+        for (const auto& [in, ref] : stages[at].inputs) ups.push_back(ref.from_stage);
+        ups.push_back(stages[at].foreach_from);
+        for (const std::string& up : ups) {
+          if (!up.empty() && indegree[index.at(up)] != 0) {
+            at = index.at(up);
             break;
           }
         }
@@ -712,6 +821,7 @@ class Parser {
 
   fs::path file_;
   const fanout::Item* item_ = nullptr;    // the foreach item of the stage being read
+  std::set<std::string> templates_;       // dynamic foreach stages, NAME[*]
   mutable std::size_t values_ = 0;        // values ToJson made so far (kMaxTotalValues)
   mutable std::size_t block_values_ = 0;  // ... in the current block (kMaxValues)
 };
@@ -723,6 +833,85 @@ const PipelineStage* Pipeline::Find(std::string_view stage_name) const {
     if (s.name == stage_name) return &s;
   }
   return nullptr;
+}
+
+bool Pipeline::dynamic() const {
+  return std::any_of(stages.begin(), stages.end(),
+                     [](const PipelineStage& s) { return !s.foreach_from.empty(); });
+}
+
+Result<std::vector<PipelineStage>> ExpandDynamicStage(const PipelineStage& tmpl,
+                                                      const fs::path& items_file) {
+  if (!tmpl.dynamic) {
+    return Status(Code::kInternal, "stage '" + tmpl.name + "' is not a foreach over items");
+  }
+  const std::string list = items_file.string();
+  const std::string made =
+      " (the item list stage '" + tmpl.foreach_from + "' made for '" + tmpl.name + "')";
+  auto text = util::ReadFile(items_file, kMaxItemListBytes);
+  if (!text.ok()) return Status(text.status().code(), text.status().message() + made);
+  if (const std::size_t bad = util::InvalidUtf8At(*text); bad != std::string_view::npos) {
+    return Status(Code::kInvalidPipeline,
+                  list + ":" + util::LineColumn(*text, bad) + ": the text is not UTF-8" + made);
+  }
+  std::vector<std::size_t> lines;
+  auto items = fanout::JsonLinesItems(*text, lines);
+  if (!items.ok()) {
+    return Status(Code::kInvalidPipeline, list + ":" + items.status().message() + made);
+  }
+  // yaml-cpp nodes are not safe to read from two threads (parity runs
+  // executors side by side).
+  static std::mutex yaml_mu;
+  std::lock_guard<std::mutex> lock(yaml_mu);
+  Parser parser(tmpl.dynamic->file);
+  std::vector<PipelineStage> out;
+  out.reserve(items->size());
+  std::map<std::string, std::size_t> outputs;
+  for (std::size_t k = 0; k < items->size(); ++k) {
+    const std::string item_at = " (for the item on line " + std::to_string(lines[k]) + " of " +
+                                list + ", made by stage '" + tmpl.foreach_from + "')";
+    auto st = parser.Instance(tmpl.dynamic->node, (*items)[k]);
+    if (!st.ok()) return Status(st.status().code(), st.status().message() + item_at);
+    // What it reads from stages is the template's (collects resolved).
+    for (auto it = st->inputs.begin(); it != st->inputs.end();) {
+      it = it->second.from_stage.empty() ? std::next(it) : st->inputs.erase(it);
+    }
+    for (const auto& [name, ref] : tmpl.inputs) {
+      if (!ref.from_stage.empty()) st->inputs[name] = ref;
+    }
+    if (auto [it, fresh] = outputs.emplace(st->output, k); !fresh) {
+      return Status(Code::kInvalidPipeline,
+                    list + ":" + std::to_string(lines[k]) + ": instances '" +
+                        out[it->second].name + "' and '" + st->name + "' would both write '" +
+                        st->output + "'; put a {name} of the items in the stage's output" + made);
+    }
+    out.push_back(std::move(st).value());
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> PointCollects(
+    PipelineStage& st, const std::string& tmpl, const std::vector<std::string>& instances) {
+  std::vector<std::pair<std::string, std::string>> added;
+  const std::size_t base = tmpl.size() - 2;  // "map[" of "map[*]"
+  for (auto it = st.inputs.begin(); it != st.inputs.end();) {
+    if (it->second.collect.empty() || it->second.from_stage != tmpl) {
+      ++it;
+      continue;
+    }
+    const std::string input = it->first;
+    const std::string filter = it->second.collect;
+    it = st.inputs.erase(it);
+    for (const std::string& name : instances) {
+      const std::string key = name.substr(base, name.size() - base - 1);
+      if (!util::WildMatch(filter, key)) continue;
+      InputRef one;
+      one.from_stage = name;
+      st.inputs.emplace(input + "[" + key + "]", std::move(one));
+      added.emplace_back(input + "[" + key + "]", name);
+    }
+  }
+  return added;
 }
 
 Result<Pipeline> ParsePipeline(std::string_view yaml_text, const fs::path& file) {

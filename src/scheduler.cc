@@ -73,14 +73,15 @@ class PipelineRun {
         executor_(executor),
         options_(options),
         n_(pipeline.stages.size()),
+        dynamic_(pipeline.dynamic()),
         shuffle_(options.order_seed) {}
 
   RunResult Run() {
     PlanRequests();
     PlanFetching();
     if (Status s = CheckPathsAreUtf8(); !s.ok()) return Finish(std::move(s));
-    if (Status s = CheckOutputsAreNotInputs(); !s.ok()) return Finish(std::move(s));
-    if (Status s = PrepareOutputDirs(); !s.ok()) return Finish(std::move(s));
+    if (Status s = CheckOutputsAreNotInputs(0, n_); !s.ok()) return Finish(std::move(s));
+    if (Status s = PrepareOutputDirs(0, n_); !s.ok()) return Finish(std::move(s));
     for (std::size_t i = 0; i < n_; ++i) {
       if (waiting_on_[i] == 0) ready_.push_back(i);
     }
@@ -104,76 +105,99 @@ class PipelineRun {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   }
   std::size_t IndexOf(const std::string& stage) const { return index_.at(stage); }
+  // Stage i as it runs: the pipeline's, an instance of a dynamic foreach,
+  // or a collect of one with its inputs made known. The objects never move.
+  const PipelineStage& Stage(std::size_t i) const { return *stage_[i]; }
+  bool IsTemplate(std::size_t i) const { return !stage_[i]->foreach_from.empty(); }
 
   // A request per stage (inputs from other stages are their output files
   // under --out), who reads whom, and how many producers each one waits for.
   void PlanRequests() {
-    for (std::size_t i = 0; i < n_; ++i) index_[pipeline_.stages[i].name] = i;
-    requests_.resize(n_);
+    stage_.reserve(n_);
+    for (const PipelineStage& st : pipeline_.stages) stage_.push_back(&st);
+    for (std::size_t i = 0; i < n_; ++i) index_[Stage(i).name] = i;
     users_.resize(n_);
     waiting_on_.assign(n_, 0);
+    readers_released_.assign(n_, false);
+    templates_released_.assign(n_, false);
     result_.stages.resize(n_);
-    for (std::size_t i = 0; i < n_; ++i) {
-      const PipelineStage& st = pipeline_.stages[i];
-      StageRequest& req = requests_[i];
-      req.stage = st.stage;
-      req.instance = st.name;
-      req.output = out_dir_ / st.output;
-      req.job = pipeline_.job;
-      req.kwargs = st.kwargs;
-      req.executor = std::string(executor_.name());
-      req.threads = std::max(1, static_cast<int>(std::ceil(st.options.resources.cpus)));
-      std::set<std::size_t> deps;
-      for (const auto& [name, ref] : st.inputs) {
-        if (ref.from_stage.empty()) {
-          req.inputs[name] = ref.file;
-        } else {
-          std::size_t d = IndexOf(ref.from_stage);
-          req.inputs[name] = out_dir_ / pipeline_.stages[d].output;
-          deps.insert(d);
-        }
+    for (std::size_t i = 0; i < n_; ++i) PlanStage(i);
+  }
+
+  // Stage i's request, its producers (it waits for those whose readers are
+  // not released yet) and its line in the result.
+  void PlanStage(std::size_t i) {
+    const PipelineStage& st = Stage(i);
+    if (requests_.size() <= i) requests_.resize(i + 1);
+    StageRequest& req = requests_[i];
+    req.stage = st.stage;
+    req.instance = st.name;
+    req.output = out_dir_ / st.output;
+    req.job = pipeline_.job;
+    req.kwargs = st.kwargs;
+    req.executor = std::string(executor_.name());
+    req.threads = std::max(1, static_cast<int>(std::ceil(st.options.resources.cpus)));
+    std::set<std::size_t> deps;
+    for (const auto& [name, ref] : st.inputs) {
+      if (ref.from_stage.empty()) {
+        req.inputs[name] = ref.file;
+      } else {
+        std::size_t d = IndexOf(ref.from_stage);
+        req.inputs[name] = out_dir_ / Stage(d).output;
+        deps.insert(d);
       }
-      for (std::size_t d : deps) users_[d].push_back(i);
-      waiting_on_[i] = deps.size();
-      result_.stages[i].name = st.name;
-      result_.stages[i].output = req.output;
     }
+    // A dynamic foreach waits for the stage that makes its items.
+    if (!st.foreach_from.empty()) deps.insert(IndexOf(st.foreach_from));
+    for (std::size_t d : deps) {
+      if (readers_released_[d]) continue;
+      users_[d].push_back(i);
+      ++waiting_on_[i];
+    }
+    result_.stages[i].name = st.name;
+    result_.stages[i].output = req.output;
   }
 
   // What each stage's executor is told about fetching its output; an output
   // that stays remote is not a file here, so the cache neither keys on it
   // nor stores it.
   void PlanFetching() {
-    const bool remote = executor_.outputs_stay_remote();
     stage_options_.resize(n_);
     cacheable_.assign(n_, true);
-    std::set<std::string> consumers;
-    for (const PipelineStage& st : pipeline_.stages) {
-      for (const auto& [name, ref] : st.inputs) consumers.insert(ref.from_stage);
+    for (std::size_t i = 0; i < n_; ++i) PlanFetch(i);
+  }
+
+  void PlanFetch(std::size_t i) {
+    const bool remote = executor_.outputs_stay_remote();
+    const PipelineStage& st = Stage(i);
+    int readers = 0;
+    bool items = false;  // a dynamic foreach reads its item list on the driver
+    for (std::size_t u : users_[i]) {
+      if (IsTemplate(u)) {
+        items = true;
+      } else {
+        ++readers;
+      }
     }
-    for (std::size_t i = 0; i < n_; ++i) {
-      const PipelineStage& st = pipeline_.stages[i];
-      stage_options_[i] = st.options;
-      bool fetch = true;
-      if (options_.outputs == RunOptions::Outputs::kNone) {
-        fetch = false;
-      } else if (st.keep) {
-        fetch = *st.keep;
-      } else if (options_.outputs == RunOptions::Outputs::kFinal) {
-        fetch = consumers.count(st.name) == 0;
-      }
-      stage_options_[i].fetch_output = fetch || !remote;
-      cacheable_[i] = stage_options_[i].fetch_output;
-      result_.stages[i].fetched = stage_options_[i].fetch_output;
-      stage_options_[i].readers = static_cast<int>(users_[i].size());
-      if (remote && !options_.artifacts.empty()) {
-        std::string uri = options_.artifacts;
-        while (uri.size() > 5 && uri.back() == '/') uri.pop_back();
-        fs::path rel = fs::path(result_.stages[i].output).lexically_relative(out_dir_);
-        if (rel.empty() || *rel.begin() == "..")
-          rel = fs::path(result_.stages[i].output).filename();
-        stage_options_[i].artifact = uri + "/" + rel.generic_string();
-      }
+    stage_options_[i] = st.options;
+    bool fetch = true;
+    if (options_.outputs == RunOptions::Outputs::kNone) {
+      fetch = false;
+    } else if (st.keep) {
+      fetch = *st.keep;
+    } else if (options_.outputs == RunOptions::Outputs::kFinal) {
+      fetch = users_[i].empty();
+    }
+    stage_options_[i].fetch_output = fetch || items || !remote;
+    cacheable_[i] = stage_options_[i].fetch_output;
+    result_.stages[i].fetched = stage_options_[i].fetch_output;
+    stage_options_[i].readers = readers;
+    if (remote && !options_.artifacts.empty()) {
+      std::string uri = options_.artifacts;
+      while (uri.size() > 5 && uri.back() == '/') uri.pop_back();
+      fs::path rel = fs::path(result_.stages[i].output).lexically_relative(out_dir_);
+      if (rel.empty() || *rel.begin() == "..") rel = fs::path(result_.stages[i].output).filename();
+      stage_options_[i].artifact = uri + "/" + rel.generic_string();
     }
   }
 
@@ -193,7 +217,7 @@ class PipelineRun {
       for (const auto& [name, path] : requests_[i].inputs) {
         if (bad(path)) {
           return Status(Code::kInputError, "input '" + name + "' of stage '" +
-                                               pipeline_.stages[i].name + "' (" + path.string() +
+                                               Stage(i).name + "' (" + path.string() +
                                                ") has a path that is not UTF-8; rename it, or "
                                                "its folder, to UTF-8");
         }
@@ -205,33 +229,35 @@ class PipelineRun {
   // No output may be one of the pipeline's input files: the run would
   // overwrite what the user gave it. Compared by path and, for files that
   // exist, by device and inode (links, bind mounts, '..' through symlinks).
-  Status CheckOutputsAreNotInputs() const {
-    std::map<std::string, std::string> input_paths;  // path -> "input 'x' of stage 'y'"
-    std::map<std::pair<dev_t, ino_t>, std::string> input_ids;
-    for (const PipelineStage& st : pipeline_.stages) {
+  // Stages [first, end) are checked against every stage's inputs so far
+  // (the instances of a dynamic foreach against the pipeline's and their own).
+  Status CheckOutputsAreNotInputs(std::size_t first, std::size_t end) {
+    for (std::size_t i = first; i < end; ++i) {
+      const PipelineStage& st = Stage(i);
       for (const auto& [name, ref] : st.inputs) {
         if (!ref.from_stage.empty()) continue;
         const std::string what = "input '" + name + "' of stage '" + st.name + "'";
         std::error_code ec;
-        input_paths.emplace(fs::absolute(ref.file, ec).lexically_normal().string(), what);
+        input_paths_.emplace(fs::absolute(ref.file, ec).lexically_normal().string(), what);
         struct stat in_st {};
         if (::stat(ref.file.c_str(), &in_st) == 0) {
-          input_ids.emplace(std::make_pair(in_st.st_dev, in_st.st_ino), what);
+          input_ids_.emplace(std::make_pair(in_st.st_dev, in_st.st_ino), what);
         }
       }
     }
-    for (std::size_t i = 0; i < n_; ++i) {
+    for (std::size_t i = first; i < end; ++i) {
+      if (IsTemplate(i)) continue;
       const fs::path& out = requests_[i].output;
-      auto by_path = input_paths.find(out.string());
-      std::string clash = by_path != input_paths.end() ? by_path->second : "";
+      auto by_path = input_paths_.find(out.string());
+      std::string clash = by_path != input_paths_.end() ? by_path->second : "";
       struct stat out_st {};
       if (clash.empty() && ::stat(out.c_str(), &out_st) == 0) {
-        auto by_id = input_ids.find(std::make_pair(out_st.st_dev, out_st.st_ino));
-        if (by_id != input_ids.end()) clash = by_id->second;
+        auto by_id = input_ids_.find(std::make_pair(out_st.st_dev, out_st.st_ino));
+        if (by_id != input_ids_.end()) clash = by_id->second;
       }
       if (!clash.empty()) {
         return Status(Code::kInvalidPipeline,
-                      "the output of stage '" + pipeline_.stages[i].name + "' (" + out.string() +
+                      "the output of stage '" + Stage(i).name + "' (" + out.string() +
                           ") is the file of " + clash +
                           "; the run would overwrite its own input: choose another --out "
                           "or another 'output'");
@@ -241,9 +267,10 @@ class PipelineRun {
   }
 
   // Creates each output's folder and clears what killed earlier runs left there.
-  Status PrepareOutputDirs() const {
+  Status PrepareOutputDirs(std::size_t first, std::size_t end) const {
     std::set<fs::path> out_dirs;
-    for (std::size_t i = 0; i < n_; ++i) {
+    for (std::size_t i = first; i < end; ++i) {
+      if (IsTemplate(i)) continue;
       const fs::path dir = requests_[i].output.parent_path();
       if (!out_dirs.insert(dir).second) continue;
       std::error_code ec;
@@ -265,7 +292,41 @@ class PipelineRun {
       if (o.state == StageState::kPending) o.state = StageState::kNotRun;
     }
     result_.wall_s = Seconds();
+    if (dynamic_) AsRan();
     return std::move(result_);
+  }
+
+  // The result in the order of the pipeline as it ran: each expanded
+  // template's place taken by its instances, in item order (whatever order
+  // they were made in), a template never expanded left out with its collects'
+  // inputs from it.
+  void AsRan() {
+    auto ran = std::make_shared<Pipeline>();
+    ran->file = pipeline_.file;
+    ran->name = pipeline_.name;
+    ran->libraries = pipeline_.libraries;
+    ran->job = pipeline_.job;
+    ran->artifacts = pipeline_.artifacts;
+    std::vector<StageOutcome> outcomes;
+    auto take = [&](std::size_t i) {
+      ran->stages.push_back(Stage(i));
+      outcomes.push_back(std::move(result_.stages[i]));
+    };
+    for (std::size_t i = 0; i < n_; ++i) {
+      if (!IsTemplate(i)) {
+        take(i);
+        std::map<std::string, InputRef>& inputs = ran->stages.back().inputs;
+        for (auto it = inputs.begin(); it != inputs.end();) {
+          it = it->second.collect.empty() ? std::next(it) : inputs.erase(it);
+        }
+        continue;
+      }
+      auto made = expanded_.find(i);
+      if (made == expanded_.end()) continue;
+      for (std::size_t j = made->second.first; j < made->second.second; ++j) take(j);
+    }
+    result_.stages = std::move(outcomes);
+    result_.pipeline = std::move(ran);
   }
 
   // Stops the run (lock held): Ctrl-C, or a failed before_launch hook.
@@ -289,7 +350,7 @@ class PipelineRun {
   // The digests of the stage's inputs that other stages produced.
   std::map<std::string, std::string> UpstreamDigests(std::size_t i) const {
     std::map<std::string, std::string> digests;
-    for (const auto& [name, ref] : pipeline_.stages[i].inputs) {
+    for (const auto& [name, ref] : Stage(i).inputs) {
       if (ref.from_stage.empty()) continue;
       const StageOutcome& up = result_.stages[IndexOf(ref.from_stage)];
       if (up.stats) digests[name] = up.stats->output_digest;
@@ -307,12 +368,16 @@ class PipelineRun {
     Launch l;
     l.i = ready_.front();
     ready_.pop_front();
+    if (IsTemplate(l.i)) {
+      Expand(l.i);
+      return std::nullopt;
+    }
     ++running_;
-    StageOutcome& outcome = result_.stages[l.i];
-    outcome.state = StageState::kRunning;
-    outcome.slot = slot;
-    outcome.start_s = Seconds();
+    result_.stages[l.i].state = StageState::kRunning;
+    result_.stages[l.i].slot = slot;
+    result_.stages[l.i].start_s = Seconds();
     if (options_.cache != nullptr && cacheable_[l.i]) AskCache(l, lock);
+    StageOutcome& outcome = result_.stages[l.i];  // (the cache unlocked: stages may be added)
     if (!l.hit && !stop_ && Cancelled(options_.cancel)) {
       // Ctrl-C while the cache hashed the stage's inputs: it never starts.
       outcome.state = StageState::kPending;
@@ -322,9 +387,7 @@ class PipelineRun {
       Stop(Status(Code::kInterrupted, "interrupted; running stages were stopped"));
       return std::nullopt;
     }
-    if (!l.hit && options_.observer != nullptr) {
-      options_.observer->OnStageStarted(pipeline_.stages[l.i]);
-    }
+    if (!l.hit && options_.observer != nullptr) options_.observer->OnStageStarted(Stage(l.i));
     return l;
   }
 
@@ -334,41 +397,166 @@ class PipelineRun {
     // Inputs whose producers were released early (made, still fetched):
     // the stage reads them by reference, their files may be stale.
     std::set<std::string> by_reference;
-    for (const auto& [name, ref] : pipeline_.stages[l.i].inputs) {
+    for (const auto& [name, ref] : Stage(l.i).inputs) {
       if (ref.from_stage.empty()) continue;
       if (result_.stages[IndexOf(ref.from_stage)].state != StageState::kSucceeded) {
         by_reference.insert(name);
       }
     }
-    const PipelineStage& stage = pipeline_.stages[l.i];
+    const PipelineStage& stage = Stage(l.i);
+    const StageRequest& request = requests_[l.i];
     lock.unlock();
-    l.token = by_reference.empty() ? options_.cache->Prepare(stage, requests_[l.i], upstream)
-                                   : options_.cache->PrepareByReference(stage, requests_[l.i],
-                                                                        upstream, by_reference);
+    l.token = by_reference.empty()
+                  ? options_.cache->Prepare(stage, request, upstream)
+                  : options_.cache->PrepareByReference(stage, request, upstream, by_reference);
     if (options_.lookup_cache && !l.token.empty()) {
-      l.hit = options_.cache->Lookup(stage, requests_[l.i], l.token);
+      l.hit = options_.cache->Lookup(stage, request, l.token);
     }
     lock.lock();
   }
 
   // Readies the stages that waited only for stage i (lock held). Readers of
   // a stage its executor said was made before it ended (its output on its
-  // way to the driver) are readied then, not again.
+  // way to the driver) are readied then, not again; a dynamic foreach reads
+  // its item list from the driver's copy, so it waits for the stage's end.
   void ReleaseReaders(std::size_t i) {
-    if (readers_released_[i]) return;
-    readers_released_[i] = true;
+    const bool settled = result_.stages[i].state == StageState::kSucceeded;
     for (std::size_t u : users_[i]) {
-      if (--waiting_on_[u] == 0) ready_.push_back(u);
+      const bool now = IsTemplate(u) ? settled && !templates_released_[i] : !readers_released_[i];
+      if (now && --waiting_on_[u] == 0) ready_.push_back(u);
     }
+    readers_released_[i] = true;
+    if (settled) templates_released_[i] = true;
+  }
+
+  // A dynamic foreach whose producer succeeded (lock held): its instances
+  // made from the item list and added to the run, its collects pointed at
+  // them. A bad item list fails the run as a failed stage would.
+  void Expand(std::size_t t) {
+    const PipelineStage& tmpl = Stage(t);
+    auto made = ExpandDynamicStage(tmpl, requests_[IndexOf(tmpl.foreach_from)].output);
+    Status status = made.ok() ? Adopt(t, *made) : made.status();
+    StageOutcome& outcome = result_.stages[t];
+    if (!status.ok()) {
+      outcome.state = StageState::kFailed;
+      outcome.status = status;
+      if (!stop_) {
+        stop_ = true;
+        failure_ = std::move(status);
+        result_.failed_stage = tmpl.name;
+      }
+      cv_.notify_all();
+      return;
+    }
+    outcome.state = StageState::kSucceeded;
+    ReleaseReaders(t);
+    if (options_.observer != nullptr) options_.observer->OnStagesAdded(tmpl, made->size());
+    cv_.notify_all();
+  }
+
+  // Adds template t's instances to the run (lock held); nothing is added
+  // when one cannot be (an output another stage writes, or one of the
+  // pipeline's inputs, or a folder that cannot be made).
+  Status Adopt(std::size_t t, std::vector<PipelineStage>& made) {
+    if (outputs_.empty()) {
+      for (std::size_t i = 0; i < stage_.size(); ++i) {
+        if (!IsTemplate(i)) outputs_.emplace(Stage(i).output, i);
+      }
+    }
+    for (const PipelineStage& st : made) {
+      if (std::string other = OutputClash(st.output); !other.empty()) {
+        return Status(Code::kInvalidPipeline,
+                      "instance '" + st.name + "' of '" + Stage(t).name + "' would write '" +
+                          st.output + "', " + other +
+                          "; put a {name} of the items in the stage's output");
+      }
+      for (const auto& [name, ref] : st.inputs) {
+        auto out = outputs_.find(ref.file.lexically_relative(out_dir_).generic_string());
+        if (ref.from_stage.empty() && out != outputs_.end()) {
+          return Status(Code::kInvalidPipeline,
+                        "input '" + name + "' of instance '" + st.name + "' is the output of '" +
+                            Stage(out->second).name + "' in --out; read it with {from: " +
+                            Stage(out->second).name + "} instead");
+        }
+      }
+    }
+    const std::size_t first = stage_.size();
+    for (PipelineStage& st : made) {
+      owned_.push_back(std::move(st));
+      stage_.push_back(&owned_.back());
+      index_[owned_.back().name] = stage_.size() - 1;
+      outputs_.emplace(owned_.back().output, stage_.size() - 1);
+    }
+    const std::size_t end = stage_.size();
+    users_.resize(end);
+    waiting_on_.resize(end, 0);
+    readers_released_.resize(end, false);
+    templates_released_.resize(end, false);
+    cacheable_.resize(end, true);
+    stage_options_.resize(end);
+    result_.stages.resize(end);
+    for (std::size_t i = first; i < end; ++i) PlanStage(i);
+    if (Status s = CheckOutputsAreNotInputs(first, end); !s.ok()) return s;
+    if (Status s = PrepareOutputDirs(first, end); !s.ok()) return s;
+    expanded_[t] = {first, end};
+    for (std::size_t u : users_[t]) PointCollect(u, t, first, end);
+    for (std::size_t i = first; i < end; ++i) {
+      PlanFetch(i);
+      if (waiting_on_[i] == 0) ready_.push_back(i);
+    }
+    return OkStatus();
+  }
+
+  // "" when `output` may be written, else what writes it (or around it).
+  std::string OutputClash(const std::string& output) const {
+    auto same = outputs_.find(output);
+    if (same != outputs_.end()) return "which '" + Stage(same->second).name + "' writes too";
+    auto inside = outputs_.lower_bound(output + "/");
+    if (inside != outputs_.end() && inside->first.rfind(output + "/", 0) == 0) {
+      return "a folder that holds the output of '" + Stage(inside->second).name + "'";
+    }
+    for (std::size_t slash = output.find('/'); slash != std::string::npos;
+         slash = output.find('/', slash + 1)) {
+      auto file = outputs_.find(output.substr(0, slash));
+      if (file != outputs_.end()) {
+        return "inside '" + file->first + "', the output file of '" +
+               Stage(file->second).name + "'";
+      }
+    }
+    return "";
+  }
+
+  // Collect stage u's inputs from template t become one input NAME[KEY]
+  // per instance (in [first, end)) whose key its filter matches.
+  void PointCollect(std::size_t u, std::size_t t, std::size_t first, std::size_t end) {
+    PipelineStage copy = Stage(u);
+    std::vector<std::string> instances;
+    instances.reserve(end - first);
+    for (std::size_t i = first; i < end; ++i) instances.push_back(Stage(i).name);
+    StageRequest& req = requests_[u];
+    for (auto it = req.inputs.begin(); it != req.inputs.end();) {
+      auto ref = copy.inputs.find(it->first);
+      const bool pending = ref != copy.inputs.end() && ref->second.from_stage == Stage(t).name;
+      it = pending ? req.inputs.erase(it) : std::next(it);
+    }
+    for (const auto& [input, name] : PointCollects(copy, Stage(t).name, instances)) {
+      const std::size_t i = IndexOf(name);
+      req.inputs[input] = out_dir_ / Stage(i).output;
+      users_[i].push_back(u);
+      ++waiting_on_[u];
+    }
+    owned_.push_back(std::move(copy));
+    stage_[u] = &owned_.back();
   }
 
   // Records a stage's end (lock held, released while the cache stores it)
   // and readies the stages that waited only for it.
   void Settle(const Launch& l, Result<RunStats> stats, std::unique_lock<std::mutex>& lock) {
     const std::size_t i = l.i;
-    StageOutcome& outcome = result_.stages[i];
+    const PipelineStage& stage = Stage(i);
+    const StageRequest& request = requests_[i];
     if (l.hit) {
-      outcome.cached = true;
+      result_.stages[i].cached = true;
     } else if (options_.cache != nullptr && !l.token.empty()) {
       lock.unlock();
       // Where this run uploaded the output is this run's news, not the output's.
@@ -377,10 +565,11 @@ class PipelineRun {
         kept = *stats;
         kept->artifact = nullptr;
       }
-      options_.cache->Store(pipeline_.stages[i], requests_[i], l.token, kept ? &*kept : nullptr);
+      options_.cache->Store(stage, request, l.token, kept ? &*kept : nullptr);
       lock.lock();
     }
     --running_;
+    StageOutcome& outcome = result_.stages[i];
     outcome.end_s = Seconds();
     if (stats.ok()) {
       outcome.state = StageState::kSucceeded;
@@ -392,12 +581,10 @@ class PipelineRun {
       if (!stop_) {
         stop_ = true;
         failure_ = stats.status();
-        result_.failed_stage = pipeline_.stages[i].name;
+        result_.failed_stage = stage.name;
       }
     }
-    if (options_.observer != nullptr) {
-      options_.observer->OnStageFinished(pipeline_.stages[i], outcome);
-    }
+    if (options_.observer != nullptr) options_.observer->OnStageFinished(stage, outcome);
     cv_.notify_all();
   }
 
@@ -407,7 +594,9 @@ class PipelineRun {
     std::unique_lock<std::mutex> lock(mu_);
     const std::size_t jobs = static_cast<std::size_t>(std::max(options_.jobs, 1));
     std::set<int> free_slots;
-    for (std::size_t t = 0; t < std::min(jobs, n_); ++t) free_slots.insert(static_cast<int>(t));
+    // (A dynamic foreach may add stages: the slots are as many as --jobs.)
+    const std::size_t slots = dynamic_ ? jobs : std::min(jobs, n_);
+    for (std::size_t t = 0; t < slots; ++t) free_slots.insert(static_cast<int>(t));
     std::map<std::uint64_t, Launch> in_flight;
     std::uint64_t next_ticket = 1;
     for (;;) {
@@ -423,8 +612,10 @@ class PipelineRun {
         }
         free_slots.erase(slot);
         const std::uint64_t ticket = next_ticket++;
+        const StageRequest& request = requests_[l.i];
+        const StageOptions& stage_options = stage_options_[l.i];
         lock.unlock();
-        executor_.Submit(ticket, requests_[l.i], stage_options_[l.i]);
+        executor_.Submit(ticket, request, stage_options);
         lock.lock();
         in_flight.emplace(ticket, std::move(l));
       }
@@ -455,9 +646,10 @@ class PipelineRun {
 
   // A synchronous executor: --jobs threads, each running one stage at a time.
   void RunOnThreads() {
+    // (A dynamic foreach may add stages: the threads are as many as --jobs.)
     const std::size_t threads = std::max<std::size_t>(
-        1, std::min<std::size_t>(
-               {static_cast<std::size_t>(std::max(options_.jobs, 1)), n_, kMaxSchedulerThreads}));
+        1, std::min<std::size_t>({static_cast<std::size_t>(std::max(options_.jobs, 1)),
+                                  dynamic_ ? kMaxSchedulerThreads : n_, kMaxSchedulerThreads}));
     util::RunOnThreads(threads, [&](std::size_t t) { Worker(static_cast<int>(t)); });
   }
 
@@ -472,8 +664,10 @@ class PipelineRun {
         if (l.hit) {
           stats = *l.hit;
         } else {
+          const StageRequest& request = requests_[l.i];
+          const StageOptions& stage_options = stage_options_[l.i];
           lock.unlock();
-          stats = executor_.Run(requests_[l.i], stage_options_[l.i]);
+          stats = executor_.Run(request, stage_options);
           lock.lock();
         }
         Settle(l, std::move(stats), lock);
@@ -489,21 +683,31 @@ class PipelineRun {
   const fs::path out_dir_;
   StageExecutor& executor_;
   const RunOptions& options_;
-  const std::size_t n_;
+  const std::size_t n_;  // the pipeline's stages (a dynamic foreach adds more)
+  const bool dynamic_;   // the pipeline has a dynamic foreach
   const std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 
-  // The plan: fixed before the first stage starts.
+  // The plan: made before the first stage starts, and grown (under mu_) when
+  // a dynamic foreach is expanded. Deques: what is handed to the executor
+  // and the cache with the lock released stays where it is.
+  std::vector<const PipelineStage*> stage_;
+  std::deque<PipelineStage> owned_;  // instances, and collects with their inputs known
   std::map<std::string, std::size_t> index_;
-  std::vector<StageRequest> requests_;
-  std::vector<StageOptions> stage_options_;
+  std::deque<StageRequest> requests_;
+  std::deque<StageOptions> stage_options_;
   std::vector<std::vector<std::size_t>> users_;
   std::vector<bool> cacheable_;
+  std::map<std::size_t, std::pair<std::size_t, std::size_t>> expanded_;  // template -> instances
+  std::map<std::string, std::size_t> outputs_;  // output -> stage, once a template expands
+  std::map<std::string, std::string> input_paths_;  // path -> "input 'x' of stage 'y'"
+  std::map<std::pair<dev_t, ino_t>, std::string> input_ids_;
 
   std::mutex mu_;
   std::condition_variable cv_;
   RunResult result_;
   std::vector<std::size_t> waiting_on_;
-  std::vector<bool> readers_released_ = std::vector<bool>(n_, false);
+  std::vector<bool> readers_released_;
+  std::vector<bool> templates_released_;
   std::deque<std::size_t> ready_;
   bool stop_ = false;
   std::size_t running_ = 0;

@@ -24,6 +24,7 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <set>
 #include <string>
@@ -39,7 +40,13 @@ namespace stagekit {
 struct STAGEKIT_API InputRef {
   std::string from_stage;      // set when the input is another stage's output
   std::filesystem::path file;  // absolute, set when the input is a file
+  // A collect from a dynamic foreach stage (from_stage "map[*]"), before the
+  // run made its instances: the key filter ("*", "a*"). The scheduler turns
+  // the input into one input NAME[KEY] per matching instance.
+  std::string collect;
 };
+
+struct DynamicForeach;  // how a dynamic foreach stage makes its instances (pipeline.cc)
 
 struct STAGEKIT_API PipelineStage {
   std::string name;   // unique within the pipeline
@@ -52,6 +59,11 @@ struct STAGEKIT_API PipelineStage {
   // says (unless none); `keep: false`: never. Unset: as --outputs says.
   std::optional<bool> keep;
   int line = 0;  // where it is declared
+  // A dynamic foreach stage (`foreach: {from: STAGE}`), named NAME[*]: not a
+  // stage that runs but the template of its instances NAME[KEY], made when
+  // STAGE's output (its item list) exists. See ExpandDynamicStage.
+  std::string foreach_from;
+  std::shared_ptr<const DynamicForeach> dynamic;
 };
 
 struct STAGEKIT_API Pipeline {
@@ -63,6 +75,9 @@ struct STAGEKIT_API Pipeline {
   std::vector<PipelineStage> stages;  // in a topological order
 
   const PipelineStage* Find(std::string_view name) const;
+  // Whether a stage has `foreach: {from: STAGE}`: its instances are known
+  // only at run time (RunResult::pipeline has them).
+  bool dynamic() const;
 };
 
 // Parses and validates a pipeline file. kInvalidPipeline with
@@ -77,6 +92,33 @@ inline constexpr std::uint64_t kMaxPipelineBytes = 64ull << 20;
 STAGEKIT_API Result<Pipeline> LoadPipeline(const std::filesystem::path& file);
 STAGEKIT_API Result<Pipeline> ParsePipeline(std::string_view yaml_text,
                                             const std::filesystem::path& file);
+
+// At most this many instances per foreach (static or dynamic).
+inline constexpr std::size_t kMaxForeachItems = 100000;
+
+// Dynamic fan-out. An item list is JSON Lines: one item per line, a JSON
+// object of scalars ({"start": 0, "end": 4096}: {start} and {end}; its key,
+// the instance's name, "start=0,end=4096" unless the object has a "key")
+// or one scalar ({item}, key the value). Blank lines are skipped. Limits:
+// the file at most kMaxItemListBytes, a line at most kMaxItemLineBytes,
+// fanout's 100,000 items and 200-byte keys.
+inline constexpr std::uint64_t kMaxItemListBytes = 64ull << 20;
+inline constexpr std::size_t kMaxItemLineBytes = 64 << 10;
+// The instances of dynamic foreach stage `tmpl` for the item list in
+// `items_file` (the output of stage tmpl.foreach_from), in item order, as
+// the pipeline file would have declared them. kInvalidPipeline naming the
+// producing stage, the file and the line for a malformed or oversized list
+// or an instance the pipeline could not hold; kInputError when the file
+// cannot be read.
+STAGEKIT_API Result<std::vector<PipelineStage>> ExpandDynamicStage(
+    const PipelineStage& tmpl, const std::filesystem::path& items_file);
+
+// Points `st`'s collects from dynamic foreach stage `tmpl` (NAME[*]) at its
+// instances (NAME[KEY], in item order): each such input INPUT becomes one
+// input INPUT[KEY] per instance whose KEY the collect's filter matches.
+// Returns the inputs added, as (input, instance) pairs.
+STAGEKIT_API std::vector<std::pair<std::string, std::string>> PointCollects(
+    PipelineStage& st, const std::string& tmpl, const std::vector<std::string>& instances);
 
 // Turns library entries into paths: an entry with a '/' or ending in ".so" is a
 // path relative to the pipeline file; a bare name N is the first lib<N>.so (or
@@ -126,6 +168,9 @@ struct STAGEKIT_API StageOutcome {
 class STAGEKIT_API RunObserver {
  public:
   virtual ~RunObserver() = default;
+  // A dynamic foreach stage was expanded into `count` instances (which then
+  // start and finish as any stage does).
+  virtual void OnStagesAdded(const PipelineStage& /*tmpl*/, std::size_t /*count*/) {}
   virtual void OnStageStarted(const PipelineStage& /*stage*/) {}
   virtual void OnStageFinished(const PipelineStage& /*stage*/, const StageOutcome& /*outcome*/) {}
 };
@@ -205,8 +250,16 @@ STAGEKIT_API std::string_view OutputsName(RunOptions::Outputs outputs);
 struct STAGEKIT_API RunResult {
   Status status;  // the first failure, or OK
   std::string failed_stage;
-  std::vector<StageOutcome> stages;  // pipeline order
+  std::vector<StageOutcome> stages;  // pipeline order (RunResult::Ran's)
   double wall_s = 0;
+  // For a pipeline with dynamic foreach stages: the pipeline as it ran, each
+  // expanded template replaced by its instances (in item order) and its
+  // collects by their inputs; a template that never expanded (its producer
+  // failed) is left out. Null for other pipelines.
+  std::shared_ptr<const Pipeline> pipeline;
+
+  // The pipeline `stages` lines up with: `pipeline` when set, else `ran`.
+  const Pipeline& Ran(const Pipeline& ran) const { return pipeline ? *pipeline : ran; }
 };
 
 // Runs every stage whose inputs are ready, up to options.jobs at once. On the

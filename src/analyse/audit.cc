@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <sstream>
 #include <thread>
 
@@ -1112,12 +1113,19 @@ Status KeepDifferingOutputs(const Audit& audit, const WholeRuns& dirs, const Run
 
 }  // namespace
 
-Result<AuditReport> RunAudit(const Pipeline& pipeline, const AuditOptions& options) {
+Result<AuditReport> RunAudit(const Pipeline& declared, const AuditOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   AuditReport report;
-  report.pipeline = pipeline.name;
-  report.file = pipeline.file;
-  Result<std::vector<std::size_t>> audited = SelectStages(pipeline, options.only);
+  report.pipeline = declared.name;
+  report.file = declared.file;
+  // A dynamic foreach's instances (what --stage may name) are known once
+  // the baseline has run; the audit then goes on with the pipeline as it
+  // ran, its items fixed.
+  const bool dynamic = declared.dynamic();
+  std::vector<std::size_t> every(declared.stages.size());
+  std::iota(every.begin(), every.end(), std::size_t{0});
+  Result<std::vector<std::size_t>> audited =
+      dynamic ? Result<std::vector<std::size_t>>(every) : SelectStages(declared, options.only);
   if (!audited.ok()) return audited.status();
   if (Status s = CheckKeepDirectory(options.keep); !s.ok()) return s;
 
@@ -1126,19 +1134,24 @@ Result<AuditReport> RunAudit(const Pipeline& pipeline, const AuditOptions& optio
   if (Status s = work.Create(options.work_root); !s.ok()) return s;
   const fs::path runner = options.runner.empty() ? stagekit::DefaultRunner() : options.runner;
   const ChildRunner child(report.env, runner, options.libraries);
-  const Audit audit{pipeline,
-                    options,
-                    report.env,
-                    *audited,
-                    work.path(),
-                    child,
-                    RunDirWidth(audited->size()),
-                    work.path() / "o",
+  // (Run folders are named with as many digits as the runs need; with a
+  // dynamic foreach, as many as its largest expansion could need.)
+  const int width = RunDirWidth(dynamic ? declared.stages.size() + kMaxForeachItems
+                                        : audited->size());
+  const Audit first{declared,   options, report.env,        *audited,
+                    work.path(), child,  width,             work.path() / "o",
                     BaselineConditions(work.path())};
 
   // 1. The baseline.
-  Result<Baseline> baseline = RunBaseline(audit);
+  Result<Baseline> baseline = RunBaseline(first);
   if (!baseline.ok()) return baseline.status();
+  const Pipeline& pipeline = baseline->run.Ran(declared);
+  if (dynamic) {
+    audited = SelectStages(pipeline, options.only);
+    if (!audited.ok()) return audited.status();
+  }
+  const Audit audit{pipeline,   options, report.env, *audited,        work.path(),
+                    child,      width,   work.path() / "o", first.base};
   report.stages = NewStageAudits(audit);
 
   // 2. Every stage again, alone, under each perturbation, on the baseline's inputs.

@@ -202,8 +202,9 @@ Status ApplyCommandLine(Pipeline& pipeline, const ExecOptions& exec) {
   return OkStatus();
 }
 
-analyse::RunRecord RunSummary(const Pipeline& pipeline, const RunResult& result,
+analyse::RunRecord RunSummary(const Pipeline& loaded, const RunResult& result,
                               std::string_view executor, int jobs, const fs::path& out_dir) {
+  const Pipeline& pipeline = result.Ran(loaded);  // with a dynamic foreach's instances
   auto error_of = [](const Status& s) {
     return analyse::RecordError{std::string(util::OutcomeName(s.code())), s.message()};
   };
@@ -277,6 +278,10 @@ using Clock = std::chrono::steady_clock;
 class LineProgress : public RunObserver {
  public:
   explicit LineProgress(std::string prefix) : prefix_(std::move(prefix)) {}
+  void OnStagesAdded(const PipelineStage& tmpl, std::size_t count) override {
+    std::fprintf(stderr, "%sforeach %s: %zu instance%s from the items of '%s'\n", prefix_.c_str(),
+                 tmpl.name.c_str(), count, count == 1 ? "" : "s", tmpl.foreach_from.c_str());
+  }
   void OnStageFinished(const PipelineStage& st, const StageOutcome& o) override {
     if (o.state == StageState::kSucceeded) {
       std::fprintf(stderr, "%s%s %s (%s) %.3fs %s\n", prefix_.c_str(),
@@ -314,6 +319,11 @@ class TerminalProgress : public RunObserver {
     }
     cv_.notify_all();
     ticker_.join();
+  }
+  void OnStagesAdded(const PipelineStage& /*tmpl*/, std::size_t count) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    total_ = total_ - 1 + count;  // the template's place taken by its instances
+    Draw();
   }
   void OnStageStarted(const PipelineStage& st) override {
     std::lock_guard<std::mutex> lock(mu_);

@@ -278,7 +278,23 @@ Status Parity(const ParityCommand& cmd) {
   if (Status s = RunUnderEach(cmd, *pipeline, *names, *executors, base, jobs, runs, doc); !s.ok()) {
     return s;
   }
-  const Comparison comparison = CompareOutputs(cmd, *pipeline, *names, runs);
+  // A dynamic foreach made its instances from each run's own item list: the
+  // runs compare only if they made the same ones.
+  const Pipeline& ran = runs[0].Ran(*pipeline);
+  for (std::size_t e = 1; e < runs.size(); ++e) {
+    const Pipeline& other = runs[e].Ran(*pipeline);
+    for (std::size_t i = 0; i < std::max(ran.stages.size(), other.stages.size()); ++i) {
+      const std::string a = i < ran.stages.size() ? ran.stages[i].name : "(none)";
+      const std::string b = i < other.stages.size() ? other.stages[i].name : "(none)";
+      if (a == b) continue;
+      return Status(util::kParityMismatch,
+                    "parity mismatch: the " + (*names)[0] + " and " + (*names)[e] +
+                        " runs made different stages from a dynamic foreach's items (stage " +
+                        std::to_string(i + 1) + " is '" + a + "' in one, '" + b +
+                        "' in the other); compare their item lists under " + base.string());
+    }
+  }
+  const Comparison comparison = CompareOutputs(cmd, ran, *names, runs);
   return ReportParity(cmd, *names, comparison, doc);
 }
 

@@ -45,6 +45,9 @@ struct RunCommand {
 class BudgetObserver : public RunObserver {
  public:
   explicit BudgetObserver(RunObserver* next) : next_(next) {}
+  void OnStagesAdded(const PipelineStage& tmpl, std::size_t count) override {
+    if (next_ != nullptr) next_->OnStagesAdded(tmpl, count);
+  }
   void OnStageStarted(const PipelineStage& stage) override {
     if (next_ != nullptr) next_->OnStageStarted(stage);
   }
