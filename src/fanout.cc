@@ -390,16 +390,21 @@ Result<Item> JsonLineItem(std::string_view line) {
     return depth <= 1;
   };
   nlohmann::ordered_json v = nlohmann::ordered_json::parse(line, flat, false);
-  if (v.is_discarded()) return Status(Code::kInvalidPipeline, "is not JSON");
+  if (v.is_discarded()) return Status(Code::kInvalidPipeline, "the line is not JSON");
   auto scalar = [](const nlohmann::ordered_json& x) {
     return x.is_string() || x.is_number() || x.is_boolean();
   };
+  if (nested) {
+    return Status(Code::kInvalidPipeline,
+                  "the item nests a list or an object; its fields must be strings, numbers or "
+                  "booleans");
+  }
   Item item;
-  if (v.is_object() && !nested) {
+  if (v.is_object()) {
     std::string key;
     for (const auto& [name, value] : v.items()) {
       if (!scalar(value)) {
-        return Status(Code::kInvalidPipeline, "field '" + name.substr(0, 80) +
+        return Status(Code::kInvalidPipeline, "the item's field '" + name.substr(0, 80) +
                                                   "' is not a string, number or boolean");
       }
       Json j = Json::parse(value.dump());
@@ -408,20 +413,20 @@ Result<Item> JsonLineItem(std::string_view line) {
         continue;
       }
       if (!IsVarName(name)) {
-        return Status(Code::kInvalidPipeline, "field '" + name.substr(0, 80) +
+        return Status(Code::kInvalidPipeline, "the item's field '" + name.substr(0, 80) +
                                                   "' cannot name a foreach value (letters, "
                                                   "digits and '_')");
       }
       item.key += (item.key.empty() ? "" : ",") + name + "=" + ValueText(j);
       item.vars.emplace_back(name, std::move(j));
     }
-    if (item.vars.empty() && key.empty()) return Status(Code::kInvalidPipeline, "is an empty item");
+    if (item.vars.empty() && key.empty()) return Status(Code::kInvalidPipeline, "the item is empty");
     if (!key.empty()) item.key = key;
     return item;
   }
   if (!scalar(v)) {
     return Status(Code::kInvalidPipeline,
-                  "is not an item: write one JSON object of strings, numbers and booleans "
+                  "the line is not an item: write one JSON object of strings, numbers and booleans "
                   "({\"start\": 0, \"end\": 4096}) or one such value per line");
   }
   Json j = Json::parse(v.dump());
@@ -453,7 +458,7 @@ Result<std::vector<Item>> JsonLinesItems(std::string_view text, std::vector<std:
                      std::to_string(kMaxItems) + " are allowed in one foreach");
     }
     auto item = JsonLineItem(line);
-    if (!item.ok()) return problem("the item " + item.status().message());
+    if (!item.ok()) return problem(item.status().message());
     if (std::string why = BadKey(item->key); !why.empty()) {
       return problem("the item key '" + item->key.substr(0, 80) + "' " + why +
                      "; a key names a stage instance (NAME[KEY]) and may not hold '/', '[', "

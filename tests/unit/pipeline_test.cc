@@ -490,6 +490,92 @@ TEST(FanoutTest, MistakesAreNamedAtTheirLine) {
   EXPECT_NE(ErrorOf(big).find("foreach makes 1000000 items; at most 100000"), std::string::npos);
 }
 
+// A foreach over a stage's items is one template NAME[*] until the run;
+// what can be checked without its items is checked at load.
+TEST(FanoutTest, AForeachOverAStagesItemsIsATemplateUntilTheRun) {
+  auto p = Parse(R"(stages:
+  - {name: split, stage: s}
+  - name: work
+    stage: s
+    foreach: {from: split}
+    inputs: {text: "data/{name}.txt", table: {from: split}}
+    output: "w/{key}.txt"
+  - {name: all, stage: s, inputs: {parts: {from: "work[*]"}, some: {from: "work[a*]"}}}
+)");
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_TRUE(p->dynamic());
+  EXPECT_EQ(Names(*p), (std::vector<std::string>{"split", "work[*]", "all"}));
+  const PipelineStage& tmpl = *p->Find("work[*]");
+  EXPECT_EQ(tmpl.foreach_from, "split");
+  EXPECT_NE(tmpl.dynamic, nullptr);
+  EXPECT_EQ(p->Find("all")->inputs.at("some").from_stage, "work[*]");
+  EXPECT_EQ(p->Find("all")->inputs.at("some").collect, "a*");
+
+  TempDir dir;
+  const std::filesystem::path items = dir / "items.jsonl";
+  WriteFile(items, "{\"key\": \"a1\", \"name\": \"x\"}\n{\"name\": \"y\", \"n\": 2}\n");
+  auto made = ExpandDynamicStage(tmpl, items);
+  ASSERT_TRUE(made.ok()) << made.status().message();
+  ASSERT_EQ(made->size(), 2u);
+  EXPECT_EQ((*made)[0].name, "work[a1]");
+  EXPECT_EQ((*made)[1].name, "work[name=y,n=2]");  // fields in the line's order
+  EXPECT_EQ((*made)[0].inputs.at("text").file, "/p/data/x.txt");
+  EXPECT_EQ((*made)[0].inputs.at("table").from_stage, "split");
+  EXPECT_EQ((*made)[1].output, "w/name=y,n=2.txt");
+  EXPECT_TRUE((*made)[0].foreach_from.empty());
+
+  PipelineStage all = *p->Find("all");
+  auto added = PointCollects(all, "work[*]", {"work[a1]", "work[name=y,n=2]"});
+  EXPECT_EQ(added.size(), 3u);
+  EXPECT_EQ(all.inputs.at("parts[name=y,n=2]").from_stage, "work[name=y,n=2]");
+  EXPECT_EQ(all.inputs.at("some[a1]").from_stage, "work[a1]");
+  EXPECT_EQ(all.inputs.count("some[name=y,n=2]"), 0u);
+  EXPECT_EQ(all.inputs.count("parts"), 0u);
+
+  // An item list that is not there, or not UTF-8.
+  auto missing = ExpandDynamicStage(tmpl, dir / "none.jsonl");
+  EXPECT_EQ(missing.status().code(), Code::kInputError);
+  EXPECT_NE(missing.status().message().find("the item list stage 'split' made for 'work[*]'"),
+            std::string::npos);
+  WriteFile(items, "\"caf\xE9\"\n");
+  auto latin1 = ExpandDynamicStage(tmpl, items);
+  EXPECT_NE(latin1.status().message().find("items.jsonl:1:5: the text is not UTF-8"),
+            std::string::npos)
+      << latin1.status().message();
+}
+
+TEST(FanoutTest, ForeachOverItemsMistakesAreNamedAtLoad) {
+  struct Case {
+    const char* yaml;
+    const char* expect;
+  } cases[] = {
+      {"stages:\n  - {name: m, stage: s, foreach: {from: nope}}\n",
+       "stage 'm': foreach: from names unknown stage 'nope'"},
+      {"stages:\n  - {name: m, stage: s, foreach: {from: m}}\n", "foreach: from names the stage itself"},
+      {"stages:\n  - {name: a, stage: s}\n  - {name: m, stage: s, foreach: {from: a, list: [x]}}\n",
+       "foreach: unknown key 'list'"},
+      {"stages:\n  - {name: a, stage: s}\n  - {name: m, stage: s, foreach: {from: a}}\n"
+       "  - {name: n, stage: s, foreach: {from: m}}\n",
+       "itself a foreach over a stage's items"},
+      {"stages:\n  - {name: a, stage: s}\n  - {name: m, stage: s, foreach: {from: a}}\n"
+       "  - {name: r, stage: s, inputs: {x: {from: \"m[k]\"}}}\n",
+       "input 'x' comes from 'm[k]', an instance of a foreach over a stage's items"},
+      {"stages:\n  - {name: a, stage: s}\n"
+       "  - {name: m, stage: s, foreach: {from: a}, inputs: {x: {from: \"a{n}\"}}}\n",
+       "'from' cannot use {names}"},
+      {"stages:\n  - {name: a, stage: s}\n  - {name: m, stage: s, foreach: {from: a}}\n"
+       "  - {name: m, stage: s, foreach: {list: [k]}}\n",
+       "another stage's instances are named like its own ('m[k]')"},
+      {"stages:\n  - {name: a, stage: s, inputs: {x: {from: \"m[*]\"}}}\n"
+       "  - {name: m, stage: s, foreach: {from: a}}\n",
+       "dependency cycle"},
+  };
+  for (const Case& c : cases) {
+    const std::string e = ErrorOf(c.yaml);
+    EXPECT_NE(e.find(c.expect), std::string::npos) << c.yaml << "\n -> " << e;
+  }
+}
+
 // A collected input arrives as NAME[KEY] inputs; input_list gives them back
 // in key order, and a plain input of that name as one pair with no key.
 TEST(FanoutTest, InputListGivesACollectInKeyOrder) {

@@ -469,5 +469,178 @@ TEST(SchedulerOutputs, WhatIsFetchedFollowsOutputsAndKeep) {
   EXPECT_EQ(OutputsName(O::kNone), "none");
 }
 
+// ---- dynamic fan-out: instances made from a stage's item list at run time
+
+void WriteLines(StageContext& ctx) { ctx.WriteOutput(ctx.kwargs().value("lines", std::string())); }
+void Work(StageContext& ctx) {
+  ctx.WriteOutput(ctx.instance() + " " + ctx.kwargs().dump() + " " + std::to_string(ctx.seed()) +
+                  "\n");
+}
+void Gather(StageContext& ctx) {
+  std::string out;
+  for (const auto& [name, path] : ctx.inputs()) out += name + ": " + ctx.ReadInput(name);
+  ctx.WriteOutput(out);
+}
+
+namespace fs = std::filesystem;
+
+void AddDynamicStages(Registry& registry) {
+  registry.Add("lines", &WriteLines, __FILE__, __LINE__);
+  registry.Add("work", &Work, __FILE__, __LINE__);
+  registry.Add("gather", &Gather, __FILE__, __LINE__);
+}
+
+// Two levels: split's items make work[a..c]; split2 (after every work) makes
+// more[x], more[y]; gather and final collect them.
+constexpr const char* kTwoLevels = R"(job: {seed: 3}
+stages:
+  - name: split
+    stage: lines
+    kwargs:
+      lines: |
+        {"key": "a", "n": 1}
+
+        {"key": "b", "n": 2}
+        {"n": 3, "key": "c"}
+  - name: work
+    stage: work
+    foreach: {from: split}
+    kwargs: {n: "{n}", label: "item-{key}"}
+  - name: gather
+    stage: gather
+    inputs: {parts: {from: "work[*]"}, first: {from: "work[a*]"}}
+  - name: split2
+    stage: lines
+    inputs: {after: {from: "work[*]"}}
+    kwargs: {lines: "\"x\"\n\"y\"\n"}
+  - name: more
+    stage: work
+    foreach: {from: split2}
+    output: "more/{item}.txt"
+  - name: final
+    stage: gather
+    inputs: {m: {from: "more[*]"}, g: {from: gather}}
+)";
+
+TEST(SchedulerDynamic, ItemsMakeInstancesThatRunAndAreCollectedInKeyOrder) {
+  auto p = ParsePipeline(kTwoLevels, "/p/x.yaml");
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  EXPECT_TRUE(p->dynamic());
+  Registry registry;
+  AddDynamicStages(registry);
+  InProcessExecutor ex(registry);
+  TempDir dir;
+  std::string first;
+  for (int jobs : {1, 4, 8}) {
+    RunOptions options;
+    options.jobs = jobs;
+    const fs::path out = dir / std::to_string(jobs);
+    RunResult r = RunPipeline(*p, out, ex, options);
+    ASSERT_TRUE(r.status.ok()) << r.status.message();
+    ASSERT_NE(r.pipeline, nullptr);
+    std::vector<std::string> names;
+    for (const PipelineStage& st : r.pipeline->stages) names.push_back(st.name);
+    // The pipeline as it ran, in item order whatever order things finished in.
+    EXPECT_EQ(names, (std::vector<std::string>{"split", "work[a]", "work[b]", "work[c]", "gather",
+                                               "split2", "more[x]", "more[y]", "final"}));
+    ASSERT_EQ(r.stages.size(), names.size());
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      EXPECT_EQ(r.stages[i].name, names[i]);
+      EXPECT_EQ(r.stages[i].state, StageState::kSucceeded) << names[i];
+    }
+    // {n} keeps its type; the default output is NAME/KEY.out.
+    EXPECT_EQ(testing::ReadFile(out / "work" / "b.out"),
+              "work[b] {\"label\":\"item-b\",\"n\":2} " +
+                  std::to_string(DeriveSeed(p->job, "work[b]")) + "\n");
+    const std::string gathered = testing::ReadFile(out / "gather.out");
+    EXPECT_EQ(gathered.substr(0, gathered.find('\n') + 1),
+              "first[a]: work[a] {\"label\":\"item-a\",\"n\":1} " +
+                  std::to_string(DeriveSeed(p->job, "work[a]")) + "\n");
+    EXPECT_NE(gathered.find("parts[c]: work[c]"), std::string::npos) << gathered;
+    EXPECT_TRUE(fs::exists(out / "more" / "y.txt"));
+    const PipelineStage& final_stage = r.pipeline->stages.back();
+    EXPECT_EQ(final_stage.inputs.size(), 3u);
+    EXPECT_EQ(final_stage.inputs.at("m[y]").from_stage, "more[y]");
+    const std::string digest = r.stages.back().stats->output_digest;
+    if (first.empty()) first = digest;
+    EXPECT_EQ(digest, first) << "jobs=" << jobs;
+  }
+}
+
+TEST(SchedulerDynamic, AnEmptyItemListMakesNoInstancesAndTheCollectGetsNone) {
+  auto p = ParsePipeline(R"(stages:
+  - {name: split, stage: lines, kwargs: {lines: "\n"}}
+  - {name: work, stage: work, foreach: {from: split}}
+  - {name: gather, stage: gather, inputs: {parts: {from: "work[*]"}}}
+)",
+                         "/p/x.yaml");
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  Registry registry;
+  AddDynamicStages(registry);
+  InProcessExecutor ex(registry);
+  TempDir dir;
+  RunResult r = RunPipeline(*p, dir / "out", ex, RunOptions{});
+  ASSERT_TRUE(r.status.ok()) << r.status.message();
+  ASSERT_EQ(r.stages.size(), 2u);
+  EXPECT_EQ(r.stages[1].name, "gather");
+  EXPECT_TRUE(r.pipeline->stages[1].inputs.empty());
+  EXPECT_EQ(testing::ReadFile(dir / "out" / "gather.out"), "");
+}
+
+// A bad item list fails the run at the template, naming the producer, the
+// file and the line; nothing downstream runs.
+TEST(SchedulerDynamic, ABadItemListFailsTheRunAtItsLine) {
+  struct Case {
+    std::string lines, output, expect;
+  } cases[] = {
+      {"{\"key\": \"a\"}\n{oops\n", "", "split.out:2: the line is not JSON"},
+      {"{\"key\": \"a\"}\n{\"key\": \"a\"}\n", "", "split.out:2: the item key 'a' is the key of line 1"},
+      {"{\"key\": \"a/b\"}\n", "", "split.out:1: the item key 'a/b' holds '/'"},
+      {"{\"n\": {\"deep\": 1}}\n", "", "split.out:1: the item nests a list or an object"},
+      {"[[[[1]]]]\n", "", "split.out:1: the item nests a list or an object"},
+      {"[1, 2]\n", "", "split.out:1: the line is not an item"},
+      {"{\"bad-name\": 1}\n", "", "the item's field 'bad-name' cannot name a foreach value"},
+      {"{\"n\": null}\n", "", "the item's field 'n' is not a string, number or boolean"},
+      {"{}\n", "", "split.out:1: the item is empty"},
+      {std::string(70000, ' ') + "1\n", "", "split.out:1: the line is over 65536 bytes"},
+      {"{\"key\": \"a\"}\n{\"key\": \"b\"}\n", "same.txt",
+       "instances 'work[a]' and 'work[b]' would both write 'same.txt'"},
+      {"{\"key\": \"a\"}\n", "{nope}.txt", "'{nope}' is not defined by the stage's foreach"},
+      {"{\"key\": \"gather\"}\n", "gather.out/{key}", "inside 'gather.out', the output file"},
+  };
+  Registry registry;
+  AddDynamicStages(registry);
+  InProcessExecutor ex(registry);
+  TempDir dir;
+  int n = 0;
+  for (const Case& c : cases) {
+    Json lines = c.lines;
+    std::string yaml = "stages:\n  - {name: split, stage: lines, kwargs: {lines: " + lines.dump() +
+                       "}}\n  - {name: work, stage: work, foreach: {from: split}" +
+                       (c.output.empty() ? "" : ", output: \"" + c.output + "\"") +
+                       "}\n  - {name: gather, stage: gather, inputs: {parts: {from: \"work[*]\"}}}\n";
+    auto p = ParsePipeline(yaml, "/p/x.yaml");
+    ASSERT_TRUE(p.ok()) << p.status().message();
+    RunResult r = RunPipeline(*p, dir / std::to_string(n++), ex, RunOptions{});
+    EXPECT_EQ(r.status.code(), Code::kInvalidPipeline) << c.expect;
+    EXPECT_NE(r.status.message().find(c.expect), std::string::npos) << r.status.message();
+    EXPECT_EQ(r.failed_stage, "work[*]");
+    ASSERT_EQ(r.stages.size(), 2u);  // split, gather: the template made nothing
+    EXPECT_EQ(r.stages[0].state, StageState::kSucceeded);
+    EXPECT_EQ(r.stages[1].state, StageState::kNotRun);
+  }
+  // Past the item cap.
+  std::string many;
+  for (int i = 0; i <= 100000; ++i) many += std::to_string(i) + "\n";
+  Json lines = many;
+  auto p = ParsePipeline("stages:\n  - {name: split, stage: lines, kwargs: {lines: " +
+                             lines.dump() + "}}\n  - {name: work, stage: work, foreach: {from: split}}\n",
+                         "/p/x.yaml");
+  ASSERT_TRUE(p.ok()) << p.status().message();
+  RunResult r = RunPipeline(*p, dir / "many", ex, RunOptions{});
+  EXPECT_NE(r.status.message().find("split.out:100001: more than 100000 items"), std::string::npos)
+      << r.status.message();
+}
+
 }  // namespace
 }  // namespace stagekit

@@ -38,6 +38,7 @@ struct RunCommand {
   bool no_cache = false;
   std::string cache_dir;
   std::string outputs = "all";
+  bool dry_run = false;  // show the stages, run nothing
 };
 
 // Forwards to the progress display and keeps the mean stage time, which the
@@ -416,11 +417,56 @@ Status FinishRun(const RunCommand& cmd, const RunResult& result, const StageExec
   return result.status;
 }
 
+// --dry-run: every stage instance the run would start (foreach stages
+// expanded; one over a stage's items as NAME[*]), what it reads and writes.
+void ShowStages(const Pipeline& pipeline, bool json) {
+  Json stages = Json::array();
+  std::size_t width = 5, stage_width = 5;
+  for (const PipelineStage& st : pipeline.stages) {
+    width = std::max(width, st.name.size());
+    stage_width = std::max(stage_width, st.stage.size());
+  }
+  if (!json) {
+    std::printf("%-*s  %-*s  %s\n", static_cast<int>(width), "STAGE",
+                static_cast<int>(stage_width), "RUNS", "OUTPUT  <- INPUTS");
+  }
+  for (const PipelineStage& st : pipeline.stages) {
+    Json inputs = Json::object();
+    std::string shown;
+    for (const auto& [name, ref] : st.inputs) {
+      const std::string from = ref.from_stage.empty() ? ref.file.string() : ref.from_stage;
+      inputs[name] = ref.from_stage.empty() ? Json{{"file", from}} : Json{{"from", from}};
+      shown += (shown.empty() ? "" : ", ") + name + "=" + from;
+    }
+    const std::string output =
+        st.foreach_from.empty()
+            ? st.output
+            : "(one instance per item of '" + st.foreach_from + "', made at run time)";
+    stages.push_back({{"name", st.name}, {"stage", st.stage}, {"output", output},
+                      {"inputs", inputs}, {"kwargs", st.kwargs}});
+    if (!st.foreach_from.empty()) stages.back()["foreach_from"] = st.foreach_from;
+    if (!json) {
+      std::printf("%-*s  %-*s  %s%s%s\n", static_cast<int>(width), st.name.c_str(),
+                  static_cast<int>(stage_width), st.stage.c_str(), output.c_str(),
+                  shown.empty() ? "" : "  <- ", shown.c_str());
+    }
+  }
+  if (json) {
+    std::cout << Json{{"pipeline", pipeline.name}, {"stages", stages}}.dump(2) << std::endl;
+  } else {
+    std::printf("%zu stages; --dry-run started none\n", pipeline.stages.size());
+  }
+}
+
 Status RunInner(const RunCommand& cmd, const operate::PriceBook& prices, RunCost& cost) {
   std::vector<std::filesystem::path> libraries;
   Result<Pipeline> pipeline = LoadPipelineWithLibraries(cmd.pipeline, cmd.libs, libraries);
   if (!pipeline.ok()) return pipeline.status();
   if (Status s = ApplyCommandLine(*pipeline, cmd.exec); !s.ok()) return s;
+  if (cmd.dry_run) {
+    ShowStages(*pipeline, cmd.exec.json);
+    return OkStatus();
+  }
   const Result<std::string> artifacts = ArtifactsUri(cmd, *pipeline);
   if (!artifacts.ok()) return artifacts.status();
   cost.pipeline = pipeline->name;
@@ -472,6 +518,10 @@ void SetRunCommand(CLI::App& app, Action& action) {
                   "driver syncs the rest of the output directory after a successful run")
       ->type_name("s3://BUCKET/PREFIX");
   sub->add_flag("--no-artifacts", cmd->no_artifacts, "Do not sync the outputs anywhere");
+  sub->add_flag("--dry-run", cmd->dry_run,
+                "Print the stages the run would start (each foreach expanded into its "
+                "instances; one over a stage's items shown as NAME[*]) with their outputs and "
+                "inputs; run nothing, write nothing");
   sub->add_option("--outputs", cmd->outputs,
                   "Which outputs the driver fetches into --out with -e ray: all (default), "
                   "final (those no stage reads, plus stages marked keep: true) or none. The "
