@@ -384,11 +384,11 @@ class ItemReader {
 // nothing).
 Result<Item> JsonLineItem(std::string_view line) {
   bool nested = false;
-  nlohmann::ordered_json::parser_callback_t flat = [&](int depth, nlohmann::ordered_json::parse_event_t,
-                                                       nlohmann::ordered_json&) {
-    if (depth > 1) nested = true;
-    return depth <= 1;
-  };
+  nlohmann::ordered_json::parser_callback_t flat =
+      [&](int depth, nlohmann::ordered_json::parse_event_t, nlohmann::ordered_json&) {
+        if (depth > 1) nested = true;
+        return depth <= 1;
+      };
   nlohmann::ordered_json v = nlohmann::ordered_json::parse(line, flat, false);
   if (v.is_discarded()) return Status(Code::kInvalidPipeline, "the line is not JSON");
   auto scalar = [](const nlohmann::ordered_json& x) {
@@ -420,7 +420,8 @@ Result<Item> JsonLineItem(std::string_view line) {
       item.key += (item.key.empty() ? "" : ",") + name + "=" + ValueText(j);
       item.vars.emplace_back(name, std::move(j));
     }
-    if (item.vars.empty() && key.empty()) return Status(Code::kInvalidPipeline, "the item is empty");
+    if (item.vars.empty() && key.empty())
+      return Status(Code::kInvalidPipeline, "the item is empty");
     if (!key.empty()) item.key = key;
     return item;
   }

@@ -27,8 +27,8 @@ namespace stagekit {
 namespace fs = std::filesystem;
 
 struct DynamicForeach {
-  fs::path file;     // the pipeline file
-  YAML::Node node;   // the stage's entry in it
+  fs::path file;    // the pipeline file
+  YAML::Node node;  // the stage's entry in it
 };
 
 namespace {
@@ -496,8 +496,7 @@ class Parser {
       if (it->first.compare(0, base.size(), base) != 0) break;
       if (it->first != st.name) {
         return Error(LineMark(st.line), where + ": another stage's instances are named like " +
-                                            "its own ('" + it->first +
-                                            "'); rename one of the two");
+                                            "its own ('" + it->first + "'); rename one of the two");
       }
     }
     if (st.foreach_from == st.name || st.foreach_from + "[*]" == st.name) {
@@ -881,9 +880,9 @@ Result<std::vector<PipelineStage>> ExpandDynamicStage(const PipelineStage& tmpl,
     }
     if (auto [it, fresh] = outputs.emplace(st->output, k); !fresh) {
       return Status(Code::kInvalidPipeline,
-                    list + ":" + std::to_string(lines[k]) + ": instances '" +
-                        out[it->second].name + "' and '" + st->name + "' would both write '" +
-                        st->output + "'; put a {name} of the items in the stage's output" + made);
+                    list + ":" + std::to_string(lines[k]) + ": instances '" + out[it->second].name +
+                        "' and '" + st->name + "' would both write '" + st->output +
+                        "'; put a {name} of the items in the stage's output" + made);
     }
     out.push_back(std::move(st).value());
   }

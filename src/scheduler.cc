@@ -216,8 +216,8 @@ class PipelineRun {
     for (std::size_t i = 0; i < n_; ++i) {
       for (const auto& [name, path] : requests_[i].inputs) {
         if (bad(path)) {
-          return Status(Code::kInputError, "input '" + name + "' of stage '" +
-                                               Stage(i).name + "' (" + path.string() +
+          return Status(Code::kInputError, "input '" + name + "' of stage '" + Stage(i).name +
+                                               "' (" + path.string() +
                                                ") has a path that is not UTF-8; rename it, or "
                                                "its folder, to UTF-8");
         }
@@ -519,8 +519,8 @@ class PipelineRun {
          slash = output.find('/', slash + 1)) {
       auto file = outputs_.find(output.substr(0, slash));
       if (file != outputs_.end()) {
-        return "inside '" + file->first + "', the output file of '" +
-               Stage(file->second).name + "'";
+        return "inside '" + file->first + "', the output file of '" + Stage(file->second).name +
+               "'";
       }
     }
     return "";
@@ -698,7 +698,7 @@ class PipelineRun {
   std::vector<std::vector<std::size_t>> users_;
   std::vector<bool> cacheable_;
   std::map<std::size_t, std::pair<std::size_t, std::size_t>> expanded_;  // template -> instances
-  std::map<std::string, std::size_t> outputs_;  // output -> stage, once a template expands
+  std::map<std::string, std::size_t> outputs_;      // output -> stage, once a template expands
   std::map<std::string, std::string> input_paths_;  // path -> "input 'x' of stage 'y'"
   std::map<std::pair<dev_t, ino_t>, std::string> input_ids_;
 

@@ -1136,11 +1136,11 @@ Result<AuditReport> RunAudit(const Pipeline& declared, const AuditOptions& optio
   const ChildRunner child(report.env, runner, options.libraries);
   // (Run folders are named with as many digits as the runs need; with a
   // dynamic foreach, as many as its largest expansion could need.)
-  const int width = RunDirWidth(dynamic ? declared.stages.size() + kMaxForeachItems
-                                        : audited->size());
-  const Audit first{declared,   options, report.env,        *audited,
-                    work.path(), child,  width,             work.path() / "o",
-                    BaselineConditions(work.path())};
+  const int width =
+      RunDirWidth(dynamic ? declared.stages.size() + kMaxForeachItems : audited->size());
+  const Audit first{declared, options,           report.env,
+                    *audited, work.path(),       child,
+                    width,    work.path() / "o", BaselineConditions(work.path())};
 
   // 1. The baseline.
   Result<Baseline> baseline = RunBaseline(first);
@@ -1150,8 +1150,8 @@ Result<AuditReport> RunAudit(const Pipeline& declared, const AuditOptions& optio
     audited = SelectStages(pipeline, options.only);
     if (!audited.ok()) return audited.status();
   }
-  const Audit audit{pipeline,   options, report.env, *audited,        work.path(),
-                    child,      width,   work.path() / "o", first.base};
+  const Audit audit{pipeline, options, report.env,        *audited,  work.path(),
+                    child,    width,   work.path() / "o", first.base};
   report.stages = NewStageAudits(audit);
 
   // 2. Every stage again, alone, under each perturbation, on the baseline's inputs.

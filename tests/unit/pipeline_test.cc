@@ -551,7 +551,8 @@ TEST(FanoutTest, ForeachOverItemsMistakesAreNamedAtLoad) {
   } cases[] = {
       {"stages:\n  - {name: m, stage: s, foreach: {from: nope}}\n",
        "stage 'm': foreach: from names unknown stage 'nope'"},
-      {"stages:\n  - {name: m, stage: s, foreach: {from: m}}\n", "foreach: from names the stage itself"},
+      {"stages:\n  - {name: m, stage: s, foreach: {from: m}}\n",
+       "foreach: from names the stage itself"},
       {"stages:\n  - {name: a, stage: s}\n  - {name: m, stage: s, foreach: {from: a, list: [x]}}\n",
        "foreach: unknown key 'list'"},
       {"stages:\n  - {name: a, stage: s}\n  - {name: m, stage: s, foreach: {from: a}}\n"

@@ -594,7 +594,8 @@ TEST(SchedulerDynamic, ABadItemListFailsTheRunAtItsLine) {
     std::string lines, output, expect;
   } cases[] = {
       {"{\"key\": \"a\"}\n{oops\n", "", "split.out:2: the line is not JSON"},
-      {"{\"key\": \"a\"}\n{\"key\": \"a\"}\n", "", "split.out:2: the item key 'a' is the key of line 1"},
+      {"{\"key\": \"a\"}\n{\"key\": \"a\"}\n", "",
+       "split.out:2: the item key 'a' is the key of line 1"},
       {"{\"key\": \"a/b\"}\n", "", "split.out:1: the item key 'a/b' holds '/'"},
       {"{\"n\": {\"deep\": 1}}\n", "", "split.out:1: the item nests a list or an object"},
       {"[[[[1]]]]\n", "", "split.out:1: the item nests a list or an object"},
@@ -615,10 +616,11 @@ TEST(SchedulerDynamic, ABadItemListFailsTheRunAtItsLine) {
   int n = 0;
   for (const Case& c : cases) {
     Json lines = c.lines;
-    std::string yaml = "stages:\n  - {name: split, stage: lines, kwargs: {lines: " + lines.dump() +
-                       "}}\n  - {name: work, stage: work, foreach: {from: split}" +
-                       (c.output.empty() ? "" : ", output: \"" + c.output + "\"") +
-                       "}\n  - {name: gather, stage: gather, inputs: {parts: {from: \"work[*]\"}}}\n";
+    std::string yaml =
+        "stages:\n  - {name: split, stage: lines, kwargs: {lines: " + lines.dump() +
+        "}}\n  - {name: work, stage: work, foreach: {from: split}" +
+        (c.output.empty() ? "" : ", output: \"" + c.output + "\"") +
+        "}\n  - {name: gather, stage: gather, inputs: {parts: {from: \"work[*]\"}}}\n";
     auto p = ParsePipeline(yaml, "/p/x.yaml");
     ASSERT_TRUE(p.ok()) << p.status().message();
     RunResult r = RunPipeline(*p, dir / std::to_string(n++), ex, RunOptions{});
@@ -633,9 +635,10 @@ TEST(SchedulerDynamic, ABadItemListFailsTheRunAtItsLine) {
   std::string many;
   for (int i = 0; i <= 100000; ++i) many += std::to_string(i) + "\n";
   Json lines = many;
-  auto p = ParsePipeline("stages:\n  - {name: split, stage: lines, kwargs: {lines: " +
-                             lines.dump() + "}}\n  - {name: work, stage: work, foreach: {from: split}}\n",
-                         "/p/x.yaml");
+  auto p =
+      ParsePipeline("stages:\n  - {name: split, stage: lines, kwargs: {lines: " + lines.dump() +
+                        "}}\n  - {name: work, stage: work, foreach: {from: split}}\n",
+                    "/p/x.yaml");
   ASSERT_TRUE(p.ok()) << p.status().message();
   RunResult r = RunPipeline(*p, dir / "many", ex, RunOptions{});
   EXPECT_NE(r.status.message().find("split.out:100001: more than 100000 items"), std::string::npos)

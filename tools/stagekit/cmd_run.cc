@@ -427,8 +427,8 @@ void ShowStages(const Pipeline& pipeline, bool json) {
     stage_width = std::max(stage_width, st.stage.size());
   }
   if (!json) {
-    std::printf("%-*s  %-*s  %s\n", static_cast<int>(width), "STAGE",
-                static_cast<int>(stage_width), "RUNS", "OUTPUT  <- INPUTS");
+    std::printf("%-*s  %-*s  %s\n", static_cast<int>(width), "STAGE", static_cast<int>(stage_width),
+                "RUNS", "OUTPUT  <- INPUTS");
   }
   for (const PipelineStage& st : pipeline.stages) {
     Json inputs = Json::object();
@@ -442,8 +442,11 @@ void ShowStages(const Pipeline& pipeline, bool json) {
         st.foreach_from.empty()
             ? st.output
             : "(one instance per item of '" + st.foreach_from + "', made at run time)";
-    stages.push_back({{"name", st.name}, {"stage", st.stage}, {"output", output},
-                      {"inputs", inputs}, {"kwargs", st.kwargs}});
+    stages.push_back({{"name", st.name},
+                      {"stage", st.stage},
+                      {"output", output},
+                      {"inputs", inputs},
+                      {"kwargs", st.kwargs}});
     if (!st.foreach_from.empty()) stages.back()["foreach_from"] = st.foreach_from;
     if (!json) {
       std::printf("%-*s  %-*s  %s%s%s\n", static_cast<int>(width), st.name.c_str(),
