@@ -91,7 +91,7 @@ TEST_F(CliTest, AnEmptyExecutorListOrAnImpossibleDateIsAUsageError) {
 }
 
 TEST_F(CliTest, ExamplesPassTheParityGate) {
-  for (const char* example : {"trivial", "wordcount", "montecarlo", "fanout"}) {
+  for (const char* example : {"trivial", "wordcount", "montecarlo", "fanout", "dynamic"}) {
     fs::path pipeline = kExamples + "/" + example + "/pipeline.yaml";
     // Ray joins this gate in tests/ray (it needs a cluster).
     CommandResult r = Run({"parity", pipeline.string(), "--executors", "inprocess,subprocess",
@@ -112,6 +112,79 @@ TEST_F(CliTest, ExamplesPassTheParityGate) {
             (std::vector<std::string>{"aesop.tsv", "hare.tsv", "lion.tsv"}));
   Json fanout_pi = Json::parse(ReadFile(dir_ / "fanout" / "subprocess" / "pi.json"));
   EXPECT_EQ(fanout_pi["samples"], 210000);
+  // Dynamic: the chunks' counts add up to the count of the whole text.
+  EXPECT_GT(ListFiles(dir_ / "dynamic" / "subprocess" / "counts").size(), 3u);
+  WriteFile(dir_ / "whole.yaml",
+            "name: whole\nlibraries: [stagekit_examples]\nstages:\n"
+            "  - {name: m, stage: wordcount.map, inputs: {text: /usr/share/games/fortunes/art}, "
+            "kwargs: {min_length: 2}}\n"
+            "  - {name: r, stage: wordcount.reduce, inputs: {p: {from: m}}, kwargs: {top: 20}}\n");
+  CommandResult whole = Run({"run", "whole.yaml", "-q", "--no-cache", "-o", "whole"});
+  ASSERT_EQ(whole.exit_code, kOk) << Show(whole);
+  EXPECT_EQ(ReadFile(dir_ / "dynamic" / "subprocess" / "top_words.tsv"),
+            ReadFile(dir_ / "whole" / "r.out"));
+}
+
+// Dynamic fan-out through the command line: the instances come from a
+// stage's item list; --resume reruns exactly the items that changed and
+// what collects them; explain and --dry-run say what they can.
+TEST_F(CliTest, AForeachOverAStagesItemsResumesItemByItem) {
+  const std::string cache = (dir_ / "cache").string();
+  fs::path p = Pipeline(
+      "  - {name: split, stage: test.copy, inputs: {in: items.jsonl}}\n"
+      "  - {name: work, stage: test.describe, foreach: {from: split}, kwargs: {n: \"{n}\"}}\n"
+      "  - {name: all, stage: test.concat, inputs: {parts: {from: \"work[*]\"}}}\n");
+  WriteFile(dir_ / "items.jsonl",
+            "{\"key\": \"a\", \"n\": 1}\n{\"key\": \"b\", \"n\": 2}\n"
+            "{\"key\": \"c\", \"n\": 3}\n");
+  auto ran = [&](const std::vector<std::string>& extra) {
+    std::vector<std::string> args = {"run", p.string(), "-o", "out", "--cache-dir", cache};
+    args.insert(args.end(), extra.begin(), extra.end());
+    CommandResult r = Run(args);
+    EXPECT_EQ(r.exit_code, kOk) << Show(r);
+    std::set<std::string> names;
+    const Json record = Json::parse(ReadFile(dir_ / "out/.stagekit-run.json"));
+    for (const Json& st : record["stages"]) {
+      if (!st["cached"].get<bool>()) names.insert(st["name"].get<std::string>());
+    }
+    return names;
+  };
+  using Names = std::set<std::string>;
+  EXPECT_EQ(ran({}), (Names{"split", "work[a]", "work[b]", "work[c]", "all"}));
+  EXPECT_NE(ReadFile(dir_ / "out/all.out").find("parts[c]"), std::string::npos);
+
+  CommandResult r = Run({"run", p.string(), "--dry-run"});
+  ASSERT_EQ(r.exit_code, kOk) << Show(r);
+  EXPECT_NE(r.out.find("work[*]  test.describe  (one instance per item of 'split', made at run "
+                       "time)"),
+            std::string::npos)
+      << r.out;
+  EXPECT_FALSE(fs::exists(dir_ / "stagekit-out")) << "--dry-run wrote nothing";
+
+  // One item changed, one added: the others are cache hits.
+  WriteFile(dir_ / "items.jsonl",
+            "{\"key\": \"a\", \"n\": 1}\n{\"key\": \"b\", \"n\": 20}\n"
+            "{\"key\": \"c\", \"n\": 3}\n{\"key\": \"d\", \"n\": 4}\n");
+  r = Run({"cache", "explain", p.string(), "--cache-dir", cache});
+  EXPECT_NE(r.out.find("work[*]  will run because its instances are made from the items of "
+                       "'split', which will run first"),
+            std::string::npos)
+      << r.out;
+  EXPECT_EQ(ran({"--resume"}), (Names{"split", "work[b]", "work[d]", "all"}));
+  r = Run({"cache", "explain", p.string(), "--cache-dir", cache});
+  EXPECT_NE(r.out.find("work[d]  cached"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("6 of 6 stages cached"), std::string::npos) << r.out;
+
+  // A malformed list: exit 3 naming the producer's output and the line;
+  // the earlier outputs are left as they were.
+  const std::string before = ReadFile(dir_ / "out/all.out");
+  WriteFile(dir_ / "items.jsonl", "{\"key\": \"a\", \"n\": 1}\n{oops\n");
+  r = Run({"run", p.string(), "-o", "out", "--cache-dir", cache});
+  EXPECT_EQ(r.exit_code, kPipeline) << Show(r);
+  EXPECT_NE(ErrorLine(r).find((dir_ / "out/split.out").string() + ":2: the line is not JSON"),
+            std::string::npos)
+      << Show(r);
+  EXPECT_EQ(ReadFile(dir_ / "out/all.out"), before);
 }
 
 TEST_F(CliTest, RunWritesOutputsAndASummary) {
