@@ -28,7 +28,7 @@ if [[ $rc -ne 17 ]]; then
   echo "the audit should have flagged the buggy examples (exit 17), but exited $rc" >&2
   exit 1
 fi
-for example in trivial wordcount montecarlo warm fanout; do
+for example in trivial wordcount montecarlo warm fanout dynamic; do
   echo "== stagekit parity examples/$example/pipeline.yaml"
   $stagekit parity "examples/$example/pipeline.yaml" --quiet --out "stagekit-out/parity/$example"
 done

@@ -221,15 +221,25 @@ class ItemReader {
     for (const YAML::Node& entry : list) {
       Item item;
       if (entry.IsMap()) {
+        std::string key;  // a record's own "key", as in an item list
         for (const auto& kv : entry) {
           const std::string name = kv.first.Scalar();
+          if (name == "key") {
+            auto k = Scalar(kv.second, "the key");
+            if (!k.ok()) return k.status();
+            key = ValueText(*k);
+            continue;
+          }
           if (Status s = CheckName(kv.first); !s.ok()) return s;
           auto v = Scalar(kv.second, "the value of '" + name + "'");
           if (!v.ok()) return v.status();
           item.key += (item.key.empty() ? "" : ",") + name + "=" + ValueText(*v);
           item.vars.emplace_back(name, std::move(v).value());
         }
-        if (item.vars.empty()) return r_.error(entry.Mark(), where_ + ": an empty foreach item");
+        if (!key.empty()) item.key = key;
+        if (item.vars.empty() && key.empty()) {
+          return r_.error(entry.Mark(), where_ + ": an empty foreach item");
+        }
       } else {
         auto v = Scalar(entry, "a foreach list item");
         if (!v.ok()) return v.status();

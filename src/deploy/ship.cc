@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <map>
 #include <sstream>
@@ -47,6 +48,66 @@ struct Include {
   bool directory = false;
 };
 
+// A foreach stage's input template ("/data/{name}.txt") pointed into the
+// package. Ship maps whole folders to places, so each instance's file keeps
+// its path below the folder it came from: the template's folder part is
+// replaced by the place, checked against every instance's (file, place).
+Result<std::string> TemplatePlace(const std::string& tmpl,
+                                  const std::vector<std::pair<std::string, std::string>>& made) {
+  const auto& [file, place] = made.front();
+  std::size_t common = 0;  // the longest common suffix of file and place
+  while (common < file.size() && common < place.size() &&
+         file[file.size() - 1 - common] == place[place.size() - 1 - common]) {
+    ++common;
+  }
+  const std::string from = file.substr(0, file.size() - common);
+  const std::string to = place.substr(0, place.size() - common);
+  const bool fits = tmpl.compare(0, from.size(), from) == 0 && tmpl.find('{') >= from.size();
+  for (const auto& [f, p] : made) {
+    if (!fits || f.compare(0, from.size(), from) != 0 || p.compare(0, to.size(), to) != 0 ||
+        f.substr(from.size()) != p.substr(to.size())) {
+      return Status(Code::kInputError,
+                    "cannot point the input '" + tmpl +
+                        "' of a foreach stage into the package: "
+                        "its instances' files are not all below one shipped folder; ship their "
+                        "common folder with --include DIR=PLACE");
+    }
+  }
+  return to + tmpl.substr(from.size());
+}
+
+// A foreach stage's file inputs: each one's template pointed into the
+// package where its instances' files went (an input without {names} is the
+// same file for every instance).
+Status RewriteForeachInputs(const Pipeline& pipeline, YAML::Node st,
+                            const std::map<std::string, std::map<std::string, std::string>>& places,
+                            const std::function<std::string(const std::string&)>& relative) {
+  const std::string prefix = st["name"].as<std::string>("") + "[";
+  std::map<std::string, std::vector<std::pair<std::string, std::string>>> made;  // by input
+  for (const PipelineStage& instance : pipeline.stages) {
+    if (instance.name.compare(0, prefix.size(), prefix) != 0) continue;
+    auto it = places.find(instance.name);
+    if (it == places.end()) continue;
+    for (const auto& [input, place] : it->second) {
+      made[input].emplace_back(instance.inputs.at(input).file.string(), place);
+    }
+  }
+  YAML::Node inputs = st["inputs"];
+  for (const auto& [input, files] : made) {
+    YAML::Node value = inputs[input].IsMap() ? inputs[input]["file"] : inputs[input];
+    const std::string tmpl =
+        (pipeline.file.parent_path() / value.as<std::string>("")).lexically_normal().string();
+    auto place = TemplatePlace(tmpl, files);
+    if (!place.ok()) return place.status();
+    if (inputs[input].IsMap()) {
+      inputs[input]["file"] = relative(*place);
+    } else {
+      inputs[input] = relative(*place);
+    }
+  }
+  return OkStatus();
+}
+
 // The pipeline with its libraries and file inputs pointing into the package.
 Result<std::string> RewritePipeline(
     const Pipeline& pipeline, const std::string& place,
@@ -64,6 +125,10 @@ Result<std::string> RewritePipeline(
   doc["libraries"] = libs;
   if (!doc["name"]) doc["name"] = pipeline.name;  // the default came from the original file name
   for (YAML::Node st : doc["stages"]) {
+    if (st["foreach"]) {
+      if (Status s = RewriteForeachInputs(pipeline, st, input_places, relative); !s.ok()) return s;
+      continue;
+    }
     auto it = input_places.find(st["name"].as<std::string>());
     if (it == input_places.end()) continue;
     YAML::Node inputs = st["inputs"];

@@ -33,10 +33,17 @@ class CacheCliTest : public ::testing::Test {
   // Debian's fortunes, made up).
   void SetUp() override {
     std::string yaml = ReadFile(kWordcount);
-    const std::regex input(kFortunes.string() + "/([a-z-]+)");
+    // The texts of its `foreach: {list: [...]}`.
+    std::smatch list;
+    ASSERT_TRUE(std::regex_search(yaml, list, std::regex(R"(list: \[([^\]]*)\])")));
+    const std::string items = list[1];
+    const std::regex word("[a-z-]+");
+    for (std::sregex_iterator it(items.begin(), items.end(), word), end; it != end; ++it) {
+      names_.push_back(it->str());
+    }
+    ASSERT_EQ(names_.size(), 16u);
     fs::create_directories(dir_ / "corpus");
-    for (std::sregex_iterator it(yaml.begin(), yaml.end(), input), end; it != end; ++it) {
-      const std::string name = (*it)[1];
+    for (const std::string& name : names_) {
       if (fs::exists(kFortunes / name)) {
         fs::copy_file(kFortunes / name, dir_ / "corpus" / name,
                       fs::copy_options::overwrite_existing);
@@ -47,7 +54,10 @@ class CacheCliTest : public ::testing::Test {
         WriteFile(dir_ / "corpus" / name, text);
       }
     }
-    WriteFile(dir_ / "pipeline.yaml", std::regex_replace(yaml, input, "corpus/$1"));
+    const std::string from = kFortunes.string() + "/{item}";
+    const auto at = yaml.find(from);
+    ASSERT_NE(at, std::string::npos);
+    WriteFile(dir_ / "pipeline.yaml", yaml.replace(at, from.size(), "corpus/{item}"));
   }
 
   CommandResult Cli(std::vector<std::string> args) {
@@ -67,9 +77,9 @@ class CacheCliTest : public ::testing::Test {
     }
     return ran;
   }
-  static Names All() {
+  Names All() const {
     Names all{"reduce"};
-    for (int i = 0; i < 16; ++i) all.insert((i < 10 ? "map_0" : "map_1") + std::to_string(i % 10));
+    for (const std::string& name : names_) all.insert("map[" + name + "]");
     return all;
   }
   // Every output of a run, by relative path.
@@ -89,6 +99,7 @@ class CacheCliTest : public ::testing::Test {
 
   TempDir dir_;
   CommandResult last_;
+  std::vector<std::string> names_;  // the 16 texts, in the list's order
 };
 
 TEST_F(CacheCliTest, ASecondResumeRunsNoStageOnAnyExecutor) {
@@ -117,20 +128,20 @@ TEST_F(CacheCliTest, ASecondResumeRunsNoStageOnAnyExecutor) {
 TEST_F(CacheCliTest, ChangingOneInputRerunsExactlyTheStagesDownstreamOfIt) {
   RunPipeline("out");
   { std::ofstream(dir_ / "corpus/law", std::ios::app) << "one more line about lawyers\n"; }
-  CommandResult r = Cli({"cache", "explain", "pipeline.yaml", "map_09"});
+  CommandResult r = Cli({"cache", "explain", "pipeline.yaml", "map[law]"});
   ASSERT_EQ(r.exit_code, 0) << Show(r);
-  EXPECT_NE(r.out.find("map_09  will run because input 'text' bytes changed sha256:"),
+  EXPECT_NE(r.out.find("map[law]  will run because input 'text' bytes changed sha256:"),
             std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("(" + (dir_ / "corpus/law").string() + ")"), std::string::npos) << r.out;
   r = Cli({"cache", "explain", "pipeline.yaml"});
-  EXPECT_NE(r.out.find("reduce  will run because upstream 'map_09' will run first, so its output "
+  EXPECT_NE(r.out.find("will run because upstream 'map[law]' will run first, so its output "
                        "is not known yet"),
             std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("15 of 17 stages cached"), std::string::npos) << r.out;
 
-  EXPECT_EQ(RunPipeline("out", {"--resume"}), (Names{"map_09", "reduce"}));
+  EXPECT_EQ(RunPipeline("out", {"--resume"}), (Names{"map[law]", "reduce"}));
   r = Cli({"cache", "explain", "pipeline.yaml", "--json"});
   ASSERT_EQ(r.exit_code, 0) << Show(r);
   EXPECT_EQ(Json::parse(r.out)["cached"], 17);
@@ -139,20 +150,19 @@ TEST_F(CacheCliTest, ChangingOneInputRerunsExactlyTheStagesDownstreamOfIt) {
 TEST_F(CacheCliTest, ChangingAKwargRerunsThatStageAndExplainNamesIt) {
   RunPipeline("out");
   const auto before = Outputs("out");
-  Edit("output: map/definitions.tsv\n    kwargs: {min_length: 2}",
-       "output: map/definitions.tsv\n    kwargs: {min_length: 3}");
-  CommandResult r = Cli({"cache", "explain", "pipeline.yaml", "map_03", "--json"});
+  Edit("{top: 200}", "{top: 100}");
+  CommandResult r = Cli({"cache", "explain", "pipeline.yaml", "reduce", "--json"});
   ASSERT_EQ(r.exit_code, 0) << Show(r);
   Json doc = Json::parse(r.out);
   ASSERT_EQ(doc["stages"].size(), 1u);
   EXPECT_EQ(doc["stages"][0]["cached"], false);
-  EXPECT_EQ(doc["stages"][0]["reasons"], Json::array({"kwargs.min_length 2 -> 3"}));
+  EXPECT_EQ(doc["stages"][0]["reasons"], Json::array({"kwargs.top 200 -> 100"}));
 
-  EXPECT_EQ(RunPipeline("out", {"--resume"}), (Names{"map_03", "reduce"}));
-  EXPECT_NE(Outputs("out")["map/definitions.tsv"], before.at("map/definitions.tsv"));
+  EXPECT_EQ(RunPipeline("out", {"--resume"}), (Names{"reduce"}));
+  EXPECT_NE(Outputs("out")["top_words.tsv"], before.at("top_words.tsv"));
   EXPECT_EQ(Outputs("out")["map/art.tsv"], before.at("map/art.tsv"));
   // Changing it back finds the first outputs again.
-  Edit("{min_length: 3}", "{min_length: 2}");
+  Edit("{top: 100}", "{top: 200}");
   EXPECT_EQ(RunPipeline("out", {"--resume"}), Names{});
   EXPECT_EQ(Outputs("out"), before);
 }
@@ -162,7 +172,7 @@ TEST_F(CacheCliTest, ACorruptBlobIsDetectedAndTheStageRerunsWithACorrectOutput) 
   const auto reference = Outputs("out");
   Json summary = Json::parse(ReadFile(dir_ / "out/.stagekit-run.json"));
   const std::string digest = summary["stages"][5]["stats"]["output_digest"];
-  ASSERT_EQ(summary["stages"][5]["name"], "map_05");
+  ASSERT_EQ(summary["stages"][5]["name"], "map[education]");
   const fs::path blob = dir_ / "cache/blobs" / digest.substr(7, 2) / digest.substr(7);
   ASSERT_TRUE(fs::exists(blob));
   fs::permissions(blob, fs::perms::owner_write, fs::perm_options::add);
@@ -170,8 +180,9 @@ TEST_F(CacheCliTest, ACorruptBlobIsDetectedAndTheStageRerunsWithACorrectOutput) 
   bytes[bytes.size() / 2] ^= 0x20;
   WriteFile(blob, bytes);
 
-  EXPECT_EQ(RunPipeline("fresh", {"--resume"}), Names{"map_05"});
-  EXPECT_NE(last_.err.find("the cached output of stage 'map_05' is corrupt"), std::string::npos)
+  EXPECT_EQ(RunPipeline("fresh", {"--resume"}), Names{"map[education]"});
+  EXPECT_NE(last_.err.find("the cached output of stage 'map[education]' is corrupt"),
+            std::string::npos)
       << Show(last_);
   EXPECT_EQ(Outputs("fresh"), reference);
   EXPECT_EQ(RunPipeline("fresh2", {"--resume"}), Names{});

@@ -39,11 +39,19 @@ using testing::WriteFile;
 
 const std::string kExamples = STAGEKIT_SOURCE_DIR "/examples";
 
+// The pid in a test.pid_sleep pid file's name, INSTANCE.PID.pid (its content
+// may still be being written when the test lists the folder).
+pid_t PidOf(const std::string& file) {
+  const std::size_t end = file.rfind(".pid");
+  const std::size_t start = file.rfind('.', end - 1);
+  return static_cast<pid_t>(std::stol(file.substr(start + 1, end - start - 1)));
+}
+
 // ---- the default path: a private head started and stopped by the executor --
 
 TEST(RayPrivateHead, ParityAcrossAllThreeExecutorsOnEveryExample) {
   TempDir dir;
-  for (const char* example : {"trivial", "wordcount", "montecarlo", "fanout"}) {
+  for (const char* example : {"trivial", "wordcount", "montecarlo", "fanout", "dynamic"}) {
     CommandResult r = RunCli({"parity", kExamples + "/" + example + "/pipeline.yaml", "--out",
                               (dir / example).string(), "-q"});
     EXPECT_EQ(r.exit_code, 0) << example << "\n" << Show(r);
@@ -51,6 +59,16 @@ TEST(RayPrivateHead, ParityAcrossAllThreeExecutorsOnEveryExample) {
         << Show(r);
     EXPECT_EQ(r.out.find("DIFFERS"), std::string::npos) << Show(r);
   }
+  // Dynamic fan-out with --outputs final: the item list reaches the driver
+  // (it makes the instances there), the counts stay on the cluster and reach
+  // the collect by reference; the result is the parity run's.
+  CommandResult r = RunCli({"run", kExamples + "/dynamic/pipeline.yaml", "-e", "ray", "--outputs",
+                            "final", "--no-cache", "-q", "--out", (dir / "final").string()});
+  ASSERT_EQ(r.exit_code, 0) << Show(r);
+  EXPECT_EQ(testing::ListFiles(dir / "final"),
+            (std::vector<std::string>{".stagekit-run.json", "chunks.jsonl", "top_words.tsv"}));
+  EXPECT_EQ(testing::ReadFile(dir / "final" / "top_words.tsv"),
+            testing::ReadFile(dir / "dynamic" / "inprocess" / "top_words.tsv"));
   EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "a private Ray head was left running";
 }
 
@@ -542,7 +560,7 @@ TEST_F(RayTwoNodes, KilledWorkerIsRetriedAndOutputIsIdentical) {
   while (killed < 2 && std::chrono::steady_clock::now() < deadline) {
     for (const std::string& f : ListFiles(pid_dir)) {
       if (!seen.insert(f).second) continue;
-      pid_t pid = static_cast<pid_t>(std::stol(ReadFile(pid_dir / f)));
+      pid_t pid = PidOf(f);
       EXPECT_EQ(::kill(pid, SIGKILL), 0);
       ++killed;
     }
@@ -574,7 +592,7 @@ TEST_F(RayTwoNodes, AWarmActorThatDiesIsReplacedAndTheStageRetried) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
   while (killed < 0 && std::chrono::steady_clock::now() < deadline) {
     for (const std::string& f : ListFiles(pid_dir)) {
-      killed = static_cast<pid_t>(std::stol(ReadFile(pid_dir / f)));
+      killed = PidOf(f);
       EXPECT_EQ(::kill(killed, SIGKILL), 0);
       break;
     }
@@ -699,7 +717,7 @@ TEST_F(RayTwoNodes, AnIntermediateLostWithItsNodeIsMadeAgain) {
   };
   std::vector<std::string> first = wait_for_pids(made_pids, 1);
   ASSERT_EQ(first.size(), 1u);
-  EXPECT_EQ(::kill(static_cast<pid_t>(std::stol(ReadFile(made_pids / first[0]))), SIGKILL), 0);
+  EXPECT_EQ(::kill(PidOf(first[0]), SIGKILL), 0);
   ASSERT_EQ(wait_for_pids(made_pids, 2).size(), 2u) << "Ray did not retry the killed producer";
   // The retried producer sleeps 2 s; then its node goes, and another offers `lineage`.
   std::this_thread::sleep_for(std::chrono::seconds(4));
@@ -744,7 +762,7 @@ TEST_F(RayTwoNodes, StagesOfAStoppedNodeAreRescheduled) {
   auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
   while (!stopped && std::chrono::steady_clock::now() < deadline) {
     for (const std::string& f : ListFiles(pid_dir)) {
-      pid_t pid = static_cast<pid_t>(std::stol(ReadFile(pid_dir / f)));
+      pid_t pid = PidOf(f);
       if (SessionOf(pid) == gpu_node_.sid) {
         StopProcessSession(gpu_node_.sid, std::chrono::seconds(1));
         stopped = true;

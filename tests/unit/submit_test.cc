@@ -154,7 +154,13 @@ TEST(ShipPipelineTest, NoAbsolutePathOfThisMachineIsShipped) {
   const std::string shipped = testing::ReadFile(dir / "tree" / "pipeline.yaml");
   EXPECT_EQ(shipped.find("/usr/share"), std::string::npos) << shipped;
   EXPECT_EQ(shipped.find(STAGEKIT_SOURCE_DIR), std::string::npos) << shipped;
-  EXPECT_NE(shipped.find("text: corpus/art"), std::string::npos) << shipped;
+  // The foreach's input template points where its instances' files went.
+  EXPECT_NE(shipped.find("text: \"corpus/{item}\""), std::string::npos) << shipped;
+  EXPECT_TRUE(std::filesystem::exists(dir / "tree" / "corpus" / "art"));
+  auto run = testing::RunCli({"run", (dir / "tree" / "pipeline.yaml").string(), "-q", "--no-cache",
+                              "-o", (dir / "ran").string()});
+  ASSERT_EQ(run.exit_code, 0) << testing::Show(run);
+  EXPECT_EQ(testing::ListFiles(dir / "ran" / "map").size(), 16u);
   EXPECT_NE(shipped.find(".stagekit/lib/stagekit/stages/libstagekit_examples.so"),
             std::string::npos)
       << shipped;
