@@ -67,9 +67,9 @@ for p in matrix by_hand; do
 done
 
 echo "== 1. load + expand + validate ($N stages + a collect)"
-hyperfine -w 1 -r 5 -N "$BIN run matrix.yaml --dry-run" "$BIN run by_hand.yaml --dry-run"
+hyperfine -w 1 -r 3 -N "$BIN run matrix.yaml --dry-run" "$BIN run by_hand.yaml --dry-run"
 echo "== 2. run in-process, -j 8, no cache"
-hyperfine -r 3 -p 'rm -rf out' "$BIN run matrix.yaml -q --no-cache -j 8 -o out" \
+hyperfine -r 2 -p 'rm -rf out' "$BIN run matrix.yaml -q --no-cache -j 8 -o out" \
   "$BIN run by_hand.yaml -q --no-cache -j 8 -o out"
 echo "== 3. dynamic fan-out to $D items, against a static list of the same"
 hyperfine -r 5 -p 'rm -rf out' "$BIN run dynamic.yaml -q --no-cache -j 8 -o out" \

@@ -404,6 +404,14 @@ Result<Item> JsonLineItem(std::string_view line) {
   auto scalar = [](const nlohmann::ordered_json& x) {
     return x.is_string() || x.is_number() || x.is_boolean();
   };
+  // The same value in the item's JSON type, without a text round trip.
+  auto plain = [](const nlohmann::ordered_json& x) -> Json {
+    if (x.is_string()) return x.get<std::string>();
+    if (x.is_boolean()) return x.get<bool>();
+    if (x.is_number_unsigned()) return x.get<std::uint64_t>();
+    if (x.is_number_integer()) return x.get<std::int64_t>();
+    return x.get<double>();
+  };
   if (nested) {
     return Status(Code::kInvalidPipeline,
                   "the item nests a list or an object; its fields must be strings, numbers or "
@@ -417,7 +425,7 @@ Result<Item> JsonLineItem(std::string_view line) {
         return Status(Code::kInvalidPipeline, "the item's field '" + name.substr(0, 80) +
                                                   "' is not a string, number or boolean");
       }
-      Json j = Json::parse(value.dump());
+      Json j = plain(value);
       if (name == "key") {
         key = ValueText(j);
         continue;
@@ -440,7 +448,7 @@ Result<Item> JsonLineItem(std::string_view line) {
                   "the line is not an item: write one JSON object of strings, numbers and booleans "
                   "({\"start\": 0, \"end\": 4096}) or one such value per line");
   }
-  Json j = Json::parse(v.dump());
+  Json j = plain(v);
   item.key = ValueText(j);
   item.vars.emplace_back("item", std::move(j));
   return item;

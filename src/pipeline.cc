@@ -871,7 +871,11 @@ Result<std::vector<PipelineStage>> ExpandDynamicStage(const PipelineStage& tmpl,
                                 list + ", made by stage '" + tmpl.foreach_from + "')";
     auto st = parser.Instance(tmpl.dynamic->node, (*items)[k]);
     if (!st.ok()) return Status(st.status().code(), st.status().message() + item_at);
-    // What it reads from stages is the template's (collects resolved).
+    // Its placement, timeout and keep are the template's, with what the
+    // command line changed (--resources 'count[*]:...', --timeout); what
+    // it reads from stages is the template's (collects resolved).
+    st->options = tmpl.options;
+    st->keep = tmpl.keep;
     for (auto it = st->inputs.begin(); it != st->inputs.end();) {
       it = it->second.from_stage.empty() ? std::next(it) : st->inputs.erase(it);
     }

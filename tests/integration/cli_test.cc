@@ -150,8 +150,15 @@ TEST_F(CliTest, AForeachOverAStagesItemsResumesItemByItem) {
     return names;
   };
   using Names = std::set<std::string>;
-  EXPECT_EQ(ran({}), (Names{"split", "work[a]", "work[b]", "work[c]", "all"}));
+  EXPECT_EQ(ran({"--report", "r.html", "--trace", "t.json"}),
+            (Names{"split", "work[a]", "work[b]", "work[c]", "all"}));
   EXPECT_NE(ReadFile(dir_ / "out/all.out").find("parts[c]"), std::string::npos);
+  // The report and the trace show the instances, not the template.
+  for (const char* file : {"r.html", "t.json"}) {
+    const std::string text = ReadFile(dir_ / file);
+    EXPECT_NE(text.find("work[b]"), std::string::npos) << file;
+    EXPECT_EQ(text.find("work[*]"), std::string::npos) << file;
+  }
 
   CommandResult r = Run({"run", p.string(), "--dry-run"});
   ASSERT_EQ(r.exit_code, kOk) << Show(r);

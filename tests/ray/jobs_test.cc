@@ -160,10 +160,10 @@ TEST_F(RayJobs, WordcountJobArtifactsAreByteIdenticalToALocalRun) {
   const std::string uri = std::string("s3://") + kBucket + "/wordcount/run1";
   // Three maps need the second node's vm:x, so its worker runs code from the
   // package it unpacked, with the head's copy out of sight.
-  CommandResult r = Submit({kExamples + "/wordcount/pipeline.yaml", "--include",
-                            "/usr/share/games/fortunes=corpus", "--artifacts", uri, "--env",
-                            "STAGEKIT_TEST_FLAG=1", "--", "--resources", "map_00:vm:x=1",
-                            "--resources", "map_01:vm:x=1", "--resources", "map_02:vm:x=1"});
+  CommandResult r = Submit(
+      {kExamples + "/wordcount/pipeline.yaml", "--include", "/usr/share/games/fortunes=corpus",
+       "--artifacts", uri, "--env", "STAGEKIT_TEST_FLAG=1", "--", "--resources", "map[art]:vm:x=1",
+       "--resources", "map[computers]:vm:x=1", "--resources", "map[cookie]:vm:x=1"});
   ASSERT_EQ(r.exit_code, 0) << Show(r);
   EXPECT_NE(r.err.find("is SUCCEEDED"), std::string::npos) << Show(r);
   EXPECT_NE(r.out.find("synced to " + uri), std::string::npos) << Show(r);  // the job's log

@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -39,12 +40,18 @@ using testing::WriteFile;
 
 const std::string kExamples = STAGEKIT_SOURCE_DIR "/examples";
 
-// The pid in a test.pid_sleep pid file's name, INSTANCE.PID.pid (its content
-// may still be being written when the test lists the folder).
+// The pid in a pid file's name: the digits before ".pid" (test.pid_sleep
+// writes INSTANCE.PID.pid, warm.probe INSTANCE-PID.pid). The name, not the
+// content: the stage may still be writing that when the test lists the folder.
 pid_t PidOf(const std::string& file) {
   const std::size_t end = file.rfind(".pid");
-  const std::size_t start = file.rfind('.', end - 1);
-  return static_cast<pid_t>(std::stol(file.substr(start + 1, end - start - 1)));
+  std::size_t start = end;
+  while (start > 0 && std::isdigit(static_cast<unsigned char>(file[start - 1]))) --start;
+  if (end == std::string::npos || start == end) {
+    ADD_FAILURE() << "no pid in the file name '" << file << "'";
+    return -1;
+  }
+  return static_cast<pid_t>(std::stol(file.substr(start, end - start)));
 }
 
 // ---- the default path: a private head started and stopped by the executor --

@@ -514,7 +514,9 @@ TEST(FanoutTest, AForeachOverAStagesItemsIsATemplateUntilTheRun) {
   TempDir dir;
   const std::filesystem::path items = dir / "items.jsonl";
   WriteFile(items, "{\"key\": \"a1\", \"name\": \"x\"}\n{\"name\": \"y\", \"n\": 2}\n");
-  auto made = ExpandDynamicStage(tmpl, items);
+  // A command-line override of the template reaches every instance.
+  ASSERT_TRUE(ApplyResourceOverride(*p, "work[*]:cpus=3").ok());
+  auto made = ExpandDynamicStage(*p->Find("work[*]"), items);
   ASSERT_TRUE(made.ok()) << made.status().message();
   ASSERT_EQ(made->size(), 2u);
   EXPECT_EQ((*made)[0].name, "work[a1]");
@@ -523,6 +525,7 @@ TEST(FanoutTest, AForeachOverAStagesItemsIsATemplateUntilTheRun) {
   EXPECT_EQ((*made)[0].inputs.at("table").from_stage, "split");
   EXPECT_EQ((*made)[1].output, "w/name=y,n=2.txt");
   EXPECT_TRUE((*made)[0].foreach_from.empty());
+  EXPECT_EQ((*made)[1].options.resources.cpus, 3);
 
   PipelineStage all = *p->Find("all");
   auto added = PointCollects(all, "work[*]", {"work[a1]", "work[name=y,n=2]"});
