@@ -12,6 +12,7 @@
 #      static list. The difference is what expanding at run time costs.
 # Uses the ci build (build/ci: RelWithDebInfo) and the test stages (test.noop,
 # test.copy). Peak memory (GNU time's max RSS) is printed for each run.
+# bench/scheduler_bench.cc (bench preset) measures the scheduler alone.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 N=${1:-100000}
@@ -36,11 +37,11 @@ with open("by_hand.yaml", "w") as f:
     f.write(head)
     for a in range(rows):
         for b in range(cols):
-            f.write(f"  - {{name: 'm[a={a},b={b}]', stage: test.noop, output: 'm/a={a},b={b}.out'}}\n")
+            f.write(f"  - {{name: m_{a}_{b}, stage: test.noop, output: 'm/a={a},b={b}.out'}}\n")
     f.write("  - name: all\n    stage: test.noop\n    inputs:\n")
     for a in range(rows):
         for b in range(cols):
-            f.write(f"      'p[a={a},b={b}]': {{from: 'm[a={a},b={b}]'}}\n")
+            f.write(f"      'p[a={a},b={b}]': {{from: m_{a}_{b}}}\n")
 with open("items.jsonl", "w") as f:
     for i in range(d):
         f.write(json.dumps({"key": f"{i:06d}", "i": i}) + "\n")
@@ -74,3 +75,30 @@ hyperfine -r 2 -p 'rm -rf out' "$BIN run matrix.yaml -q --no-cache -j 8 -o out" 
 echo "== 3. dynamic fan-out to $D items, against a static list of the same"
 hyperfine -r 5 -p 'rm -rf out' "$BIN run dynamic.yaml -q --no-cache -j 8 -o out" \
   "$BIN run static_list.yaml -q --no-cache -j 8 -o out"
+# 4. Optional: Snakemake's dry run of the same 10,000-job fan-out and collect,
+#    beside stagekit's (SNAKEMAKE=/path/to/snakemake; pip install snakemake).
+if [[ -n ${SNAKEMAKE:-} ]]; then
+  python3 - "$LIB" <<'PY'
+import sys
+open("m10k.yaml", "w").write(
+    f"libraries: [{sys.argv[1]}]\nstages:\n  - name: m\n    stage: test.noop\n"
+    f"    foreach: {{matrix: {{a: {list(range(100))}, b: {list(range(100))}}}}}\n"
+    "    output: 'm/a={a},b={b}.out'\n"
+    '  - {name: all, stage: test.noop, inputs: {p: {from: "m[*]"}}}\n')
+open("Snakefile", "w").write('''A = list(range(100))
+B = list(range(100))
+rule all:
+    input: "all.out"
+rule m:
+    output: "m/a={a},b={b}.out"
+    shell: "touch {output}"
+rule collect:
+    input: expand("m/a={a},b={b}.out", a=A, b=B)
+    output: "all.out"
+    shell: "touch {output}"
+''')
+PY
+  echo "== 4. a 10,000-job fan-out and collect: Snakemake's dry run against stagekit's"
+  hyperfine -r 3 -p 'rm -rf .snakemake' "$SNAKEMAKE -n -s Snakefile --cores 1 --quiet all" \
+    "$BIN run m10k.yaml --dry-run"
+fi
