@@ -79,8 +79,11 @@ void BM_StaticFanout(benchmark::State& state) {
   }
   Run(state, *p, "");
 }
-BENCHMARK(BM_StaticFanout)->Args({100000, 1})->Args({100000, 8})->UseRealTime()->Unit(
-    benchmark::kMillisecond);
+BENCHMARK(BM_StaticFanout)
+    ->Args({100000, 1})
+    ->Args({100000, 8})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 void BM_DynamicFanout(benchmark::State& state) {
   const auto n = state.range(0);
