@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   build-essential cmake pkg-config git clang-format
   nlohmann-json3-dev libyaml-cpp-dev libcli11-dev nettle-dev   # library dependencies
-  libpcre2-dev libzip-dev libcurl4-openssl-dev                 # ship and submit
+  libpcre2-dev libzip-dev libcurl4-openssl-dev patchelf        # ship and submit
   awscli                                                        # artifact sync
   libgtest-dev libgmock-dev libbenchmark-dev hyperfine jq       # tests and benchmarks
   fortunes                                                      # the word-count example's corpus

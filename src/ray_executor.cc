@@ -38,17 +38,44 @@ namespace fs = std::filesystem;
 
 fs::path DefaultBridge() { return stagekit::LibraryDir() / "libstagekit_ray.so"; }
 
-fs::path DefaultBinDir() {
-#ifdef STAGEKIT_RAY_BIN_DIR
-  return STAGEKIT_RAY_BIN_DIR;
-#else
-  return {};
-#endif
-}
-
 constexpr const char* kInstallHint =
     "install it with `bash scripts/ray.sh` and rebuild (cmake finds .venv), or set "
     "STAGEKIT_RAY_BIN_DIR to the bin directory of an environment with ray[default] and ray-cpp";
+
+// A folder of two links through which the bridge loads: itself, and
+// libray_api.so pointing at the node's Ray. The bridge asks for
+// "libray_api.so" in $ORIGIN, the folder it was loaded from, so this is how
+// the Ray found at run time is the one it links to. Removed once loaded.
+class BridgeLinks {
+ public:
+  static Result<BridgeLinks> Make(const fs::path& bridge, const fs::path& api_library) {
+    BridgeLinks links;
+    auto dir = util::MakePrivateDir(fs::temp_directory_path());
+    if (!dir.ok()) return dir.status();
+    links.dir_ = *dir;
+    std::error_code ec;
+    fs::create_symlink(fs::absolute(bridge), links.dir_ / bridge.filename(), ec);
+    if (!ec) fs::create_symlink(api_library, links.dir_ / "libray_api.so", ec);
+    if (ec) {
+      return Status(Code::kRayUnavailable, "cannot link the Ray bridge in " + links.dir_.string() +
+                                               ": " + ec.message() + "; check TMPDIR");
+    }
+    links.bridge_ = links.dir_ / bridge.filename();
+    return links;
+  }
+  BridgeLinks() = default;
+  BridgeLinks(BridgeLinks&& o) noexcept : dir_(std::exchange(o.dir_, {})), bridge_(o.bridge_) {}
+  BridgeLinks& operator=(BridgeLinks&&) = delete;
+  BridgeLinks(const BridgeLinks&) = delete;
+  ~BridgeLinks() {
+    std::error_code ec;
+    if (!dir_.empty()) fs::remove_all(dir_, ec);
+  }
+  const fs::path& bridge() const { return bridge_; }
+
+ private:
+  fs::path dir_, bridge_;
+};
 
 // The file without trailing white space; "" when it cannot be read.
 std::string ReadSmallFile(const fs::path& path) {
@@ -144,15 +171,14 @@ struct RayExecutor::Bridge {
   stagekit_ray_bridge_close_fn close = nullptr;
 };
 
-bool RayAvailable(std::string* why, const fs::path& bin_dir) {
+bool RayAvailable(std::string* why, const fs::path& bin_dir, const std::string& search_path) {
   std::error_code ec;
   std::string problem;
-  const fs::path bin = bin_dir.empty() ? DefaultBinDir() : bin_dir;
   if (!fs::exists(DefaultBridge(), ec)) {
     problem = "this stagekit was built without Ray (no " + DefaultBridge().string() + "); " +
               kInstallHint;
-  } else if (bin.empty() || !fs::exists(bin / "ray", ec)) {
-    problem = "Ray's `ray` command was not found in '" + bin.string() + "'; " + kInstallHint;
+  } else if (auto found = FindRay(bin_dir, search_path); !found.ok()) {
+    problem = found.status().message();
   }
   if (why != nullptr) *why = problem;
   return problem.empty();
@@ -486,7 +512,6 @@ bool RayExecutor::private_head() const { return head_ != nullptr; }
 
 Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
   if (options.bridge.empty()) options.bridge = DefaultBridge();
-  if (options.bin_dir.empty()) options.bin_dir = DefaultBinDir();
   if (options.runner.empty()) options.runner = stagekit::DefaultCli();
   std::error_code ec;
   if (!fs::exists(options.bridge, ec)) {
@@ -495,11 +520,11 @@ Result<std::unique_ptr<RayExecutor>> RayExecutor::Open(RayOptions options) {
                   "without it (no " +
                       options.bridge.string() + "); " + kInstallHint);
   }
-  if (options.bin_dir.empty() || !fs::exists(options.bin_dir / "ray", ec)) {
-    return Status(Code::kRayUnavailable, "the ray executor needs Ray, but `ray` is not in '" +
-                                             options.bin_dir.string() + "'; " + kInstallHint);
-  }
+  auto ray = FindRay(options.bin_dir, options.search_path);
+  if (!ray.ok()) return ray.status();
+  options.bin_dir = ray->bin_dir;
   std::unique_ptr<RayExecutor> ex(new RayExecutor());
+  ex->ray_ = std::move(ray).value();
   ex->options_ = options;
   ex->address_ = options.address;
   if (ex->address_.rfind("ray://", 0) == 0) {
@@ -528,12 +553,17 @@ Status RayExecutor::OpenBridge() {
   // Load the bridge only now: Ray reads its authentication settings from the
   // environment when it is loaded, and the private head sets them.
   auto bridge = std::make_unique<Bridge>();
-  bridge->handle = dlopen(options_.bridge.c_str(), RTLD_NOW | RTLD_LOCAL);
+  {
+    auto links = BridgeLinks::Make(options_.bridge, ray_.api_library);
+    if (!links.ok()) return links.status();
+    bridge->handle = dlopen(links->bridge().c_str(), RTLD_NOW | RTLD_LOCAL);
+  }
   if (bridge->handle == nullptr) {
     const char* err = dlerror();
     return Status(Code::kRayUnavailable, "cannot load the Ray bridge " + options_.bridge.string() +
-                                             ": " + (err != nullptr ? err : "unknown error") +
-                                             "; " + kInstallHint);
+                                             " with " + ray_.api_library.string() + ": " +
+                                             (err != nullptr ? err : "unknown error") + "; " +
+                                             kInstallHint);
   }
   bridge->open = reinterpret_cast<stagekit_ray_bridge_open_fn>(
       dlsym(bridge->handle, "stagekit_ray_bridge_open"));
@@ -584,7 +614,7 @@ Status RayExecutor::OpenBridge() {
 
 Status RayExecutor::RefreshNodes() {
   util::ChildSpec query;
-  query.argv = {(options_.bin_dir / "python").string(), "-c", kNodeQuery, address_};
+  query.argv = {ray_.python.string(), "-c", kNodeQuery, address_};
   query.timeout = std::chrono::seconds(60);
   query.cancelled = [cancel = options_.cancel] { return Cancelled(cancel); };
   util::ChildResult r = util::RunChild(query);

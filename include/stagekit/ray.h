@@ -53,15 +53,39 @@ struct STAGEKIT_API RayOptions {
   std::vector<std::string> head_args;    // more `ray start` arguments, e.g. "--num-gpus=1"
   // Where things are; empty means the default.
   std::filesystem::path bridge;  // libstagekit_ray.so next to libstagekit.so
-  std::filesystem::path
-      bin_dir;                   // `ray` and `python`: the build's Ray (CLI: $STAGEKIT_RAY_BIN_DIR)
+  // The bin directory of the Ray to use (`ray`, and `python` beside it or
+  // named by `ray`'s first line); the CLI takes $STAGEKIT_RAY_BIN_DIR. Empty:
+  // the first `ray` on `search_path`, else the build's own environment.
+  std::filesystem::path bin_dir;
+  std::string search_path;       // ':'-separated, like $PATH (the CLI passes $PATH)
   std::filesystem::path runner;  // the stagekit binary (for the reaper): beside libstagekit
 };
 
-// Whether the ray executor can be used with Ray's commands in `bin_dir`
-// (empty: the build's Ray); when not, `why` says how to fix it.
+// A Ray installation found at run time.
+struct STAGEKIT_API RayInstall {
+  std::filesystem::path bin_dir;      // has `ray`
+  std::filesystem::path python;       // the interpreter that has the `ray` package
+  std::filesystem::path package;      // that package (.../site-packages/ray)
+  std::filesystem::path api_library;  // its C++ API: package/cpp/lib/libray_api.so (ray-cpp)
+  std::string version;                // "2.60.0"
+  std::string found_by;               // "STAGEKIT_RAY_BIN_DIR", "PATH", "the build's environment"
+};
+
+// The Ray version the bridge was built against; "" when stagekit was built without Ray.
+STAGEKIT_API std::string RayBridgeVersion();
+
+// Finds Ray in `bin_dir`, or (empty) on `search_path`, else in the build's
+// environment. kRayUnavailable, saying what to install, when there is none,
+// when its Python package or C++ API (ray-cpp) is missing, or when its version
+// is not the bridge's (a mismatched libray_api.so crashes the process).
+STAGEKIT_API Result<RayInstall> FindRay(const std::filesystem::path& bin_dir,
+                                        const std::string& search_path);
+
+// Whether the ray executor can be used: the bridge is built and FindRay finds
+// a matching Ray; when not, `why` says how to fix it.
 STAGEKIT_API bool RayAvailable(std::string* why = nullptr,
-                               const std::filesystem::path& bin_dir = {});
+                               const std::filesystem::path& bin_dir = {},
+                               const std::string& search_path = {});
 
 // Process environment. The library reads no settings from the environment;
 // the command line maps its variables into these options. The one exception
@@ -129,6 +153,7 @@ class STAGEKIT_API RayExecutor final : public StageExecutor {
   Status OpenBridge();
 
   RayOptions options_;
+  RayInstall ray_;  // the Ray found at open
   std::string address_;
   std::unique_ptr<PrivateHead> head_;  // when no address was given
   std::unique_ptr<Bridge> bridge_;

@@ -10,6 +10,7 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <set>
 #include <sstream>
 
 #include "stagekit/executor.h"
@@ -146,33 +147,6 @@ Result<std::string> RewritePipeline(
          ": libraries and inputs point into the package.\n" + out.c_str() + "\n";
 }
 
-// The bytes of `file` without debug sections (`objcopy --strip-debug`).
-Result<std::string> StripDebug(const fs::path& file) {
-  std::string tmpl = (fs::temp_directory_path() / "stagekit-strip-XXXXXX").string();
-  int fd = ::mkstemp(tmpl.data());
-  if (fd < 0)
-    return Status(Code::kOutputError, "cannot make a temporary file to strip " + file.string());
-  ::close(fd);
-  util::ChildSpec spec;
-  spec.argv = {"objcopy", "--strip-debug", file.string(), tmpl};
-  spec.cancelled = util::Interrupted;
-  util::ChildResult r = util::RunChild(spec);
-  std::string bytes;
-  Status status;
-  if (!r.spawn_status.ok() || !r.exited || r.exit_code != 0) {
-    status = Status(Code::kInternal, "cannot strip debug info with objcopy (install binutils)");
-  } else {
-    auto read = util::ReadFile(tmpl, std::numeric_limits<std::uint64_t>::max());
-    if (read.ok()) bytes = std::move(read).value();
-    if (bytes.empty())
-      status = Status(Code::kInternal, "objcopy wrote nothing for " + file.string());
-  }
-  std::error_code ec;
-  fs::remove(tmpl, ec);
-  if (!status.ok()) return status;
-  return bytes;
-}
-
 using InputPlaces = std::map<std::string, std::map<std::string, std::string>>;
 
 // Directory mode: the folder as it is, walked with the ignore rules.
@@ -228,21 +202,19 @@ Result<std::vector<Include>> AddIncludes(const ShipOptions& options, const fs::p
   return includes;
 }
 
-// One of stagekit's own files, stripped unless --keep-debug (as it is, with a warning, on failure).
+// One of stagekit's own ELF files, stripped unless --keep-debug, looking for
+// libraries at `runpath` (in the package) only.
 Status AddRuntimeFile(const ShipOptions& options, const fs::path& file, const std::string& place,
-                      const std::string& rule, ShipPlan& plan) {
-  if (!options.strip_runtime) return plan.tree.AddFile(file, place, rule);
-  auto stripped = StripDebug(file);
-  if (!stripped.ok()) {
-    plan.warnings.push_back(stripped.status().message() + "; shipping " + file.string() +
-                            " with its debug info");
-    return plan.tree.AddFile(file, place, rule);
-  }
+                      const std::string& rule, const std::string& runpath, ShipPlan& plan) {
+  auto prepared = PrepareElf(file, options.strip_runtime, runpath);
+  if (!prepared.ok()) return prepared.status();
   std::error_code ec;
   const bool executable =
       (fs::status(file, ec).permissions() & fs::perms::owner_exec) != fs::perms::none;
-  return plan.tree.AddContent(place, std::move(*stripped), executable,
-                              rule + " (" + file.string() + ", debug info stripped)");
+  plan.elf_sources.push_back(file);
+  return plan.tree.AddContent(
+      place, std::move(*prepared), executable,
+      rule + " (" + file.string() + (options.strip_runtime ? ", debug info stripped)" : ")"));
 }
 
 // stagekit itself: the driver, its runtime library and the Ray bridge (workers need no debug info).
@@ -251,7 +223,9 @@ Status AddRuntime(const ShipOptions& options, ShipPlan& plan) {
   fs::path self = fs::read_symlink("/proc/self/exe", ec);
   fs::path runtime = stagekit::LibraryPath();
   if (self.filename() != "stagekit") self = stagekit::DefaultCli();
-  if (Status s = AddRuntimeFile(options, self, kShipBinary, "stagekit driver", plan); !s.ok()) {
+  if (Status s =
+          AddRuntimeFile(options, self, kShipBinary, "stagekit driver", "$ORIGIN/../lib", plan);
+      !s.ok()) {
     return s;
   }
   // The lean stage runner the subprocess executor starts (DefaultRunner finds
@@ -260,11 +234,14 @@ Status AddRuntime(const ShipOptions& options, ShipPlan& plan) {
   const fs::path runner = self.parent_path() / "stagekit-stage";
   if (fs::exists(runner, ec)) {
     const std::string place = (fs::path(kShipBinary).parent_path() / "stagekit-stage").string();
-    if (Status s = AddRuntimeFile(options, runner, place, "stage runner", plan); !s.ok()) return s;
+    if (Status s = AddRuntimeFile(options, runner, place, "stage runner", "$ORIGIN/../lib", plan);
+        !s.ok()) {
+      return s;
+    }
   }
   if (Status s = AddRuntimeFile(options, runtime,
                                 std::string(kShipLibDir) + "/" + runtime.filename().string(),
-                                "stagekit runtime", plan);
+                                "stagekit runtime", "$ORIGIN", plan);
       !s.ok()) {
     return s;
   }
@@ -276,7 +253,7 @@ Status AddRuntime(const ShipOptions& options, ShipPlan& plan) {
     return OkStatus();
   }
   return AddRuntimeFile(options, bridge, std::string(kShipLibDir) + "/libstagekit_ray.so",
-                        "Ray bridge", plan);
+                        "Ray bridge", "$ORIGIN", plan);
 }
 
 // The stage libraries, in kShipStageDir; returns their places in the package.
@@ -284,10 +261,55 @@ Result<std::vector<std::string>> AddLibraries(const ShipOptions& options, ShipPl
   std::vector<std::string> library_places;
   for (const fs::path& lib : options.libraries) {
     std::string place = std::string(kShipStageDir) + "/" + lib.filename().string();
-    if (Status s = plan.tree.AddFile(lib, place, "stage library"); !s.ok()) return s;
+    // Its run path becomes the package's library folder, where what it needs is bundled.
+    auto prepared = PrepareElf(lib, false, "$ORIGIN/../..");
+    if (!prepared.ok()) return prepared.status();
+    plan.elf_sources.push_back(lib);
+    if (Status s = plan.tree.AddContent(place, std::move(*prepared), false,
+                                        "stage library (" + lib.string() + ")");
+        !s.ok()) {
+      return s;
+    }
     library_places.push_back(place);
   }
   return library_places;
+}
+
+// What the shipped ELF files need beyond every node's libraries, bundled into
+// the library folder with $ORIGIN run paths; the floor of them all; and the
+// launcher that checks it on the node.
+Status AddBundle(ShipPlan& plan) {
+  std::set<std::string> provided;
+  for (const fs::path& f : plan.elf_sources) provided.insert(f.filename().string());
+  provided.insert("libstagekit.so");  // the runtime, shipped under its own file name
+  auto needed = LibrariesToBundle(plan.elf_sources, provided);
+  if (!needed.ok()) return needed.status();
+  std::vector<fs::path> floor_of = plan.elf_sources;
+  for (const NeededLibrary& lib : *needed) {
+    auto prepared = PrepareElf(lib.path, false, "$ORIGIN");
+    if (!prepared.ok()) return prepared.status();
+    const std::string rule = "bundled library (" + lib.path.string() + ", needed by " +
+                             lib.needed_by + ", not on every node)";
+    if (Status s = plan.tree.AddContent(std::string(kShipLibDir) + "/" + lib.soname,
+                                        std::move(*prepared), false, rule);
+        !s.ok()) {
+      return s;
+    }
+    floor_of.push_back(lib.path);
+  }
+  plan.bundled = std::move(needed).value();
+  for (const fs::path& f : floor_of) {
+    auto floor = FloorOf(f);
+    if (!floor.ok()) return floor.status();
+    plan.floor.Raise(*floor);
+  }
+  if (Status s = plan.tree.AddContent(kFloorFile, FloorFileText(plan.floor), false,
+                                      "the oldest glibc and libstdc++ the package runs with");
+      !s.ok()) {
+    return s;
+  }
+  return plan.tree.AddContent(kLauncher, LauncherScript(), true,
+                              "launcher: checks the node against the floor, runs stagekit");
 }
 
 // An input's place: below the --include that covers it, else below the root; "" if neither does.
@@ -362,6 +384,7 @@ Status AddPipeline(const ShipOptions& options, const WalkOptions& walk, ShipPlan
   if (Status s = AddRuntime(options, plan); !s.ok()) return s;
   auto library_places = AddLibraries(options, plan);
   if (!library_places.ok()) return library_places.status();
+  if (Status s = AddBundle(plan); !s.ok()) return s;
   auto input_places = AddInputs(*pipeline, *root, *includes, plan);
   if (!input_places.ok()) return input_places.status();
   return AddRewrittenPipeline(*pipeline, *library_places, *input_places, plan);
@@ -445,7 +468,20 @@ Status WritePackage(ShipPlan& plan, const fs::path& dir, int level, int threads)
     if (Status s = WriteZip(plan.tree, dir / plan.package, level); !s.ok()) return s;
   }
   const fs::path manifest = dir / (fs::path(plan.package).stem().string() + ".manifest.json");
-  return util::WriteFileAtomically(manifest, ManifestJson(plan.tree, plan.package).dump(1) + "\n");
+  Json doc = ManifestJson(plan.tree, plan.package);
+  if (!plan.pipeline.empty()) {
+    doc["floor"] = plan.floor.ToJson();
+    Json bundled = Json::array();
+    for (const NeededLibrary& lib : plan.bundled) {
+      bundled.push_back({{"soname", lib.soname},
+                         {"from", lib.path.string()},
+                         {"needed_by", lib.needed_by},
+                         {"place", std::string(kShipLibDir) + "/" + lib.soname}});
+    }
+    doc["bundled"] = std::move(bundled);
+    doc["not_bundled"] = NodeLibraries();
+  }
+  return util::WriteFileAtomically(manifest, doc.dump(1) + "\n");
 }
 
 }  // namespace stagekit::deploy

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "deploy/bundle.h"
 #include "deploy/package.h"
 #include "stagekit/status.h"
 
@@ -50,6 +51,11 @@ struct ShipPlan {
   std::string name;      // pipeline mode: the pipeline's name
   std::vector<std::string> executables;  // places of files with an executable bit
   std::vector<std::string> warnings;
+  // Pipeline mode: the shipped ELF files (as on this machine), what was
+  // bundled for them, and the floor of all of it (see deploy/bundle.h).
+  std::vector<std::filesystem::path> elf_sources;
+  std::vector<NeededLibrary> bundled;
+  Floor floor;
 };
 
 // Everything up to the package name: the keep list, the walks, the checks

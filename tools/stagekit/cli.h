@@ -60,6 +60,7 @@ struct ExecOptions {
 struct Environment {
   std::string ray_address;                  // $RAY_ADDRESS: the cluster when --address is not given
   std::filesystem::path ray_bin_dir;        // $STAGEKIT_RAY_BIN_DIR: `ray` and `python`
+  std::string path;                         // $PATH: where else Ray's `ray` may be
   std::filesystem::path autoscaler_config;  // $STAGEKIT_AUTOSCALER_CONFIG
   std::filesystem::path runner;             // $STAGEKIT_RUNNER: the subprocess stage runner
   std::filesystem::path cache_dir;          // $STAGEKIT_CACHE_DIR

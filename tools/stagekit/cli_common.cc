@@ -133,6 +133,7 @@ const Environment& Environment::Get() {
     Environment e;
     e.ray_address = var("RAY_ADDRESS");
     e.ray_bin_dir = var("STAGEKIT_RAY_BIN_DIR");
+    e.path = var("PATH");
     e.autoscaler_config = var("STAGEKIT_AUTOSCALER_CONFIG");
     e.runner = var("STAGEKIT_RUNNER");
     e.cache_dir = var("STAGEKIT_CACHE_DIR");
@@ -168,6 +169,7 @@ Result<std::unique_ptr<StageExecutor>> MakeExecutor(const std::string& name,
     RayOptions options;
     options.address = ray.address.empty() ? env.ray_address : ray.address;
     options.bin_dir = env.ray_bin_dir;
+    options.search_path = env.path;
     options.autoscaler_config = env.autoscaler_config;
     options.warm = env.warm;
     options.cancel = &util::ProcessCancel();

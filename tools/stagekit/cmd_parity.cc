@@ -72,8 +72,9 @@ Result<std::vector<std::string>> ExecutorNames(const ParityCommand& cmd) {
                   "option out for all that are installed)");
   }
   if (list.empty())
-    list = RayAvailable(nullptr, Environment::Get().ray_bin_dir) ? "inprocess,subprocess,ray"
-                                                                 : "inprocess,subprocess";
+    list = RayAvailable(nullptr, Environment::Get().ray_bin_dir, Environment::Get().path)
+               ? "inprocess,subprocess,ray"
+               : "inprocess,subprocess";
   std::stringstream ss(list);
   for (std::string name; std::getline(ss, name, ',');) {
     if (name.empty()) continue;

@@ -295,7 +295,7 @@ std::string Entrypoint(const SubmitCommand& cmd, const deploy::ShipPlan& plan,
     }
   }
   if (!chmod.empty()) entrypoint = "chmod +x" + chmod + " && ";
-  entrypoint += std::string(deploy::kShipBinary) + " run " + util::ShellQuote(plan.pipeline) +
+  entrypoint += "sh " + std::string(deploy::kLauncher) + " run " + util::ShellQuote(plan.pipeline) +
                 " -e " + cmd.executor + " --out " + util::ShellQuote("runs/" + id);
   if (!cmd.artifacts.empty()) entrypoint += " --artifacts " + util::ShellQuote(cmd.artifacts);
   for (const std::string& a : cmd.run_args) entrypoint += " " + util::ShellQuote(a);
