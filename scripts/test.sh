@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
 bash scripts/ray.sh   # the pinned Ray in .venv: the ci build and its Ray tests need it
+# The same Ray at another path: the "stock node" of the portable-package tests,
+# where .venv is hidden and stagekit must find this one.
+STAGEKIT_VENV=.venv-node STAGEKIT_RAY_ONLY=1 bash scripts/ray.sh
 jobs=$(nproc)
 # Runs under test leave cost records: keep them out of the user's own log.
 export STAGEKIT_COST_LOG=${STAGEKIT_COST_LOG:-$PWD/build/test-cost.jsonl}

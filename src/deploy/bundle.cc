@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "util/files.h"
+#include "util/outcome.h"
 #include "util/process.h"
 #include "util/text.h"
 
@@ -196,11 +197,11 @@ std::string FloorFileText(const Floor& floor) {
 }
 
 std::string LauncherScript() {
-  return R"SH(#!/bin/sh
+  std::string script = R"SH(#!/bin/sh
 # stagekit package launcher: checks that this node's C library and C++ runtime
 # are at least what the package was built against (the floor file beside the
 # package's bin folder, written by `stagekit ship`), then runs the shipped
-# stagekit. Exit 19 when the node is too old: the dynamic loader's own error
+# stagekit. Exit @TOO_OLD@ when the node is too old: the dynamic loader's own error
 # would name one symbol and not what to do.
 here=$(cd "$(dirname "$0")/.." && pwd)
 floor="$here/floor"
@@ -214,18 +215,23 @@ glibc=$(need glibc)
 have=$(getconf GNU_LIBC_VERSION 2>/dev/null | sed 's/^glibc //')
 if [ -n "$glibc" ] && [ -n "$have" ] && older "$have" "$glibc"; then
   echo "stagekit: this package needs glibc $glibc or newer, but this node has glibc $have; ship it from a machine with glibc $have or older, or run it on a newer node image" >&2
-  exit 19
+  exit @TOO_OLD@
 fi
 glibcxx=$(need glibcxx)
 if [ -n "$glibcxx" ]; then
   lib=$( (/sbin/ldconfig -p || ldconfig -p) 2>/dev/null | sed -n 's/^.*libstdc++\.so\.6 .*=> //p' | head -n 1)
   if [ -n "$lib" ] && ! grep -q "GLIBCXX_$glibcxx" "$lib" 2>/dev/null; then
     echo "stagekit: this package needs libstdc++ with GLIBCXX_$glibcxx (GCC's C++ runtime), but this node's $lib is older; ship it from a machine with an older compiler, or run it on a newer node image" >&2
-    exit 19
+    exit @TOO_OLD@
   fi
 fi
 exec "$here/bin/stagekit" "$@"
 )SH";
+  const std::string code = std::to_string(static_cast<int>(util::kNodeTooOld));
+  for (std::size_t at; (at = script.find("@TOO_OLD@")) != std::string::npos;) {
+    script.replace(at, 9, code);
+  }
+  return script;
 }
 
 }  // namespace stagekit::deploy

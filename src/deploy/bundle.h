@@ -62,6 +62,7 @@ Result<std::string> PrepareElf(const std::filesystem::path& file, bool strip,
 
 // The package's entry point: a POSIX shell script that compares the node's
 // glibc and libstdc++ with `floor` and, when the node is too old, exits 19
+// (util::kNodeTooOld)
 // with one line naming both versions (rather than the dynamic loader's
 // error); else it runs the shipped stagekit with its arguments. It reads the
 // floor from the file beside it (kFloorFile), so it is the same everywhere.

@@ -30,6 +30,7 @@ const std::vector<Outcome>& Outcomes() {
       {kBudgetExceeded, "budget_exceeded", "budget ran out"},
       {kChecksFailed, "checks_failed", "doctor found errors, or audit a nondeterministic stage"},
       {kOperationFailed, "operation_failed", "an operation on a cluster or service failed"},
+      {kNodeTooOld, "node_too_old", "a node's glibc or libstdc++ is older than the package needs"},
       {Code::kInternal, "internal", "internal error"},
       {Code::kInterrupted, "interrupted", "interrupted (SIGINT, SIGTERM or SIGHUP)"},
   };

@@ -25,6 +25,7 @@ inline constexpr Code kJobFailed{15};        // a submitted job failed or was st
 inline constexpr Code kBudgetExceeded{16};   // --budget ran out: no more stages were launched
 inline constexpr Code kChecksFailed{17};     // doctor found errors; audit, a nondeterministic stage
 inline constexpr Code kOperationFailed{18};  // an operation on a cluster or service failed
+inline constexpr Code kNodeTooOld{19};  // a node's glibc or libstdc++ is older than a package needs
 
 // One row of the table: the exit code, its wire name, and what it means (one
 // line, as `stagekit --help` prints it).

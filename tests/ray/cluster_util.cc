@@ -9,6 +9,7 @@
 #include <sstream>
 #include <thread>
 
+#include "deploy/bundle.h"
 #include "unit/test_util.h"
 #include "util/process.h"
 
@@ -17,6 +18,80 @@ namespace stagekit::testing {
 namespace fs = std::filesystem;
 
 const fs::path kRayBin = STAGEKIT_RAY_BIN_DIR_FOR_TEST;
+const fs::path kNodeRayBin = fs::path(STAGEKIT_SOURCE_DIR) / ".venv-node" / "bin";
+
+std::vector<std::string> StockNode(const fs::path& ray_bin) {
+  if (!fs::exists(ray_bin / "ray")) {
+    ADD_FAILURE() << "no Ray in " << ray_bin
+                  << ": run `STAGEKIT_VENV=.venv-node STAGEKIT_RAY_ONLY=1 bash scripts/ray.sh` "
+                     "(scripts/test.sh does)";
+    return {};
+  }
+  // The files this machine's loader finds for the libraries to hide.
+  CommandResult ldd = RunCommand({"/usr/bin/ldd", STAGEKIT_CLI});
+  std::string hide;
+  for (const char* lib : {"libyaml-cpp.so", "libzip.so", "libcurl.so"}) {
+    std::size_t at = ldd.out.find(std::string("\t") + lib);
+    std::size_t arrow = ldd.out.find(" => ", at);
+    EXPECT_NE(at, std::string::npos) << lib << " is not in ldd's answer:\n" << ldd.out;
+    if (at == std::string::npos || arrow == std::string::npos) return {};
+    std::string path = ldd.out.substr(arrow + 4, ldd.out.find(" (", arrow) - arrow - 4);
+    hide += " '" + fs::canonical(path).string() + "'";
+  }
+  const fs::path build = fs::path(STAGEKIT_CLI).parent_path().parent_path();
+  const std::string script = "set -e; for f in" + hide +
+                             "; do mount --bind /dev/null \"$f\"; done; "
+                             "mount -t tmpfs stock-node '" +
+                             (fs::path(STAGEKIT_SOURCE_DIR) / ".venv").string() +
+                             "'; "
+                             "mount -t tmpfs stock-node '" +
+                             build.string() +
+                             "'; "
+                             "export PATH='" +
+                             ray_bin.string() +
+                             ":/usr/bin:/bin'; unset STAGEKIT_RAY_BIN_DIR; "
+                             "exec \"$@\"";
+  return {"/usr/bin/unshare", "--mount", "--propagation", "private",
+          "/bin/sh",          "-c",      script,          "stock-node"};
+}
+
+std::vector<std::string> LoadedFromOutside(const fs::path& dir, const fs::path& package,
+                                           int* processes) {
+  std::vector<std::string> out;
+  *processes = 0;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string trace = ReadFile(e.path());
+    if (trace.find("libstagekit.so") == std::string::npos) continue;
+    ++*processes;
+    // Lines up to a program's "transferring control" are its loading (and
+    // the previous program's dlopens); after the last, its own dlopens.
+    std::vector<std::string> inits;
+    std::istringstream lines(trace);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.find("calling init: ") != std::string::npos) {
+        inits.push_back(line.substr(line.find("calling init: ") + 14));
+      }
+      const std::size_t control = line.find("transferring control: ");
+      const bool last = lines.peek() == EOF;
+      if (control == std::string::npos && !last) continue;
+      const std::string program =
+          control == std::string::npos ? "(dlopen)" : line.substr(control + 22);
+      const std::string name = fs::path(program).filename().string();
+      if (name == "stagekit" || name == "default_worker" || program == "(dlopen)") {
+        for (const std::string& lib : inits) {
+          const std::string base = fs::path(lib).filename().string();
+          const bool allowed =
+              lib.rfind(package.string() + "/", 0) == 0 || deploy::OnEveryNode(base) ||
+              // The bridge, through the folder that links it to the node's libray_api.so.
+              (base == "libstagekit_ray.so" && lib.find("/.stagekit-tmp.") != std::string::npos);
+          if (!allowed) out.push_back(name + ": " + lib);
+        }
+      }
+      inits.clear();
+    }
+  }
+  return out;
+}
 
 std::vector<pid_t> ProcessesWith(const std::string& needle) {
   std::vector<pid_t> out;

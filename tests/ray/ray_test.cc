@@ -79,6 +79,87 @@ TEST(RayPrivateHead, ParityAcrossAllThreeExecutorsOnEveryExample) {
   EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "a private Ray head was left running";
 }
 
+// A shipped package on a "stock node": Ray at another path (.venv-node), the
+// build's .venv and build tree hidden, libyaml-cpp, libzip and libcurl
+// hidden. The package's stagekit finds the node's Ray on PATH, starts a
+// private head with it, and its workers load the bridge and the stage library
+// from the package; the loader's trace shows every library outside the
+// allowlist, libnettle and libpcre2 included, coming from the package.
+TEST(RayPrivateHead, AShippedPackageRunsOnAStockNodeFromItsOwnLibraries) {
+  TempDir dir;
+  CommandResult ship = RunCli({"ship", kExamples + "/wordcount/pipeline.yaml", "--include",
+                               "/usr/share/games/fortunes=corpus", "-o", (dir / "zip").string(),
+                               "--tree", (dir / "pkg").string()});
+  ASSERT_EQ(ship.exit_code, 0) << Show(ship);
+  CommandResult here = RunCli({"run", kExamples + "/wordcount/pipeline.yaml", "-e", "inprocess",
+                               "--no-cache", "-q", "--out", (dir / "here").string()});
+  ASSERT_EQ(here.exit_code, 0) << Show(here);
+
+  std::vector<std::string> argv = testing::StockNode(testing::kNodeRayBin);
+  ASSERT_FALSE(argv.empty());
+  fs::create_directories(dir / "ld");
+  argv.insert(argv.begin(), {"/usr/bin/env", "LD_DEBUG=libs",
+                             "LD_DEBUG_OUTPUT=" + (dir / "ld" / "trace").string()});
+  for (const char* a : {"/bin/sh", ".stagekit/bin/stagekit-launch", "run", "pipeline.yaml", "-e",
+                        "ray", "--no-cache", "-q", "--json", "--out"}) {
+    argv.emplace_back(a);
+  }
+  argv.push_back((dir / "node").string());
+  CommandResult node = testing::RunCommand(argv, "", dir / "pkg");
+  ASSERT_EQ(node.exit_code, 0) << Show(node);
+  Json summary = Json::parse(node.out);
+  for (const Json& st : summary["stages"]) EXPECT_EQ(st["stats"]["executor"], "ray");
+  ASSERT_EQ(ListFiles(dir / "node").size(), 18u);  // 16 maps, the reduce, the record
+  for (const std::string& f : ListFiles(dir / "here")) {
+    if (f == ".stagekit-run.json") continue;
+    EXPECT_EQ(ReadFile(dir / "node" / f), ReadFile(dir / "here" / f)) << f;
+  }
+
+  int processes = 0;
+  const fs::path package = fs::canonical(dir / "pkg");
+  std::vector<std::string> outside = testing::LoadedFromOutside(dir / "ld", package, &processes);
+  EXPECT_TRUE(outside.empty()) << ::testing::PrintToString(outside);
+  EXPECT_GE(processes, 2);  // the driver and at least one Ray worker
+  std::string traces;
+  for (const auto& e : fs::directory_iterator(dir / "ld")) traces += ReadFile(e.path());
+  std::set<std::string> from_package;  // file names of what was loaded from the package
+  std::istringstream lines(traces);
+  for (std::string line; std::getline(lines, line);) {
+    const std::size_t at = line.find("calling init: " + package.string() + "/");
+    if (at != std::string::npos) from_package.insert(fs::path(line).filename().string());
+  }
+  for (const char* lib : {"libnettle.so.8", "libpcre2-8.so.0", "libyaml-cpp.so.0.7", "libzip.so.4",
+                          "libcurl.so.4", "libstagekit.so.0", "libstagekit_examples.so"}) {
+    EXPECT_EQ(from_package.count(lib), 1u) << lib << " was not loaded from the package";
+  }
+  // The workers ran the node's Ray, not the build's.
+  EXPECT_NE(traces.find("calling init: " + fs::canonical(testing::kNodeRayBin / "..").string() +
+                        "/lib/python3.11/site-packages/ray/cpp/lib/libray_api.so"),
+            std::string::npos);
+  EXPECT_TRUE(ProcessesWith("/tmp/skray-").empty()) << "a private Ray head was left running";
+}
+
+// A node whose Ray is another release than the bridge's is refused before
+// anything is loaded: exit 12, naming both versions.
+TEST(RayPrivateHead, ANodeWithAnotherRayVersionIsRefused) {
+  TempDir dir;
+  const fs::path pkg = dir / "env/lib/python3.11/site-packages/ray";
+  WriteFile(pkg / "_version.py", "version = \"2.9.3\"\n");
+  WriteFile(pkg / "cpp/lib/libray_api.so", "");
+  WriteFile(dir / "env/bin/ray", "#!/bin/sh\nexit 3\n");
+  fs::permissions(dir / "env/bin/ray", fs::perms::owner_all);
+  fs::create_symlink(kRayBin / "python", dir / "env/bin/python");
+  CommandResult r = testing::RunCommand(
+      {"/usr/bin/env", "STAGEKIT_RAY_BIN_DIR=" + (dir / "env/bin").string(), STAGEKIT_CLI, "run",
+       kExamples + "/trivial/pipeline.yaml", "-e", "ray", "--out", (dir / "o").string()});
+  EXPECT_EQ(r.exit_code, 12) << Show(r);
+  EXPECT_NE(r.err.find("is Ray 2.9.3, but this stagekit's Ray bridge was built for Ray " +
+                       RayBridgeVersion()),
+            std::string::npos)
+      << Show(r);
+  EXPECT_FALSE(fs::exists(dir / "o"));
+}
+
 TEST(RayPrivateHead, RunReportsTheClusterAndStopsIt) {
   TempDir dir;
   CommandResult r = RunCli({"run", kExamples + "/wordcount/pipeline.yaml", "-e", "ray", "--json",

@@ -54,6 +54,7 @@ TEST(OutcomeTest, ToolOutcomesKeepTheirNamesAndNumbers) {
   }
   EXPECT_EQ(util::kTooLarge, Code{13});
   EXPECT_EQ(util::kOperationFailed, Code{18});
+  EXPECT_EQ(util::kNodeTooOld, Code{19});
   EXPECT_EQ(util::OutcomeName(Code{42}), "internal");
   EXPECT_EQ(util::ExitCode(Status(Code{42}, "x")), 70);
 }
