@@ -20,8 +20,8 @@ namespace fs = std::filesystem;
 const fs::path kRayBin = STAGEKIT_RAY_BIN_DIR_FOR_TEST;
 const fs::path kNodeRayBin = fs::path(STAGEKIT_SOURCE_DIR) / ".venv-node" / "bin";
 
-std::vector<std::string> StockNode(const fs::path& ray_bin) {
-  if (!fs::exists(ray_bin / "ray")) {
+std::vector<std::string> StockNode(const fs::path& ray_bin, const std::string& before) {
+  if (before.empty() && !fs::exists(ray_bin / "ray")) {  // (`before` may make it)
     ADD_FAILURE() << "no Ray in " << ray_bin
                   << ": run `STAGEKIT_VENV=.venv-node STAGEKIT_RAY_ONLY=1 bash scripts/ray.sh` "
                      "(scripts/test.sh does)";
@@ -39,7 +39,8 @@ std::vector<std::string> StockNode(const fs::path& ray_bin) {
     hide += " '" + fs::canonical(path).string() + "'";
   }
   const fs::path build = fs::path(STAGEKIT_CLI).parent_path().parent_path();
-  const std::string script = "set -e; for f in" + hide +
+  const std::string script = "set -e; " + before + (before.empty() ? "" : "; ") + "for f in" +
+                             hide +
                              "; do mount --bind /dev/null \"$f\"; done; "
                              "mount -t tmpfs stock-node '" +
                              (fs::path(STAGEKIT_SOURCE_DIR) / ".venv").string() +
@@ -135,12 +136,14 @@ std::vector<std::string> PortFlags(bool head) {
 }
 
 Node StartNode(std::vector<std::string> args, const fs::path& log,
-               const std::vector<std::string>& wrapper) {
+               const std::vector<std::string>& wrapper, const std::vector<std::string>& ray) {
   std::vector<std::string> argv = wrapper;
-  for (const std::string& a :
-       {(kRayBin / "ray").string(), std::string("start"), std::string("--disable-usage-stats")}) {
-    argv.push_back(a);
+  if (ray.empty()) {
+    argv.push_back((kRayBin / "ray").string());
+  } else {
+    argv.insert(argv.end(), ray.begin(), ray.end());
   }
+  for (const char* a : {"start", "--disable-usage-stats"}) argv.emplace_back(a);
   std::vector<std::string> ports =
       PortFlags(std::find(args.begin(), args.end(), "--head") != args.end());
   argv.insert(argv.end(), ports.begin(), ports.end());

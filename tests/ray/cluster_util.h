@@ -23,7 +23,10 @@ extern const std::filesystem::path kNodeRayBin;
 // libcurl are empty files (what a stock image lacks or has other versions
 // of), and PATH is `ray_bin`, /usr/bin and /bin. Needs root, as CI runs.
 // Fails the test (and returns {}) when the node's Ray is not installed.
-std::vector<std::string> StockNode(const std::filesystem::path& ray_bin);
+// `before` is shell code run first in the namespace (e.g. to bind a folder
+// somewhere before it is hidden).
+std::vector<std::string> StockNode(const std::filesystem::path& ray_bin,
+                                   const std::string& before = "");
 
 // What the dynamic loader's trace (LD_DEBUG=libs, one file per process in
 // `dir`) says the processes that loaded libstagekit loaded from outside
@@ -46,9 +49,11 @@ struct Node {
 
 // `ray start` in a session of its own, so that StopProcessSession stops
 // exactly it. `wrapper` goes before `ray` (e.g. an unshare command line that
-// ends in "--"), for a node in a mount namespace of its own.
+// ends in "--"), for a node in a mount namespace of its own. `ray` is the
+// command that runs Ray's CLI (default: kRayBin's `ray`).
 Node StartNode(std::vector<std::string> args, const std::filesystem::path& log,
-               const std::vector<std::string>& wrapper = {});
+               const std::vector<std::string>& wrapper = {},
+               const std::vector<std::string>& ray = {});
 
 }  // namespace stagekit::testing
 

@@ -73,21 +73,32 @@ class RayJobs : public ::testing::Test {
     ray_tmp_ = tmpl;
     const int dashboard = util::FreePorts(1).at(0);
     address_ = "http://127.0.0.1:" + std::to_string(dashboard);
+    // Both nodes are "stock nodes" (testing::StockNode: nothing of this
+    // build, libyaml-cpp, libzip and libcurl hidden), each with Ray somewhere
+    // else: the head's in .venv-node (its jobs' drivers find it on PATH), the
+    // second node's where this build's .venv is bound at another path.
     head_ =
         StartNode({"--head", "--temp-dir=" + ray_tmp_, "--num-cpus=2", "--include-dashboard=true",
                    "--dashboard-host=127.0.0.1", "--dashboard-port=" + std::to_string(dashboard),
                    "--object-store-memory=400000000"},
-                  dir_->path() / "head.log");
+                  dir_->path() / "head.log", testing::StockNode(testing::kNodeRayBin),
+                  {(testing::kNodeRayBin / "ray").string()});
+    ASSERT_GT(head_.sid, 0);
     std::string gcs = ReadFile(ray_tmp_ + "/ray_current_cluster");
     while (!gcs.empty() && gcs.back() == '\n') gcs.pop_back();
     // The same --temp-dir as the head (Ray's default /tmp/ray on real
     // machines), over an empty tmpfs: nothing of the head's is visible.
+    const fs::path elsewhere = dir_->path() / "opt-ray";
+    fs::create_directories(elsewhere);
+    const std::string before = "mount --bind '" + kRayBin.parent_path().string() + "' '" +
+                               elsewhere.string() + "'; mount -t tmpfs stagekit-node2 '" +
+                               ray_tmp_ + "'";
     node2_ = StartNode(
         {"--address=" + gcs, "--node-ip-address=127.0.0.2", "--temp-dir=" + ray_tmp_,
          "--num-cpus=1", "--resources={\"vm:x\": 1}", "--object-store-memory=200000000", "--block"},
-        dir_->path() / "node2.log",
-        {"/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", "-c",
-         "mount -t tmpfs stagekit-node2 " + ray_tmp_ + " && exec \"$0\" \"$@\""});
+        dir_->path() / "node2.log", testing::StockNode(elsewhere / "bin", before),
+        // Its console scripts name the hidden path on their first line: run `ray` with its Python.
+        {(elsewhere / "bin" / "python").string(), (elsewhere / "bin" / "ray").string()});
     // Ready when the dashboard answers and both nodes are registered.
     CommandResult nodes;
     for (int i = 0; i < 120; ++i) {
@@ -194,11 +205,20 @@ TEST_F(RayJobs, WordcountJobArtifactsAreByteIdenticalToALocalRun) {
   EXPECT_EQ(again.exit_code, 7) << Show(again);
 }
 
+// The JSON summary a job's `stagekit run --json` printed, from its log as
+// `submit` shows it (the log's other lines are stderr's).
+Json SummaryInLog(const std::string& log) {
+  const std::size_t open = log.find("\n{\n"), close = log.rfind("\n}\n");
+  if (open == std::string::npos || close == std::string::npos || close < open) return Json();
+  return Json::parse(log.substr(open + 1, close + 2 - (open + 1)), nullptr, false);
+}
+
 // With artifacts, every output goes to S3 from the node that made it (node 2,
-// in its own mount namespace), none through the driver: with --outputs none
-// the driver fetches nothing and only the run's record leaves from it. (The
-// outputs are megabytes: Ray returns a result under 100 KiB inline to the
-// driver, and its upload then runs wherever Ray leases it.)
+// in its own mount namespace), none through the driver (the job's, on the
+// head): with --outputs none the driver fetches nothing and only the run's
+// record leaves from it. (The outputs are megabytes: Ray returns a result
+// under 100 KiB inline to the driver, and its upload then runs wherever Ray
+// leases it.)
 TEST_F(RayJobs, ArtifactsLeaveFromTheNodeThatMadeThemNotThroughTheDriver) {
   const std::string uri = std::string("s3://") + kBucket + "/from-nodes/run1";
   const std::string pinned = ", resources: {custom: {\"vm:x\": 1}}}\n";
@@ -207,13 +227,11 @@ TEST_F(RayJobs, ArtifactsLeaveFromTheNodeThatMadeThemNotThroughTheDriver) {
                     "  - {name: b, stage: test.copy, inputs: {in: {from: a}}" + pinned +
                     "  - {name: c, stage: test.concat, inputs: {x: {from: a}, y: {from: b}}" +
                     pinned);
-  std::string gcs = ReadFile(ray_tmp_ + "/ray_current_cluster");
-  while (!gcs.empty() && gcs.back() == '\n') gcs.pop_back();
   TempDir local;
-  CommandResult r = RunCli({"run", p.string(), "-e", "ray", "--address", gcs, "--outputs", "none",
-                            "--artifacts", uri, "--json", "--out", (local / "ray").string()});
+  CommandResult r = Submit({p.string(), "--artifacts", uri, "--", "--outputs", "none", "--json"});
   ASSERT_EQ(r.exit_code, 0) << Show(r);
-  Json summary = Json::parse(r.out);
+  Json summary = SummaryInLog(r.out);
+  ASSERT_TRUE(summary.is_object()) << Show(r);
   EXPECT_EQ(summary["data"]["bytes_fetched"], 0u) << summary["data"].dump(1);
   EXPECT_EQ(summary["ray"]["stats"]["bytes_fetched"], 0u) << summary["ray"].dump(1);
   EXPECT_EQ(summary["ray"]["stats"]["outputs_uploaded_from_nodes"], 3u) << summary["ray"].dump(1);
@@ -230,7 +248,6 @@ TEST_F(RayJobs, ArtifactsLeaveFromTheNodeThatMadeThemNotThroughTheDriver) {
   }
   EXPECT_EQ(summary["data"]["by_node"][node2_.node_name]["bytes_uploaded"], produced)
       << summary["data"].dump(1);
-  EXPECT_EQ(ListFiles(local / "ray"), std::vector<std::string>{".stagekit-run.json"});
 
   // What landed is byte for byte what an in-process run makes, and the run's
   // record came along from the driver.
@@ -243,15 +260,16 @@ TEST_F(RayJobs, ArtifactsLeaveFromTheNodeThatMadeThemNotThroughTheDriver) {
   EXPECT_TRUE(fs::exists(local / "fetched" / ".stagekit-run.json"));
 
   // A bucket that is not there: the stages succeed, each says why its
-  // upload failed, and the run ends with exit 7 (outputs not synced).
-  CommandResult bad =
-      RunCli({"run", p.string(), "-e", "ray", "--address", gcs, "--outputs", "none", "--artifacts",
-              "s3://no-such-bucket/x", "--json", "--out", (local / "bad").string()});
-  EXPECT_EQ(bad.exit_code, 7) << Show(bad);
-  EXPECT_NE(bad.err.find("3 output(s) left on the cluster could not be uploaded"),
+  // upload failed, and the run ends with exit 7 (outputs not synced), so
+  // the job fails (exit 15).
+  CommandResult bad = Submit(
+      {p.string(), "--artifacts", "s3://no-such-bucket/x", "--", "--outputs", "none", "--json"});
+  EXPECT_EQ(bad.exit_code, 15) << Show(bad);
+  EXPECT_NE(bad.out.find("3 output(s) left on the cluster could not be uploaded"),
             std::string::npos)
       << Show(bad);
-  Json failed = Json::parse(bad.out);
+  Json failed = SummaryInLog(bad.out);
+  ASSERT_TRUE(failed.is_object()) << Show(bad);
   EXPECT_EQ(failed["status"], "succeeded");
   EXPECT_EQ(failed["artifacts"]["synced"], false) << failed["artifacts"].dump(1);
   EXPECT_EQ(failed["artifacts"]["from_nodes"]["failed"], 3u) << failed["artifacts"].dump(1);
