@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <limits>
 #include <map>
 #include <sstream>
@@ -89,7 +90,7 @@ bool OnEveryNode(const std::string& soname) {
 Result<std::vector<NeededLibrary>> LibrariesToBundle(const std::vector<fs::path>& files,
                                                      const std::set<std::string>& provided) {
   std::vector<NeededLibrary> out;
-  std::set<std::string> seen;
+  std::map<std::string, std::size_t> seen;  // soname -> its place in `out`
   for (const fs::path& file : files) {
     util::ChildResult r = RunTool({"ldd", file.string()});
     if (!r.spawn_status.ok() || !r.exited) {
@@ -105,7 +106,13 @@ Result<std::vector<NeededLibrary>> LibrariesToBundle(const std::vector<fs::path>
       const std::string soname = util::Trim(line.substr(0, arrow));
       std::string rest = line.substr(arrow + 4);
       if (OnEveryNode(soname) || provided.count(soname) > 0 ||
-          provided.count(Unversioned(soname)) > 0 || !seen.insert(soname).second) {
+          provided.count(Unversioned(soname)) > 0) {
+        continue;
+      }
+      const std::string by = file.filename().string();
+      if (auto it = seen.find(soname); it != seen.end()) {
+        std::vector<std::string>& users = out[it->second].needed_by;
+        if (std::find(users.begin(), users.end(), by) == users.end()) users.push_back(by);
         continue;
       }
       if (rest.rfind("not found", 0) == 0) {
@@ -115,7 +122,8 @@ Result<std::vector<NeededLibrary>> LibrariesToBundle(const std::vector<fs::path>
                           "add its folder to LD_LIBRARY_PATH, then ship again");
       }
       rest = rest.substr(0, rest.rfind(" ("));
-      out.push_back({soname, fs::path(rest), file.filename().string()});
+      seen[soname] = out.size();
+      out.push_back({soname, fs::path(rest), {by}});
     }
   }
   return out;

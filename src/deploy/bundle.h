@@ -29,7 +29,8 @@ const std::vector<std::string>& NodeLibraries();
 struct NeededLibrary {
   std::string soname;          // what the ELF files ask for: "libzip.so.4"
   std::filesystem::path path;  // where this machine's loader found it
-  std::string needed_by;       // the shipped file that (first) needed it
+  // The shipped files that load it, directly or through another library.
+  std::vector<std::string> needed_by;
 };
 
 // The libraries `files` load, directly or through each other, as this

@@ -288,8 +288,10 @@ Status AddBundle(ShipPlan& plan) {
   for (const NeededLibrary& lib : *needed) {
     auto prepared = PrepareElf(lib.path, false, "$ORIGIN");
     if (!prepared.ok()) return prepared.status();
-    const std::string rule = "bundled library (" + lib.path.string() + ", needed by " +
-                             lib.needed_by + ", not on every node)";
+    std::string users;
+    for (const std::string& by : lib.needed_by) users += (users.empty() ? "" : ", ") + by;
+    const std::string rule =
+        "bundled library (" + lib.path.string() + ", needed by " + users + ", not on every node)";
     if (Status s = plan.tree.AddContent(std::string(kShipLibDir) + "/" + lib.soname,
                                         std::move(*prepared), false, rule);
         !s.ok()) {

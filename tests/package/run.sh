@@ -238,4 +238,56 @@ same "$TMP/out/inprocess/input.cksum" "$TMP/input.cksum" "input.cksum equals cks
 cksum <"$TMP/out/inprocess/reversed.txt" >"$TMP/reversed.cksum"
 same "$TMP/out/inprocess/reversed.cksum" "$TMP/reversed.cksum" "reversed.cksum equals cksum < reversed.txt"
 
+# ---- 6. a shipped package on a "stock node" -----------------------------------
+# The installed stagekit ships the consumer's pipeline; the package runs in a
+# mount namespace where the install prefix, the build tree and the build's
+# .venv are empty folders and libyaml-cpp, libzip, libcurl and zlib are empty
+# files. The loader's trace shows what came from where.
+if [[ $(id -u) -ne 0 ]] || ! command -v unshare >/dev/null; then
+  die "the stock-node check needs root and unshare (mount namespaces), as CI runs"
+fi
+run "$TMP/ship.log" "$STAGEKIT" ship "$PIPELINE" --stage-path "$STAGE_DIR" -o "$TMP/zip" --tree "$TMP/shipped"
+manifest=$(ls "$TMP"/zip/*.manifest.json)
+for lib in libz.so.1 libyaml-cpp.so.0.7 libnettle.so.8; do
+  jq -e --arg l "$lib" '.bundled | any(.soname == $l)' "$manifest" >/dev/null ||
+    die "the manifest does not list $lib as bundled: $(jq -c .bundled "$manifest")"
+done
+jq -e '.bundled[] | select(.soname == "libz.so.1") | .needed_by | index("libconsumer_stages.so")' "$manifest" >/dev/null ||
+  die "the manifest does not say libconsumer_stages.so needed libz.so.1"
+ok "ship bundles the user's stage library's zlib (needed by libconsumer_stages.so) and stagekit's own libraries"
+hide=""
+for l in libyaml-cpp.so.0.7 libzip.so.4 libcurl.so.4 libz.so.1; do
+  f=$(ldd "$STAGEKIT" "$LIB" | sed -n "s/^[[:space:]]*$l => \([^ ]*\).*/\1/p" | head -n 1)
+  [[ -n $f ]] || die "ldd does not resolve $l here"
+  hide+=" $(realpath "$f")"
+done
+mkdir -p "$TMP/ld"
+stock=(unshare --mount --propagation private /bin/sh -c '
+  set -e; for f in $HIDE; do mount --bind /dev/null "$f"; done
+  for d in $EMPTY; do mount -t tmpfs stock-node "$d"; done
+  cd "$PKG"; exec env LD_DEBUG=libs LD_DEBUG_OUTPUT="$TRACE" "$@"' stock-node)
+source_dir=$(cd "$PKG_DIR/../.." && pwd)
+empty="$PREFIX $BUILD_DIR $CONSUMER_BUILD"
+[[ -d $source_dir/.venv ]] && empty+=" $source_dir/.venv"
+HIDE=$hide EMPTY=$empty PKG=$TMP/shipped TRACE=$TMP/ld/trace run "$TMP/stock.log" "${stock[@]}" \
+  sh .stagekit/bin/stagekit-launch run pipeline.yaml -e subprocess --out "$TMP/out/stock" -q
+for o in "${outputs[@]}"; do
+  same "$TMP/out/stock/$o" "$TMP/out/inprocess/$o" "the shipped package's $o on a stock node equals the install's"
+done
+# Every library loaded by a stagekit process (the driver, the stage runners)
+# outside the allowlist came from the package.
+n=0
+for t in $(grep -l 'calling init: .*libstagekit\.so' "$TMP"/ld/trace.*); do
+  n=$((n + 1))
+  outside=$(sed -n 's/.*calling init: //p' "$t" | grep -v "^$TMP/shipped/" |
+            grep -Ev '/(libc|libm|libdl|librt|libpthread|libresolv|libstdc\+\+|libgcc_s|ld-linux-x86-64)\.so[^/]*$' ||
+            true)
+  [[ -z $outside ]] || die "a stagekit process loaded from outside the package: $outside"
+done
+((n >= 2)) || die "the loader's trace shows $n stagekit processes, not the driver and its stage runners"
+for lib in libz.so.1 libnettle.so.8 libyaml-cpp.so.0.7 libconsumer_stages.so libstagekit.so.0; do
+  grep -qh "calling init: $TMP/shipped/.*/$lib\$" "$TMP"/ld/trace.* || die "$lib was not loaded from the package"
+done
+ok "on a stock node the package ran with $n stagekit processes loading every library beyond glibc and libstdc++ from itself"
+
 say "PASSED: $checks checks"

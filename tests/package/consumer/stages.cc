@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <stagekit/stage.h>
+#include <zlib.h>
 
 namespace {
 
@@ -30,6 +31,9 @@ void ReverseLines(stagekit::StageContext& ctx) {
     out.push_back('\n');
   }
   ctx.SetMetric("lines", lines.size());
+  // zlib's CRC-32 of the input, as a metric (the outputs stay zlib-free).
+  ctx.SetMetric("crc32", crc32(0L, reinterpret_cast<const Bytef*>(text.data()),
+                               static_cast<uInt>(text.size())));
   ctx.WriteOutput(out);
 }
 
