@@ -138,6 +138,26 @@ void Floor::Raise(const Floor& other) {
 
 Json Floor::ToJson() const { return {{"glibc", glibc}, {"glibcxx", glibcxx}, {"cxxabi", cxxabi}}; }
 
+std::string Floor::Describe() const {
+  std::string out = glibc.empty() ? "" : "glibc " + glibc;
+  if (!glibcxx.empty()) out += (out.empty() ? "" : " and ") + ("libstdc++ with GLIBCXX_" + glibcxx);
+  return out.empty() ? "nothing of glibc or libstdc++ in particular" : out;
+}
+
+Result<Floor> FloorOfPackage(const std::vector<fs::path>& files) {
+  auto needed = LibrariesToBundle(files, {"libstagekit.so"});
+  if (!needed.ok()) return needed.status();
+  std::vector<fs::path> all = files;
+  for (const NeededLibrary& lib : *needed) all.push_back(lib.path);
+  Floor floor;
+  for (const fs::path& f : all) {
+    auto one = FloorOf(f);
+    if (!one.ok()) return one.status();
+    floor.Raise(*one);
+  }
+  return floor;
+}
+
 int CompareVersions(const std::string& a, const std::string& b) {
   std::istringstream sa(a), sb(b);
   for (;;) {

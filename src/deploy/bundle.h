@@ -48,9 +48,14 @@ struct Floor {
   std::string glibc, glibcxx, cxxabi;
   void Raise(const Floor& other);
   Json ToJson() const;
+  // "glibc 2.34 and libstdc++ with GLIBCXX_3.4.30" (what is known of it).
+  std::string Describe() const;
 };
 // Reads `file`'s version references (objdump -p).
 Result<Floor> FloorOf(const std::filesystem::path& file);
+// The floor of `files` and of every library they would bring along (as
+// LibrariesToBundle finds them): what a package of them needs of a node.
+Result<Floor> FloorOfPackage(const std::vector<std::filesystem::path>& files);
 
 // <0, 0, >0 as dotted version `a` is older than, the same as or newer than `b`.
 int CompareVersions(const std::string& a, const std::string& b);

@@ -284,7 +284,6 @@ Status AddBundle(ShipPlan& plan) {
   provided.insert("libstagekit.so");  // the runtime, shipped under its own file name
   auto needed = LibrariesToBundle(plan.elf_sources, provided);
   if (!needed.ok()) return needed.status();
-  std::vector<fs::path> floor_of = plan.elf_sources;
   for (const NeededLibrary& lib : *needed) {
     auto prepared = PrepareElf(lib.path, false, "$ORIGIN");
     if (!prepared.ok()) return prepared.status();
@@ -297,14 +296,11 @@ Status AddBundle(ShipPlan& plan) {
         !s.ok()) {
       return s;
     }
-    floor_of.push_back(lib.path);
   }
   plan.bundled = std::move(needed).value();
-  for (const fs::path& f : floor_of) {
-    auto floor = FloorOf(f);
-    if (!floor.ok()) return floor.status();
-    plan.floor.Raise(*floor);
-  }
+  auto floor = FloorOfPackage(plan.elf_sources);
+  if (!floor.ok()) return floor.status();
+  plan.floor = *floor;
   if (Status s = plan.tree.AddContent(kFloorFile, FloorFileText(plan.floor), false,
                                       "the oldest glibc and libstdc++ the package runs with");
       !s.ok()) {

@@ -171,5 +171,24 @@ TEST_F(ShippedWordcount, TheFloorIsRecordedAndTheLauncherChecksIt) {
   EXPECT_NE(cxx.err.find("needs libstdc++ with GLIBCXX_3.4.99"), std::string::npos) << Show(cxx);
 }
 
+// ship --json and doctor say what a node needs: the same floor the manifest has.
+TEST_F(ShippedWordcount, ShipAndDoctorSayWhatEveryNodeNeeds) {
+  TempDir dir;
+  auto ship = testing::RunCli({"ship", STAGEKIT_SOURCE_DIR "/examples/trivial/pipeline.yaml", "-o",
+                               (dir / "out").string(), "--json"});
+  ASSERT_EQ(ship.exit_code, 0) << Show(ship);
+  Json summary = Json::parse(ship.out);
+  EXPECT_EQ(summary["floor"], manifest_["floor"]) << summary.dump(1);
+  EXPECT_GE(summary["bundled"].get<int>(), 5) << summary.dump(1);
+  auto doctor = testing::RunCli({"doctor", STAGEKIT_SOURCE_DIR "/examples/trivial/pipeline.yaml"});
+  EXPECT_EQ(doctor.exit_code, 0) << Show(doctor);
+  EXPECT_NE(doctor.err.find("a package of this pipeline needs glibc " +
+                            manifest_["floor"]["glibc"].get<std::string>() +
+                            " and libstdc++ with GLIBCXX_" +
+                            manifest_["floor"]["glibcxx"].get<std::string>() + " on every node"),
+            std::string::npos)
+      << Show(doctor);
+}
+
 }  // namespace
 }  // namespace stagekit::deploy

@@ -6,13 +6,41 @@
 #include <iostream>
 
 #include "cli.h"
+#include "deploy/bundle.h"
 #include "operate/doctor.h"
+#include "stagekit/pipeline.h"
+#include "stagekit/runner.h"
 #include "util/outcome.h"
 
 extern char** environ;
 
 namespace stagekit::cli {
 namespace {
+
+namespace fs = std::filesystem;
+
+// What every node needs of glibc and libstdc++ to run a package of the
+// pipeline (stagekit's own binaries, its stage libraries, what ship bundles
+// for them); "" when that cannot be told (the findings say why, if it matters).
+std::string PackageFloorLine(const std::string& pipeline_file) {
+  auto pipeline = LoadPipeline(pipeline_file);
+  if (!pipeline.ok()) return {};
+  std::vector<fs::path> search = DefaultStageDirs();
+  search.insert(search.begin(), pipeline->file.parent_path());
+  auto libs = ResolveLibraries(*pipeline, search);
+  if (!libs.ok()) return {};
+  std::vector<fs::path> files = *libs;
+  files.push_back(DefaultCli());
+  files.push_back(LibraryPath());
+  std::error_code ec;
+  if (fs::exists(LibraryDir() / "libstagekit_ray.so", ec))
+    files.push_back(LibraryDir() / "libstagekit_ray.so");
+  auto floor = deploy::FloorOfPackage(files);
+  if (!floor.ok()) return {};
+  return "a package of this pipeline needs " + floor->Describe() +
+         " on every node (`getconf GNU_LIBC_VERSION` there says its glibc; the package's "
+         "launcher refuses an older node with exit 19)";
+}
 
 struct DoctorCommand {
   std::string pipeline;
@@ -57,6 +85,10 @@ Status Doctor(const DoctorCommand& cmd) {
       std::cout << f.file << (f.line > 0 ? ":" + std::to_string(f.line) : "") << ": " << f.severity
                 << " " << f.id << " " << f.name << ": " << f.message << "\n    fix: " << f.fix
                 << "\n";
+    }
+    if (!cmd.pipeline.empty()) {
+      if (std::string line = PackageFloorLine(cmd.pipeline); !line.empty())
+        std::cerr << "stagekit doctor: " << line << "\n";
     }
     std::cerr << "stagekit doctor: " << errors << " error" << (errors == 1 ? "" : "s") << ", "
               << warnings << " warning" << (warnings == 1 ? "" : "s") << "\n";

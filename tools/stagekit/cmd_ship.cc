@@ -50,7 +50,11 @@ Status Ship(const ShipCommand& cmd) {
       {"executables", plan->executables},
       {"warnings", plan->warnings},
       {"seconds", seconds}};
-  if (!plan->pipeline.empty()) summary["pipeline"] = plan->pipeline;
+  if (!plan->pipeline.empty()) {
+    summary["pipeline"] = plan->pipeline;
+    summary["floor"] = plan->floor.ToJson();
+    summary["bundled"] = plan->bundled.size();
+  }
   if (!cmd.tree.empty()) summary["tree"] = cmd.tree;
   if (cmd.json) {
     std::cout << summary.dump(2) << std::endl;
@@ -63,6 +67,10 @@ Status Ship(const ShipCommand& cmd) {
             << " paths excluded, in " << static_cast<int>(seconds * 1000) << " ms\n"
             << "stagekit: wrote " << zip.string() << " and its manifest"
             << (cmd.tree.empty() ? "" : " and the tree " + cmd.tree) << "\n";
+  if (!plan->pipeline.empty()) {
+    std::cerr << "stagekit: " << plan->bundled.size() << " libraries bundled; every node needs "
+              << plan->floor.Describe() << " (its launcher checks)\n";
+  }
   return OkStatus();
 }
 

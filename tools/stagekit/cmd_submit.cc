@@ -277,7 +277,7 @@ Result<std::uint64_t> ShipPackage(const SubmitCommand& cmd, deploy::ShipPlan& pl
     std::cerr << "stagekit: package " << plan.package << " (" << plan.tree.file_count()
               << " files, " << util::HumanBytes(plan.tree.file_bytes()) << "): "
               << (*exists ? "already on the cluster" : "uploaded " + util::HumanBytes(uploaded))
-              << "\n";
+              << "; its nodes need " << plan.floor.Describe() << "\n";
   }
   return uploaded;
 }
