@@ -50,10 +50,11 @@ class BridgeLinks {
  public:
   static Result<BridgeLinks> Make(const fs::path& bridge, const fs::path& api_library) {
     BridgeLinks links;
-    auto dir = util::MakePrivateDir(fs::temp_directory_path());
+    std::error_code ec;
+    fs::path tmp = fs::temp_directory_path(ec);  // $TMPDIR; an unusable one: /tmp
+    auto dir = util::MakePrivateDir(ec ? fs::path("/tmp") : tmp);
     if (!dir.ok()) return dir.status();
     links.dir_ = *dir;
-    std::error_code ec;
     fs::create_symlink(fs::absolute(bridge), links.dir_ / bridge.filename(), ec);
     if (!ec) fs::create_symlink(api_library, links.dir_ / "libray_api.so", ec);
     if (ec) {

@@ -38,7 +38,9 @@ util::ChildResult RunTool(const std::vector<std::string>& argv) {
 class TempCopy {
  public:
   static Result<TempCopy> Make(const fs::path& of) {
-    std::string tmpl = (fs::temp_directory_path() / "stagekit-elf-XXXXXX").string();
+    std::error_code ec;
+    const fs::path dir = fs::temp_directory_path(ec);  // $TMPDIR; an unusable one: /tmp
+    std::string tmpl = ((ec ? fs::path("/tmp") : dir) / "stagekit-elf-XXXXXX").string();
     int fd = ::mkstemp(tmpl.data());
     if (fd < 0) {
       return Status(Code::kOutputError, "cannot make a temporary file to prepare " + of.string() +

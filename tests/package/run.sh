@@ -241,8 +241,10 @@ same "$TMP/out/inprocess/reversed.cksum" "$TMP/reversed.cksum" "reversed.cksum e
 # ---- 6. a shipped package on a "stock node" -----------------------------------
 # The installed stagekit ships the consumer's pipeline; the package runs in a
 # mount namespace where the install prefix, the build tree and the build's
-# .venv are empty folders and libyaml-cpp, libzip, libcurl and zlib are empty
-# files. The loader's trace shows what came from where.
+# .venv are empty folders and libyaml-cpp, libzip, libcurl and (but for Ray's
+# Python) zlib are empty files, with -e subprocess and, in a build with Ray,
+# -e ray with the Ray of .venv-node. The loader's trace shows what came from
+# where.
 if [[ $(id -u) -ne 0 ]] || ! command -v unshare >/dev/null; then
   die "the stock-node check needs root and unshare (mount namespaces), as CI runs"
 fi
@@ -256,38 +258,60 @@ jq -e '.bundled[] | select(.soname == "libz.so.1") | .needed_by | index("libcons
   die "the manifest does not say libconsumer_stages.so needed libz.so.1"
 ok "ship bundles the user's stage library's zlib (needed by libconsumer_stages.so) and stagekit's own libraries"
 hide=""
+zlib=""
 for l in libyaml-cpp.so.0.7 libzip.so.4 libcurl.so.4 libz.so.1; do
   f=$(ldd "$STAGEKIT" "$LIB" | sed -n "s/^[[:space:]]*$l => \([^ ]*\).*/\1/p" | head -n 1)
   [[ -n $f ]] || die "ldd does not resolve $l here"
-  hide+=" $(realpath "$f")"
+  if [[ $l == libz.so.1 ]]; then zlib=$(realpath "$f"); else hide+=" $(realpath "$f")"; fi
 done
 mkdir -p "$TMP/ld"
 stock=(unshare --mount --propagation private /bin/sh -c '
   set -e; for f in $HIDE; do mount --bind /dev/null "$f"; done
   for d in $EMPTY; do mount -t tmpfs stock-node "$d"; done
+  export PATH="$NODE_PATH"; unset STAGEKIT_RAY_BIN_DIR RAY_ADDRESS
   cd "$PKG"; exec env LD_DEBUG=libs LD_DEBUG_OUTPUT="$TRACE" "$@"' stock-node)
 source_dir=$(cd "$PKG_DIR/../.." && pwd)
 empty="$PREFIX $BUILD_DIR $CONSUMER_BUILD"
 [[ -d $source_dir/.venv ]] && empty+=" $source_dir/.venv"
-HIDE=$hide EMPTY=$empty PKG=$TMP/shipped TRACE=$TMP/ld/trace run "$TMP/stock.log" "${stock[@]}" \
-  sh .stagekit/bin/stagekit-launch run pipeline.yaml -e subprocess --out "$TMP/out/stock" -q
-for o in "${outputs[@]}"; do
-  same "$TMP/out/stock/$o" "$TMP/out/inprocess/$o" "the shipped package's $o on a stock node equals the install's"
+# The libraries a stagekit program (the driver, a stage runner, a Ray worker:
+# what follows its "transferring control" in the loader's trace, and what was
+# loaded for it just before) initialised, from one trace file.
+stagekit_loads() {
+  awk '/transferring control:/ { keep = ($NF ~ /\/(stagekit|stagekit-stage|default_worker)$/);
+                                  if (keep) printf "%s", pending; pending = ""; next }
+       /calling init:/ { sub(/.*calling init: /, ""); if (keep) print; else pending = pending $0 "\n" }' "$1"
+}
+executors=(subprocess)
+if [[ -f $libdir/libstagekit_ray.so ]]; then
+  [[ -x $source_dir/.venv-node/bin/ray ]] ||
+    die "no Ray in $source_dir/.venv-node for the stock node: run STAGEKIT_VENV=.venv-node STAGEKIT_RAY_ONLY=1 bash scripts/ray.sh"
+  executors+=(ray)
+fi
+for ex in "${executors[@]}"; do
+  rm -rf "$TMP/ld" && mkdir -p "$TMP/ld"
+  # zlib is hidden too, except from Ray's Python, which needs it (every real node has it).
+  hidden=$hide
+  [[ $ex == ray ]] || hidden+=" $zlib"
+  HIDE=$hidden EMPTY=$empty PKG=$TMP/shipped TRACE=$TMP/ld/trace NODE_PATH=$source_dir/.venv-node/bin:/usr/bin:/bin \
+    run "$TMP/stock-$ex.log" "${stock[@]}" \
+    sh .stagekit/bin/stagekit-launch run pipeline.yaml -e "$ex" --out "$TMP/out/stock-$ex" -q --no-cache
+  for o in "${outputs[@]}"; do
+    same "$TMP/out/stock-$ex/$o" "$TMP/out/inprocess/$o" "the shipped package's $o on a stock node (-e $ex) equals the install's"
+  done
+  # Every library a stagekit program loaded outside the allowlist came from the package.
+  n=0
+  for t in $(grep -l 'calling init: .*libstagekit\.so' "$TMP"/ld/trace.*); do
+    n=$((n + 1))
+    outside=$(stagekit_loads "$t" | grep -v "^$TMP/shipped/" |
+              grep -Ev '/(libc|libm|libdl|librt|libpthread|libresolv|libstdc\+\+|libgcc_s|ld-linux-x86-64|libray_api)\.so[^/]*$' |
+              grep -v '/\.stagekit-tmp\.[^/]*/libstagekit_ray\.so$' || true)
+    [[ -z $outside ]] || die "a stagekit program (-e $ex) loaded from outside the package: $outside"
+  done
+  ((n >= 2)) || die "the loader's trace (-e $ex) shows $n stagekit processes, not the driver and its stage runners or workers"
+  for lib in libz.so.1 libnettle.so.8 libyaml-cpp.so.0.7 libconsumer_stages.so libstagekit.so.0; do
+    grep -qh "calling init: $TMP/shipped/.*/$lib\$" "$TMP"/ld/trace.* || die "$lib was not loaded from the package (-e $ex)"
+  done
+  ok "on a stock node (-e $ex) the package ran, $n stagekit processes loading every library beyond glibc and libstdc++ from itself"
 done
-# Every library loaded by a stagekit process (the driver, the stage runners)
-# outside the allowlist came from the package.
-n=0
-for t in $(grep -l 'calling init: .*libstagekit\.so' "$TMP"/ld/trace.*); do
-  n=$((n + 1))
-  outside=$(sed -n 's/.*calling init: //p' "$t" | grep -v "^$TMP/shipped/" |
-            grep -Ev '/(libc|libm|libdl|librt|libpthread|libresolv|libstdc\+\+|libgcc_s|ld-linux-x86-64)\.so[^/]*$' ||
-            true)
-  [[ -z $outside ]] || die "a stagekit process loaded from outside the package: $outside"
-done
-((n >= 2)) || die "the loader's trace shows $n stagekit processes, not the driver and its stage runners"
-for lib in libz.so.1 libnettle.so.8 libyaml-cpp.so.0.7 libconsumer_stages.so libstagekit.so.0; do
-  grep -qh "calling init: $TMP/shipped/.*/$lib\$" "$TMP"/ld/trace.* || die "$lib was not loaded from the package"
-done
-ok "on a stock node the package ran with $n stagekit processes loading every library beyond glibc and libstdc++ from itself"
 
 say "PASSED: $checks checks"
