@@ -146,18 +146,22 @@ std::string Floor::Describe() const {
   return out.empty() ? "nothing of glibc or libstdc++ in particular" : out;
 }
 
-Result<Floor> FloorOfPackage(const std::vector<fs::path>& files) {
-  auto needed = LibrariesToBundle(files, {"libstagekit.so"});
-  if (!needed.ok()) return needed.status();
-  std::vector<fs::path> all = files;
-  for (const NeededLibrary& lib : *needed) all.push_back(lib.path);
+Result<Floor> FloorOfFiles(const std::vector<fs::path>& files) {
   Floor floor;
-  for (const fs::path& f : all) {
+  for (const fs::path& f : files) {
     auto one = FloorOf(f);
     if (!one.ok()) return one.status();
     floor.Raise(*one);
   }
   return floor;
+}
+
+Result<Floor> FloorOfPackage(const std::vector<fs::path>& files) {
+  auto needed = LibrariesToBundle(files, {"libstagekit.so"});
+  if (!needed.ok()) return needed.status();
+  std::vector<fs::path> all = files;
+  for (const NeededLibrary& lib : *needed) all.push_back(lib.path);
+  return FloorOfFiles(all);
 }
 
 int CompareVersions(const std::string& a, const std::string& b) {

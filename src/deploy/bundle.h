@@ -53,6 +53,8 @@ struct Floor {
 };
 // Reads `file`'s version references (objdump -p).
 Result<Floor> FloorOf(const std::filesystem::path& file);
+// The floor of all of `files`.
+Result<Floor> FloorOfFiles(const std::vector<std::filesystem::path>& files);
 // The floor of `files` and of every library they would bring along (as
 // LibrariesToBundle finds them): what a package of them needs of a node.
 Result<Floor> FloorOfPackage(const std::vector<std::filesystem::path>& files);

@@ -298,7 +298,9 @@ Status AddBundle(ShipPlan& plan) {
     }
   }
   plan.bundled = std::move(needed).value();
-  auto floor = FloorOfPackage(plan.elf_sources);
+  std::vector<fs::path> shipped = plan.elf_sources;
+  for (const NeededLibrary& lib : plan.bundled) shipped.push_back(lib.path);
+  auto floor = FloorOfFiles(shipped);  // ldd has run: the bundle is known
   if (!floor.ok()) return floor.status();
   plan.floor = *floor;
   if (Status s = plan.tree.AddContent(kFloorFile, FloorFileText(plan.floor), false,
